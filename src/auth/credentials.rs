@@ -1,0 +1,159 @@
+//! Extracting the access token from a request, once, by the rules of RFC 6750 §2.1 and
+//! FAPI 2.0 §5.3.4: only from the `Authorization` header (never the query or the body),
+//! exactly one such header, the scheme compared case-insensitively, the value a `token68`.
+
+use http::HeaderMap;
+use http::header::AUTHORIZATION;
+
+use crate::rejection::{AuthDenial, AuthErrorCode};
+
+/// The credential a request presents.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Credential<'a> {
+    /// `Authorization: Bearer <token>`.
+    Bearer(&'a str),
+    /// `Authorization: DPoP <token>`.
+    Dpop(&'a str),
+}
+
+impl<'a> Credential<'a> {
+    pub fn token(&self) -> &'a str {
+        match self {
+            Credential::Bearer(t) | Credential::Dpop(t) => t,
+        }
+    }
+}
+
+/// Reads the request's credential. `Ok(None)` when there is none at all; an error when there
+/// are several, when the scheme is unknown, or when the value is not a `token68`.
+pub fn extract<'a>(
+    headers: &'a HeaderMap,
+    query: Option<&str>,
+) -> Result<Option<Credential<'a>>, AuthDenial> {
+    if query.is_some_and(has_access_token_param) {
+        return Err(AuthDenial::new(
+            AuthErrorCode::InvalidRequest,
+            "token_in_query",
+            "access tokens are accepted only in the Authorization header",
+        ));
+    }
+    let mut values = headers.get_all(AUTHORIZATION).iter();
+    let Some(value) = values.next() else {
+        return Ok(None);
+    };
+    if values.next().is_some() {
+        return Err(AuthDenial::new(
+            AuthErrorCode::InvalidRequest,
+            "multiple_authorization",
+            "exactly one Authorization header is allowed",
+        ));
+    }
+    let text = value.to_str().map_err(|_| malformed())?;
+    let (scheme, token) = text.split_once(' ').ok_or_else(malformed)?;
+    let token = token.trim_start_matches(' ');
+    if !is_token68(token) {
+        return Err(malformed());
+    }
+    if scheme.eq_ignore_ascii_case("bearer") {
+        Ok(Some(Credential::Bearer(token)))
+    } else if scheme.eq_ignore_ascii_case("dpop") {
+        Ok(Some(Credential::Dpop(token)))
+    } else {
+        Err(AuthDenial::new(
+            AuthErrorCode::InvalidRequest,
+            "unsupported_scheme",
+            "the Authorization scheme must be Bearer or DPoP",
+        ))
+    }
+}
+
+fn malformed() -> AuthDenial {
+    AuthDenial::new(
+        AuthErrorCode::InvalidRequest,
+        "malformed_authorization",
+        "the Authorization header must be `<scheme> <token>`",
+    )
+}
+
+/// RFC 9110 §11.2: `token68 = 1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="`.
+fn is_token68(value: &str) -> bool {
+    let body = value.trim_end_matches('=');
+    !body.is_empty()
+        && body.bytes().all(|b| {
+            b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'+' | b'/')
+        })
+}
+
+fn has_access_token_param(query: &str) -> bool {
+    query
+        .split('&')
+        .any(|pair| pair.split('=').next() == Some("access_token"))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    fn headers(values: &[&str]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for v in values {
+            h.append(AUTHORIZATION, HeaderValue::from_str(v).unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn scheme_is_case_insensitive() {
+        let h = headers(&["bEaReR abc.def.ghi"]);
+        assert_eq!(
+            extract(&h, None).unwrap(),
+            Some(Credential::Bearer("abc.def.ghi"))
+        );
+        let h = headers(&["dpop abc"]);
+        assert_eq!(extract(&h, None).unwrap(), Some(Credential::Dpop("abc")));
+    }
+
+    #[test]
+    fn no_header_is_no_credential() {
+        assert_eq!(extract(&HeaderMap::new(), Some("a=b")).unwrap(), None);
+    }
+
+    #[test]
+    fn two_headers_are_refused() {
+        let e = extract(&headers(&["Bearer a", "Bearer b"]), None).unwrap_err();
+        assert_eq!(e.reason, "multiple_authorization");
+        assert_eq!(e.code, Some(AuthErrorCode::InvalidRequest));
+    }
+
+    #[test]
+    fn malformed_values_are_refused() {
+        for v in [
+            "Bearer",
+            "Bearer ",
+            "Bearer a b",
+            "Bearer a,b",
+            "Bearertoken",
+        ] {
+            assert_eq!(
+                extract(&headers(&[v]), None).unwrap_err().reason,
+                "malformed_authorization",
+                "{v}"
+            );
+        }
+        assert_eq!(
+            extract(&headers(&["Basic dXNlcjpwYXNz"]), None)
+                .unwrap_err()
+                .reason,
+            "unsupported_scheme"
+        );
+    }
+
+    #[test]
+    fn query_tokens_are_refused() {
+        let e = extract(&HeaderMap::new(), Some("x=1&access_token=abc")).unwrap_err();
+        assert_eq!(e.reason, "token_in_query");
+        assert!(extract(&HeaderMap::new(), Some("my_access_token=1")).is_ok());
+    }
+}

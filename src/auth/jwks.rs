@@ -1,0 +1,201 @@
+//! The signing keys of one issuer, cached: fresh keys are a lock-free load; expired keys are
+//! refetched once (single-flight) while stale keys keep serving if the issuer is down, up to
+//! `stale_if_error`; an unknown `kid` triggers one refetch, at most every
+//! `refetch_interval`, so tokens with random `kid`s cannot make the gateway hammer the
+//! authorization server.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwapOption;
+use http::Uri;
+use tokio::sync::Mutex;
+
+use super::jwks_fetch::{FetchError, Fetched, KeyFetcher, read_jwks_file};
+use crate::config::{Issuer, JwksCacheSettings, KeySource};
+use crate::jose::{Alg, PublicKey};
+
+/// Stand-in for "never expires" that cannot overflow an `Instant`.
+const FAR_FUTURE: Duration = Duration::from_secs(10 * 365 * 86_400);
+
+/// Why no key could be found for a token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum KeyError {
+    /// The issuer's keys were never fetched, or are too stale to use, and fetching failed.
+    #[error("the issuer's keys are unavailable")]
+    Unavailable,
+    /// The key set has no key with this `kid` fitting the algorithm.
+    #[error("no key of the issuer matches the token's kid and alg")]
+    NoMatchingKey,
+}
+
+/// One fetched key set.
+#[derive(Debug)]
+pub struct KeySet {
+    keys: Vec<PublicKey>,
+    fetched_at: Instant,
+    fresh_until: Instant,
+}
+
+impl KeySet {
+    /// Keys that may verify a token with this `kid` and `alg` (FAPI 2.0 §5.4.3: by `kid`,
+    /// then by key type). Without a `kid`, every key that fits the algorithm is a candidate.
+    pub fn candidates<'a>(
+        &'a self,
+        kid: Option<&'a str>,
+        alg: Alg,
+    ) -> impl Iterator<Item = &'a PublicKey> + 'a {
+        self.keys.iter().filter(move |k| {
+            k.fits(alg)
+                && kid.is_none_or(|kid| k.kid() == Some(kid))
+                && k.alg().is_none_or(|a| a == alg.name())
+        })
+    }
+
+    fn has(&self, kid: Option<&str>, alg: Alg) -> bool {
+        self.candidates(kid, alg).next().is_some()
+    }
+}
+
+struct FetchState {
+    last_attempt: Option<Instant>,
+    discovered_jwks_uri: Option<Uri>,
+}
+
+/// The cached keys of one issuer.
+pub struct IssuerKeys {
+    issuer: String,
+    source: KeySource,
+    settings: JwksCacheSettings,
+    fetcher: Option<KeyFetcher>,
+    current: ArcSwapOption<KeySet>,
+    state: Mutex<FetchState>,
+}
+
+impl IssuerKeys {
+    pub fn new(issuer: &Issuer) -> Result<Self, FetchError> {
+        let fetcher = match issuer.keys {
+            KeySource::File(_) => None,
+            _ => Some(KeyFetcher::new(
+                issuer.ca.as_deref(),
+                issuer.jwks_cache.fetch_timeout,
+            )?),
+        };
+        Ok(IssuerKeys {
+            issuer: issuer.issuer.clone(),
+            source: issuer.keys.clone(),
+            settings: issuer.jwks_cache.clone(),
+            fetcher,
+            current: ArcSwapOption::empty(),
+            state: Mutex::new(FetchState {
+                last_attempt: None,
+                discovered_jwks_uri: None,
+            }),
+        })
+    }
+
+    /// Whether keys have been loaded at least once.
+    pub fn is_loaded(&self) -> bool {
+        self.current.load().is_some()
+    }
+
+    /// Fetches the keys now (at start-up), ignoring the rate limit.
+    pub async fn prefetch(&self) -> Result<(), FetchError> {
+        let mut state = self.state.lock().await;
+        self.fetch_locked(&mut state).await
+    }
+
+    /// The key set to verify a token with `kid`/`alg`, fetching when the cache is expired
+    /// or lacks the `kid`.
+    pub async fn key_set(&self, kid: Option<&str>, alg: Alg) -> Result<Arc<KeySet>, KeyError> {
+        let now = Instant::now();
+        if let Some(set) = self.current.load_full() {
+            if now < set.fresh_until && set.has(kid, alg) {
+                return Ok(set);
+            }
+        }
+        self.refresh(now).await;
+        let Some(set) = self.current.load_full() else {
+            return Err(KeyError::Unavailable);
+        };
+        let usable_until = set.fresh_until.checked_add(self.settings.stale_if_error);
+        if usable_until.is_some_and(|limit| now >= limit) {
+            return Err(KeyError::Unavailable);
+        }
+        if set.has(kid, alg) {
+            Ok(set)
+        } else {
+            Err(KeyError::NoMatchingKey)
+        }
+    }
+
+    /// One refetch, unless another task fetched after `requested_at` or the last attempt was
+    /// less than `refetch_interval` ago.
+    async fn refresh(&self, requested_at: Instant) {
+        let mut state = self.state.lock().await;
+        if let Some(set) = self.current.load_full() {
+            if set.fetched_at >= requested_at {
+                return;
+            }
+        }
+        if state
+            .last_attempt
+            .is_some_and(|t| t.elapsed() < self.settings.refetch_interval)
+        {
+            return;
+        }
+        if let Err(e) = self.fetch_locked(&mut state).await {
+            let serving_stale = self.current.load().is_some();
+            tracing::warn!(issuer = %self.issuer, error = %e, serving_stale, "fetching signing keys failed");
+        }
+    }
+
+    async fn fetch_locked(&self, state: &mut FetchState) -> Result<(), FetchError> {
+        state.last_attempt = Some(Instant::now());
+        let fetched = self.fetch(state).await?;
+        let ttl = fetched.max_age.map_or(self.settings.default_ttl, |age| {
+            age.clamp(self.settings.min_ttl, self.settings.max_ttl)
+        });
+        let now = Instant::now();
+        tracing::info!(issuer = %self.issuer, keys = fetched.keys.len(), ttl_secs = ttl.as_secs(), "signing keys loaded");
+        self.current.store(Some(Arc::new(KeySet {
+            keys: fetched.keys,
+            fetched_at: now,
+            fresh_until: now.checked_add(ttl).unwrap_or(now + FAR_FUTURE),
+        })));
+        Ok(())
+    }
+
+    async fn fetch(&self, state: &mut FetchState) -> Result<Fetched, FetchError> {
+        let fetcher = self.fetcher.as_ref();
+        match (&self.source, fetcher) {
+            (KeySource::File(path), _) => {
+                let mut fetched = read_jwks_file(path)?;
+                // A key file changes only when an operator edits it: keep it as long as allowed.
+                fetched.max_age = Some(self.settings.max_ttl);
+                Ok(fetched)
+            }
+            (KeySource::JwksUri(uri), Some(f)) => f.fetch_jwks(uri).await,
+            (KeySource::Discovery, Some(f)) => {
+                let uri = match &state.discovered_jwks_uri {
+                    Some(uri) => uri.clone(),
+                    None => {
+                        let uri = f.discover(&self.issuer).await?;
+                        state.discovered_jwks_uri = Some(uri.clone());
+                        uri
+                    }
+                };
+                let result = f.fetch_jwks(&uri).await;
+                if result.is_err() {
+                    // The jwks_uri may have moved: discover again next time.
+                    state.discovered_jwks_uri = None;
+                }
+                result
+            }
+            (_, None) => Err(FetchError::Http {
+                url: self.issuer.clone(),
+                reason: "no HTTP client".into(),
+            }),
+        }
+    }
+}

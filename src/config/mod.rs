@@ -1,0 +1,203 @@
+//! `gateway.yaml`: parsing, defaults and validation into the runtime [`Config`].
+//!
+//! Three steps, in order: [`raw`] deserialises the YAML strictly (unknown keys are errors,
+//! scalar values such as durations and URLs validate as they parse), [`validate`] checks
+//! what spans several keys and fills in defaults, and the result is a [`Config`] whose
+//! fields the hot path can use without parsing anything. Every error names the key path and
+//! the `line:col` it comes from. Nothing listens until the whole file is valid.
+
+mod raw;
+mod validate;
+pub use validate::normalise_typ;
+pub mod values;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use raw::{Binding, ClientAuth};
+
+use crate::jose::Alg;
+
+/// A validated gateway configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// The file this configuration was read from, if any.
+    pub source: Option<PathBuf>,
+    pub listen: Listener,
+    pub admin: Option<SocketAddr>,
+    pub limits: Limits,
+    pub issuers: Vec<Issuer>,
+    pub token_cache: TokenCacheSettings,
+    pub routes: Vec<Route>,
+}
+
+/// The TLS listener that clients connect to.
+#[derive(Clone, Debug)]
+pub struct Listener {
+    pub address: SocketAddr,
+    /// The origin clients call (`https://host[:port]`), as configured.
+    pub public_url: http::Uri,
+    pub tls: ServerTls,
+    pub handshake_timeout: Duration,
+}
+
+#[derive(Clone, Debug)]
+pub struct ServerTls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub client_auth: ClientAuth,
+    /// When set, client certificates must chain to these roots; otherwise any certificate is
+    /// accepted for binding purposes (RFC 8705 §6.2).
+    pub client_ca: Option<PathBuf>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Limits {
+    pub max_header_bytes: usize,
+    pub max_body_bytes: u64,
+    pub header_read_timeout: Duration,
+    pub shutdown_grace: Duration,
+}
+
+/// An authorization server whose access tokens the gateway accepts.
+#[derive(Clone, Debug)]
+pub struct Issuer {
+    /// The exact `iss` value.
+    pub issuer: String,
+    pub keys: KeySource,
+    /// Extra trust anchors (PEM) for fetching metadata and keys.
+    pub ca: Option<PathBuf>,
+    pub audiences: Vec<String>,
+    pub algorithms: Vec<Alg>,
+    /// Accepted `typ` values, normalised (lower case, without `application/`).
+    pub typ: Vec<String>,
+    pub leeway: Duration,
+    pub max_future: Duration,
+    pub jwks_cache: JwksCacheSettings,
+}
+
+/// Where an issuer's signing keys come from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KeySource {
+    JwksUri(http::Uri),
+    /// RFC 8414 / OpenID Connect discovery from the issuer URL.
+    Discovery,
+    File(PathBuf),
+}
+
+#[derive(Clone, Debug)]
+pub struct JwksCacheSettings {
+    pub default_ttl: Duration,
+    pub min_ttl: Duration,
+    pub max_ttl: Duration,
+    pub stale_if_error: Duration,
+    pub refetch_interval: Duration,
+    pub fetch_timeout: Duration,
+}
+
+#[derive(Clone, Debug)]
+pub struct TokenCacheSettings {
+    pub max_entries: u64,
+    pub max_ttl: Duration,
+}
+
+/// One compiled route.
+#[derive(Clone, Debug)]
+pub struct Route {
+    pub name: String,
+    /// Lower-case host (without port) the route is limited to, if any.
+    pub host: Option<String>,
+    /// Path prefix without a trailing slash (`""` for the root).
+    pub path_prefix: String,
+    pub methods: Option<Vec<http::Method>>,
+    pub upstream: http::Uri,
+    pub upstream_ca: Option<PathBuf>,
+    pub timeout: Duration,
+    pub policy: RoutePolicy,
+    pub forward_client_cert: bool,
+    pub identity_headers: bool,
+}
+
+/// What a route demands of a request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RoutePolicy {
+    /// `auth: none`: a public route.
+    Public,
+    /// A valid access token bound as `binding` says, carrying all of `scopes`.
+    Protected {
+        binding: Binding,
+        scopes: Vec<String>,
+    },
+}
+
+/// Why a configuration was refused. `Display` gives one line a person can act on.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{file}:{line}:{column}: {message}")]
+    Syntax {
+        file: String,
+        line: u64,
+        column: u64,
+        message: String,
+    },
+    #[error("{file}: {message}")]
+    SyntaxNoLocation { file: String, message: String },
+    #[error("{file}:{line}:{column}: {key}: {message}")]
+    Invalid {
+        file: String,
+        line: u64,
+        column: u64,
+        key: String,
+        message: String,
+    },
+}
+
+impl Config {
+    /// Reads and validates `path`; relative paths inside are resolved against its folder.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        let mut config = Self::from_yaml(&text, &path.display().to_string(), base)?;
+        config.source = Some(path.to_path_buf());
+        Ok(config)
+    }
+
+    /// Parses and validates YAML text. `file` names it in errors; relative paths are
+    /// resolved against `base_dir`.
+    pub fn from_yaml(text: &str, file: &str, base_dir: &Path) -> Result<Config, ConfigError> {
+        let raw: raw::RawConfig = serde_saphyr::from_str(text).map_err(|e| {
+            let message = first_line(&e.to_string());
+            match e.location() {
+                Some(loc) => ConfigError::Syntax {
+                    file: file.to_string(),
+                    line: loc.line(),
+                    column: loc.column(),
+                    message,
+                },
+                None => ConfigError::SyntaxNoLocation {
+                    file: file.to_string(),
+                    message,
+                },
+            }
+        })?;
+        validate::validate(raw, file, base_dir)
+    }
+}
+
+/// serde-saphyr renders a source snippet under its message; a one-line error keeps the
+/// first line and drops the location prefix it repeats.
+fn first_line(message: &str) -> String {
+    message.lines().next().unwrap_or(message).trim().to_string()
+}
+
+#[cfg(test)]
+mod tests;

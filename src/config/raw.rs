@@ -1,0 +1,175 @@
+//! The shape of `gateway.yaml` exactly as users write it: serde structs with
+//! `deny_unknown_fields`, defaults spelled out in one place. Nothing here is trusted yet;
+//! [`super::validate`] turns these into the runtime [`super::Config`].
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+use serde_saphyr::Spanned;
+
+use super::values::{AlgName, HttpUrl, HumanDuration, MethodName};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    pub listen: RawListen,
+    #[serde(default)]
+    pub admin: Option<RawAdmin>,
+    #[serde(default)]
+    pub limits: RawLimits,
+    #[serde(default)]
+    pub issuers: Vec<Spanned<RawIssuer>>,
+    #[serde(default)]
+    pub token_cache: RawTokenCache,
+    pub routes: Vec<Spanned<RawRoute>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawListen {
+    pub address: SocketAddr,
+    pub public_url: Spanned<HttpUrl>,
+    pub tls: RawServerTls,
+    /// Defaults to 10 s.
+    pub handshake_timeout: Option<HumanDuration>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawServerTls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// Defaults to `optional`.
+    #[serde(default)]
+    pub client_auth: ClientAuth,
+    pub client_ca: Option<PathBuf>,
+}
+
+/// Whether the listener asks TLS clients for a certificate.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientAuth {
+    /// Never ask: mTLS-bound tokens can then never be honoured on this listener.
+    None,
+    /// Ask; a client without a certificate may still connect (DPoP and public routes).
+    #[default]
+    Optional,
+    /// The handshake fails without a client certificate.
+    Required,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    pub address: SocketAddr,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimits {
+    /// Defaults to 16 KiB. Larger request heads are answered 431.
+    pub max_header_bytes: Option<usize>,
+    /// Defaults to 10 MiB. Larger request bodies are answered 413.
+    pub max_body_bytes: Option<u64>,
+    /// Defaults to 10 s: a client that has not sent its whole request head by then is cut off.
+    pub header_read_timeout: Option<HumanDuration>,
+    /// Defaults to 30 s: how long SIGTERM waits for in-flight requests.
+    pub shutdown_grace: Option<HumanDuration>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawIssuer {
+    pub issuer: String,
+    pub jwks_uri: Option<HttpUrl>,
+    #[serde(default)]
+    pub discovery: bool,
+    pub jwks_file: Option<PathBuf>,
+    pub ca: Option<PathBuf>,
+    pub audiences: Vec<String>,
+    /// Defaults to PS256, ES256, EdDSA.
+    pub algorithms: Option<Vec<AlgName>>,
+    /// Defaults to `[at+jwt]` (which also matches `application/at+jwt`).
+    pub typ: Option<Vec<String>>,
+    /// Defaults to 5 s: tolerance on `exp`.
+    pub leeway: Option<HumanDuration>,
+    /// Defaults to 10 s: how far in the future `iat`/`nbf` may be (at most 60 s).
+    pub max_future: Option<HumanDuration>,
+    #[serde(default)]
+    pub jwks_cache: RawJwksCache,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawJwksCache {
+    /// Defaults to 5 m: freshness when the JWKS response has no `Cache-Control: max-age`.
+    pub default_ttl: Option<HumanDuration>,
+    /// Defaults to 30 s: lower bound applied to `max-age`.
+    pub min_ttl: Option<HumanDuration>,
+    /// Defaults to 24 h: upper bound applied to `max-age`.
+    pub max_ttl: Option<HumanDuration>,
+    /// Defaults to 24 h: how long stale keys keep serving while the issuer is unreachable.
+    pub stale_if_error: Option<HumanDuration>,
+    /// Defaults to 30 s: minimum gap between refetches caused by an unknown `kid`.
+    pub refetch_interval: Option<HumanDuration>,
+    /// Defaults to 5 s.
+    pub fetch_timeout: Option<HumanDuration>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTokenCache {
+    /// Defaults to 100 000 validated tokens.
+    pub max_entries: Option<u64>,
+    /// Defaults to 5 m: a validated token is re-checked at least this often.
+    pub max_ttl: Option<HumanDuration>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRoute {
+    pub name: String,
+    #[serde(rename = "match")]
+    pub matcher: RawMatch,
+    pub upstream: HttpUrl,
+    /// Extra trust anchors for an `https://` upstream.
+    pub upstream_ca: Option<PathBuf>,
+    /// Defaults to 30 s: time allowed for the upstream's response head.
+    pub timeout: Option<HumanDuration>,
+    pub auth: Option<RouteAuth>,
+    pub binding: Option<Binding>,
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    /// Forward the verified client certificate as RFC 9440 `Client-Cert`. Defaults to false.
+    #[serde(default)]
+    pub forward_client_cert: bool,
+    /// Send `X-Fapi-Subject`, `X-Fapi-Client-Id`, `X-Fapi-Scopes` upstream. Defaults to false.
+    #[serde(default)]
+    pub identity_headers: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMatch {
+    pub host: Option<String>,
+    pub path_prefix: String,
+    pub methods: Option<Vec<MethodName>>,
+}
+
+/// `auth: none` marks a public route; it is the only value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RouteAuth {
+    None,
+}
+
+/// How the access token must be bound to the caller on a route (see design.md).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Binding {
+    Mtls,
+    Dpop,
+    Any,
+    Bearer,
+}

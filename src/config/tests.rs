@@ -1,0 +1,176 @@
+//! Config parsing and validation: defaults, and one test per refusal naming key and line.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::path::Path;
+use std::time::Duration;
+
+use super::*;
+
+const BASE: &str = r#"
+listen:
+  address: 127.0.0.1:8443
+  public_url: https://gateway.test:8443
+  tls:
+    cert: certs/server.pem
+    key: certs/server.key
+issuers:
+  - issuer: https://as.example.com
+    jwks_uri: https://as.example.com/jwks
+    audiences: [https://api.example.com]
+routes:
+  - name: accounts
+    match: { path_prefix: /accounts/, methods: [GET] }
+    upstream: http://127.0.0.1:8080
+    binding: mtls
+    scopes: [accounts:read]
+  - name: public
+    match: { path_prefix: /public }
+    upstream: http://127.0.0.1:8080
+    auth: none
+"#;
+
+fn parse(text: &str) -> Result<Config, ConfigError> {
+    Config::from_yaml(text, "gateway.yaml", Path::new("/etc/fapi"))
+}
+
+fn error(text: &str) -> String {
+    parse(text).expect_err("config must be refused").to_string()
+}
+
+#[test]
+fn minimal_config_gets_documented_defaults() {
+    let c = parse(BASE).unwrap();
+    assert_eq!(c.listen.tls.client_auth, ClientAuth::Optional);
+    assert_eq!(c.listen.tls.cert, Path::new("/etc/fapi/certs/server.pem"));
+    assert_eq!(c.listen.handshake_timeout, Duration::from_secs(10));
+    let issuer = &c.issuers[0];
+    assert_eq!(issuer.algorithms, vec![Alg::Ps256, Alg::Es256, Alg::EdDsa]);
+    assert_eq!(issuer.typ, vec!["at+jwt".to_string()]);
+    assert_eq!(issuer.leeway, Duration::from_secs(5));
+    assert_eq!(issuer.max_future, Duration::from_secs(10));
+    assert_eq!(c.routes[0].path_prefix, "/accounts");
+    assert_eq!(c.routes[0].methods, Some(vec![http::Method::GET]));
+    assert_eq!(
+        c.routes[0].policy,
+        RoutePolicy::Protected {
+            binding: Binding::Mtls,
+            scopes: vec!["accounts:read".into()]
+        }
+    );
+    assert_eq!(c.routes[1].policy, RoutePolicy::Public);
+    assert_eq!(c.limits.max_header_bytes, 16 * 1024);
+}
+
+#[test]
+fn unknown_key_is_refused_with_line_and_column() {
+    let text = BASE.replace(
+        "    binding: mtls\n",
+        "    binding: mtls\n    bindng: mtls\n",
+    );
+    let e = error(&text);
+    assert!(e.starts_with("gateway.yaml:17:"), "{e}");
+    assert!(e.contains("bindng"), "{e}");
+}
+
+#[test]
+fn bad_duration_names_its_line() {
+    let text = BASE.replace("    audiences:", "    leeway: 5 seconds\n    audiences:");
+    let e = error(&text);
+    assert!(e.starts_with("gateway.yaml:11:"), "{e}");
+    assert!(e.contains("unknown unit"), "{e}");
+}
+
+#[test]
+fn bad_enum_value_is_refused() {
+    let text = BASE.replace("    binding: mtls", "    binding: sometimes");
+    let e = error(&text);
+    assert!(e.starts_with("gateway.yaml:16:"), "{e}");
+}
+
+#[test]
+fn hmac_and_none_algorithms_cannot_be_configured() {
+    for alg in ["HS256", "none"] {
+        let text = BASE.replace(
+            "    audiences:",
+            &format!("    algorithms: [{alg}]\n    audiences:"),
+        );
+        let e = error(&text);
+        assert!(e.contains("is not allowed"), "{e}");
+        assert!(e.starts_with("gateway.yaml:11:"), "{e}");
+    }
+}
+
+#[test]
+fn route_without_binding_or_auth_is_refused() {
+    let text = BASE.replace("    binding: mtls\n    scopes: [accounts:read]\n", "");
+    let e = error(&text);
+    assert!(e.contains("routes[0].binding"), "{e}");
+    assert!(e.starts_with("gateway.yaml:13:"), "{e}");
+}
+
+#[test]
+fn route_with_both_binding_and_auth_none_is_refused() {
+    let text = BASE.replace("    binding: mtls\n", "    binding: mtls\n    auth: none\n");
+    assert!(error(&text).contains("not both"));
+}
+
+#[test]
+fn http_jwks_uri_is_refused() {
+    let text = BASE.replace("jwks_uri: https://", "jwks_uri: http://");
+    let e = error(&text);
+    assert!(e.contains("issuers[0].jwks_uri"), "{e}");
+    assert!(e.contains("https://"), "{e}");
+}
+
+#[test]
+fn two_key_sources_are_refused() {
+    let text = BASE.replace("    audiences:", "    jwks_file: keys.json\n    audiences:");
+    assert!(error(&text).contains("exactly one of"));
+}
+
+#[test]
+fn max_future_above_sixty_seconds_is_refused() {
+    let text = BASE.replace("    audiences:", "    max_future: 61s\n    audiences:");
+    assert!(error(&text).contains("at most 60s"));
+}
+
+#[test]
+fn public_url_must_be_https_origin() {
+    let e = error(&BASE.replace("public_url: https://", "public_url: http://"));
+    assert!(e.contains("listen.public_url"), "{e}");
+    assert!(e.starts_with("gateway.yaml:4:"), "{e}");
+    assert!(error(&BASE.replace(":8443\n  tls", ":8443/api\n  tls")).contains("origin"));
+}
+
+#[test]
+fn duplicate_route_names_and_matches_are_refused() {
+    let dup = BASE.replace("name: public", "name: accounts");
+    assert!(error(&dup).contains("used twice"));
+    let same = BASE.replace(
+        "path_prefix: /public }",
+        "path_prefix: /accounts, methods: [GET] }",
+    );
+    assert!(error(&same).contains("exactly the same"));
+}
+
+#[test]
+fn protected_route_needs_an_issuer() {
+    let start = BASE.find("issuers:").unwrap();
+    let end = BASE.find("routes:").unwrap();
+    let text = format!("{}{}", &BASE[..start], &BASE[end..]);
+    assert!(error(&text).contains("needs at least one entry under `issuers`"));
+}
+
+#[test]
+fn typ_values_are_normalised() {
+    let text = BASE.replace(
+        "    audiences:",
+        "    typ: [application/AT+JWT, JWT]\n    audiences:",
+    );
+    assert_eq!(parse(&text).unwrap().issuers[0].typ, vec!["at+jwt", "jwt"]);
+}
+
+#[test]
+fn lowercase_methods_are_refused() {
+    assert!(error(&BASE.replace("methods: [GET]", "methods: [get]")).contains("upper-case"));
+}

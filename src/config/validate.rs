@@ -1,0 +1,378 @@
+//! From [`RawConfig`] to [`Config`]: defaults, rules that span several keys, and paths
+//! resolved against the config file's folder. Every error carries the key path and the
+//! `line:col` of the mapping it concerns.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_saphyr::{Location, Spanned};
+
+use super::raw::{Binding, RawConfig, RawIssuer, RawJwksCache, RawRoute};
+use super::values::HumanDuration;
+use super::{
+    Config, ConfigError, Issuer, JwksCacheSettings, KeySource, Limits, Listener, Route,
+    RoutePolicy, ServerTls, TokenCacheSettings,
+};
+use crate::jose::Alg;
+
+/// FAPI 2.0 §5.4.1: the only algorithms accepted by default.
+pub const DEFAULT_ALGORITHMS: [Alg; 3] = [Alg::Ps256, Alg::Es256, Alg::EdDsa];
+/// FAPI 2.0 §5.3.2.1-2.13: never accept `iat`/`nbf` more than 60 s ahead.
+const MAX_FUTURE_CEILING: Duration = Duration::from_secs(60);
+
+struct Ctx<'a> {
+    file: &'a str,
+    base_dir: &'a Path,
+}
+
+impl Ctx<'_> {
+    fn err(&self, at: Location, key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+        ConfigError::Invalid {
+            file: self.file.to_string(),
+            line: at.line(),
+            column: at.column(),
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+
+    fn path(&self, p: PathBuf) -> PathBuf {
+        if p.is_absolute() {
+            p
+        } else {
+            self.base_dir.join(p)
+        }
+    }
+}
+
+fn dur(value: Option<HumanDuration>, default: Duration) -> Duration {
+    value.map_or(default, |d| d.0)
+}
+
+pub(super) fn validate(raw: RawConfig, file: &str, base_dir: &Path) -> Result<Config, ConfigError> {
+    let ctx = Ctx { file, base_dir };
+
+    let public_url = raw.listen.public_url;
+    if !public_url.value.is_https() {
+        return Err(ctx.err(
+            public_url.referenced,
+            "listen.public_url",
+            "must be an https:// URL: it is the address clients call, and DPoP `htu` is checked against it",
+        ));
+    }
+    if !matches!(public_url.value.0.path(), "" | "/") || public_url.value.0.query().is_some() {
+        return Err(ctx.err(
+            public_url.referenced,
+            "listen.public_url",
+            "must be an origin (scheme, host, optional port) without a path or query",
+        ));
+    }
+    let listen = Listener {
+        address: raw.listen.address,
+        public_url: public_url.value.0,
+        tls: ServerTls {
+            cert: ctx.path(raw.listen.tls.cert),
+            key: ctx.path(raw.listen.tls.key),
+            client_auth: raw.listen.tls.client_auth,
+            client_ca: raw.listen.tls.client_ca.map(|p| ctx.path(p)),
+        },
+        handshake_timeout: dur(raw.listen.handshake_timeout, Duration::from_secs(10)),
+    };
+
+    let limits = Limits {
+        max_header_bytes: raw.limits.max_header_bytes.unwrap_or(16 * 1024),
+        max_body_bytes: raw.limits.max_body_bytes.unwrap_or(10 * 1024 * 1024),
+        header_read_timeout: dur(raw.limits.header_read_timeout, Duration::from_secs(10)),
+        shutdown_grace: dur(raw.limits.shutdown_grace, Duration::from_secs(30)),
+    };
+    if limits.max_header_bytes < 1024 {
+        return Err(ConfigError::Invalid {
+            file: file.to_string(),
+            line: 0,
+            column: 0,
+            key: "limits.max_header_bytes".into(),
+            message: "must be at least 1024".into(),
+        });
+    }
+
+    let mut issuers = Vec::with_capacity(raw.issuers.len());
+    let mut seen_issuers = HashSet::new();
+    for (i, spanned) in raw.issuers.into_iter().enumerate() {
+        let at = spanned.referenced;
+        let issuer = issuer(&ctx, i, spanned)?;
+        if !seen_issuers.insert(issuer.issuer.clone()) {
+            return Err(ctx.err(
+                at,
+                format!("issuers[{i}].issuer"),
+                "this issuer is listed twice",
+            ));
+        }
+        issuers.push(issuer);
+    }
+
+    let token_cache = TokenCacheSettings {
+        max_entries: raw.token_cache.max_entries.unwrap_or(100_000),
+        max_ttl: dur(raw.token_cache.max_ttl, Duration::from_secs(300)),
+    };
+
+    let mut routes = Vec::with_capacity(raw.routes.len());
+    let mut names = HashSet::new();
+    let mut matchers = HashSet::new();
+    for (i, spanned) in raw.routes.into_iter().enumerate() {
+        let at = spanned.referenced;
+        let route = route(&ctx, i, spanned, !issuers.is_empty())?;
+        if !names.insert(route.name.clone()) {
+            return Err(ctx.err(
+                at,
+                format!("routes[{i}].name"),
+                format!("route name `{}` is used twice", route.name),
+            ));
+        }
+        let key = (
+            route.host.clone(),
+            route.path_prefix.clone(),
+            route.methods.clone().map(|m| {
+                let mut v: Vec<String> = m.iter().map(|m| m.to_string()).collect();
+                v.sort();
+                v
+            }),
+        );
+        if !matchers.insert(key) {
+            return Err(ctx.err(
+                at,
+                format!("routes[{i}].match"),
+                "another route has exactly the same host, path_prefix and methods",
+            ));
+        }
+        routes.push(route);
+    }
+
+    Ok(Config {
+        source: None,
+        listen,
+        admin: raw.admin.map(|a| a.address),
+        limits,
+        issuers,
+        token_cache,
+        routes,
+    })
+}
+
+fn issuer(ctx: &Ctx<'_>, i: usize, spanned: Spanned<RawIssuer>) -> Result<Issuer, ConfigError> {
+    let at = spanned.referenced;
+    let raw = spanned.value;
+    let key = |k: &str| format!("issuers[{i}].{k}");
+    if raw.issuer.is_empty() {
+        return Err(ctx.err(at, key("issuer"), "must not be empty"));
+    }
+    let keys = match (raw.jwks_uri, raw.discovery, raw.jwks_file) {
+        (Some(uri), false, None) => {
+            if !uri.is_https() {
+                return Err(ctx.err(
+                    at,
+                    key("jwks_uri"),
+                    "must be an https:// URL (RFC 8414 §2, FAPI 2.0 §5.4.2)",
+                ));
+            }
+            KeySource::JwksUri(uri.0)
+        }
+        (None, true, None) => {
+            if !raw.issuer.starts_with("https://") {
+                return Err(ctx.err(
+                    at,
+                    key("discovery"),
+                    "discovery needs an https:// issuer identifier",
+                ));
+            }
+            KeySource::Discovery
+        }
+        (None, false, Some(path)) => KeySource::File(ctx.path(path)),
+        _ => {
+            return Err(ctx.err(
+                at,
+                key("jwks_uri"),
+                "give exactly one of `jwks_uri`, `discovery: true` or `jwks_file`",
+            ));
+        }
+    };
+    if raw.audiences.is_empty() || raw.audiences.iter().any(String::is_empty) {
+        return Err(ctx.err(
+            at,
+            key("audiences"),
+            "list at least one audience (RFC 9068 §4: the `aud` the gateway accepts)",
+        ));
+    }
+    let algorithms: Vec<Alg> = match raw.algorithms {
+        Some(list) => list.into_iter().map(|a| a.0).collect(),
+        None => DEFAULT_ALGORITHMS.to_vec(),
+    };
+    if algorithms.is_empty() {
+        return Err(ctx.err(at, key("algorithms"), "must list at least one algorithm"));
+    }
+    let typ: Vec<String> = raw
+        .typ
+        .unwrap_or_else(|| vec!["at+jwt".to_string()])
+        .iter()
+        .map(|t| normalise_typ(t))
+        .collect();
+    if typ.is_empty() || typ.iter().any(String::is_empty) {
+        return Err(ctx.err(
+            at,
+            key("typ"),
+            "list at least one accepted `typ`, e.g. [at+jwt]",
+        ));
+    }
+    let max_future = dur(raw.max_future, Duration::from_secs(10));
+    if max_future > MAX_FUTURE_CEILING {
+        return Err(ctx.err(
+            at,
+            key("max_future"),
+            "must be at most 60s (FAPI 2.0 §5.3.2.1-2.13)",
+        ));
+    }
+    let jwks_cache = jwks_cache(raw.jwks_cache);
+    if jwks_cache.min_ttl > jwks_cache.max_ttl {
+        return Err(ctx.err(
+            at,
+            key("jwks_cache.min_ttl"),
+            "must not exceed jwks_cache.max_ttl",
+        ));
+    }
+    Ok(Issuer {
+        issuer: raw.issuer,
+        keys,
+        ca: raw.ca.map(|p| ctx.path(p)),
+        audiences: raw.audiences,
+        algorithms,
+        typ,
+        leeway: dur(raw.leeway, Duration::from_secs(5)),
+        max_future,
+        jwks_cache,
+    })
+}
+
+fn jwks_cache(raw: RawJwksCache) -> JwksCacheSettings {
+    JwksCacheSettings {
+        default_ttl: dur(raw.default_ttl, Duration::from_secs(300)),
+        min_ttl: dur(raw.min_ttl, Duration::from_secs(30)),
+        max_ttl: dur(raw.max_ttl, Duration::from_secs(86_400)),
+        stale_if_error: dur(raw.stale_if_error, Duration::from_secs(86_400)),
+        refetch_interval: dur(raw.refetch_interval, Duration::from_secs(30)),
+        fetch_timeout: dur(raw.fetch_timeout, Duration::from_secs(5)),
+    }
+}
+
+/// `typ` is a media type: compared case-insensitively, and `application/` may be omitted
+/// (RFC 7515 §4.1.9).
+pub fn normalise_typ(typ: &str) -> String {
+    let lower = typ.trim().to_ascii_lowercase();
+    match lower.strip_prefix("application/") {
+        Some(rest) => rest.to_string(),
+        None => lower,
+    }
+}
+
+fn route(
+    ctx: &Ctx<'_>,
+    i: usize,
+    spanned: Spanned<RawRoute>,
+    have_issuers: bool,
+) -> Result<Route, ConfigError> {
+    let at = spanned.referenced;
+    let raw = spanned.value;
+    let key = |k: &str| format!("routes[{i}].{k}");
+    if raw.name.is_empty() {
+        return Err(ctx.err(at, key("name"), "must not be empty"));
+    }
+    let prefix = raw.matcher.path_prefix;
+    if !prefix.starts_with('/') {
+        return Err(ctx.err(at, key("match.path_prefix"), "must start with `/`"));
+    }
+    if prefix.contains(['?', '#']) {
+        return Err(ctx.err(
+            at,
+            key("match.path_prefix"),
+            "must be a path, without `?` or `#`",
+        ));
+    }
+    let methods = match raw.matcher.methods {
+        Some(list) if list.is_empty() => {
+            return Err(ctx.err(
+                at,
+                key("match.methods"),
+                "leave `methods` out to match every method, or list at least one",
+            ));
+        }
+        Some(list) => Some(list.into_iter().map(|m| m.0).collect()),
+        None => None,
+    };
+    let host = match raw.matcher.host {
+        Some(h) if h.is_empty() || h.contains(['/', ':', ' ']) => {
+            return Err(ctx.err(
+                at,
+                key("match.host"),
+                "must be a bare host name, without scheme, port or path",
+            ));
+        }
+        Some(h) => Some(h.to_ascii_lowercase()),
+        None => None,
+    };
+    let policy = match (raw.auth, raw.binding) {
+        (Some(_), None) => {
+            if !raw.scopes.is_empty() {
+                return Err(ctx.err(
+                    at,
+                    key("scopes"),
+                    "a public route (`auth: none`) cannot require scopes",
+                ));
+            }
+            RoutePolicy::Public
+        }
+        (None, Some(binding)) => {
+            if binding == Binding::Dpop {
+                return Err(ctx.err(
+                    at,
+                    key("binding"),
+                    "`binding: dpop` is not available in this version yet; use mtls, any or bearer",
+                ));
+            }
+            if !have_issuers {
+                return Err(ctx.err(
+                    at,
+                    key("binding"),
+                    "a protected route needs at least one entry under `issuers`",
+                ));
+            }
+            RoutePolicy::Protected {
+                binding,
+                scopes: raw.scopes,
+            }
+        }
+        (Some(_), Some(_)) => {
+            return Err(ctx.err(
+                at,
+                key("auth"),
+                "give either `auth: none` (public) or `binding: …`, not both",
+            ));
+        }
+        (None, None) => {
+            return Err(ctx.err(at, key("binding"), "say how tokens are bound: `binding: mtls | dpop | any | bearer`, or `auth: none` for a public route"));
+        }
+    };
+    if raw.upstream.0.query().is_some() {
+        return Err(ctx.err(at, key("upstream"), "must not have a query string"));
+    }
+    Ok(Route {
+        name: raw.name,
+        host,
+        path_prefix: prefix.trim_end_matches('/').to_string(),
+        methods,
+        upstream: raw.upstream.0,
+        upstream_ca: raw.upstream_ca.map(|p| ctx.path(p)),
+        timeout: dur(raw.timeout, Duration::from_secs(30)),
+        policy,
+        forward_client_cert: raw.forward_client_cert,
+        identity_headers: raw.identity_headers,
+    })
+}

@@ -1,0 +1,131 @@
+//! The request pipeline: one pass, in request order, from a parsed HTTP request to a
+//! response. `handle` maps every [`Rejection`] to its response; `handle_inner` does the
+//! work and short-circuits with `?`.
+//!
+//! 1. the Host must match the TLS SNI (421);
+//! 2. the path must be unambiguous (400), then a route must match (404);
+//! 3. a declared body larger than the limit is refused (413);
+//! 4. the route's policy is enforced (token, binding, scopes: 400/401/403/503);
+//! 5. the request is forwarded and the response streamed back (502/504 on failure).
+
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use http::header::CONTENT_LENGTH;
+use http::{Request, Response};
+use hyper::body::Incoming;
+
+use crate::auth::token::TokenValidator;
+use crate::auth::{self, Outcome};
+use crate::body::ProxyBody;
+use crate::config::Config;
+use crate::proxy::{ForwardContext, Upstream, request_host};
+use crate::rejection::Rejection;
+use crate::router::{Router, check_path};
+use crate::server::ConnectionInfo;
+
+/// Everything compiled from one configuration that requests read.
+pub struct GatewayState {
+    pub config: Config,
+    pub router: Router,
+    pub validator: TokenValidator,
+    /// One upstream client per route, same index as `config.routes`.
+    pub upstreams: Vec<Upstream>,
+}
+
+impl GatewayState {
+    /// Handles one request. Never fails: rejections become responses.
+    pub async fn handle(
+        self: Arc<Self>,
+        request: Request<Incoming>,
+        conn: Arc<ConnectionInfo>,
+    ) -> Response<ProxyBody> {
+        let started = Instant::now();
+        let method = request.method().clone();
+        let path = request.uri().path().to_string();
+        let (route, result) = self.handle_inner(request, &conn).await;
+        let route_name = route.map_or("-", |i| self.config.routes[i].name.as_str());
+        match result {
+            Ok(response) => {
+                tracing::info!(route = route_name, %method, path, status = response.status().as_u16(), reason = "ok", latency_us = started.elapsed().as_micros() as u64, peer = %conn.peer, "request");
+                response
+            }
+            Err(rejection) => {
+                tracing::info!(route = route_name, %method, path, status = rejection.status().as_u16(), reason = rejection.reason(), latency_us = started.elapsed().as_micros() as u64, peer = %conn.peer, "request");
+                rejection.into_response()
+            }
+        }
+    }
+
+    async fn handle_inner(
+        &self,
+        request: Request<Incoming>,
+        conn: &ConnectionInfo,
+    ) -> (Option<usize>, Result<Response<ProxyBody>, Rejection>) {
+        let host = request_host(request.uri(), request.headers());
+        if let (Some(sni), Some(host)) = (conn.sni.as_deref(), host) {
+            if !sni.eq_ignore_ascii_case(host) {
+                return (None, Err(Rejection::Misdirected));
+            }
+        }
+        if let Err(e) = check_path(request.uri().path()) {
+            return (
+                None,
+                Err(Rejection::BadRequest {
+                    reason: "ambiguous_path",
+                    description: e.to_string().into(),
+                }),
+            );
+        }
+        let Some(index) = self
+            .router
+            .route(host, request.uri().path(), request.method())
+        else {
+            return (None, Err(Rejection::NotFound));
+        };
+        let route = &self.config.routes[index];
+        let limits = &self.config.limits;
+        let declared = request
+            .headers()
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|len| len > limits.max_body_bytes) {
+            return (Some(index), Err(Rejection::PayloadTooLarge));
+        }
+        let outcome = match auth::authorize(
+            &self.validator,
+            &route.policy,
+            request.headers(),
+            request.uri().query(),
+            conn.client_cert.as_ref().map(|c| &c.thumbprint),
+            unix_now(),
+        )
+        .await
+        {
+            Ok(outcome) => outcome,
+            Err(rejection) => return (Some(index), Err(rejection)),
+        };
+        let token = match &outcome {
+            Outcome::Authorized(token) => Some(token.as_ref()),
+            Outcome::Public => None,
+        };
+        let ctx = ForwardContext {
+            peer: conn.peer,
+            client_cert_der: conn.client_cert.as_ref().map(|c| c.der.as_slice()),
+            token,
+            max_body_bytes: limits.max_body_bytes,
+        };
+        (
+            Some(index),
+            self.upstreams[index].forward(request, route, ctx).await,
+        )
+    }
+}
+
+/// Seconds since the Unix epoch.
+pub fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}

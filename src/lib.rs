@@ -1,0 +1,170 @@
+//! # fapi-gateway
+//!
+//! A TLS-terminating reverse proxy that makes a stolen access token useless: every request
+//! on a protected route must carry a valid JWT access token (RFC 9068) that is bound to the
+//! caller — to the client certificate of the connection (RFC 8705) — and carry the route's
+//! scopes. Everything else is answered by the gateway with the RFC 6750 challenge and
+//! never reaches the upstream.
+//!
+//! ## The life of a request
+//! 1. [`server`] accepts TCP, finishes TLS and computes the client certificate's SHA-256
+//!    thumbprint once per connection;
+//! 2. hyper parses HTTP/1.1 or HTTP/2; [`gateway`] checks Host against SNI and the path,
+//!    and [`router`] picks the most specific route;
+//! 3. [`auth`] extracts the credential, validates the token ([`auth::token`], keys from
+//!    [`auth::jwks`], results cached), checks its binding ([`auth::binding`]) and scopes;
+//! 4. [`proxy`] rewrites headers and streams the request upstream and the answer back.
+//!
+//! Every refusal is a [`rejection::Rejection`], turned into a response in one place.
+
+pub mod auth;
+pub mod body;
+pub mod config;
+pub mod gateway;
+pub mod jose;
+pub mod proxy;
+pub mod rejection;
+pub mod router;
+pub mod server;
+pub mod tls;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use auth::jwks::IssuerKeys;
+use auth::jwks_fetch::FetchError;
+use auth::token::TokenValidator;
+use config::Config;
+use gateway::GatewayState;
+use proxy::Upstream;
+use router::Router;
+use server::ServerSettings;
+use tls::TlsError;
+
+/// Why the gateway could not start. Each message names the file or address at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error("issuer {issuer}: {source}")]
+    Issuer { issuer: String, source: FetchError },
+    #[error("route {route}: {source}")]
+    Upstream { route: String, source: TlsError },
+    #[error("cannot listen on {address}: {source} (is another process using it?)")]
+    Bind {
+        address: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// A running gateway.
+pub struct GatewayHandle {
+    local_addr: SocketAddr,
+    shutdown: watch::Sender<bool>,
+    task: JoinHandle<()>,
+    state: Arc<GatewayState>,
+}
+
+impl GatewayHandle {
+    /// The address the TLS listener is bound to (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Whether every issuer's keys have been fetched at least once.
+    pub fn keys_loaded(&self) -> bool {
+        self.state.validator.issuer_keys().all(|k| k.is_loaded())
+    }
+
+    /// Stops accepting, drains in-flight requests up to the grace period, and returns.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        let _ = self.task.await;
+    }
+
+    /// Waits until the server stops (after [`GatewayHandle::shutdown`] from elsewhere).
+    pub async fn wait(self) {
+        let _ = self.task.await;
+    }
+}
+
+/// Compiles `config`, loads certificates, fetches every issuer's keys (failures are logged;
+/// requests retry), binds the listener and starts serving.
+pub async fn start(config: Config) -> Result<GatewayHandle, StartError> {
+    let server_tls = tls::server_config(&config.listen.tls)?;
+    let mut issuers = Vec::with_capacity(config.issuers.len());
+    for issuer in &config.issuers {
+        let keys = IssuerKeys::new(issuer).map_err(|source| StartError::Issuer {
+            issuer: issuer.issuer.clone(),
+            source,
+        })?;
+        issuers.push((issuer.clone(), Arc::new(keys)));
+    }
+    let prefetches = issuers.iter().map(|(issuer, keys)| {
+        let keys = keys.clone();
+        let name = issuer.issuer.clone();
+        async move {
+            if let Err(e) = keys.prefetch().await {
+                tracing::warn!(issuer = %name, error = %e, "could not fetch signing keys at start-up; will retry on demand");
+            }
+        }
+    });
+    futures_join_all(prefetches).await;
+    let validator = TokenValidator::new(issuers, &config.token_cache);
+    let mut upstreams = Vec::with_capacity(config.routes.len());
+    for route in &config.routes {
+        let upstream = Upstream::new(route).map_err(|source| StartError::Upstream {
+            route: route.name.clone(),
+            source,
+        })?;
+        upstreams.push(upstream);
+    }
+    let address = config.listen.address;
+    let listener = tokio::net::TcpListener::bind(address)
+        .await
+        .map_err(|source| StartError::Bind { address, source })?;
+    let local_addr = listener
+        .local_addr()
+        .map_err(|source| StartError::Bind { address, source })?;
+    let settings = ServerSettings {
+        handshake_timeout: config.listen.handshake_timeout,
+        header_read_timeout: config.limits.header_read_timeout,
+        max_header_bytes: config.limits.max_header_bytes,
+        shutdown_grace: config.limits.shutdown_grace,
+    };
+    let state = Arc::new(GatewayState {
+        router: Router::new(&config.routes),
+        config,
+        validator,
+        upstreams,
+    });
+    let (shutdown, receiver) = watch::channel(false);
+    let acceptor = tokio_rustls::TlsAcceptor::from(server_tls);
+    let task = tokio::spawn(server::serve(
+        listener,
+        acceptor,
+        state.clone(),
+        settings,
+        receiver,
+    ));
+    tracing::info!(%local_addr, "gateway listening");
+    Ok(GatewayHandle {
+        local_addr,
+        shutdown,
+        task,
+        state,
+    })
+}
+
+/// Runs futures concurrently and waits for all (a tiny join_all without another crate).
+async fn futures_join_all<F: std::future::Future<Output = ()> + Send + 'static>(
+    futures: impl Iterator<Item = F>,
+) {
+    let handles: Vec<_> = futures.map(tokio::spawn).collect();
+    for handle in handles {
+        let _ = handle.await;
+    }
+}

@@ -1,0 +1,196 @@
+//! The `fapi-gateway` command: run the gateway (default), or `check-config FILE`.
+//!
+//! Exit codes: 0 success; 1 the gateway failed to start or stopped with an error; 2 the
+//! configuration is invalid.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use fapi_gateway::config::{Config, KeySource, RoutePolicy};
+
+#[derive(Parser)]
+#[command(
+    name = "fapi-gateway",
+    version,
+    about = "A reverse proxy that enforces sender-constrained OAuth access tokens"
+)]
+struct Cli {
+    /// The configuration file.
+    #[arg(
+        long,
+        short,
+        env = "FAPI_GATEWAY_CONFIG",
+        default_value = "gateway.yaml",
+        global = true
+    )]
+    config: PathBuf,
+    /// Log format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Pretty, global = true)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Validate a configuration file and print a summary; nothing listens.
+    CheckConfig {
+        /// The file to check (defaults to --config).
+        file: Option<PathBuf>,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Pretty,
+    Json,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.log_format);
+    match cli.command {
+        Some(Command::CheckConfig { file }) => check_config(&file.unwrap_or(cli.config)),
+        None => run(&cli.config),
+    }
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("FAPI_GATEWAY_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Pretty => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn load(path: &std::path::Path) -> Result<Config, ExitCode> {
+    Config::load(path).map_err(|e| {
+        eprintln!("error: {e}");
+        ExitCode::from(2)
+    })
+}
+
+fn check_config(path: &std::path::Path) -> ExitCode {
+    let config = match load(path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    if let Err(e) = fapi_gateway::tls::server_config(&config.listen.tls) {
+        eprintln!("error: {}: listen.tls: {e}", path.display());
+        return ExitCode::from(2);
+    }
+    println!("{}: OK", path.display());
+    let tls = &config.listen.tls;
+    println!(
+        "listener  {} (public URL {})",
+        config.listen.address, config.listen.public_url
+    );
+    println!(
+        "          client certificates: {:?}{}",
+        tls.client_auth,
+        tls.client_ca.as_ref().map_or(
+            " (any certificate, bound by thumbprint)".to_string(),
+            |ca| format!(" (must chain to {})", ca.display())
+        )
+    );
+    if let Some(admin) = config.admin {
+        println!("admin     {admin}");
+    }
+    for issuer in &config.issuers {
+        let keys = match &issuer.keys {
+            KeySource::JwksUri(uri) => format!("jwks_uri {uri}"),
+            KeySource::Discovery => "discovery".to_string(),
+            KeySource::File(p) => format!("jwks_file {}", p.display()),
+        };
+        let algs: Vec<&str> = issuer.algorithms.iter().map(|a| a.name()).collect();
+        println!(
+            "issuer    {} ({keys}; algorithms {}; audiences {})",
+            issuer.issuer,
+            algs.join(" "),
+            issuer.audiences.join(" ")
+        );
+    }
+    for route in &config.routes {
+        let methods = route.methods.as_ref().map_or("*".to_string(), |m| {
+            m.iter().map(|m| m.as_str()).collect::<Vec<_>>().join(",")
+        });
+        let policy = match &route.policy {
+            RoutePolicy::Public => "auth: none (public)".to_string(),
+            RoutePolicy::Protected { binding, scopes } => format!(
+                "binding: {binding:?}{}",
+                if scopes.is_empty() {
+                    String::new()
+                } else {
+                    format!(", scopes: {}", scopes.join(" "))
+                }
+            )
+            .to_lowercase(),
+        };
+        println!(
+            "route     {:<16} {}{}/ [{methods}] -> {}  {policy}",
+            route.name,
+            route.host.as_deref().unwrap_or(""),
+            route.path_prefix,
+            route.upstream
+        );
+    }
+    ExitCode::SUCCESS
+}
+
+fn run(path: &std::path::Path) -> ExitCode {
+    let config = match load(path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        let handle = match fapi_gateway::start(config).await {
+            Ok(h) => h,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        wait_for_signal().await;
+        tracing::info!("shutting down: draining in-flight requests");
+        handle.shutdown().await;
+        ExitCode::SUCCESS
+    })
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}

@@ -1,0 +1,247 @@
+//! A whole test environment: PKI, HTTPS JWKS server, recording upstream and a running
+//! gateway configured from YAML, plus helpers to mint tokens and call the gateway.
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use fapi_gateway::GatewayHandle;
+use fapi_gateway::config::Config;
+use serde_json::{Value, json};
+
+use super::{ClientCert, JwksServer, Signer, TestPki, Upstream, claims, client, gateway_url};
+
+pub const AUDIENCE: &str = "https://api.test";
+
+/// Knobs for [`Env::start_with`].
+pub struct Options {
+    /// Extra lines appended under the issuer entry (indented by 4 spaces).
+    pub issuer_extra: String,
+    /// `client_auth` of the listener.
+    pub client_auth: &'static str,
+    /// Extra YAML at the end of the listener's `tls` mapping (indented by 4 spaces);
+    /// `{client_ca}` stands for the test PKI's client CA file.
+    pub tls_extra: String,
+    /// `limits` mapping body (indented by 2 spaces).
+    pub limits: String,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            issuer_extra: String::new(),
+            client_auth: "optional",
+            tls_extra: String::new(),
+            limits: "  max_body_bytes: 1024\n".into(),
+        }
+    }
+}
+
+pub struct Env {
+    pub pki: TestPki,
+    pub jwks: JwksServer,
+    pub upstream: Upstream,
+    pub signer: Signer,
+    pub gateway: Option<GatewayHandle>,
+    pub addr: SocketAddr,
+}
+
+impl Env {
+    pub async fn start() -> Env {
+        Self::start_with(Options::default()).await
+    }
+
+    pub async fn start_with(options: Options) -> Env {
+        super::init();
+        let pki = TestPki::new();
+        let signer = Signer::es256("key-1");
+        let jwks = JwksServer::start(&pki, vec![signer.public_jwk()]).await;
+        let upstream = Upstream::start().await;
+        let yaml = config_yaml(&pki, &jwks, &upstream, &options);
+        let config = Config::from_yaml(&yaml, "test.yaml", pki.dir())
+            .unwrap_or_else(|e| panic!("{e}\n{yaml}"));
+        let gateway = fapi_gateway::start(config).await.expect("gateway starts");
+        let addr = gateway.local_addr();
+        Env {
+            pki,
+            jwks,
+            upstream,
+            signer,
+            gateway: Some(gateway),
+            addr,
+        }
+    }
+
+    pub fn issuer(&self) -> String {
+        self.jwks.issuer()
+    }
+
+    /// Valid RFC 9068 claims for this environment's issuer and audience.
+    pub fn claims(&self) -> Value {
+        claims(&self.issuer(), AUDIENCE)
+    }
+
+    /// A token signed by the environment's signer with `claims`.
+    pub fn token(&self, claims: &Value) -> String {
+        self.signer.jwt(claims)
+    }
+
+    /// An unbound token.
+    pub fn bearer_token(&self) -> String {
+        self.token(&self.claims())
+    }
+
+    /// A token bound to `cert` (RFC 8705 `cnf.x5t#S256`).
+    pub fn bound_token(&self, cert: &ClientCert) -> String {
+        let mut c = self.claims();
+        c["cnf"] = json!({ "x5t#S256": cert.x5t_s256 });
+        self.token(&c)
+    }
+
+    pub fn client(&self, cert: Option<&ClientCert>) -> reqwest::Client {
+        client(&self.pki, self.addr, cert, false)
+    }
+
+    pub fn h2_client(&self, cert: Option<&ClientCert>) -> reqwest::Client {
+        client(&self.pki, self.addr, cert, true)
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        gateway_url(self.addr, path)
+    }
+
+    /// GET `path` with `Authorization: Bearer <token>`.
+    pub async fn get(
+        &self,
+        path: &str,
+        cert: Option<&ClientCert>,
+        token: Option<&str>,
+    ) -> reqwest::Response {
+        let mut request = self.client(cert).get(self.url(path));
+        if let Some(token) = token {
+            request = request.header("authorization", format!("Bearer {token}"));
+        }
+        request.send().await.expect("request completes")
+    }
+}
+
+/// The `WWW-Authenticate` header of a response, or "".
+pub fn challenge(response: &reqwest::Response) -> String {
+    response
+        .headers()
+        .get("www-authenticate")
+        .map(|v| v.to_str().unwrap().to_string())
+        .unwrap_or_default()
+}
+
+/// Asserts status, exact challenge and JSON `error`, and returns the body.
+pub async fn assert_rejected(
+    response: reqwest::Response,
+    status: u16,
+    www_authenticate: &str,
+    error: &str,
+) -> Value {
+    assert_eq!(response.status().as_u16(), status, "status");
+    assert_eq!(challenge(&response), www_authenticate, "WWW-Authenticate");
+    assert_eq!(response.headers()["cache-control"], "no-store");
+    let text = response.text().await.expect("body");
+    let body: Value = serde_json::from_str(&text).expect("JSON body");
+    assert_eq!(body["error"], error, "error in body: {body}");
+    assert!(body["error_description"].is_string(), "{body}");
+    body
+}
+
+fn config_yaml(pki: &TestPki, jwks: &JwksServer, upstream: &Upstream, o: &Options) -> String {
+    let up = upstream.url();
+    let refused = Upstream::refused_url();
+    let ca = pki.ca_pem_path();
+    format!(
+        r#"
+listen:
+  address: 127.0.0.1:0
+  public_url: https://gateway.test
+  tls:
+    cert: {cert}
+    key: {key}
+    client_auth: {client_auth}
+{tls_extra}
+limits:
+{limits}
+issuers:
+  - issuer: {issuer}
+    jwks_uri: {jwks_uri}
+    ca: {ca}
+    audiences: [{AUDIENCE}]
+    algorithms: [ES256, PS256, EdDSA]
+{issuer_extra}
+routes:
+  - name: mtls
+    match: {{ path_prefix: /mtls }}
+    upstream: {up}
+    binding: mtls
+    scopes: [accounts:read]
+  - name: any
+    match: {{ path_prefix: /any }}
+    upstream: {up}
+    binding: any
+  - name: bearer
+    match: {{ path_prefix: /bearer }}
+    upstream: {up}
+    binding: bearer
+  - name: scoped
+    match: {{ path_prefix: /scoped }}
+    upstream: {up}
+    binding: mtls
+    scopes: [accounts:read, payments:write]
+  - name: identity
+    match: {{ path_prefix: /identity }}
+    upstream: {up}
+    binding: mtls
+    forward_client_cert: true
+    identity_headers: true
+  - name: public
+    match: {{ path_prefix: /public }}
+    upstream: {up}
+    auth: none
+  - name: echo
+    match: {{ path_prefix: /echo, methods: [POST, PUT] }}
+    upstream: {up}
+    auth: none
+  - name: slow
+    match: {{ path_prefix: /slow }}
+    upstream: {up}
+    timeout: 1s
+    auth: none
+  - name: status
+    match: {{ path_prefix: /status }}
+    upstream: {up}
+    auth: none
+  - name: refused
+    match: {{ path_prefix: /refused }}
+    upstream: {refused}
+    auth: none
+  - name: partner
+    match: {{ host: partner.test, path_prefix: /public }}
+    upstream: {up}
+    binding: mtls
+"#,
+        cert = pki.server_cert_path().display(),
+        key = pki.server_key_path().display(),
+        client_auth = o.client_auth,
+        tls_extra = o.tls_extra.replace(
+            "{client_ca}",
+            &pki.client_ca_pem_path().display().to_string()
+        ),
+        limits = o.limits,
+        issuer = jwks.issuer(),
+        jwks_uri = jwks.jwks_uri(),
+        ca = ca.display(),
+        issuer_extra = o.issuer_extra,
+    )
+}
+
+/// Writes `text` to `dir/name` and returns the path.
+pub fn write_file(dir: &Path, name: &str, text: &str) -> std::path::PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, text).expect("write file");
+    path
+}
