@@ -21,7 +21,7 @@ use crate::config::{Issuer, TokenCacheSettings, normalise_typ};
 use crate::jose::{self, CompactJws, JwsError};
 
 /// Access tokens longer than this are refused before any decoding.
-pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
+pub const MAX_TOKEN_BYTES: usize = 12 * 1024;
 
 /// A token whose signature and claims were verified.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -23,6 +23,9 @@ pub struct Options {
     pub tls_extra: String,
     /// `limits` mapping body (indented by 2 spaces).
     pub limits: String,
+    /// Replaces the issuer's `jwks_uri: …` line (e.g. `discovery: true`); `{jwks_uri}`
+    /// stands for the JWKS server's key URL.
+    pub key_source: Option<String>,
 }
 
 impl Default for Options {
@@ -32,6 +35,7 @@ impl Default for Options {
             client_auth: "optional",
             tls_extra: String::new(),
             limits: "  max_body_bytes: 1024\n".into(),
+            key_source: None,
         }
     }
 }
@@ -168,7 +172,7 @@ limits:
 {limits}
 issuers:
   - issuer: {issuer}
-    jwks_uri: {jwks_uri}
+    {key_source}
     ca: {ca}
     audiences: [{AUDIENCE}]
     algorithms: [ES256, PS256, EdDSA]
@@ -233,7 +237,11 @@ routes:
         ),
         limits = o.limits,
         issuer = jwks.issuer(),
-        jwks_uri = jwks.jwks_uri(),
+        key_source = o
+            .key_source
+            .as_deref()
+            .unwrap_or("jwks_uri: {jwks_uri}")
+            .replace("{jwks_uri}", &jwks.jwks_uri()),
         ca = ca.display(),
         issuer_extra = o.issuer_extra,
     )
