@@ -253,3 +253,20 @@ pub fn write_file(dir: &Path, name: &str, text: &str) -> std::path::PathBuf {
     std::fs::write(&path, text).expect("write file");
     path
 }
+
+/// Starts a gateway with one issuer (given as a YAML flow mapping) and one catch-all
+/// `binding: bearer` route to `upstream`.
+pub async fn start_minimal(pki: &TestPki, issuer: &str, upstream: &Upstream) -> GatewayHandle {
+    super::init();
+    let yaml = format!(
+        "listen: {{ address: 127.0.0.1:0, public_url: https://gateway.test, tls: {{ cert: {}, key: {} }} }}\n\
+         issuers:\n  - {issuer}\n\
+         routes:\n  - {{ name: r, match: {{ path_prefix: / }}, upstream: {}, binding: bearer }}\n",
+        pki.server_cert_path().display(),
+        pki.server_key_path().display(),
+        upstream.url()
+    );
+    let config =
+        Config::from_yaml(&yaml, "t.yaml", pki.dir()).unwrap_or_else(|e| panic!("{e}\n{yaml}"));
+    fapi_gateway::start(config).await.expect("gateway starts")
+}

@@ -25,7 +25,7 @@ pub mod servers;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-pub use gateway::{AUDIENCE, Env, Options, assert_rejected, challenge, write_file};
+pub use gateway::{AUDIENCE, Env, Options, assert_rejected, challenge, start_minimal, write_file};
 pub use jwt::{Signer, b64, claims, now, random_id};
 pub use pki::{ClientCert, GATEWAY_HOST, TestPki};
 pub use servers::{JwksServer, Recorded, Upstream};
