@@ -62,7 +62,15 @@ impl GatewayState {
         request: Request<Incoming>,
         conn: &ConnectionInfo,
     ) -> (Option<usize>, Result<Response<ProxyBody>, Rejection>) {
-        let host = request_host(request.uri(), request.headers());
+        let Ok(host) = request_host(request.uri(), request.headers()) else {
+            return (
+                None,
+                Err(Rejection::BadRequest {
+                    reason: "invalid_host",
+                    description: "the Host header is not a valid host name".into(),
+                }),
+            );
+        };
         if let (Some(sni), Some(host)) = (conn.sni.as_deref(), host) {
             if !sni.eq_ignore_ascii_case(host) {
                 return (None, Err(Rejection::Misdirected));

@@ -60,6 +60,32 @@ pub enum StartError {
     },
 }
 
+/// Loads every file the configuration names — server certificate and key, client CA,
+/// issuer CAs and key files, upstream CAs — without binding anything. `check-config` runs
+/// this; [`start`] does the same work as it starts.
+pub fn check_files(config: &Config) -> Result<(), StartError> {
+    tls::server_config(&config.listen.tls)?;
+    for issuer in &config.issuers {
+        IssuerKeys::new(issuer).map_err(|source| StartError::Issuer {
+            issuer: issuer.issuer.clone(),
+            source,
+        })?;
+        if let config::KeySource::File(path) = &issuer.keys {
+            auth::jwks_fetch::read_jwks_file(path).map_err(|source| StartError::Issuer {
+                issuer: issuer.issuer.clone(),
+                source,
+            })?;
+        }
+    }
+    for route in &config.routes {
+        Upstream::new(route).map_err(|source| StartError::Upstream {
+            route: route.name.clone(),
+            source,
+        })?;
+    }
+    Ok(())
+}
+
 /// A running gateway.
 pub struct GatewayHandle {
     local_addr: SocketAddr,
@@ -103,7 +129,17 @@ pub async fn start(config: Config) -> Result<GatewayHandle, StartError> {
         })?;
         issuers.push((issuer.clone(), Arc::new(keys)));
     }
-    let prefetches = issuers.iter().map(|(issuer, keys)| {
+    // A key file is local configuration: unreadable means the config is wrong.
+    for (issuer, keys) in &issuers {
+        if let config::KeySource::File(_) = issuer.keys {
+            keys.prefetch().await.map_err(|source| StartError::Issuer {
+                issuer: issuer.issuer.clone(),
+                source,
+            })?;
+        }
+    }
+    // Remote issuers may be briefly down: start anyway and retry on demand.
+    let prefetches = issuers.iter().filter(|(i, _)| !matches!(i.keys, config::KeySource::File(_))).map(|(issuer, keys)| {
         let keys = keys.clone();
         let name = issuer.issuer.clone();
         async move {

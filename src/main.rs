@@ -80,8 +80,8 @@ fn check_config(path: &std::path::Path) -> ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
-    if let Err(e) = fapi_gateway::tls::server_config(&config.listen.tls) {
-        eprintln!("error: {}: listen.tls: {e}", path.display());
+    if let Err(e) = fapi_gateway::check_files(&config) {
+        eprintln!("error: {}: {e}", path.display());
         return ExitCode::from(2);
     }
     println!("{}: OK", path.display());
@@ -91,8 +91,8 @@ fn check_config(path: &std::path::Path) -> ExitCode {
         config.listen.address, config.listen.public_url
     );
     println!(
-        "          client certificates: {:?}{}",
-        tls.client_auth,
+        "          client certificates: {}{}",
+        format!("{:?}", tls.client_auth).to_lowercase(),
         tls.client_ca.as_ref().map_or(
             " (any certificate, bound by thumbprint)".to_string(),
             |ca| format!(" (must chain to {})", ca.display())
@@ -121,15 +121,14 @@ fn check_config(path: &std::path::Path) -> ExitCode {
         });
         let policy = match &route.policy {
             RoutePolicy::Public => "auth: none (public)".to_string(),
-            RoutePolicy::Protected { binding, scopes } => format!(
-                "binding: {binding:?}{}",
+            RoutePolicy::Protected { binding, scopes } => {
+                let binding = format!("{binding:?}").to_lowercase();
                 if scopes.is_empty() {
-                    String::new()
+                    format!("binding: {binding}")
                 } else {
-                    format!(", scopes: {}", scopes.join(" "))
+                    format!("binding: {binding}, scopes: {}", scopes.join(" "))
                 }
-            )
-            .to_lowercase(),
+            }
         };
         println!(
             "route     {:<16} {}{}/ [{methods}] -> {}  {policy}",

@@ -35,6 +35,7 @@ const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 const FORWARDED: HeaderName = HeaderName::from_static("forwarded");
+const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
@@ -110,7 +111,10 @@ impl Upstream {
         ctx: ForwardContext<'_>,
     ) -> Result<Response<ProxyBody>, Rejection> {
         let (mut parts, body) = request.into_parts();
-        let original_host = request_host(&parts.uri, &parts.headers).map(str::to_string);
+        let original_host = request_host(&parts.uri, &parts.headers)
+            .ok()
+            .flatten()
+            .map(str::to_string);
         let path_and_query = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
         parts.uri = self.upstream_uri(path_and_query)?;
         parts.version = Version::HTTP_11;
@@ -176,13 +180,27 @@ impl Upstream {
     }
 }
 
-/// The host the client asked for: the HTTP/2 `:authority`, else `Host`; without the port.
-pub fn request_host<'a>(uri: &'a Uri, headers: &'a HeaderMap) -> Option<&'a str> {
+/// The host the client asked for — the HTTP/2 `:authority`, else `Host` — without the port.
+/// `Err(())` when it is not a plain host name or IP literal (with an optional port): such a
+/// value must never be copied into forwarded headers.
+#[allow(clippy::result_unit_err)]
+pub fn request_host<'a>(uri: &'a Uri, headers: &'a HeaderMap) -> Result<Option<&'a str>, ()> {
     let authority = match uri.authority() {
         Some(a) => a.as_str(),
-        None => headers.get(header::HOST)?.to_str().ok()?,
+        None => match headers.get(header::HOST) {
+            None => return Ok(None),
+            Some(v) => v.to_str().map_err(|_| ())?,
+        },
     };
-    Some(strip_port(authority))
+    let valid = !authority.is_empty()
+        && authority.len() <= 255
+        && authority
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']'));
+    if !valid {
+        return Err(());
+    }
+    Ok(Some(strip_port(authority)))
 }
 
 fn strip_port(authority: &str) -> &str {
@@ -221,7 +239,16 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// Replaces every client-sent forwarding header with the gateway's own.
 fn set_forwarded(headers: &mut HeaderMap, peer: SocketAddr, host: Option<&str>) {
+    let client_sent: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| name.as_str().starts_with("x-forwarded-") || *name == X_REAL_IP)
+        .cloned()
+        .collect();
+    for name in client_sent {
+        headers.remove(name);
+    }
     let ip = peer.ip().to_string();
     let for_value = if peer.is_ipv6() {
         format!("\"[{ip}]\"")
@@ -233,7 +260,6 @@ fn set_forwarded(headers: &mut HeaderMap, peer: SocketAddr, host: Option<&str>) 
         headers.insert(X_FORWARDED_FOR, v);
     }
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("https"));
-    headers.remove(X_FORWARDED_HOST);
     if let Some(host) = host {
         if let Ok(v) = HeaderValue::from_str(host) {
             headers.insert(X_FORWARDED_HOST, v);
@@ -318,11 +344,19 @@ mod tests {
     fn forwarded_headers_replace_client_values() {
         let mut h = HeaderMap::new();
         h.insert(X_FORWARDED_FOR, HeaderValue::from_static("6.6.6.6"));
+        h.insert("x-forwarded-port", HeaderValue::from_static("1"));
+        h.insert("x-forwarded-prefix", HeaderValue::from_static("/admin"));
+        h.insert(X_REAL_IP, HeaderValue::from_static("6.6.6.6"));
         set_forwarded(&mut h, "127.0.0.1:5000".parse().unwrap(), Some("api.test"));
         assert_eq!(h[X_FORWARDED_FOR], "127.0.0.1");
         assert_eq!(h[X_FORWARDED_PROTO], "https");
         assert_eq!(h[X_FORWARDED_HOST], "api.test");
         assert_eq!(h[FORWARDED], "for=127.0.0.1;proto=https;host=\"api.test\"");
+        assert!(
+            !h.contains_key("x-forwarded-port")
+                && !h.contains_key("x-forwarded-prefix")
+                && !h.contains_key(X_REAL_IP)
+        );
         set_forwarded(&mut h, "[::1]:5000".parse().unwrap(), None);
         assert_eq!(h[FORWARDED], "for=\"[::1]\";proto=https");
     }
@@ -331,17 +365,24 @@ mod tests {
     fn host_is_read_without_port() {
         let mut h = HeaderMap::new();
         h.insert(header::HOST, HeaderValue::from_static("Gateway.test:8443"));
+        let path = Uri::from_static("/x");
+        assert_eq!(request_host(&path, &h), Ok(Some("Gateway.test")));
+        let ipv6 = Uri::from_static("https://[::1]:8443/x");
+        assert_eq!(request_host(&ipv6, &h), Ok(Some("[::1]")));
+        let absolute = Uri::from_static("https://a.test/x");
         assert_eq!(
-            request_host(&Uri::from_static("/x"), &h),
-            Some("Gateway.test")
+            request_host(&absolute, &HeaderMap::new()),
+            Ok(Some("a.test"))
         );
-        assert_eq!(
-            request_host(&Uri::from_static("https://[::1]:8443/x"), &h),
-            Some("[::1]")
-        );
-        assert_eq!(
-            request_host(&Uri::from_static("https://a.test/x"), &HeaderMap::new()),
-            Some("a.test")
-        );
+        assert_eq!(request_host(&path, &HeaderMap::new()), Ok(None));
+    }
+
+    #[test]
+    fn hosts_that_could_inject_into_headers_are_refused() {
+        let mut h = HeaderMap::new();
+        h.insert(header::HOST, HeaderValue::from_static("a\", for=6.6.6.6"));
+        assert_eq!(request_host(&Uri::from_static("/x"), &h), Err(()));
+        h.insert(header::HOST, HeaderValue::from_static("a b"));
+        assert_eq!(request_host(&Uri::from_static("/x"), &h), Err(()));
     }
 }

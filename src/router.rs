@@ -90,7 +90,12 @@ pub fn check_path(path: &str) -> Result<(), PathError> {
     if !path.starts_with('/') {
         return Err(PathError::NotAbsolute);
     }
-    if path.split('/').any(|seg| seg == "." || seg == "..") {
+    // `..;x` is `..` to servers that strip path parameters (Tomcat and friends).
+    if path
+        .split('/')
+        .map(|seg| seg.split(';').next().unwrap_or(seg))
+        .any(|seg| seg == "." || seg == "..")
+    {
         return Err(PathError::DotSegment);
     }
     if path.contains('\\') {
@@ -205,6 +210,8 @@ mod tests {
         );
         assert_eq!(check_path("/a/./b"), Err(PathError::DotSegment));
         assert_eq!(check_path("/a/.."), Err(PathError::DotSegment));
+        assert_eq!(check_path("/public/..;/mtls"), Err(PathError::DotSegment));
+        assert_eq!(check_path("/public/.;x/mtls"), Err(PathError::DotSegment));
         assert_eq!(
             check_path("/public%2F..%2Faccounts"),
             Err(PathError::AmbiguousEncoding)

@@ -21,7 +21,7 @@ use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
 use crate::gateway::GatewayState;
-use crate::jose;
+use crate::tls;
 
 /// The verified client certificate of a connection.
 #[derive(Debug)]
@@ -49,6 +49,35 @@ pub struct ServerSettings {
     pub shutdown_grace: Duration,
 }
 
+/// One connection builder per protocol, configured once.
+struct Builders {
+    h1: auto::Builder<TokioExecutor>,
+    h2: auto::Builder<TokioExecutor>,
+}
+
+impl Builders {
+    fn new(settings: &ServerSettings) -> Self {
+        let configure = |mut builder: auto::Builder<TokioExecutor>| {
+            builder
+                .http1()
+                .timer(TokioTimer::new())
+                .header_read_timeout(settings.header_read_timeout)
+                .max_buf_size(settings.max_header_bytes.max(8192));
+            builder
+                .http2()
+                .timer(TokioTimer::new())
+                .max_header_list_size(u32::try_from(settings.max_header_bytes).unwrap_or(u32::MAX))
+                .keep_alive_interval(Some(Duration::from_secs(30)))
+                .keep_alive_timeout(Duration::from_secs(10));
+            builder
+        };
+        Builders {
+            h1: configure(auto::Builder::new(TokioExecutor::new()).http1_only()),
+            h2: configure(auto::Builder::new(TokioExecutor::new()).http2_only()),
+        }
+    }
+}
+
 /// Accepts connections until `shutdown` turns true, then drains.
 pub async fn serve(
     listener: TcpListener,
@@ -58,17 +87,7 @@ pub async fn serve(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let graceful = GracefulShutdown::new();
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(settings.header_read_timeout)
-        .max_buf_size(settings.max_header_bytes.max(8192));
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_header_list_size(u32::try_from(settings.max_header_bytes).unwrap_or(u32::MAX));
-    let builder = Arc::new(builder);
+    let builders = Arc::new(Builders::new(&settings));
     loop {
         let (tcp, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -84,7 +103,7 @@ pub async fn serve(
         let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
         let state = state.clone();
-        let builder = builder.clone();
+        let builders = builders.clone();
         let handshake_timeout = settings.handshake_timeout;
         let watcher = graceful.watcher();
         tokio::spawn(async move {
@@ -99,26 +118,31 @@ pub async fn serve(
                     return;
                 }
             };
-            let info = {
+            let (info, h2) = {
                 let session = tls.get_ref().1;
+                let h2 = session.alpn_protocol() == Some(b"h2");
                 let client_cert = session
                     .peer_certificates()
                     .and_then(|chain| chain.first())
                     .map(|leaf| ClientCertificate {
-                        thumbprint: jose::sha256(leaf.as_ref()),
+                        thumbprint: tls::certificate_thumbprint(leaf.as_ref()),
                         der: leaf.as_ref().to_vec(),
                     });
-                Arc::new(ConnectionInfo {
+                let info = ConnectionInfo {
                     peer,
                     sni: session.server_name().map(str::to_string),
                     client_cert,
-                })
+                };
+                (Arc::new(info), h2)
             };
             let service = service_fn(move |request| {
                 let state = state.clone();
                 let info = info.clone();
                 async move { Ok::<_, Infallible>(state.handle(request, info).await) }
             });
+            // ALPN already chose the protocol: no sniffing, so the header-read deadline runs
+            // from the first byte the client owes us.
+            let builder = if h2 { &builders.h2 } else { &builders.h1 };
             let connection = builder.serve_connection(TokioIo::new(tls), service);
             if let Err(e) = watcher.watch(connection.into_owned()).await {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");

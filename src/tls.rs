@@ -240,3 +240,83 @@ fn system_roots() -> &'static RootCertStore {
         roots
     })
 }
+
+/// RFC 8705 §3.1 `x5t#S256`: SHA-256 over the DER of the client's end-entity certificate.
+pub fn certificate_thumbprint(der: &[u8]) -> [u8; 32] {
+    crate::jose::sha256(der)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    /// RFC 8705 Appendix A, Figures 5 and 6.
+    const RFC8705_CERT: &str = "-----BEGIN CERTIFICATE-----
+MIIBBjCBrAIBAjAKBggqhkjOPQQDAjAPMQ0wCwYDVQQDDARtdGxzMB4XDTE4MTAx
+ODEyMzcwOVoXDTIyMDUwMjEyMzcwOVowDzENMAsGA1UEAwwEbXRsczBZMBMGByqG
+SM49AgEGCCqGSM49AwEHA0IABNcnyxwqV6hY8QnhxxzFQ03C7HKW9OylMbnQZjjJ
+/Au08/coZwxS7LfA4vOLS9WuneIXhbGGWvsDSb0tH6IxLm8wCgYIKoZIzj0EAwID
+SQAwRgIhAP0RC1E+vwJD/D1AGHGzuri+hlV/PpQEKTWUVeORWz83AiEA5x2eXZOV
+bUlJSGQgjwD5vaUaKlLR50Q2DmFfQj1L+SY=
+-----END CERTIFICATE-----
+";
+
+    #[test]
+    fn rfc8705_appendix_a_thumbprint() {
+        let der = CertificateDer::from_pem_slice(RFC8705_CERT.as_bytes()).unwrap();
+        let thumbprint = certificate_thumbprint(der.as_ref());
+        assert_eq!(
+            crate::jose::b64url_encode(&thumbprint),
+            "A4DtL2JmUMhAsvJj5tKyn64SqzmuXbMrJa0n761y5v0"
+        );
+    }
+
+    #[test]
+    fn missing_and_empty_pem_files_are_named_in_errors() {
+        let dir = std::env::temp_dir().join(format!("fapi-tls-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let missing = dir.join("missing.pem");
+        let e = load_certs(&missing).unwrap_err().to_string();
+        assert!(e.contains("missing.pem"), "{e}");
+        let empty = dir.join("empty.pem");
+        std::fs::write(&empty, "not pem").unwrap();
+        assert!(matches!(
+            load_certs(&empty).unwrap_err(),
+            TlsError::NoCertificate { .. }
+        ));
+        assert!(
+            load_key(&empty)
+                .unwrap_err()
+                .to_string()
+                .contains("empty.pem")
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn client_ca_without_client_auth_is_refused() {
+        let tls = ServerTls {
+            cert: "certs/server.pem".into(),
+            key: "certs/server.key".into(),
+            client_auth: ClientAuth::None,
+            client_ca: Some("certs/ca.pem".into()),
+        };
+        assert!(matches!(
+            server_config(&tls).unwrap_err(),
+            TlsError::CaWithoutClientAuth
+        ));
+    }
+
+    #[test]
+    fn mismatched_certificate_and_key_are_refused() {
+        let tls = ServerTls {
+            cert: "certs/server.pem".into(),
+            key: "certs/client.key".into(),
+            client_auth: ClientAuth::Optional,
+            client_ca: None,
+        };
+        let e = server_config(&tls).unwrap_err();
+        assert!(matches!(e, TlsError::CertKeyMismatch { .. }), "{e}");
+    }
+}

@@ -195,7 +195,12 @@ impl TokenValidator {
         Ok(validated)
     }
 
-    async fn validate_uncached(&self, token: &str, now: i64) -> Result<ValidatedToken, TokenError> {
+    /// Full validation (signature and claims) without the cache: what a cache miss costs.
+    pub async fn validate_uncached(
+        &self,
+        token: &str,
+        now: i64,
+    ) -> Result<ValidatedToken, TokenError> {
         let jws = CompactJws::parse(token, MAX_TOKEN_BYTES).map_err(|e| match e {
             JwsError::TooLarge => TokenError::TooLarge,
             JwsError::CriticalHeader => TokenError::CriticalHeader,

@@ -8,6 +8,7 @@
 
 mod raw;
 mod validate;
+mod yaml_path;
 pub use validate::normalise_typ;
 pub mod values;
 
@@ -181,7 +182,13 @@ impl Config {
                     file: file.to_string(),
                     line: loc.line(),
                     column: loc.column(),
-                    message,
+                    message: match yaml_path::key_path_at(
+                        text,
+                        usize::try_from(loc.line()).unwrap_or(0),
+                    ) {
+                        Some(key) => format!("{key}: {message}"),
+                        None => message,
+                    },
                 },
                 None => ConfigError::SyntaxNoLocation {
                     file: file.to_string(),
@@ -193,10 +200,18 @@ impl Config {
     }
 }
 
-/// serde-saphyr renders a source snippet under its message; a one-line error keeps the
-/// first line and drops the location prefix it repeats.
+/// serde-saphyr renders a source snippet under its message and repeats the location in
+/// front of it; a one-line error keeps the first line without that prefix.
 fn first_line(message: &str) -> String {
-    message.lines().next().unwrap_or(message).trim().to_string()
+    let first = message.lines().next().unwrap_or(message).trim();
+    let without_error = first.strip_prefix("error: ").unwrap_or(first);
+    match without_error
+        .strip_prefix("line ")
+        .and_then(|rest| rest.split_once(": "))
+    {
+        Some((position, rest)) if position.contains(" column ") => rest.to_string(),
+        _ => without_error.to_string(),
+    }
 }
 
 #[cfg(test)]

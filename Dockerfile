@@ -1,0 +1,22 @@
+# fapi-gateway container image.
+#   docker build -t fapi-gateway .
+#   docker run -p 8443:8443 -v $PWD/gateway.yaml:/etc/fapi-gateway/gateway.yaml:ro \
+#              -v $PWD/certs:/etc/fapi-gateway/certs:ro fapi-gateway
+# The config's listen.address must be 0.0.0.0:8443 inside a container.
+
+FROM rust:1.95-slim-bookworm AS build
+WORKDIR /src
+# aws-lc-sys builds C code: it needs a C compiler (present) and no cmake with the default build.
+COPY Cargo.toml Cargo.lock ./
+COPY src ./src
+COPY benches ./benches
+RUN cargo build --release --locked --bin fapi-gateway
+
+FROM gcr.io/distroless/cc-debian12:nonroot
+COPY --from=build /src/target/release/fapi-gateway /usr/local/bin/fapi-gateway
+COPY gateway.yaml /etc/fapi-gateway/gateway.yaml
+COPY certs /etc/fapi-gateway/certs
+USER nonroot:nonroot
+EXPOSE 8443 9901
+ENTRYPOINT ["/usr/local/bin/fapi-gateway"]
+CMD ["--config", "/etc/fapi-gateway/gateway.yaml"]

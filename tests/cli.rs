@@ -1,0 +1,320 @@
+//! The `fapi-gateway` command: `check-config` prints a summary of a valid file and refuses
+//! an invalid one with one actionable line and exit code 2; the run mode refuses an invalid
+//! configuration before anything listens.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_fapi-gateway");
+
+/// A loopback port nothing listens on right now.
+fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+/// The command with a clean environment for the variables it reads.
+fn gateway() -> Command {
+    let mut command = Command::new(BIN);
+    command
+        .env_remove("FAPI_GATEWAY_CONFIG")
+        .env_remove("FAPI_GATEWAY_LOG");
+    command
+}
+
+fn check_config(file: &Path) -> Output {
+    gateway().arg("check-config").arg(file).output().unwrap()
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8(output.stdout.clone()).unwrap()
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8(output.stderr.clone()).unwrap()
+}
+
+/// Asserts exit code 2 and a single-line error on stderr mentioning every one of `needles`,
+/// and that nothing claims success on stdout.
+fn assert_refused(output: &Output, needles: &[&str]) -> String {
+    let err = stderr(output);
+    assert_eq!(output.status.code(), Some(2), "stderr: {err}");
+    let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "one line expected on stderr: {err}");
+    for needle in needles {
+        assert!(lines[0].contains(needle), "{needle:?} missing from {err:?}");
+    }
+    assert!(!stdout(output).contains("OK"), "{}", stdout(output));
+    err
+}
+
+/// A valid configuration in the PKI's temp dir: the PKI's server certificate and key, one
+/// issuer with a JWKS file, a protected and a public route. Returns its path.
+fn write_valid_config(pki: &TestPki, port: u16) -> PathBuf {
+    let jwks = serde_json::json!({ "keys": [Signer::es256("k").public_jwk()] });
+    let jwks_path = write_file(pki.dir(), "jwks.json", &jwks.to_string());
+    let text = valid_config_text(pki, port, &jwks_path);
+    write_file(pki.dir(), "gateway.yaml", &text)
+}
+
+fn valid_config_text(pki: &TestPki, port: u16, jwks: &Path) -> String {
+    format!(
+        r#"listen:
+  address: 127.0.0.1:{port}
+  public_url: https://gateway.test
+  tls:
+    cert: {cert}
+    key: {key}
+issuers:
+  - issuer: https://as.test
+    jwks_file: {jwks}
+    audiences: [https://api.test]
+routes:
+  - name: accounts
+    match: {{ path_prefix: /accounts, methods: [GET] }}
+    upstream: http://127.0.0.1:9
+    binding: mtls
+    scopes: [accounts:read]
+  - name: open-data
+    match: {{ path_prefix: /open }}
+    upstream: http://127.0.0.1:9
+    auth: none
+"#,
+        cert = pki.server_cert_path().display(),
+        key = pki.server_key_path().display(),
+        jwks = jwks.display(),
+    )
+}
+
+/// Waits for `child` to exit (at most `limit`), killing it and failing otherwise.
+fn wait_for_exit(mut child: Child, limit: Duration) -> Output {
+    let deadline = Instant::now() + limit;
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let output = child.wait_with_output().unwrap();
+            panic!(
+                "the gateway was still running after {limit:?}; stderr: {}",
+                stderr(&output)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
+}
+
+fn run_with_config(file: &Path) -> Output {
+    let child = gateway()
+        .arg("--config")
+        .arg(file)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_exit(child, Duration::from_secs(10))
+}
+
+fn assert_port_free(port: u16) {
+    std::net::TcpListener::bind(("127.0.0.1", port))
+        .unwrap_or_else(|e| panic!("port {port} is taken after the gateway exited: {e}"));
+}
+
+// ---------------------------------------------------------------------------------------
+// check-config
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn check_config_accepts_a_valid_file_and_summarises_its_routes() {
+    let pki = TestPki::new();
+    let file = write_valid_config(&pki, free_port());
+    let output = check_config(&file);
+    let out = stdout(&output);
+    assert_eq!(output.status.code(), Some(0), "{out}{}", stderr(&output));
+    assert!(out.contains(&format!("{}: OK", file.display())), "{out}");
+    let route = |name: &str| {
+        out.lines()
+            .find(|l| l.starts_with("route") && l.split_whitespace().nth(1) == Some(name))
+            .unwrap_or_else(|| panic!("no summary line for route {name}: {out}"))
+            .to_string()
+    };
+    let accounts = route("accounts");
+    assert!(accounts.contains("/accounts"), "{accounts}");
+    assert!(accounts.contains("[GET]"), "{accounts}");
+    assert!(accounts.contains("http://127.0.0.1:9"), "{accounts}");
+    assert!(
+        accounts.contains("binding: mtls, scopes: accounts:read"),
+        "{accounts}"
+    );
+    let open = route("open-data");
+    assert!(open.contains("/open"), "{open}");
+    assert!(open.contains("auth: none"), "{open}");
+    assert!(out.contains("https://as.test"), "{out}");
+}
+
+#[test]
+fn check_config_reads_the_file_from_config_flag_or_environment() {
+    let pki = TestPki::new();
+    let file = write_valid_config(&pki, free_port());
+    let output = gateway()
+        .arg("--config")
+        .arg(&file)
+        .arg("check-config")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert!(stdout(&output).contains(&format!("{}: OK", file.display())));
+    let output = gateway()
+        .env("FAPI_GATEWAY_CONFIG", &file)
+        .arg("check-config")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert!(stdout(&output).contains(&format!("{}: OK", file.display())));
+}
+
+#[test]
+fn check_config_shows_scopes_as_written() {
+    let pki = TestPki::new();
+    let file = write_valid_config(&pki, free_port());
+    let text = std::fs::read_to_string(&file)
+        .unwrap()
+        .replace("scopes: [accounts:read]", "scopes: [Accounts:Read]");
+    std::fs::write(&file, text).unwrap();
+    let output = check_config(&file);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    let out = stdout(&output);
+    assert!(out.contains("scopes: Accounts:Read"), "{out}");
+}
+
+#[test]
+fn check_config_names_file_line_column_and_key_of_an_unknown_key() {
+    let pki = TestPki::new();
+    let file = write_valid_config(&pki, free_port());
+    let text = std::fs::read_to_string(&file).unwrap().replace(
+        "    binding: mtls\n",
+        "    binding: mtls\n    bindng: mtls\n",
+    );
+    let line = text.lines().position(|l| l == "    bindng: mtls").unwrap() + 1;
+    std::fs::write(&file, &text).unwrap();
+    let output = check_config(&file);
+    let location = format!("{}:{line}:5", file.display());
+    let err = assert_refused(&output, &[&location, "bindng"]);
+    assert!(err.contains("routes[0]"), "{err}");
+}
+
+#[test]
+fn check_config_on_a_missing_file_names_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("absent.yaml");
+    let output = check_config(&file);
+    assert_refused(&output, &[&file.display().to_string()]);
+}
+
+#[test]
+fn check_config_names_a_missing_tls_key_file() {
+    let pki = TestPki::new();
+    let file = write_valid_config(&pki, free_port());
+    let missing = pki.dir().join("missing.key");
+    let text = std::fs::read_to_string(&file).unwrap().replace(
+        &pki.server_key_path().display().to_string(),
+        &missing.display().to_string(),
+    );
+    std::fs::write(&file, text).unwrap();
+    let output = check_config(&file);
+    assert_refused(&output, &[&missing.display().to_string()]);
+}
+
+#[test]
+fn repository_gateway_yaml_passes_check_config() {
+    let file = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/gateway.yaml"));
+    assert!(file.exists(), "{} does not exist", file.display());
+    let output = check_config(file);
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}{}",
+        stdout(&output),
+        stderr(&output)
+    );
+    assert!(stdout(&output).contains("OK"));
+}
+
+// ---------------------------------------------------------------------------------------
+// Run mode
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn run_refuses_an_invalid_config_with_exit_code_2_before_listening() {
+    let pki = TestPki::new();
+    let port = free_port();
+    let file = write_valid_config(&pki, port);
+    let text = std::fs::read_to_string(&file).unwrap().replace(
+        "  public_url:",
+        "  public_ur1: https://x.test\n  public_url:",
+    );
+    std::fs::write(&file, text).unwrap();
+    let output = run_with_config(&file);
+    assert_refused(&output, &[&format!("{}:3:", file.display()), "public_ur1"]);
+    assert_port_free(port);
+}
+
+#[test]
+fn run_refuses_a_missing_tls_key_before_listening() {
+    let pki = TestPki::new();
+    let port = free_port();
+    let file = write_valid_config(&pki, port);
+    let missing = pki.dir().join("missing.key");
+    let text = std::fs::read_to_string(&file).unwrap().replace(
+        &pki.server_key_path().display().to_string(),
+        &missing.display().to_string(),
+    );
+    std::fs::write(&file, text).unwrap();
+    let output = run_with_config(&file);
+    let err = stderr(&output);
+    // main.rs documents 1 for "failed to start" and 2 for "invalid configuration";
+    // check-config says 2 for the same file.
+    assert!(
+        matches!(output.status.code(), Some(1 | 2)),
+        "{:?}: {err}",
+        output.status
+    );
+    assert!(err.contains(&missing.display().to_string()), "{err}");
+    assert_port_free(port);
+}
+
+#[test]
+fn missing_jwks_file_is_refused_by_check_config_and_at_start() {
+    let pki = TestPki::new();
+    let port = free_port();
+    let file = write_valid_config(&pki, port);
+    std::fs::remove_file(pki.dir().join("jwks.json")).unwrap();
+    let jwks = pki.dir().join("jwks.json").display().to_string();
+    let output = check_config(&file);
+    assert_refused(&output, &["issuer https://as.test", &jwks]);
+    let output = run_with_config(&file);
+    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+    assert!(stderr(&output).contains(&jwks), "{}", stderr(&output));
+    assert_port_free(port);
+}
+
+#[test]
+fn unusable_upstream_ca_is_refused_by_check_config() {
+    let pki = TestPki::new();
+    let file = write_valid_config(&pki, free_port());
+    let text = std::fs::read_to_string(&file).unwrap().replace(
+        "    binding: mtls\n",
+        "    binding: mtls\n    upstream_ca: /nonexistent/ca.pem\n",
+    );
+    std::fs::write(&file, text).unwrap();
+    assert_refused(
+        &check_config(&file),
+        &["route accounts", "/nonexistent/ca.pem"],
+    );
+}
