@@ -158,6 +158,30 @@ pub async fn start(config: Config) -> Result<GatewayHandle, StartError> {
         })?;
         upstreams.push(upstream);
     }
+    for route in &config.routes {
+        if let config::RoutePolicy::Protected {
+            binding: config::Binding::Bearer,
+            ..
+        } = route.policy
+        {
+            tracing::warn!(route = %route.name, "route accepts unbound bearer tokens (binding: bearer): a stolen token works here; use it only while migrating");
+        }
+    }
+    if config.listen.tls.client_auth == config::ClientAuth::None
+        && config.routes.iter().any(|r| {
+            matches!(
+                r.policy,
+                config::RoutePolicy::Protected {
+                    binding: config::Binding::Mtls,
+                    ..
+                }
+            )
+        })
+    {
+        tracing::warn!(
+            "listen.tls.client_auth is `none`: certificate-bound tokens can never be honoured, so every `binding: mtls` route will refuse them"
+        );
+    }
     let address = config.listen.address;
     let listener = tokio::net::TcpListener::bind(address)
         .await
