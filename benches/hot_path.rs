@@ -24,10 +24,7 @@ use fapi_gateway::router::Router;
 use serde_json::json;
 
 fn now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() as i64
 }
 
 struct Fixture {
@@ -53,10 +50,7 @@ fn fixture() -> Fixture {
         jwks_path.display()
     );
     let config = Config::from_yaml(&yaml, "bench.yaml", dir.path()).unwrap();
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let issuer = config.issuers[0].clone();
     let keys = Arc::new(IssuerKeys::new(&issuer).unwrap());
     runtime.block_on(keys.prefetch()).unwrap();
@@ -64,19 +58,10 @@ fn fixture() -> Fixture {
     let header = json!({"alg":"ES256","typ":"at+jwt","kid":"k1"});
     let claims = json!({"iss":"https://as.test","aud":"https://api.test","sub":"u","client_id":"c","iat":now(),"exp":now()+3600,
         "jti":"j","scope":"accounts:read","cnf":{"x5t#S256":B64.encode([7u8; 32])}});
-    let input = format!(
-        "{}.{}",
-        B64.encode(header.to_string()),
-        B64.encode(claims.to_string())
-    );
+    let input = format!("{}.{}", B64.encode(header.to_string()), B64.encode(claims.to_string()));
     let signature = key.sign(&rng, input.as_bytes()).unwrap();
     let token = format!("{input}.{}", B64.encode(signature.as_ref()));
-    Fixture {
-        validator,
-        token,
-        runtime,
-        _dir: dir,
-    }
+    Fixture { validator, token, runtime, _dir: dir }
 }
 
 fn token_validation(c: &mut Criterion) {
@@ -85,56 +70,29 @@ fn token_validation(c: &mut Criterion) {
     let mut group = c.benchmark_group("es256");
     group.measurement_time(Duration::from_secs(3));
     group.bench_function("token_cold", |b| {
-        b.iter(|| {
-            f.runtime
-                .block_on(f.validator.validate_uncached(black_box(&f.token), now))
-                .unwrap()
-        })
+        b.iter(|| f.runtime.block_on(f.validator.validate_uncached(black_box(&f.token), now)).unwrap())
     });
-    f.runtime
-        .block_on(f.validator.validate(&f.token, now))
-        .unwrap();
+    f.runtime.block_on(f.validator.validate(&f.token, now)).unwrap();
     group.bench_function("token_warm", |b| {
-        b.iter(|| {
-            f.runtime
-                .block_on(f.validator.validate(black_box(&f.token), now))
-                .unwrap()
-        })
+        b.iter(|| f.runtime.block_on(f.validator.validate(black_box(&f.token), now)).unwrap())
     });
     let jws = CompactJws::parse(&f.token, 16 * 1024).unwrap();
     let jwk_keys = fapi_gateway::auth::jwks_fetch::parse_jwks(
         "bench",
-        std::fs::read(f._dir.path().join("jwks.json"))
-            .unwrap()
-            .as_slice(),
+        std::fs::read(f._dir.path().join("jwks.json")).unwrap().as_slice(),
     )
     .unwrap();
     group.bench_function("raw_verify", |b| {
-        b.iter(|| {
-            jwk_keys[0]
-                .verify(Alg::Es256, black_box(jws.signing_input()), jws.signature())
-                .unwrap()
-        })
+        b.iter(|| jwk_keys[0].verify(Alg::Es256, black_box(jws.signing_input()), jws.signature()).unwrap())
     });
     group.finish();
 }
 
 fn binding_and_routing(c: &mut Criterion) {
-    let cnf = Confirmation {
-        x5t_s256: Some([7; 32]),
-        ..Default::default()
-    };
+    let cnf = Confirmation { x5t_s256: Some([7; 32]), ..Default::default() };
     let cert = [7u8; 32];
     c.bench_function("binding_mtls", |b| {
-        b.iter(|| {
-            check_binding(
-                Binding::Mtls,
-                black_box(&cnf),
-                &Credential::Bearer("t"),
-                Some(&cert),
-            )
-            .unwrap()
-        })
+        b.iter(|| check_binding(Binding::Mtls, black_box(&cnf), &Credential::Bearer("t"), Some(&cert)).unwrap())
     });
     let dir = tempfile::tempdir().unwrap();
     let mut yaml = String::from(
@@ -149,15 +107,7 @@ fn binding_and_routing(c: &mut Criterion) {
     let routes: &[Route] = &config.routes;
     let router = Router::new(routes);
     c.bench_function("route_50_routes", |b| {
-        b.iter(|| {
-            router
-                .route(
-                    None,
-                    black_box("/api/v1/resource42/items/7"),
-                    &http::Method::GET,
-                )
-                .unwrap()
-        })
+        b.iter(|| router.route(None, black_box("/api/v1/resource42/items/7"), &http::Method::GET).unwrap())
     });
 }
 

@@ -11,16 +11,16 @@
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use http::header::CONTENT_LENGTH;
-use http::{Request, Response};
+use http::header::{ACCESS_CONTROL_EXPOSE_HEADERS, CACHE_CONTROL, CONTENT_LENGTH};
+use http::{HeaderValue, Request, Response};
 use hyper::body::Incoming;
 
 use crate::auth::token::TokenValidator;
-use crate::auth::{self, Outcome};
+use crate::auth::{self, DpopRuntime, Outcome, RequestFacts};
 use crate::body::ProxyBody;
 use crate::config::Config;
 use crate::proxy::{ForwardContext, Upstream, request_host};
-use crate::rejection::Rejection;
+use crate::rejection::{DPOP_NONCE, Rejection};
 use crate::router::{Router, check_path};
 use crate::server::ConnectionInfo;
 
@@ -29,17 +29,14 @@ pub struct GatewayState {
     pub config: Config,
     pub router: Router,
     pub validator: TokenValidator,
+    pub dpop: DpopRuntime,
     /// One upstream client per route, same index as `config.routes`.
     pub upstreams: Vec<Upstream>,
 }
 
 impl GatewayState {
     /// Handles one request. Never fails: rejections become responses.
-    pub async fn handle(
-        self: Arc<Self>,
-        request: Request<Incoming>,
-        conn: Arc<ConnectionInfo>,
-    ) -> Response<ProxyBody> {
+    pub async fn handle(self: Arc<Self>, request: Request<Incoming>, conn: Arc<ConnectionInfo>) -> Response<ProxyBody> {
         let started = Instant::now();
         let method = request.method().clone();
         let path = request.uri().path().to_string();
@@ -77,63 +74,61 @@ impl GatewayState {
             }
         }
         if let Err(e) = check_path(request.uri().path()) {
-            return (
-                None,
-                Err(Rejection::BadRequest {
-                    reason: "ambiguous_path",
-                    description: e.to_string().into(),
-                }),
-            );
+            return (None, Err(Rejection::BadRequest { reason: "ambiguous_path", description: e.to_string().into() }));
         }
-        let Some(index) = self
-            .router
-            .route(host, request.uri().path(), request.method())
-        else {
+        let Some(index) = self.router.route(host, request.uri().path(), request.method()) else {
             return (None, Err(Rejection::NotFound));
         };
         let route = &self.config.routes[index];
         let limits = &self.config.limits;
-        let declared = request
-            .headers()
-            .get(CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
+        let declared =
+            request.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
         if declared.is_some_and(|len| len > limits.max_body_bytes) {
             return (Some(index), Err(Rejection::PayloadTooLarge));
         }
-        let outcome = match auth::authorize(
-            &self.validator,
-            &route.policy,
-            request.headers(),
-            request.uri().query(),
-            conn.client_cert.as_ref().map(|c| &c.thumbprint),
-            unix_now(),
-        )
-        .await
-        {
+        let facts = RequestFacts {
+            method: request.method(),
+            path: request.uri().path(),
+            query: request.uri().query(),
+            headers: request.headers(),
+            client_cert: conn.client_cert.as_ref().map(|c| &c.thumbprint),
+            now: unix_now(),
+        };
+        let outcome = match auth::authorize(&self.validator, &self.dpop, route, facts).await {
             Ok(outcome) => outcome,
             Err(rejection) => return (Some(index), Err(rejection)),
         };
-        let token = match &outcome {
-            Outcome::Authorized(token) => Some(token.as_ref()),
-            Outcome::Public => None,
+        let (token, dpop_jkt, fresh_nonce) = match &outcome {
+            Outcome::Authorized { token, dpop_jkt, fresh_nonce } => {
+                (Some(token.as_ref()), *dpop_jkt, fresh_nonce.clone())
+            }
+            Outcome::Public => (None, None, None),
         };
         let ctx = ForwardContext {
             peer: conn.peer,
             client_cert_der: conn.client_cert.as_ref().map(|c| c.der.as_slice()),
             token,
+            dpop_jkt,
             max_body_bytes: limits.max_body_bytes,
         };
-        (
-            Some(index),
-            self.upstreams[index].forward(request, route, ctx).await,
-        )
+        let mut result = self.upstreams[index].forward(request, route, ctx).await;
+        if let (Some(nonce), Ok(response)) = (fresh_nonce, result.as_mut()) {
+            attach_nonce(response, &nonce);
+        }
+        (Some(index), result)
     }
 }
 
+/// RFC 9449 §8.2: a new nonce on a successful response; such a response must not be cached.
+fn attach_nonce(response: &mut Response<ProxyBody>, nonce: &str) {
+    if let Ok(value) = HeaderValue::from_str(nonce) {
+        let headers = response.headers_mut();
+        headers.insert(DPOP_NONCE, value);
+        headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        headers.insert(ACCESS_CONTROL_EXPOSE_HEADERS, HeaderValue::from_static("WWW-Authenticate, DPoP-Nonce"));
+    }
+}
 /// Seconds since the Unix epoch.
 pub fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }

@@ -53,11 +53,10 @@ pub enum StartError {
     Issuer { issuer: String, source: FetchError },
     #[error("route {route}: {source}")]
     Upstream { route: String, source: TlsError },
+    #[error("dpop: {0}")]
+    NonceSecret(#[from] auth::dpop::nonce::NonceSecretError),
     #[error("cannot listen on {address}: {source} (is another process using it?)")]
-    Bind {
-        address: SocketAddr,
-        source: std::io::Error,
-    },
+    Bind { address: SocketAddr, source: std::io::Error },
 }
 
 /// Loads every file the configuration names — server certificate and key, client CA,
@@ -66,24 +65,32 @@ pub enum StartError {
 pub fn check_files(config: &Config) -> Result<(), StartError> {
     tls::server_config(&config.listen.tls)?;
     for issuer in &config.issuers {
-        IssuerKeys::new(issuer).map_err(|source| StartError::Issuer {
-            issuer: issuer.issuer.clone(),
-            source,
-        })?;
+        IssuerKeys::new(issuer).map_err(|source| StartError::Issuer { issuer: issuer.issuer.clone(), source })?;
         if let config::KeySource::File(path) = &issuer.keys {
-            auth::jwks_fetch::read_jwks_file(path).map_err(|source| StartError::Issuer {
-                issuer: issuer.issuer.clone(),
-                source,
-            })?;
+            auth::jwks_fetch::read_jwks_file(path)
+                .map_err(|source| StartError::Issuer { issuer: issuer.issuer.clone(), source })?;
         }
     }
     for route in &config.routes {
-        Upstream::new(route).map_err(|source| StartError::Upstream {
-            route: route.name.clone(),
-            source,
-        })?;
+        Upstream::new(route).map_err(|source| StartError::Upstream { route: route.name.clone(), source })?;
     }
+    auth::dpop::nonce::NonceIssuer::from_settings(&config.dpop)?;
     Ok(())
+}
+
+/// The DPoP runtime of a configuration: nonce keys and a fresh replay store that remembers
+/// proofs for the whole `iat` acceptance window.
+fn dpop_runtime(config: &Config) -> Result<auth::DpopRuntime, StartError> {
+    let settings = config.dpop.clone();
+    let window = settings.max_age + settings.max_future;
+    let replay =
+        auth::dpop::replay::MemoryReplayStore::new(window, settings.replay_max_entries, std::time::Instant::now());
+    Ok(auth::DpopRuntime {
+        algs: Arc::from(settings.algs_challenge.as_str()),
+        nonces: auth::dpop::nonce::NonceIssuer::from_settings(&settings)?,
+        replay: Arc::new(replay),
+        settings,
+    })
 }
 
 /// A running gateway.
@@ -123,19 +130,14 @@ pub async fn start(config: Config) -> Result<GatewayHandle, StartError> {
     let server_tls = tls::server_config(&config.listen.tls)?;
     let mut issuers = Vec::with_capacity(config.issuers.len());
     for issuer in &config.issuers {
-        let keys = IssuerKeys::new(issuer).map_err(|source| StartError::Issuer {
-            issuer: issuer.issuer.clone(),
-            source,
-        })?;
+        let keys =
+            IssuerKeys::new(issuer).map_err(|source| StartError::Issuer { issuer: issuer.issuer.clone(), source })?;
         issuers.push((issuer.clone(), Arc::new(keys)));
     }
     // A key file is local configuration: unreadable means the config is wrong.
     for (issuer, keys) in &issuers {
         if let config::KeySource::File(_) = issuer.keys {
-            keys.prefetch().await.map_err(|source| StartError::Issuer {
-                issuer: issuer.issuer.clone(),
-                source,
-            })?;
+            keys.prefetch().await.map_err(|source| StartError::Issuer { issuer: issuer.issuer.clone(), source })?;
         }
     }
     // Remote issuers may be briefly down: start anyway and retry on demand.
@@ -152,77 +154,46 @@ pub async fn start(config: Config) -> Result<GatewayHandle, StartError> {
     let validator = TokenValidator::new(issuers, &config.token_cache);
     let mut upstreams = Vec::with_capacity(config.routes.len());
     for route in &config.routes {
-        let upstream = Upstream::new(route).map_err(|source| StartError::Upstream {
-            route: route.name.clone(),
-            source,
-        })?;
+        let upstream =
+            Upstream::new(route).map_err(|source| StartError::Upstream { route: route.name.clone(), source })?;
         upstreams.push(upstream);
     }
     for route in &config.routes {
-        if let config::RoutePolicy::Protected {
-            binding: config::Binding::Bearer,
-            ..
-        } = route.policy
-        {
+        if let config::RoutePolicy::Protected { binding: config::Binding::Bearer, .. } = route.policy {
             tracing::warn!(route = %route.name, "route accepts unbound bearer tokens (binding: bearer): a stolen token works here; use it only while migrating");
         }
     }
     if config.listen.tls.client_auth == config::ClientAuth::None
-        && config.routes.iter().any(|r| {
-            matches!(
-                r.policy,
-                config::RoutePolicy::Protected {
-                    binding: config::Binding::Mtls,
-                    ..
-                }
-            )
-        })
+        && config
+            .routes
+            .iter()
+            .any(|r| matches!(r.policy, config::RoutePolicy::Protected { binding: config::Binding::Mtls, .. }))
     {
         tracing::warn!(
             "listen.tls.client_auth is `none`: certificate-bound tokens can never be honoured, so every `binding: mtls` route will refuse them"
         );
     }
     let address = config.listen.address;
-    let listener = tokio::net::TcpListener::bind(address)
-        .await
-        .map_err(|source| StartError::Bind { address, source })?;
-    let local_addr = listener
-        .local_addr()
-        .map_err(|source| StartError::Bind { address, source })?;
+    let listener =
+        tokio::net::TcpListener::bind(address).await.map_err(|source| StartError::Bind { address, source })?;
+    let local_addr = listener.local_addr().map_err(|source| StartError::Bind { address, source })?;
     let settings = ServerSettings {
         handshake_timeout: config.listen.handshake_timeout,
         header_read_timeout: config.limits.header_read_timeout,
         max_header_bytes: config.limits.max_header_bytes,
         shutdown_grace: config.limits.shutdown_grace,
     };
-    let state = Arc::new(GatewayState {
-        router: Router::new(&config.routes),
-        config,
-        validator,
-        upstreams,
-    });
+    let dpop = dpop_runtime(&config)?;
+    let state = Arc::new(GatewayState { dpop, router: Router::new(&config.routes), config, validator, upstreams });
     let (shutdown, receiver) = watch::channel(false);
     let acceptor = tokio_rustls::TlsAcceptor::from(server_tls);
-    let task = tokio::spawn(server::serve(
-        listener,
-        acceptor,
-        state.clone(),
-        settings,
-        receiver,
-    ));
+    let task = tokio::spawn(server::serve(listener, acceptor, state.clone(), settings, receiver));
     tracing::info!(%local_addr, "gateway listening");
-    Ok(GatewayHandle {
-        local_addr,
-        shutdown,
-        task,
-        state,
-    })
+    Ok(GatewayHandle { local_addr, shutdown, task, state })
 }
 
 /// Runs futures concurrently and waits for all (a tiny join_all without another crate).
-async fn futures_join_all<F: std::future::Future<Output = ()> + Send + 'static>(
-    futures: impl Iterator<Item = F>,
-) {
+async fn futures_join_all<F: std::future::Future<Output = ()> + Send + 'static>(futures: impl Iterator<Item = F>) {
     let handles: Vec<_> = futures.map(tokio::spawn).collect();
     for handle in handles {
         let _ = handle.await;

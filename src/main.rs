@@ -17,13 +17,7 @@ use fapi_gateway::config::{Config, KeySource, RoutePolicy};
 )]
 struct Cli {
     /// The configuration file.
-    #[arg(
-        long,
-        short,
-        env = "FAPI_GATEWAY_CONFIG",
-        default_value = "gateway.yaml",
-        global = true
-    )]
+    #[arg(long, short, env = "FAPI_GATEWAY_CONFIG", default_value = "gateway.yaml", global = true)]
     config: PathBuf,
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Pretty, global = true)]
@@ -59,9 +53,7 @@ fn main() -> ExitCode {
 fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("FAPI_GATEWAY_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match format {
         LogFormat::Pretty => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -86,17 +78,14 @@ fn check_config(path: &std::path::Path) -> ExitCode {
     }
     println!("{}: OK", path.display());
     let tls = &config.listen.tls;
-    println!(
-        "listener  {} (public URL {})",
-        config.listen.address, config.listen.public_url
-    );
+    println!("listener  {} (public URL {})", config.listen.address, config.listen.public_url);
     println!(
         "          client certificates: {}{}",
         format!("{:?}", tls.client_auth).to_lowercase(),
-        tls.client_ca.as_ref().map_or(
-            " (any certificate, bound by thumbprint)".to_string(),
-            |ca| format!(" (must chain to {})", ca.display())
-        )
+        tls.client_ca.as_ref().map_or(" (any certificate, bound by thumbprint)".to_string(), |ca| format!(
+            " (must chain to {})",
+            ca.display()
+        ))
     );
     if let Some(admin) = config.admin {
         println!("admin     {admin}");
@@ -116,9 +105,10 @@ fn check_config(path: &std::path::Path) -> ExitCode {
         );
     }
     for route in &config.routes {
-        let methods = route.methods.as_ref().map_or("*".to_string(), |m| {
-            m.iter().map(|m| m.as_str()).collect::<Vec<_>>().join(",")
-        });
+        let methods = route
+            .methods
+            .as_ref()
+            .map_or("*".to_string(), |m| m.iter().map(|m| m.as_str()).collect::<Vec<_>>().join(","));
         let policy = match &route.policy {
             RoutePolicy::Public => "auth: none (public)".to_string(),
             RoutePolicy::Protected { binding, scopes } => {
@@ -146,10 +136,7 @@ fn run(path: &std::path::Path) -> ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -175,14 +162,13 @@ async fn wait_for_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => {
-                    let _ = ctrl_c.await;
-                    return;
-                }
-            };
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
         tokio::select! {
             _ = ctrl_c => {}
             _ = term.recv() => {}

@@ -20,9 +20,10 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
+use crate::auth::credentials::DPOP;
 use crate::auth::token::ValidatedToken;
 use crate::body::{BoxError, ProxyBody};
-use crate::config::Route;
+use crate::config::{ForwardToken, Route};
 use crate::rejection::Rejection;
 use crate::tls::{self, TlsError};
 
@@ -31,6 +32,7 @@ pub const CLIENT_CERT_CHAIN: HeaderName = HeaderName::from_static("client-cert-c
 pub const X_FAPI_SUBJECT: HeaderName = HeaderName::from_static("x-fapi-subject");
 pub const X_FAPI_CLIENT_ID: HeaderName = HeaderName::from_static("x-fapi-client-id");
 pub const X_FAPI_SCOPES: HeaderName = HeaderName::from_static("x-fapi-scopes");
+pub const X_FAPI_DPOP_JKT: HeaderName = HeaderName::from_static("x-fapi-dpop-jkt");
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
@@ -40,13 +42,8 @@ const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
 /// Headers only the gateway may set; removed from every incoming request.
-const GATEWAY_OWNED: [HeaderName; 5] = [
-    CLIENT_CERT,
-    CLIENT_CERT_CHAIN,
-    X_FAPI_SUBJECT,
-    X_FAPI_CLIENT_ID,
-    X_FAPI_SCOPES,
-];
+const GATEWAY_OWNED: [HeaderName; 6] =
+    [X_FAPI_DPOP_JKT, CLIENT_CERT, CLIENT_CERT_CHAIN, X_FAPI_SUBJECT, X_FAPI_CLIENT_ID, X_FAPI_SCOPES];
 
 type UpstreamClient = Client<HttpsConnector<HttpConnector>, ProxyBody>;
 
@@ -66,6 +63,8 @@ pub struct ForwardContext<'a> {
     /// DER of the verified client certificate, for RFC 9440 `Client-Cert`.
     pub client_cert_der: Option<&'a [u8]>,
     pub token: Option<&'a ValidatedToken>,
+    /// The verified DPoP key thumbprint, for DPoP requests.
+    pub dpop_jkt: Option<[u8; 32]>,
     pub max_body_bytes: u64,
 }
 
@@ -91,13 +90,10 @@ impl Upstream {
         Ok(Upstream {
             client,
             scheme: uri.scheme().cloned().unwrap_or(http::uri::Scheme::HTTP),
-            authority: uri
-                .authority()
-                .cloned()
-                .ok_or_else(|| TlsError::Certificates {
-                    path: Default::default(),
-                    reason: "upstream URL has no host".into(),
-                })?,
+            authority: uri.authority().cloned().ok_or_else(|| TlsError::Certificates {
+                path: Default::default(),
+                reason: "upstream URL has no host".into(),
+            })?,
             base_path: uri.path().trim_end_matches('/').to_string(),
             timeout: route.timeout,
         })
@@ -111,10 +107,7 @@ impl Upstream {
         ctx: ForwardContext<'_>,
     ) -> Result<Response<ProxyBody>, Rejection> {
         let (mut parts, body) = request.into_parts();
-        let original_host = request_host(&parts.uri, &parts.headers)
-            .ok()
-            .flatten()
-            .map(str::to_string);
+        let original_host = request_host(&parts.uri, &parts.headers).ok().flatten().map(str::to_string);
         let path_and_query = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
         parts.uri = self.upstream_uri(path_and_query)?;
         parts.version = Version::HTTP_11;
@@ -132,20 +125,19 @@ impl Upstream {
                 }
             }
         }
+        if ctx.token.is_some() {
+            forward_token(headers, route.forward_token);
+        }
         if route.identity_headers {
             if let Some(token) = ctx.token {
-                set_identity(headers, token);
+                set_identity(headers, token, ctx.dpop_jkt.as_ref());
             }
         }
-        let body = Limited::new(
-            body,
-            usize::try_from(ctx.max_body_bytes).unwrap_or(usize::MAX),
-        )
-        .map_err(BoxError::from)
-        .boxed();
+        let body = Limited::new(body, usize::try_from(ctx.max_body_bytes).unwrap_or(usize::MAX))
+            .map_err(BoxError::from)
+            .boxed();
         let request = Request::from_parts(parts, body);
-        let response = match tokio::time::timeout(self.timeout, self.client.request(request)).await
-        {
+        let response = match tokio::time::timeout(self.timeout, self.client.request(request)).await {
             Err(_) => return Err(Rejection::UpstreamTimeout),
             Ok(Err(e)) if is_body_limit(&e) => return Err(Rejection::PayloadTooLarge),
             Ok(Err(e)) => {
@@ -156,10 +148,7 @@ impl Upstream {
         };
         let (mut parts, body) = response.into_parts();
         strip_hop_by_hop(&mut parts.headers);
-        Ok(Response::from_parts(
-            parts,
-            body.map_err(BoxError::from).boxed(),
-        ))
+        Ok(Response::from_parts(parts, body.map_err(BoxError::from).boxed()))
     }
 
     fn upstream_uri(&self, path_and_query: &str) -> Result<Uri, Rejection> {
@@ -168,15 +157,9 @@ impl Upstream {
         } else {
             format!("{}{}", self.base_path, path_and_query)
         };
-        Uri::builder()
-            .scheme(self.scheme.clone())
-            .authority(self.authority.clone())
-            .path_and_query(pq)
-            .build()
-            .map_err(|_| Rejection::BadRequest {
-                reason: "bad_path",
-                description: "the request path is invalid".into(),
-            })
+        Uri::builder().scheme(self.scheme.clone()).authority(self.authority.clone()).path_and_query(pq).build().map_err(
+            |_| Rejection::BadRequest { reason: "bad_path", description: "the request path is invalid".into() },
+        )
     }
 }
 
@@ -194,9 +177,7 @@ pub fn request_host<'a>(uri: &'a Uri, headers: &'a HeaderMap) -> Result<Option<&
     };
     let valid = !authority.is_empty()
         && authority.len() <= 255
-        && authority
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']'));
+        && authority.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']'));
     if !valid {
         return Err(());
     }
@@ -205,9 +186,7 @@ pub fn request_host<'a>(uri: &'a Uri, headers: &'a HeaderMap) -> Result<Option<&
 
 fn strip_port(authority: &str) -> &str {
     if authority.starts_with('[') {
-        return authority
-            .split_once(']')
-            .map_or(authority, |(h, _)| &authority[..h.len() + 1]);
+        return authority.split_once(']').map_or(authority, |(h, _)| &authority[..h.len() + 1]);
     }
     authority.rsplit_once(':').map_or(authority, |(h, _)| h)
 }
@@ -250,11 +229,7 @@ fn set_forwarded(headers: &mut HeaderMap, peer: SocketAddr, host: Option<&str>) 
         headers.remove(name);
     }
     let ip = peer.ip().to_string();
-    let for_value = if peer.is_ipv6() {
-        format!("\"[{ip}]\"")
-    } else {
-        ip.clone()
-    };
+    let for_value = if peer.is_ipv6() { format!("\"[{ip}]\"") } else { ip.clone() };
     let mut forwarded = format!("for={for_value};proto=https");
     if let Ok(v) = HeaderValue::from_str(&ip) {
         headers.insert(X_FORWARDED_FOR, v);
@@ -276,7 +251,30 @@ fn set_forwarded(headers: &mut HeaderMap, peer: SocketAddr, host: Option<&str>) 
     }
 }
 
-fn set_identity(headers: &mut HeaderMap, token: &ValidatedToken) {
+/// How the access token travels on (see [`ForwardToken`]).
+fn forward_token(headers: &mut HeaderMap, mode: ForwardToken) {
+    match mode {
+        ForwardToken::AsIs => {}
+        ForwardToken::Strip => {
+            headers.remove(header::AUTHORIZATION);
+            headers.remove(DPOP);
+        }
+        ForwardToken::Bearer => {
+            headers.remove(DPOP);
+            let rewritten = headers
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.split_once(' '))
+                .filter(|(scheme, _)| !scheme.eq_ignore_ascii_case("bearer"))
+                .and_then(|(_, token)| HeaderValue::from_str(&format!("Bearer {}", token.trim_start())).ok());
+            if let Some(value) = rewritten {
+                headers.insert(header::AUTHORIZATION, value);
+            }
+        }
+    }
+}
+
+fn set_identity(headers: &mut HeaderMap, token: &ValidatedToken, dpop_jkt: Option<&[u8; 32]>) {
     let mut put = |name: HeaderName, value: Option<&str>| {
         if let Some(v) = value.and_then(|v| HeaderValue::from_str(v).ok()) {
             headers.insert(name, v);
@@ -285,6 +283,7 @@ fn set_identity(headers: &mut HeaderMap, token: &ValidatedToken) {
     put(X_FAPI_SUBJECT, token.subject.as_deref());
     put(X_FAPI_CLIENT_ID, token.client_id.as_deref());
     put(X_FAPI_SCOPES, Some(&token.scopes.join(" ")));
+    put(X_FAPI_DPOP_JKT, dpop_jkt.map(|jkt| crate::jose::b64url_encode(jkt)).as_deref());
 }
 
 fn base64_standard(der: &[u8]) -> String {
@@ -325,10 +324,7 @@ mod tests {
     #[test]
     fn hop_by_hop_headers_and_connection_listed_ones_go() {
         let mut h = HeaderMap::new();
-        h.insert(
-            header::CONNECTION,
-            HeaderValue::from_static("close, x-secret"),
-        );
+        h.insert(header::CONNECTION, HeaderValue::from_static("close, x-secret"));
         h.insert("x-secret", HeaderValue::from_static("1"));
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
         h.insert(header::TE, HeaderValue::from_static("trailers"));
@@ -353,9 +349,7 @@ mod tests {
         assert_eq!(h[X_FORWARDED_HOST], "api.test");
         assert_eq!(h[FORWARDED], "for=127.0.0.1;proto=https;host=\"api.test\"");
         assert!(
-            !h.contains_key("x-forwarded-port")
-                && !h.contains_key("x-forwarded-prefix")
-                && !h.contains_key(X_REAL_IP)
+            !h.contains_key("x-forwarded-port") && !h.contains_key("x-forwarded-prefix") && !h.contains_key(X_REAL_IP)
         );
         set_forwarded(&mut h, "[::1]:5000".parse().unwrap(), None);
         assert_eq!(h[FORWARDED], "for=\"[::1]\";proto=https");
@@ -370,10 +364,7 @@ mod tests {
         let ipv6 = Uri::from_static("https://[::1]:8443/x");
         assert_eq!(request_host(&ipv6, &h), Ok(Some("[::1]")));
         let absolute = Uri::from_static("https://a.test/x");
-        assert_eq!(
-            request_host(&absolute, &HeaderMap::new()),
-            Ok(Some("a.test"))
-        );
+        assert_eq!(request_host(&absolute, &HeaderMap::new()), Ok(Some("a.test")));
         assert_eq!(request_host(&path, &HeaderMap::new()), Ok(None));
     }
 

@@ -9,94 +9,17 @@
 use std::borrow::Cow;
 
 use bytes::Bytes;
-use http::header::{CACHE_CONTROL, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
+use http::header::{
+    ACCESS_CONTROL_EXPOSE_HEADERS, CACHE_CONTROL, CONTENT_TYPE, HeaderName, RETRY_AFTER, WWW_AUTHENTICATE,
+};
 use http::{HeaderValue, Response, StatusCode};
 
 use crate::body::{ProxyBody, full};
 
-/// An RFC 6750 §3.1 error code.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum AuthErrorCode {
-    InvalidRequest,
-    InvalidToken,
-    InsufficientScope,
-}
+pub use crate::auth::challenge::{AuthDenial, AuthErrorCode};
 
-impl AuthErrorCode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            AuthErrorCode::InvalidRequest => "invalid_request",
-            AuthErrorCode::InvalidToken => "invalid_token",
-            AuthErrorCode::InsufficientScope => "insufficient_scope",
-        }
-    }
-
-    fn status(self) -> StatusCode {
-        match self {
-            AuthErrorCode::InvalidRequest => StatusCode::BAD_REQUEST,
-            AuthErrorCode::InvalidToken => StatusCode::UNAUTHORIZED,
-            AuthErrorCode::InsufficientScope => StatusCode::FORBIDDEN,
-        }
-    }
-}
-
-/// A refused authentication or authorisation.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct AuthDenial {
-    /// `None` when the request carried no credentials at all: RFC 6750 §3.1 says the
-    /// challenge then has no error information, and the status is 401.
-    pub code: Option<AuthErrorCode>,
-    /// Stable machine-readable reason, e.g. `token_expired`.
-    pub reason: &'static str,
-    pub description: Cow<'static, str>,
-    /// The scopes the route needs, for `insufficient_scope`.
-    pub scope: Option<String>,
-}
-
-impl AuthDenial {
-    pub fn new(
-        code: AuthErrorCode,
-        reason: &'static str,
-        description: impl Into<Cow<'static, str>>,
-    ) -> Self {
-        AuthDenial {
-            code: Some(code),
-            reason,
-            description: description.into(),
-            scope: None,
-        }
-    }
-
-    pub fn missing_credentials() -> Self {
-        AuthDenial {
-            code: None,
-            reason: "no_credentials",
-            description: Cow::Borrowed("an access token is required"),
-            scope: None,
-        }
-    }
-
-    pub fn status(&self) -> StatusCode {
-        self.code
-            .map_or(StatusCode::UNAUTHORIZED, AuthErrorCode::status)
-    }
-
-    /// The `WWW-Authenticate` value for the `Bearer` scheme.
-    pub fn bearer_challenge(&self) -> String {
-        let Some(code) = self.code else {
-            return "Bearer".to_string();
-        };
-        let mut value = format!(
-            "Bearer error=\"{}\", error_description=\"{}\"",
-            code.as_str(),
-            quote_safe(&self.description)
-        );
-        if let Some(scope) = &self.scope {
-            value.push_str(&format!(", scope=\"{}\"", quote_safe(scope)));
-        }
-        value
-    }
-}
+/// RFC 9449 §8: the server-provided nonce.
+pub const DPOP_NONCE: HeaderName = HeaderName::from_static("dpop-nonce");
 
 /// Everything the gateway answers itself.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -113,6 +36,8 @@ pub enum Rejection {
     PayloadTooLarge,
     /// The issuer's keys cannot be had right now; the token might be fine.
     KeysUnavailable,
+    /// The DPoP replay store cannot accept the proof (full or unreachable): fail closed.
+    ReplayStoreUnavailable,
     UpstreamUnavailable,
     UpstreamTimeout,
     Internal,
@@ -128,6 +53,7 @@ impl Rejection {
             Rejection::BadRequest { reason, .. } => reason,
             Rejection::PayloadTooLarge => "body_too_large",
             Rejection::KeysUnavailable => "keys_unavailable",
+            Rejection::ReplayStoreUnavailable => "replay_store_unavailable",
             Rejection::UpstreamUnavailable => "upstream_unavailable",
             Rejection::UpstreamTimeout => "upstream_timeout",
             Rejection::Internal => "internal_error",
@@ -141,7 +67,7 @@ impl Rejection {
             Rejection::Misdirected => StatusCode::MISDIRECTED_REQUEST,
             Rejection::BadRequest { .. } => StatusCode::BAD_REQUEST,
             Rejection::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            Rejection::KeysUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Rejection::KeysUnavailable | Rejection::ReplayStoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Rejection::UpstreamUnavailable => StatusCode::BAD_GATEWAY,
             Rejection::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             Rejection::Internal => StatusCode::INTERNAL_SERVER_ERROR,
@@ -150,36 +76,30 @@ impl Rejection {
 
     fn error_and_description(&self) -> (&'static str, Cow<'static, str>) {
         match self {
-            Rejection::Auth(d) => (
-                d.code.map_or("unauthorized", AuthErrorCode::as_str),
-                d.description.clone(),
-            ),
+            Rejection::Auth(d) => (d.code.map_or("unauthorized", AuthErrorCode::as_str), d.description.clone()),
             Rejection::NotFound => ("not_found", Cow::Borrowed("no route matches this request")),
-            Rejection::Misdirected => (
-                "misdirected_request",
-                Cow::Borrowed("the Host header does not match the TLS server name"),
-            ),
+            Rejection::Misdirected => {
+                ("misdirected_request", Cow::Borrowed("the Host header does not match the TLS server name"))
+            }
             Rejection::BadRequest { description, .. } => ("invalid_request", description.clone()),
-            Rejection::PayloadTooLarge => (
-                "payload_too_large",
-                Cow::Borrowed("the request body exceeds the configured limit"),
-            ),
+            Rejection::PayloadTooLarge => {
+                ("payload_too_large", Cow::Borrowed("the request body exceeds the configured limit"))
+            }
             Rejection::KeysUnavailable => (
                 "temporarily_unavailable",
                 Cow::Borrowed("the token issuer's signing keys cannot be fetched; retry later"),
             ),
-            Rejection::UpstreamUnavailable => (
-                "bad_gateway",
-                Cow::Borrowed("the upstream service could not be reached"),
+            Rejection::ReplayStoreUnavailable => (
+                "temporarily_unavailable",
+                Cow::Borrowed("DPoP proofs cannot be checked for replay right now; retry later"),
             ),
-            Rejection::UpstreamTimeout => (
-                "gateway_timeout",
-                Cow::Borrowed("the upstream service did not answer in time"),
-            ),
-            Rejection::Internal => (
-                "internal_error",
-                Cow::Borrowed("the gateway failed to handle the request"),
-            ),
+            Rejection::UpstreamUnavailable => {
+                ("bad_gateway", Cow::Borrowed("the upstream service could not be reached"))
+            }
+            Rejection::UpstreamTimeout => {
+                ("gateway_timeout", Cow::Borrowed("the upstream service did not answer in time"))
+            }
+            Rejection::Internal => ("internal_error", Cow::Borrowed("the gateway failed to handle the request")),
         }
     }
 
@@ -194,11 +114,17 @@ impl Rejection {
         headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
         match &self {
             Rejection::Auth(denial) => {
-                if let Ok(v) = HeaderValue::from_str(&denial.bearer_challenge()) {
-                    headers.insert(WWW_AUTHENTICATE, v);
+                for challenge in denial.challenges() {
+                    if let Ok(v) = HeaderValue::from_str(&challenge) {
+                        headers.append(WWW_AUTHENTICATE, v);
+                    }
                 }
+                if let Some(nonce) = denial.nonce.as_deref().and_then(|n| HeaderValue::from_str(n).ok()) {
+                    headers.insert(DPOP_NONCE, nonce);
+                }
+                headers.insert(ACCESS_CONTROL_EXPOSE_HEADERS, HeaderValue::from_static("WWW-Authenticate, DPoP-Nonce"));
             }
-            Rejection::KeysUnavailable => {
+            Rejection::KeysUnavailable | Rejection::ReplayStoreUnavailable => {
                 headers.insert(RETRY_AFTER, HeaderValue::from_static("5"));
             }
             _ => {}
@@ -213,63 +139,10 @@ impl From<AuthDenial> for Rejection {
     }
 }
 
-/// Keeps a value safe inside a quoted-string: no quotes, backslashes or control characters.
-fn quote_safe(text: &str) -> Cow<'_, str> {
-    if text
-        .bytes()
-        .all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\')
-    {
-        Cow::Borrowed(text)
-    } else {
-        Cow::Owned(
-            text.chars()
-                .map(|c| {
-                    if c.is_ascii() && !c.is_ascii_control() && c != '"' && c != '\\' {
-                        c
-                    } else {
-                        '?'
-                    }
-                })
-                .collect(),
-        )
-    }
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn no_credentials_challenge_has_no_error() {
-        let d = AuthDenial::missing_credentials();
-        assert_eq!(d.status(), StatusCode::UNAUTHORIZED);
-        assert_eq!(d.bearer_challenge(), "Bearer");
-    }
-
-    #[test]
-    fn insufficient_scope_names_the_scope() {
-        let mut d = AuthDenial::new(
-            AuthErrorCode::InsufficientScope,
-            "insufficient_scope",
-            "needs more",
-        );
-        d.scope = Some("accounts:read payments:write".into());
-        assert_eq!(d.status(), StatusCode::FORBIDDEN);
-        assert_eq!(
-            d.bearer_challenge(),
-            r#"Bearer error="insufficient_scope", error_description="needs more", scope="accounts:read payments:write""#
-        );
-    }
-
-    #[test]
-    fn descriptions_cannot_break_the_header() {
-        let d = AuthDenial::new(AuthErrorCode::InvalidToken, "x", "a \"quoted\"\nvalue");
-        assert_eq!(
-            d.bearer_challenge(),
-            r#"Bearer error="invalid_token", error_description="a ?quoted??value""#
-        );
-    }
 
     #[test]
     fn responses_are_json_and_not_cacheable() {

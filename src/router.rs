@@ -29,11 +29,7 @@ impl Router {
     pub fn new(routes: &[Route]) -> Router {
         let entries: Vec<Entry> = routes
             .iter()
-            .map(|r| Entry {
-                host: r.host.clone(),
-                prefix: r.path_prefix.clone(),
-                methods: r.methods.clone(),
-            })
+            .map(|r| Entry { host: r.host.clone(), prefix: r.path_prefix.clone(), methods: r.methods.clone() })
             .collect();
         let mut order: Vec<usize> = (0..entries.len()).collect();
         order.sort_by_key(|&i| {
@@ -58,9 +54,7 @@ impl Router {
                 (Some(want), Some(got)) => want.eq_ignore_ascii_case(got),
                 (Some(_), None) => false,
             };
-            host_ok
-                && prefix_matches(&e.prefix, path)
-                && e.methods.as_ref().is_none_or(|m| m.contains(method))
+            host_ok && prefix_matches(&e.prefix, path) && e.methods.as_ref().is_none_or(|m| m.contains(method))
         })
     }
 }
@@ -91,11 +85,7 @@ pub fn check_path(path: &str) -> Result<(), PathError> {
         return Err(PathError::NotAbsolute);
     }
     // `..;x` is `..` to servers that strip path parameters (Tomcat and friends).
-    if path
-        .split('/')
-        .map(|seg| seg.split(';').next().unwrap_or(seg))
-        .any(|seg| seg == "." || seg == "..")
-    {
+    if path.split('/').map(|seg| seg.split(';').next().unwrap_or(seg)).any(|seg| seg == "." || seg == "..") {
         return Err(PathError::DotSegment);
     }
     if path.contains('\\') {
@@ -104,10 +94,7 @@ pub fn check_path(path: &str) -> Result<(), PathError> {
     let bytes = path.as_bytes();
     for (i, _) in path.match_indices('%') {
         let hex = bytes.get(i + 1..i + 3).unwrap_or_default();
-        if hex.eq_ignore_ascii_case(b"2f")
-            || hex.eq_ignore_ascii_case(b"5c")
-            || hex.eq_ignore_ascii_case(b"2e")
-        {
+        if hex.eq_ignore_ascii_case(b"2f") || hex.eq_ignore_ascii_case(b"5c") || hex.eq_ignore_ascii_case(b"2e") {
             return Err(PathError::AmbiguousEncoding);
         }
     }
@@ -130,22 +117,16 @@ mod tests {
             upstream: "http://127.0.0.1:1".parse().unwrap(),
             upstream_ca: None,
             timeout: Duration::from_secs(1),
-            policy: RoutePolicy::Protected {
-                binding: Binding::Mtls,
-                scopes: vec![],
-            },
+            policy: RoutePolicy::Protected { binding: Binding::Mtls, scopes: vec![] },
             forward_client_cert: false,
             identity_headers: false,
+            forward_token: crate::config::ForwardToken::Bearer,
+            public_origin: "https://api.test".into(),
+            nonce_required: false,
         }
     }
 
-    fn names<'a>(
-        routes: &'a [Route],
-        r: &Router,
-        host: Option<&str>,
-        path: &str,
-        m: Method,
-    ) -> Option<&'a str> {
+    fn names<'a>(routes: &'a [Route], r: &Router, host: Option<&str>, path: &str, m: Method) -> Option<&'a str> {
         r.route(host, path, &m).map(|i| routes[i].name.as_str())
     }
 
@@ -155,10 +136,7 @@ mod tests {
         let r = Router::new(&routes);
         assert_eq!(names(&routes, &r, None, "/api", Method::GET), Some("api"));
         assert_eq!(names(&routes, &r, None, "/api/", Method::GET), Some("api"));
-        assert_eq!(
-            names(&routes, &r, None, "/api/x/y", Method::GET),
-            Some("api")
-        );
+        assert_eq!(names(&routes, &r, None, "/api/x/y", Method::GET), Some("api"));
         assert_eq!(names(&routes, &r, None, "/apiv2", Method::GET), None);
         assert_eq!(names(&routes, &r, None, "/", Method::GET), None);
     }
@@ -173,26 +151,11 @@ mod tests {
             route("api-host", Some("partner.test"), "/api", None),
         ];
         let r = Router::new(&routes);
-        assert_eq!(
-            names(&routes, &r, None, "/api/x", Method::POST),
-            Some("api")
-        );
-        assert_eq!(
-            names(&routes, &r, None, "/api/x", Method::GET),
-            Some("api-get")
-        );
-        assert_eq!(
-            names(&routes, &r, None, "/api/admin/1", Method::GET),
-            Some("api-deep")
-        );
-        assert_eq!(
-            names(&routes, &r, Some("PARTNER.test"), "/api/admin", Method::GET),
-            Some("api-host")
-        );
-        assert_eq!(
-            names(&routes, &r, Some("other.test"), "/other", Method::GET),
-            Some("root")
-        );
+        assert_eq!(names(&routes, &r, None, "/api/x", Method::POST), Some("api"));
+        assert_eq!(names(&routes, &r, None, "/api/x", Method::GET), Some("api-get"));
+        assert_eq!(names(&routes, &r, None, "/api/admin/1", Method::GET), Some("api-deep"));
+        assert_eq!(names(&routes, &r, Some("PARTNER.test"), "/api/admin", Method::GET), Some("api-host"));
+        assert_eq!(names(&routes, &r, Some("other.test"), "/other", Method::GET), Some("root"));
     }
 
     #[test]
@@ -204,22 +167,13 @@ mod tests {
 
     #[test]
     fn ambiguous_paths_are_refused() {
-        assert_eq!(
-            check_path("/public/../accounts"),
-            Err(PathError::DotSegment)
-        );
+        assert_eq!(check_path("/public/../accounts"), Err(PathError::DotSegment));
         assert_eq!(check_path("/a/./b"), Err(PathError::DotSegment));
         assert_eq!(check_path("/a/.."), Err(PathError::DotSegment));
         assert_eq!(check_path("/public/..;/mtls"), Err(PathError::DotSegment));
         assert_eq!(check_path("/public/.;x/mtls"), Err(PathError::DotSegment));
-        assert_eq!(
-            check_path("/public%2F..%2Faccounts"),
-            Err(PathError::AmbiguousEncoding)
-        );
-        assert_eq!(
-            check_path("/public/%2e%2e/accounts"),
-            Err(PathError::AmbiguousEncoding)
-        );
+        assert_eq!(check_path("/public%2F..%2Faccounts"), Err(PathError::AmbiguousEncoding));
+        assert_eq!(check_path("/public/%2e%2e/accounts"), Err(PathError::AmbiguousEncoding));
         assert_eq!(check_path("/a\\b"), Err(PathError::AmbiguousEncoding));
         assert_eq!(check_path("*"), Err(PathError::NotAbsolute));
         assert_eq!(check_path("/a/b.json"), Ok(()));

@@ -121,18 +121,12 @@ pub async fn serve(
             let (info, h2) = {
                 let session = tls.get_ref().1;
                 let h2 = session.alpn_protocol() == Some(b"h2");
-                let client_cert = session
-                    .peer_certificates()
-                    .and_then(|chain| chain.first())
-                    .map(|leaf| ClientCertificate {
+                let client_cert =
+                    session.peer_certificates().and_then(|chain| chain.first()).map(|leaf| ClientCertificate {
                         thumbprint: tls::certificate_thumbprint(leaf.as_ref()),
                         der: leaf.as_ref().to_vec(),
                     });
-                let info = ConnectionInfo {
-                    peer,
-                    sni: session.server_name().map(str::to_string),
-                    client_cert,
-                };
+                let info = ConnectionInfo { peer, sni: session.server_name().map(str::to_string), client_cert };
                 (Arc::new(info), h2)
             };
             let service = service_fn(move |request| {

@@ -31,16 +31,10 @@ pub enum TlsError {
     Certificates { path: PathBuf, reason: String },
     #[error("{path} contains no certificate (expected PEM `CERTIFICATE` blocks)")]
     NoCertificate { path: PathBuf },
-    #[error(
-        "cannot read the private key from {path}: {reason} (expected a PEM PKCS#8, PKCS#1 or SEC1 key)"
-    )]
+    #[error("cannot read the private key from {path}: {reason} (expected a PEM PKCS#8, PKCS#1 or SEC1 key)")]
     PrivateKey { path: PathBuf, reason: String },
     #[error("certificate {cert} and key {key} cannot be used together: {reason}")]
-    CertKeyMismatch {
-        cert: PathBuf,
-        key: PathBuf,
-        reason: String,
-    },
+    CertKeyMismatch { cert: PathBuf, key: PathBuf, reason: String },
     #[error("client CA {path} is unusable: {reason}")]
     ClientCa { path: PathBuf, reason: String },
     #[error("`client_auth: none` cannot be combined with `client_ca`")]
@@ -50,33 +44,24 @@ pub enum TlsError {
 /// The one crypto provider used everywhere.
 pub fn provider() -> Arc<CryptoProvider> {
     static PROVIDER: OnceLock<Arc<CryptoProvider>> = OnceLock::new();
-    PROVIDER
-        .get_or_init(|| Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
-        .clone()
+    PROVIDER.get_or_init(|| Arc::new(rustls::crypto::aws_lc_rs::default_provider())).clone()
 }
 
 /// Reads every certificate of a PEM file.
 pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let certs = CertificateDer::pem_file_iter(path)
         .and_then(|iter| iter.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| TlsError::Certificates {
-            path: path.to_path_buf(),
-            reason: e.to_string(),
-        })?;
+        .map_err(|e| TlsError::Certificates { path: path.to_path_buf(), reason: e.to_string() })?;
     if certs.is_empty() {
-        return Err(TlsError::NoCertificate {
-            path: path.to_path_buf(),
-        });
+        return Err(TlsError::NoCertificate { path: path.to_path_buf() });
     }
     Ok(certs)
 }
 
 /// Reads the first private key of a PEM file.
 pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
-    PrivateKeyDer::from_pem_file(path).map_err(|e| TlsError::PrivateKey {
-        path: path.to_path_buf(),
-        reason: e.to_string(),
-    })
+    PrivateKeyDer::from_pem_file(path)
+        .map_err(|e| TlsError::PrivateKey { path: path.to_path_buf(), reason: e.to_string() })
 }
 
 /// Builds the listener's rustls configuration.
@@ -87,11 +72,7 @@ pub fn server_config(tls: &ServerTls) -> Result<Arc<rustls::ServerConfig>, TlsEr
     let verifier: Option<Arc<dyn ClientCertVerifier>> = match (tls.client_auth, &tls.client_ca) {
         (ClientAuth::None, None) => None,
         (ClientAuth::None, Some(_)) => return Err(TlsError::CaWithoutClientAuth),
-        (mode, Some(ca)) => Some(ca_verifier(
-            ca,
-            mode == ClientAuth::Required,
-            provider.clone(),
-        )?),
+        (mode, Some(ca)) => Some(ca_verifier(ca, mode == ClientAuth::Required, provider.clone())?),
         (mode, None) => Some(Arc::new(AnyClientCert {
             mandatory: mode == ClientAuth::Required,
             algorithms: provider.signature_verification_algorithms,
@@ -108,14 +89,11 @@ pub fn server_config(tls: &ServerTls) -> Result<Arc<rustls::ServerConfig>, TlsEr
         Some(v) => builder.with_client_cert_verifier(v),
         None => builder.with_no_client_auth(),
     };
-    let mut config =
-        builder
-            .with_single_cert(certs, key)
-            .map_err(|e| TlsError::CertKeyMismatch {
-                cert: tls.cert.clone(),
-                key: tls.key.clone(),
-                reason: e.to_string(),
-            })?;
+    let mut config = builder.with_single_cert(certs, key).map_err(|e| TlsError::CertKeyMismatch {
+        cert: tls.cert.clone(),
+        key: tls.key.clone(),
+        reason: e.to_string(),
+    })?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }
@@ -127,21 +105,11 @@ fn ca_verifier(
 ) -> Result<Arc<dyn ClientCertVerifier>, TlsError> {
     let mut roots = RootCertStore::empty();
     for cert in load_certs(ca)? {
-        roots.add(cert).map_err(|e| TlsError::ClientCa {
-            path: ca.to_path_buf(),
-            reason: e.to_string(),
-        })?;
+        roots.add(cert).map_err(|e| TlsError::ClientCa { path: ca.to_path_buf(), reason: e.to_string() })?;
     }
     let builder = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
-    let builder = if mandatory {
-        builder
-    } else {
-        builder.allow_unauthenticated()
-    };
-    builder.build().map_err(|e| TlsError::ClientCa {
-        path: ca.to_path_buf(),
-        reason: e.to_string(),
-    })
+    let builder = if mandatory { builder } else { builder.allow_unauthenticated() };
+    builder.build().map_err(|e| TlsError::ClientCa { path: ca.to_path_buf(), reason: e.to_string() })
 }
 
 /// Accepts any client certificate for RFC 8705 binding; the handshake signature is still
@@ -154,9 +122,7 @@ pub struct AnyClientCert {
 
 impl fmt::Debug for AnyClientCert {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("AnyClientCert")
-            .field("mandatory", &self.mandatory)
-            .finish()
+        f.debug_struct("AnyClientCert").field("mandatory", &self.mandatory).finish()
     }
 }
 
@@ -212,10 +178,7 @@ pub fn client_config(extra_ca: Option<&Path>) -> Result<rustls::ClientConfig, Tl
     roots.extend(system_roots().roots.iter().cloned());
     if let Some(path) = extra_ca {
         for cert in load_certs(path)? {
-            roots.add(cert).map_err(|e| TlsError::Certificates {
-                path: path.to_path_buf(),
-                reason: e.to_string(),
-            })?;
+            roots.add(cert).map_err(|e| TlsError::Certificates { path: path.to_path_buf(), reason: e.to_string() })?;
         }
     }
     let config = rustls::ClientConfig::builder_with_provider(provider())
@@ -266,10 +229,7 @@ bUlJSGQgjwD5vaUaKlLR50Q2DmFfQj1L+SY=
     fn rfc8705_appendix_a_thumbprint() {
         let der = CertificateDer::from_pem_slice(RFC8705_CERT.as_bytes()).unwrap();
         let thumbprint = certificate_thumbprint(der.as_ref());
-        assert_eq!(
-            crate::jose::b64url_encode(&thumbprint),
-            "A4DtL2JmUMhAsvJj5tKyn64SqzmuXbMrJa0n761y5v0"
-        );
+        assert_eq!(crate::jose::b64url_encode(&thumbprint), "A4DtL2JmUMhAsvJj5tKyn64SqzmuXbMrJa0n761y5v0");
     }
 
     #[test]
@@ -281,16 +241,8 @@ bUlJSGQgjwD5vaUaKlLR50Q2DmFfQj1L+SY=
         assert!(e.contains("missing.pem"), "{e}");
         let empty = dir.join("empty.pem");
         std::fs::write(&empty, "not pem").unwrap();
-        assert!(matches!(
-            load_certs(&empty).unwrap_err(),
-            TlsError::NoCertificate { .. }
-        ));
-        assert!(
-            load_key(&empty)
-                .unwrap_err()
-                .to_string()
-                .contains("empty.pem")
-        );
+        assert!(matches!(load_certs(&empty).unwrap_err(), TlsError::NoCertificate { .. }));
+        assert!(load_key(&empty).unwrap_err().to_string().contains("empty.pem"));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
@@ -302,10 +254,7 @@ bUlJSGQgjwD5vaUaKlLR50Q2DmFfQj1L+SY=
             client_auth: ClientAuth::None,
             client_ca: Some("certs/ca.pem".into()),
         };
-        assert!(matches!(
-            server_config(&tls).unwrap_err(),
-            TlsError::CaWithoutClientAuth
-        ));
+        assert!(matches!(server_config(&tls).unwrap_err(), TlsError::CaWithoutClientAuth));
     }
 
     #[test]

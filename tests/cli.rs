@@ -22,9 +22,7 @@ fn free_port() -> u16 {
 /// The command with a clean environment for the variables it reads.
 fn gateway() -> Command {
     let mut command = Command::new(BIN);
-    command
-        .env_remove("FAPI_GATEWAY_CONFIG")
-        .env_remove("FAPI_GATEWAY_LOG");
+    command.env_remove("FAPI_GATEWAY_CONFIG").env_remove("FAPI_GATEWAY_LOG");
     command
 }
 
@@ -99,10 +97,7 @@ fn wait_for_exit(mut child: Child, limit: Duration) -> Output {
         if Instant::now() > deadline {
             let _ = child.kill();
             let output = child.wait_with_output().unwrap();
-            panic!(
-                "the gateway was still running after {limit:?}; stderr: {}",
-                stderr(&output)
-            );
+            panic!("the gateway was still running after {limit:?}; stderr: {}", stderr(&output));
         }
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -148,10 +143,7 @@ fn check_config_accepts_a_valid_file_and_summarises_its_routes() {
     assert!(accounts.contains("/accounts"), "{accounts}");
     assert!(accounts.contains("[GET]"), "{accounts}");
     assert!(accounts.contains("http://127.0.0.1:9"), "{accounts}");
-    assert!(
-        accounts.contains("binding: mtls, scopes: accounts:read"),
-        "{accounts}"
-    );
+    assert!(accounts.contains("binding: mtls, scopes: accounts:read"), "{accounts}");
     let open = route("open-data");
     assert!(open.contains("/open"), "{open}");
     assert!(open.contains("auth: none"), "{open}");
@@ -162,19 +154,10 @@ fn check_config_accepts_a_valid_file_and_summarises_its_routes() {
 fn check_config_reads_the_file_from_config_flag_or_environment() {
     let pki = TestPki::new();
     let file = write_valid_config(&pki, free_port());
-    let output = gateway()
-        .arg("--config")
-        .arg(&file)
-        .arg("check-config")
-        .output()
-        .unwrap();
+    let output = gateway().arg("--config").arg(&file).arg("check-config").output().unwrap();
     assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
     assert!(stdout(&output).contains(&format!("{}: OK", file.display())));
-    let output = gateway()
-        .env("FAPI_GATEWAY_CONFIG", &file)
-        .arg("check-config")
-        .output()
-        .unwrap();
+    let output = gateway().env("FAPI_GATEWAY_CONFIG", &file).arg("check-config").output().unwrap();
     assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
     assert!(stdout(&output).contains(&format!("{}: OK", file.display())));
 }
@@ -183,9 +166,7 @@ fn check_config_reads_the_file_from_config_flag_or_environment() {
 fn check_config_shows_scopes_as_written() {
     let pki = TestPki::new();
     let file = write_valid_config(&pki, free_port());
-    let text = std::fs::read_to_string(&file)
-        .unwrap()
-        .replace("scopes: [accounts:read]", "scopes: [Accounts:Read]");
+    let text = std::fs::read_to_string(&file).unwrap().replace("scopes: [accounts:read]", "scopes: [Accounts:Read]");
     std::fs::write(&file, text).unwrap();
     let output = check_config(&file);
     assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
@@ -197,10 +178,8 @@ fn check_config_shows_scopes_as_written() {
 fn check_config_names_file_line_column_and_key_of_an_unknown_key() {
     let pki = TestPki::new();
     let file = write_valid_config(&pki, free_port());
-    let text = std::fs::read_to_string(&file).unwrap().replace(
-        "    binding: mtls\n",
-        "    binding: mtls\n    bindng: mtls\n",
-    );
+    let text =
+        std::fs::read_to_string(&file).unwrap().replace("    binding: mtls\n", "    binding: mtls\n    bindng: mtls\n");
     let line = text.lines().position(|l| l == "    bindng: mtls").unwrap() + 1;
     std::fs::write(&file, &text).unwrap();
     let output = check_config(&file);
@@ -222,10 +201,9 @@ fn check_config_names_a_missing_tls_key_file() {
     let pki = TestPki::new();
     let file = write_valid_config(&pki, free_port());
     let missing = pki.dir().join("missing.key");
-    let text = std::fs::read_to_string(&file).unwrap().replace(
-        &pki.server_key_path().display().to_string(),
-        &missing.display().to_string(),
-    );
+    let text = std::fs::read_to_string(&file)
+        .unwrap()
+        .replace(&pki.server_key_path().display().to_string(), &missing.display().to_string());
     std::fs::write(&file, text).unwrap();
     let output = check_config(&file);
     assert_refused(&output, &[&missing.display().to_string()]);
@@ -236,13 +214,7 @@ fn repository_gateway_yaml_passes_check_config() {
     let file = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/gateway.yaml"));
     assert!(file.exists(), "{} does not exist", file.display());
     let output = check_config(file);
-    assert_eq!(
-        output.status.code(),
-        Some(0),
-        "{}{}",
-        stdout(&output),
-        stderr(&output)
-    );
+    assert_eq!(output.status.code(), Some(0), "{}{}", stdout(&output), stderr(&output));
     assert!(stdout(&output).contains("OK"));
 }
 
@@ -255,10 +227,8 @@ fn run_refuses_an_invalid_config_with_exit_code_2_before_listening() {
     let pki = TestPki::new();
     let port = free_port();
     let file = write_valid_config(&pki, port);
-    let text = std::fs::read_to_string(&file).unwrap().replace(
-        "  public_url:",
-        "  public_ur1: https://x.test\n  public_url:",
-    );
+    let text =
+        std::fs::read_to_string(&file).unwrap().replace("  public_url:", "  public_ur1: https://x.test\n  public_url:");
     std::fs::write(&file, text).unwrap();
     let output = run_with_config(&file);
     assert_refused(&output, &[&format!("{}:3:", file.display()), "public_ur1"]);
@@ -271,20 +241,15 @@ fn run_refuses_a_missing_tls_key_before_listening() {
     let port = free_port();
     let file = write_valid_config(&pki, port);
     let missing = pki.dir().join("missing.key");
-    let text = std::fs::read_to_string(&file).unwrap().replace(
-        &pki.server_key_path().display().to_string(),
-        &missing.display().to_string(),
-    );
+    let text = std::fs::read_to_string(&file)
+        .unwrap()
+        .replace(&pki.server_key_path().display().to_string(), &missing.display().to_string());
     std::fs::write(&file, text).unwrap();
     let output = run_with_config(&file);
     let err = stderr(&output);
     // main.rs documents 1 for "failed to start" and 2 for "invalid configuration";
     // check-config says 2 for the same file.
-    assert!(
-        matches!(output.status.code(), Some(1 | 2)),
-        "{:?}: {err}",
-        output.status
-    );
+    assert!(matches!(output.status.code(), Some(1 | 2)), "{:?}: {err}", output.status);
     assert!(err.contains(&missing.display().to_string()), "{err}");
     assert_port_free(port);
 }
@@ -308,13 +273,9 @@ fn missing_jwks_file_is_refused_by_check_config_and_at_start() {
 fn unusable_upstream_ca_is_refused_by_check_config() {
     let pki = TestPki::new();
     let file = write_valid_config(&pki, free_port());
-    let text = std::fs::read_to_string(&file).unwrap().replace(
-        "    binding: mtls\n",
-        "    binding: mtls\n    upstream_ca: /nonexistent/ca.pem\n",
-    );
+    let text = std::fs::read_to_string(&file)
+        .unwrap()
+        .replace("    binding: mtls\n", "    binding: mtls\n    upstream_ca: /nonexistent/ca.pem\n");
     std::fs::write(&file, text).unwrap();
-    assert_refused(
-        &check_config(&file),
-        &["route accounts", "/nonexistent/ca.pem"],
-    );
+    assert_refused(&check_config(&file), &["route accounts", "/nonexistent/ca.pem"]);
 }

@@ -11,17 +11,10 @@ fn bundled_gateway_yaml_loads() {
     assert_eq!(config.listen.public_url, "https://localhost:8443/");
     assert!(config.listen.tls.cert.ends_with("certs/server.pem"));
     assert_eq!(config.issuers.len(), 1);
-    let accounts = config
-        .routes
-        .iter()
-        .find(|r| r.name == "accounts")
-        .expect("accounts route");
+    let accounts = config.routes.iter().find(|r| r.name == "accounts").expect("accounts route");
     assert_eq!(
         accounts.policy,
-        RoutePolicy::Protected {
-            binding: Binding::Mtls,
-            scopes: vec!["accounts:read".into()]
-        }
+        RoutePolicy::Protected { binding: Binding::Mtls, scopes: vec!["accounts:read".into()] }
     );
     // The bundled certificate and key load and fit together.
     fapi_gateway::tls::server_config(&config.listen.tls).unwrap_or_else(|e| panic!("{e}"));

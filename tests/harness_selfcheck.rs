@@ -37,24 +37,12 @@ async fn jwks_server_over_https_with_client_identity() {
     assert_eq!(jwks.jwks_hits(), 1);
 
     jwks.set_keys(vec![]);
-    let body: Value = serde_json::from_slice(
-        &http
-            .get(jwks.jwks_uri())
-            .send()
-            .await
-            .unwrap()
-            .bytes()
-            .await
-            .unwrap(),
-    )
-    .unwrap();
+    let body: Value =
+        serde_json::from_slice(&http.get(jwks.jwks_uri()).send().await.unwrap().bytes().await.unwrap()).unwrap();
     assert_eq!(body["keys"], serde_json::json!([]));
     assert_eq!(jwks.jwks_hits(), 2);
 
-    for path in [
-        "/.well-known/oauth-authorization-server",
-        "/.well-known/openid-configuration",
-    ] {
+    for path in ["/.well-known/oauth-authorization-server", "/.well-known/openid-configuration"] {
         let url = format!("{}{path}", jwks.issuer());
         let meta: Value = http.get(url).send().await.unwrap().json_value().await;
         assert_eq!(meta["issuer"], jwks.issuer());
@@ -66,11 +54,7 @@ async fn jwks_server_over_https_with_client_identity() {
     assert_eq!(meta["issuer"], "https://evil.test");
     assert_eq!(jwks.metadata_hits(), 3);
 
-    let resp = http
-        .get(format!("{}/nope", jwks.issuer()))
-        .send()
-        .await
-        .unwrap();
+    let resp = http.get(format!("{}/nope", jwks.issuer())).send().await.unwrap();
     assert_eq!(resp.status(), 404);
 }
 
@@ -93,11 +77,7 @@ async fn client_resolves_gateway_host_and_negotiates_h2() {
     // Both set-ups offer h2 over ALPN, and the JWKS server picks it.
     for h2 in [true, false] {
         let http = common::client(&pki, jwks.addr(), Some(&cert), h2);
-        let resp = http
-            .get(common::gateway_url(jwks.addr(), "/jwks"))
-            .send()
-            .await
-            .unwrap();
+        let resp = http.get(common::gateway_url(jwks.addr(), "/jwks")).send().await.unwrap();
         assert_eq!(resp.status(), 200);
         assert_eq!(resp.version(), reqwest::Version::HTTP_2);
     }
@@ -113,10 +93,7 @@ async fn jwks_server_failing_and_stop() {
     assert_eq!(resp.status(), 503);
     assert_eq!(jwks.jwks_hits(), 1);
     jwks.set_failing(false);
-    assert_eq!(
-        http.get(jwks.jwks_uri()).send().await.unwrap().status(),
-        200
-    );
+    assert_eq!(http.get(jwks.jwks_uri()).send().await.unwrap().status(), 200);
 
     jwks.stop().await;
     let fresh = common::client(&pki, jwks.addr(), None, false);
@@ -148,20 +125,11 @@ async fn upstream_records_requests() {
     assert_eq!(rec.headers["x-test"], "abc");
     assert_eq!(rec.body, b"hello body");
 
-    let resp = http
-        .put(format!("{}/echo", upstream.url()))
-        .body(vec![7u8; 100_000])
-        .send()
-        .await
-        .unwrap();
+    let resp = http.put(format!("{}/echo", upstream.url())).body(vec![7u8; 100_000]).send().await.unwrap();
     assert_eq!(resp.bytes().await.unwrap().len(), 100_000);
     assert_eq!(upstream.last().unwrap().body.len(), 100_000);
 
-    let resp = http
-        .get(format!("{}/status/418", upstream.url()))
-        .send()
-        .await
-        .unwrap();
+    let resp = http.get(format!("{}/status/418", upstream.url())).send().await.unwrap();
     assert_eq!(resp.status(), 418);
     assert_eq!(upstream.hits(), 3);
 
@@ -177,18 +145,11 @@ async fn ca_signed_client_passes_webpki_client_verification() {
     for ca in CertificateDer::pem_file_iter(pki.client_ca_pem_path()).unwrap() {
         roots.add(ca.unwrap()).unwrap();
     }
-    let verifier = rustls::server::WebPkiClientVerifier::builder(Arc::new(roots))
-        .build()
-        .unwrap();
-    let chain = CertificateDer::pem_file_iter(pki.server_cert_path())
-        .unwrap()
-        .collect::<Result<Vec<_>, _>>()
-        .unwrap();
+    let verifier = rustls::server::WebPkiClientVerifier::builder(Arc::new(roots)).build().unwrap();
+    let chain = CertificateDer::pem_file_iter(pki.server_cert_path()).unwrap().collect::<Result<Vec<_>, _>>().unwrap();
     let key = PrivateKeyDer::from_pem_file(pki.server_key_path()).unwrap();
-    let config = rustls::ServerConfig::builder()
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(chain, key)
-        .unwrap();
+    let config =
+        rustls::ServerConfig::builder().with_client_cert_verifier(verifier).with_single_cert(chain, key).unwrap();
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -206,11 +167,7 @@ async fn ca_signed_client_passes_webpki_client_verification() {
     let cert = pki.ca_signed_client("client-1");
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
     let name = ServerName::try_from("gateway.test").unwrap();
-    let _tls = pki
-        .tls_connector(Some(&cert), &[])
-        .connect(name, tcp)
-        .await
-        .unwrap();
+    let _tls = pki.tls_connector(Some(&cert), &[]).connect(name, tcp).await.unwrap();
     // reqwest presents the identity too, through both TLS set-ups of `common::client`
     // (the request itself fails: this server speaks no HTTP).
     for h2 in [false, true] {
@@ -242,26 +199,20 @@ fn verify(signer: &Signer) {
     let ec_point = || [vec![4u8], field("x"), field("y")].concat();
     let verifies = |msg: &[u8]| {
         match signer.alg() {
-            "ES256" => UnparsedPublicKey::new(&signature::ECDSA_P256_SHA256_FIXED, ec_point())
-                .verify(msg, &sig),
-            "ES384" => UnparsedPublicKey::new(&signature::ECDSA_P384_SHA384_FIXED, ec_point())
-                .verify(msg, &sig),
+            "ES256" => UnparsedPublicKey::new(&signature::ECDSA_P256_SHA256_FIXED, ec_point()).verify(msg, &sig),
+            "ES384" => UnparsedPublicKey::new(&signature::ECDSA_P384_SHA384_FIXED, ec_point()).verify(msg, &sig),
             "EdDSA" => UnparsedPublicKey::new(&signature::ED25519, field("x")).verify(msg, &sig),
-            "PS256" => signature::RsaPublicKeyComponents {
-                n: field("n"),
-                e: field("e"),
-            }
-            .verify(&signature::RSA_PSS_2048_8192_SHA256, msg, &sig),
+            "PS256" => signature::RsaPublicKeyComponents { n: field("n"), e: field("e") }.verify(
+                &signature::RSA_PSS_2048_8192_SHA256,
+                msg,
+                &sig,
+            ),
             other => panic!("unexpected alg {other}"),
         }
         .is_ok()
     };
     assert!(verifies(input.as_bytes()), "{} signature", signer.alg());
-    assert!(
-        !verifies(format!("{input}x").as_bytes()),
-        "{} tampered",
-        signer.alg()
-    );
+    assert!(!verifies(format!("{input}x").as_bytes()), "{} tampered", signer.alg());
 }
 
 #[test]
@@ -274,12 +225,7 @@ fn signers_produce_verifiable_jwts() {
     assert_eq!(jwk["alg"], "ES256");
     assert_eq!(jwk["kid"], "k-es256");
     assert_eq!(unb64(jwk["x"].as_str().unwrap()).len(), 32);
-    for signer in [
-        es256,
-        Signer::es384("k-es384"),
-        Signer::ps256("k-ps256"),
-        Signer::eddsa("k-eddsa"),
-    ] {
+    for signer in [es256, Signer::es384("k-es384"), Signer::ps256("k-ps256"), Signer::eddsa("k-eddsa")] {
         verify(&signer);
         assert_eq!(unb64(&signer.jwk_thumbprint()).len(), 32);
     }
@@ -289,15 +235,9 @@ fn signers_produce_verifiable_jwts() {
 fn jwk_thumbprint_is_rfc7638() {
     let signer = Signer::eddsa("k");
     let jwk = signer.public_jwk();
-    let canonical = format!(
-        r#"{{"crv":"Ed25519","kty":"OKP","x":"{}"}}"#,
-        jwk["x"].as_str().unwrap()
-    );
+    let canonical = format!(r#"{{"crv":"Ed25519","kty":"OKP","x":"{}"}}"#, jwk["x"].as_str().unwrap());
     let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, canonical.as_bytes());
-    assert_eq!(
-        signer.jwk_thumbprint(),
-        URL_SAFE_NO_PAD.encode(digest.as_ref())
-    );
+    assert_eq!(signer.jwk_thumbprint(), URL_SAFE_NO_PAD.encode(digest.as_ref()));
 
     let proof = signer.dpop_proof("GET", "https://gateway.test/x", Some("tok"));
     let header: Value = serde_json::from_slice(&unb64(proof.split('.').next().unwrap())).unwrap();

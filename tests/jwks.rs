@@ -10,10 +10,7 @@ use common::*;
 use serde_json::json;
 
 fn jwks_cache(settings: &str) -> Options {
-    Options {
-        issuer_extra: format!("    jwks_cache: {{ {settings} }}\n"),
-        ..Default::default()
-    }
+    Options { issuer_extra: format!("    jwks_cache: {{ {settings} }}\n"), ..Default::default() }
 }
 
 #[tokio::test]
@@ -22,9 +19,7 @@ async fn rotated_key_is_fetched_on_first_use() {
     assert_eq!(env.jwks.jwks_hits(), 1);
     let next = Signer::es256("key-2");
     env.jwks.set_keys(vec![next.public_jwk()]);
-    let response = env
-        .get("/bearer/x", None, Some(&next.jwt(&env.claims())))
-        .await;
+    let response = env.get("/bearer/x", None, Some(&next.jwt(&env.claims()))).await;
     assert_eq!(response.status(), 200);
     assert_eq!(env.jwks.jwks_hits(), 2);
 }
@@ -35,20 +30,14 @@ async fn random_kids_do_not_hammer_the_issuer() {
     assert_eq!(env.jwks.jwks_hits(), 1);
     for i in 0..20 {
         let signer = Signer::es256(&format!("random-{i}"));
-        let response = env
-            .get("/bearer/x", None, Some(&signer.jwt(&env.claims())))
-            .await;
+        let response = env.get("/bearer/x", None, Some(&signer.jwt(&env.claims()))).await;
         assert_eq!(response.status(), 401);
         assert_eq!(
             challenge(&response),
             r#"Bearer error="invalid_token", error_description="no signing key of the issuer matches the access token""#
         );
     }
-    assert_eq!(
-        env.jwks.jwks_hits(),
-        1,
-        "unknown kids within refetch_interval must not refetch"
-    );
+    assert_eq!(env.jwks.jwks_hits(), 1, "unknown kids within refetch_interval must not refetch");
     assert_eq!(env.upstream.hits(), 0);
 }
 
@@ -58,26 +47,14 @@ async fn unknown_kid_refetches_at_most_once_per_interval() {
     tokio::time::sleep(Duration::from_millis(1100)).await;
     for i in 0..10 {
         let signer = Signer::es256(&format!("random-{i}"));
-        assert_eq!(
-            env.get("/bearer/x", None, Some(&signer.jwt(&env.claims())))
-                .await
-                .status(),
-            401
-        );
+        assert_eq!(env.get("/bearer/x", None, Some(&signer.jwt(&env.claims()))).await.status(), 401);
     }
-    assert_eq!(
-        env.jwks.jwks_hits(),
-        2,
-        "one refetch for the first unknown kid, then rate-limited"
-    );
+    assert_eq!(env.jwks.jwks_hits(), 2, "one refetch for the first unknown kid, then rate-limited");
 }
 
 #[tokio::test]
 async fn stale_keys_keep_serving_while_the_issuer_is_down() {
-    let env = Env::start_with(jwks_cache(
-        "default_ttl: 1s, min_ttl: 1s, refetch_interval: 0s",
-    ))
-    .await;
+    let env = Env::start_with(jwks_cache("default_ttl: 1s, min_ttl: 1s, refetch_interval: 0s")).await;
     let token = env.bearer_token();
     assert_eq!(env.get("/bearer/x", None, Some(&token)).await.status(), 200);
     env.jwks.set_failing(true);
@@ -85,18 +62,13 @@ async fn stale_keys_keep_serving_while_the_issuer_is_down() {
     // A new token (not in the validated-token cache) needs the keys again.
     let fresh = env.bearer_token();
     assert_eq!(env.get("/bearer/x", None, Some(&fresh)).await.status(), 200);
-    assert!(
-        env.jwks.jwks_hits() >= 2,
-        "the expired key set was refetched (and failed)"
-    );
+    assert!(env.jwks.jwks_hits() >= 2, "the expired key set was refetched (and failed)");
 }
 
 #[tokio::test]
 async fn keys_too_stale_are_not_used_and_the_answer_is_503() {
-    let env = Env::start_with(jwks_cache(
-        "default_ttl: 1s, min_ttl: 1s, stale_if_error: 1s, refetch_interval: 0s",
-    ))
-    .await;
+    let env =
+        Env::start_with(jwks_cache("default_ttl: 1s, min_ttl: 1s, stale_if_error: 1s, refetch_interval: 0s")).await;
     env.jwks.stop().await;
     tokio::time::sleep(Duration::from_millis(2200)).await;
     let response = env.get("/bearer/x", None, Some(&env.bearer_token())).await;
@@ -109,45 +81,22 @@ async fn keys_too_stale_are_not_used_and_the_answer_is_503() {
 
 #[tokio::test]
 async fn cache_control_max_age_is_honoured() {
-    let env = Env::start_with(jwks_cache(
-        "default_ttl: 1s, min_ttl: 1s, refetch_interval: 0s",
-    ))
-    .await;
+    let env = Env::start_with(jwks_cache("default_ttl: 1s, min_ttl: 1s, refetch_interval: 0s")).await;
     // The start-up fetch had no Cache-Control: default_ttl (1 s) applies.
-    env.jwks
-        .set_cache_control(Some("public, max-age=3600".into()));
+    env.jwks.set_cache_control(Some("public, max-age=3600".into()));
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    assert_eq!(
-        env.get("/bearer/x", None, Some(&env.bearer_token()))
-            .await
-            .status(),
-        200
-    );
+    assert_eq!(env.get("/bearer/x", None, Some(&env.bearer_token())).await.status(), 200);
     assert_eq!(env.jwks.jwks_hits(), 2, "expired after default_ttl");
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    assert_eq!(
-        env.get("/bearer/x", None, Some(&env.bearer_token()))
-            .await
-            .status(),
-        200
-    );
+    assert_eq!(env.get("/bearer/x", None, Some(&env.bearer_token())).await.status(), 200);
     assert_eq!(env.jwks.jwks_hits(), 2, "max-age=3600 keeps the keys fresh");
 }
 
 #[tokio::test]
 async fn discovery_finds_the_jwks_uri() {
-    let env = Env::start_with(Options {
-        key_source: Some("discovery: true".into()),
-        ..Default::default()
-    })
-    .await;
+    let env = Env::start_with(Options { key_source: Some("discovery: true".into()), ..Default::default() }).await;
     assert_eq!(env.jwks.metadata_hits(), 1);
-    assert_eq!(
-        env.get("/bearer/x", None, Some(&env.bearer_token()))
-            .await
-            .status(),
-        200
-    );
+    assert_eq!(env.get("/bearer/x", None, Some(&env.bearer_token())).await.status(), 200);
 }
 
 #[tokio::test]
@@ -173,11 +122,7 @@ async fn discovery_with_a_mismatched_issuer_is_not_used() {
         .await
         .unwrap();
     assert_eq!(response.status(), 503);
-    assert_eq!(
-        jwks.jwks_hits(),
-        0,
-        "keys of a mismatched issuer are never fetched"
-    );
+    assert_eq!(jwks.jwks_hits(), 0, "keys of a mismatched issuer are never fetched");
     assert_eq!(upstream.hits(), 0);
 }
 
@@ -189,10 +134,7 @@ async fn keys_from_a_file() {
     let jwks = json!({"keys": [signer.public_jwk()]});
     let path = write_file(pki.dir(), "jwks.json", &jwks.to_string());
     let upstream = Upstream::start().await;
-    let issuer = format!(
-        "{{ issuer: https://as.file.test, jwks_file: {}, audiences: [{AUDIENCE}] }}",
-        path.display()
-    );
+    let issuer = format!("{{ issuer: https://as.file.test, jwks_file: {}, audiences: [{AUDIENCE}] }}", path.display());
     let gateway = start_minimal(&pki, &issuer, &upstream).await;
     assert!(gateway.keys_loaded());
     let response = client(&pki, gateway.local_addr(), None, false)

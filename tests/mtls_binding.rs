@@ -11,9 +11,7 @@ async fn bound_token_with_its_certificate_reaches_upstream() {
     let env = Env::start().await;
     let cert = env.pki.self_signed_client("legit-client");
     let token = env.bound_token(&cert);
-    let response = env
-        .get("/mtls/accounts?x=1", Some(&cert), Some(&token))
-        .await;
+    let response = env.get("/mtls/accounts?x=1", Some(&cert), Some(&token)).await;
     assert_eq!(response.status(), 200);
     assert_eq!(response.headers()["x-upstream"], "yes");
     assert_eq!(response.text().await.unwrap(), "upstream-ok");
@@ -74,16 +72,12 @@ async fn unbound_token_is_refused_on_mtls_and_any_routes_but_passes_on_bearer() 
     let env = Env::start().await;
     let cert = env.pki.self_signed_client("c");
     let token = env.bearer_token();
-    for path in ["/mtls/a", "/any/a"] {
-        let response = env.get(path, Some(&cert), Some(&token)).await;
-        assert_rejected(
-            response,
-            401,
-            r#"Bearer error="invalid_token", error_description="this resource requires a sender-constrained (certificate-bound) access token""#,
-            "invalid_token",
-        )
-        .await;
-    }
+    let error = r#"Bearer error="invalid_token", error_description="this resource requires a sender-constrained access token""#;
+    let response = env.get("/mtls/a", Some(&cert), Some(&token)).await;
+    assert_rejected(response, 401, error, "invalid_token").await;
+    // `any` routes also offer the DPoP scheme.
+    let response = env.get("/any/a", Some(&cert), Some(&token)).await;
+    assert_rejected_with(response, 401, &[error, r#"DPoP algs="ES256 PS256 EdDSA""#], "invalid_token").await;
     assert_eq!(env.upstream.hits(), 0);
     let response = env.get("/bearer/a", None, Some(&token)).await;
     assert_eq!(response.status(), 200);
@@ -112,13 +106,7 @@ async fn ca_signed_certificate_binds_as_well_over_http2() {
     let env = Env::start().await;
     let cert = env.pki.ca_signed_client("ca-client");
     let token = env.bound_token(&cert);
-    let response = env
-        .h2_client(Some(&cert))
-        .get(env.url("/any/x"))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap();
+    let response = env.h2_client(Some(&cert)).get(env.url("/any/x")).bearer_auth(&token).send().await.unwrap();
     assert_eq!(response.version(), reqwest::Version::HTTP_2);
     assert_eq!(response.status(), 200);
     assert_eq!(env.upstream.hits(), 1);
@@ -136,9 +124,7 @@ async fn thumbprint_is_the_sha256_of_the_presented_certificate() {
     let seen = env.upstream.last().unwrap();
     let header = seen.headers["client-cert"].to_str().unwrap().to_string();
     use base64::Engine as _;
-    let der = base64::engine::general_purpose::STANDARD
-        .decode(header.trim_matches(':'))
-        .unwrap();
+    let der = base64::engine::general_purpose::STANDARD.decode(header.trim_matches(':')).unwrap();
     assert_eq!(der, cert.der);
     assert_eq!(seen.headers["x-fapi-subject"], "user-1");
     assert_eq!(seen.headers["x-fapi-client-id"], "client-1");
@@ -147,11 +133,7 @@ async fn thumbprint_is_the_sha256_of_the_presented_certificate() {
 
 #[tokio::test]
 async fn required_client_auth_refuses_handshakes_without_certificate() {
-    let env = Env::start_with(Options {
-        client_auth: "required",
-        ..Default::default()
-    })
-    .await;
+    let env = Env::start_with(Options { client_auth: "required", ..Default::default() }).await;
     let error = env.client(None).get(env.url("/public/x")).send().await;
     assert!(error.is_err(), "handshake without a certificate must fail");
     let cert = env.pki.self_signed_client("c");
@@ -168,13 +150,7 @@ async fn client_ca_rejects_certificates_from_elsewhere() {
     })
     .await;
     let stranger = env.pki.self_signed_client("stranger");
-    assert!(
-        env.client(Some(&stranger))
-            .get(env.url("/public/x"))
-            .send()
-            .await
-            .is_err()
-    );
+    assert!(env.client(Some(&stranger)).get(env.url("/public/x")).send().await.is_err());
     let member = env.pki.ca_signed_client("member");
     let token = env.bound_token(&member);
     let ok = env.get("/mtls/x", Some(&member), Some(&token)).await;

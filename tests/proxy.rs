@@ -46,20 +46,14 @@ type Tls = tokio_rustls::client::TlsStream<TcpStream>;
 async fn raw_connect(env: &Env) -> Tls {
     let connector = env.pki.tls_connector(None, &[b"http/1.1"]);
     let tcp = TcpStream::connect(env.addr).await.unwrap();
-    connector
-        .connect(ServerName::try_from(GATEWAY_HOST).unwrap(), tcp)
-        .await
-        .unwrap()
+    connector.connect(ServerName::try_from(GATEWAY_HOST).unwrap(), tcp).await.unwrap()
 }
 
 /// A TLS connection to the gateway by IP address: rustls sends no SNI then.
 async fn raw_connect_without_sni(env: &Env) -> Tls {
     let connector = env.pki.tls_connector(None, &[b"http/1.1"]);
     let tcp = TcpStream::connect(env.addr).await.unwrap();
-    connector
-        .connect(ServerName::try_from("127.0.0.1").unwrap(), tcp)
-        .await
-        .unwrap()
+    connector.connect(ServerName::try_from("127.0.0.1").unwrap(), tcp).await.unwrap()
 }
 
 /// Verifies the server's chain against the test CA as `gateway.test`, whatever SNI the
@@ -77,8 +71,7 @@ impl ServerCertVerifier for VerifyAsGatewayHost {
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
         let name = ServerName::try_from(GATEWAY_HOST).unwrap();
-        self.0
-            .verify_server_cert(end_entity, intermediates, &name, ocsp_response, now)
+        self.0.verify_server_cert(end_entity, intermediates, &name, ocsp_response, now)
     }
 
     fn verify_tls12_signature(
@@ -108,12 +101,8 @@ impl ServerCertVerifier for VerifyAsGatewayHost {
 async fn raw_connect_with_sni(env: &Env, sni: &'static str) -> Tls {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let mut roots = rustls::RootCertStore::empty();
-    roots
-        .add(CertificateDer::from_pem_slice(env.pki.ca_pem().as_bytes()).unwrap())
-        .unwrap();
-    let verifier = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-        .build()
-        .unwrap();
+    roots.add(CertificateDer::from_pem_slice(env.pki.ca_pem().as_bytes()).unwrap()).unwrap();
+    let verifier = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone()).build().unwrap();
     let mut config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .unwrap()
@@ -123,10 +112,7 @@ async fn raw_connect_with_sni(env: &Env, sni: &'static str) -> Tls {
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
     let tcp = TcpStream::connect(env.addr).await.unwrap();
-    connector
-        .connect(ServerName::try_from(sni).unwrap(), tcp)
-        .await
-        .unwrap()
+    connector.connect(ServerName::try_from(sni).unwrap(), tcp).await.unwrap()
 }
 
 /// An HTTP/1.1 response read off a raw connection.
@@ -142,10 +128,7 @@ struct RawResponse {
 
 impl RawResponse {
     fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
     }
 
     fn json(&self) -> Value {
@@ -218,12 +201,7 @@ fn parse_response(buf: &[u8], eof: bool) -> Option<RawResponse> {
     } else {
         (rest.to_vec(), eof)
     };
-    Some(RawResponse {
-        status,
-        headers,
-        body,
-        complete,
-    })
+    Some(RawResponse { status, headers, body, complete })
 }
 
 /// Reads one response: until its body is complete, or the connection ends (a read error,
@@ -245,9 +223,7 @@ async fn read_response(stream: &mut (impl AsyncRead + Unpin)) -> Option<RawRespo
             }
         }
     };
-    tokio::time::timeout(Duration::from_secs(10), read)
-        .await
-        .expect("the gateway answers or closes within 10 s")
+    tokio::time::timeout(Duration::from_secs(10), read).await.expect("the gateway answers or closes within 10 s")
 }
 
 /// Sends `request` on a fresh raw connection and reads the answer.
@@ -261,16 +237,11 @@ async fn raw_exchange(env: &Env, request: &[u8]) -> Option<RawResponse> {
 /// `GET path` on a fresh raw HTTP/1.1 connection with `Host: gateway.test`.
 async fn raw_get(env: &Env, path: &str) -> RawResponse {
     let request = format!("GET {path} HTTP/1.1\r\nHost: {GATEWAY_HOST}\r\n\r\n");
-    raw_exchange(env, request.as_bytes())
-        .await
-        .unwrap_or_else(|| panic!("no response to GET {path}"))
+    raw_exchange(env, request.as_bytes()).await.unwrap_or_else(|| panic!("no response to GET {path}"))
 }
 
 fn der_header(der: &[u8]) -> String {
-    format!(
-        ":{}:",
-        base64::engine::general_purpose::STANDARD.encode(der)
-    )
+    format!(":{}:", base64::engine::general_purpose::STANDARD.encode(der))
 }
 
 /// Headers the client may not choose for the upstream: the gateway's own, and hop-by-hop.
@@ -300,10 +271,7 @@ fn assert_clean_forwarding(seen: &Recorded) {
     assert_eq!(one("x-forwarded-for"), "127.0.0.1");
     assert_eq!(one("x-forwarded-proto"), "https");
     assert_eq!(one("x-forwarded-host"), "gateway.test");
-    assert_eq!(
-        one("forwarded"),
-        r#"for=127.0.0.1;proto=https;host="gateway.test""#
-    );
+    assert_eq!(one("forwarded"), r#"for=127.0.0.1;proto=https;host="gateway.test""#);
     for name in [
         "client-cert",
         "client-cert-chain",
@@ -312,11 +280,7 @@ fn assert_clean_forwarding(seen: &Recorded) {
         "x-fapi-scopes",
         "proxy-authorization",
     ] {
-        assert!(
-            !seen.headers.contains_key(name),
-            "{name} reached the upstream: {:?}",
-            seen.headers
-        );
+        assert!(!seen.headers.contains_key(name), "{name} reached the upstream: {:?}", seen.headers);
     }
     assert_eq!(one("x-custom"), "1");
     assert_eq!(one("x-also-custom"), "two words");
@@ -354,17 +318,10 @@ async fn public_route_strips_hop_by_hop_and_spoofed_headers_over_http1() {
     assert_eq!(seen.uri, "/public/x?a=1&b=two%20words&c=%2e%2e/../y&d");
     assert_clean_forwarding(&seen);
     for name in ["x-drop", "keep-alive", "te", "proxy-connection"] {
-        assert!(
-            !seen.headers.contains_key(name),
-            "hop-by-hop {name} reached the upstream: {:?}",
-            seen.headers
-        );
+        assert!(!seen.headers.contains_key(name), "hop-by-hop {name} reached the upstream: {:?}", seen.headers);
     }
     assert!(
-        seen.headers
-            .get_all("connection")
-            .iter()
-            .all(|v| !v.to_str().unwrap().contains("x-drop")),
+        seen.headers.get_all("connection").iter().all(|v| !v.to_str().unwrap().contains("x-drop")),
         "{:?}",
         seen.headers
     );
@@ -451,12 +408,7 @@ async fn unmatched_requests_are_404_json() {
 async fn host_header_other_than_the_tls_server_name_is_421() {
     let env = Env::start().await;
     let client = h1_client(&env);
-    let response = client
-        .get(env.url("/public/x"))
-        .header("host", "other.test")
-        .send()
-        .await
-        .unwrap();
+    let response = client.get(env.url("/public/x")).header("host", "other.test").send().await.unwrap();
     assert_eq!(response.version(), reqwest::Version::HTTP_11);
     assert_rejected(response, 421, "", "misdirected_request").await;
     let response = client
@@ -482,12 +434,7 @@ async fn host_header_other_than_the_tls_server_name_is_421() {
 async fn host_bound_route_cannot_be_reached_with_another_server_name() {
     // The `partner` route is bound to host partner.test; the SNI check runs before routing.
     let env = Env::start().await;
-    let response = h1_client(&env)
-        .get(env.url("/public/x"))
-        .header("host", "partner.test")
-        .send()
-        .await
-        .unwrap();
+    let response = h1_client(&env).get(env.url("/public/x")).header("host", "partner.test").send().await.unwrap();
     assert_rejected(response, 421, "", "misdirected_request").await;
     assert_eq!(env.upstream.hits(), 0);
 }
@@ -498,9 +445,7 @@ async fn host_bound_route_wins_over_a_hostless_one_for_its_host() {
     // public one.
     let env = Env::start().await;
     let mut tls = raw_connect_with_sni(&env, "partner.test").await;
-    tls.write_all(b"GET /public/x HTTP/1.1\r\nHost: partner.test\r\n\r\n")
-        .await
-        .unwrap();
+    tls.write_all(b"GET /public/x HTTP/1.1\r\nHost: partner.test\r\n\r\n").await.unwrap();
     let response = read_response(&mut tls).await.unwrap();
     assert_eq!(response.status, 401, "{response:?}");
     assert_eq!(response.header("www-authenticate"), Some("Bearer"));
@@ -548,20 +493,9 @@ fn payload(len: usize) -> Vec<u8> {
 #[tokio::test]
 async fn declared_body_over_the_limit_is_413_and_never_forwarded() {
     let env = Env::start().await;
-    let response = env
-        .client(None)
-        .post(env.url("/echo"))
-        .body(payload(1025))
-        .send()
-        .await
-        .unwrap();
+    let response = env.client(None).post(env.url("/echo")).body(payload(1025)).send().await.unwrap();
     assert_rejected(response, 413, "", "payload_too_large").await;
-    let response = h1_client(&env)
-        .post(env.url("/echo"))
-        .body(payload(4096))
-        .send()
-        .await
-        .unwrap();
+    let response = h1_client(&env).post(env.url("/echo")).body(payload(4096)).send().await.unwrap();
     assert_rejected(response, 413, "", "payload_too_large").await;
     assert_eq!(env.upstream.hits(), 0);
 }
@@ -570,23 +504,15 @@ async fn declared_body_over_the_limit_is_413_and_never_forwarded() {
 async fn body_of_exactly_the_limit_is_accepted() {
     let env = Env::start().await;
     let body = payload(1024);
-    let response = env
-        .client(None)
-        .put(env.url("/echo"))
-        .body(body.clone())
-        .send()
-        .await
-        .unwrap();
+    let response = env.client(None).put(env.url("/echo")).body(body.clone()).send().await.unwrap();
     assert_eq!(response.status(), 200);
     assert_eq!(response.bytes().await.unwrap().as_ref(), body.as_slice());
 }
 
 /// `POST path` with a chunked body of `total` bytes in 256-byte chunks, no Content-Length.
 fn chunked_post(path: &str, total: usize) -> Vec<u8> {
-    let mut request = format!(
-        "POST {path} HTTP/1.1\r\nHost: {GATEWAY_HOST}\r\nTransfer-Encoding: chunked\r\n\r\n"
-    )
-    .into_bytes();
+    let mut request =
+        format!("POST {path} HTTP/1.1\r\nHost: {GATEWAY_HOST}\r\nTransfer-Encoding: chunked\r\n\r\n").into_bytes();
     let body = payload(total);
     for chunk in body.chunks(256) {
         request.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
@@ -602,9 +528,7 @@ async fn streamed_body_over_the_limit_is_413() {
     // No Content-Length: the gateway can only count while it forwards. This upstream reads
     // the whole body before answering, so the gateway notices first.
     let env = Env::start().await;
-    let response = raw_exchange(&env, &chunked_post("/public/upload", 2048))
-        .await
-        .expect("an answer");
+    let response = raw_exchange(&env, &chunked_post("/public/upload", 2048)).await.expect("an answer");
     response.assert_gateway_error(413, "payload_too_large");
     // Whatever reached the upstream stayed within the limit.
     for request in env.upstream.requests() {
@@ -654,23 +578,11 @@ async fn body_crossing_the_limit_after_the_upstream_answered_is_cut_off() {
     .await
     .expect("the gateway ends the connection");
     let response = parse_response(&buf, true).unwrap();
-    assert!(
-        !response.complete,
-        "a complete 200 for an oversized body ({} bytes)",
-        response.body.len()
-    );
-    assert!(
-        response.body.len() <= 1024,
-        "{} bytes echoed",
-        response.body.len()
-    );
+    assert!(!response.complete, "a complete 200 for an oversized body ({} bytes)", response.body.len());
+    assert!(response.body.len() <= 1024, "{} bytes echoed", response.body.len());
     assert_eq!(response.body, payload(response.body.len()));
     let seen = env.upstream.last().unwrap();
-    assert!(
-        seen.body.len() <= 1024,
-        "{} bytes forwarded",
-        seen.body.len()
-    );
+    assert!(seen.body.len() <= 1024, "{} bytes forwarded", seen.body.len());
     assert_eq!(env.upstream.hits(), 1);
 }
 
@@ -699,9 +611,7 @@ async fn body_streams_to_the_upstream_and_back() {
 #[tokio::test]
 async fn chunked_body_within_the_limit_streams_through() {
     let env = Env::start().await;
-    let response = raw_exchange(&env, &chunked_post("/echo", 1000))
-        .await
-        .unwrap();
+    let response = raw_exchange(&env, &chunked_post("/echo", 1000)).await.unwrap();
     assert_eq!(response.status, 200, "{response:?}");
     assert!(response.complete);
     assert_eq!(response.body, payload(1000));
@@ -744,12 +654,7 @@ async fn upstream_status_and_body_pass_through_unchanged() {
 #[tokio::test]
 async fn http2_requests_are_proxied() {
     let env = Env::start().await;
-    let response = env
-        .h2_client(None)
-        .get(env.url("/public/x?y=1"))
-        .send()
-        .await
-        .unwrap();
+    let response = env.h2_client(None).get(env.url("/public/x?y=1")).send().await.unwrap();
     assert_eq!(response.version(), reqwest::Version::HTTP_2);
     assert_eq!(response.status(), 200);
     assert_eq!(response.headers()["x-upstream"], "yes");
@@ -765,13 +670,8 @@ async fn http2_requests_are_proxied() {
 #[tokio::test]
 async fn oversized_request_head_is_431_over_http1() {
     let env = Env::start().await;
-    let request = format!(
-        "GET /public/x HTTP/1.1\r\nHost: {GATEWAY_HOST}\r\nX-Big: {}\r\n\r\n",
-        "a".repeat(20 * 1024)
-    );
-    let response = raw_exchange(&env, request.as_bytes())
-        .await
-        .expect("an answer");
+    let request = format!("GET /public/x HTTP/1.1\r\nHost: {GATEWAY_HOST}\r\nX-Big: {}\r\n\r\n", "a".repeat(20 * 1024));
+    let response = raw_exchange(&env, request.as_bytes()).await.expect("an answer");
     assert_eq!(response.status, 431, "{response:?}");
     assert_eq!(env.upstream.hits(), 0);
 }
@@ -779,12 +679,7 @@ async fn oversized_request_head_is_431_over_http1() {
 #[tokio::test]
 async fn oversized_request_head_is_431_over_http2() {
     let env = Env::start().await;
-    let result = env
-        .h2_client(None)
-        .get(env.url("/public/x"))
-        .header("x-big", "a".repeat(20 * 1024))
-        .send()
-        .await;
+    let result = env.h2_client(None).get(env.url("/public/x")).header("x-big", "a".repeat(20 * 1024)).send().await;
     match result {
         Ok(response) => {
             assert_eq!(response.version(), reqwest::Version::HTTP_2);
@@ -797,10 +692,7 @@ async fn oversized_request_head_is_431_over_http2() {
 }
 
 fn short_header_timeout() -> Options {
-    Options {
-        limits: "  max_body_bytes: 1024\n  header_read_timeout: 1s\n".into(),
-        ..Default::default()
-    }
+    Options { limits: "  max_body_bytes: 1024\n  header_read_timeout: 1s\n".into(), ..Default::default() }
 }
 
 /// Waits (at most 5 s) for the gateway to end a connection; fails if it is still open.
@@ -821,9 +713,7 @@ async fn assert_closed_by_gateway(tls: &mut Tls) {
 async fn stalled_request_head_is_cut_off() {
     let env = Env::start_with(short_header_timeout()).await;
     let mut tls = raw_connect(&env).await;
-    tls.write_all(format!("GET /public/x HTTP/1.1\r\nHost: {GATEWAY_HOST}\r\n").as_bytes())
-        .await
-        .unwrap();
+    tls.write_all(format!("GET /public/x HTTP/1.1\r\nHost: {GATEWAY_HOST}\r\n").as_bytes()).await.unwrap();
     tls.flush().await.unwrap();
     assert_closed_by_gateway(&mut tls).await;
     assert_eq!(env.upstream.hits(), 0);
@@ -834,9 +724,7 @@ async fn idle_keep_alive_connection_is_cut_off() {
     // After a complete exchange, waiting for the next request head is bounded as well.
     let env = Env::start_with(short_header_timeout()).await;
     let mut tls = raw_connect(&env).await;
-    tls.write_all(format!("GET /public/x HTTP/1.1\r\nHost: {GATEWAY_HOST}\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
+    tls.write_all(format!("GET /public/x HTTP/1.1\r\nHost: {GATEWAY_HOST}\r\n\r\n").as_bytes()).await.unwrap();
     let response = read_response(&mut tls).await.unwrap();
     assert_eq!(response.status, 200);
     assert_closed_by_gateway(&mut tls).await;
@@ -859,26 +747,19 @@ async fn without_sni_the_host_header_is_used_for_forwarding() {
     // Clients that connect by IP address send no SNI; there is nothing to compare Host with.
     let env = Env::start().await;
     let mut tls = raw_connect_without_sni(&env).await;
-    tls.write_all(b"GET /public/x HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
-        .await
-        .unwrap();
+    tls.write_all(b"GET /public/x HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").await.unwrap();
     let response = read_response(&mut tls).await.unwrap();
     assert_eq!(response.status, 200, "{response:?}");
     let seen = env.upstream.last().unwrap();
     assert_eq!(seen.headers["x-forwarded-host"], "127.0.0.1");
-    assert_eq!(
-        seen.headers["forwarded"],
-        r#"for=127.0.0.1;proto=https;host="127.0.0.1""#
-    );
+    assert_eq!(seen.headers["forwarded"], r#"for=127.0.0.1;proto=https;host="127.0.0.1""#);
 }
 
 #[tokio::test]
 async fn host_header_cannot_inject_a_forwarded_element() {
     let env = Env::start().await;
     let mut tls = raw_connect_without_sni(&env).await;
-    tls.write_all(b"GET /public/x HTTP/1.1\r\nHost: a\", for=6.6.6.6;proto=https;host=\"b\r\n\r\n")
-        .await
-        .unwrap();
+    tls.write_all(b"GET /public/x HTTP/1.1\r\nHost: a\", for=6.6.6.6;proto=https;host=\"b\r\n\r\n").await.unwrap();
     let response = read_response(&mut tls).await.expect("an answer");
     assert_eq!(response.status, 400, "{response:?}");
     assert_eq!(env.upstream.hits(), 0);
@@ -915,16 +796,9 @@ async fn shutdown_lets_an_in_flight_request_finish() {
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    assert_eq!(
-        env.upstream.hits(),
-        1,
-        "the request never reached the upstream"
-    );
+    assert_eq!(env.upstream.hits(), 1, "the request never reached the upstream");
     let shutdown = tokio::spawn(env.gateway.take().unwrap().shutdown());
-    let response = in_flight
-        .await
-        .unwrap()
-        .expect("the in-flight request is answered");
+    let response = in_flight.await.unwrap().expect("the in-flight request is answered");
     assert_rejected(response, 504, "", "gateway_timeout").await;
     shutdown.await.unwrap();
     let error = TcpStream::connect(env.addr).await.unwrap_err();
@@ -947,8 +821,7 @@ async fn https_upstream_is_verified_against_upstream_ca() {
         )
     };
     let with_ca = format!(", upstream_ca: {}", pki.ca_pem_path().display());
-    let config =
-        fapi_gateway::config::Config::from_yaml(&yaml(&with_ca), "t.yaml", pki.dir()).unwrap();
+    let config = fapi_gateway::config::Config::from_yaml(&yaml(&with_ca), "t.yaml", pki.dir()).unwrap();
     let gateway = fapi_gateway::start(config).await.unwrap();
     let response = client(&pki, gateway.local_addr(), None, false)
         .get(gateway_url(gateway.local_addr(), "/jwks"))

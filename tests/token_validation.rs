@@ -14,11 +14,7 @@ fn invalid_token(description: &str) -> String {
 async fn assert_invalid_token(env: &Env, token: &str, description: &str) {
     let response = env.get("/bearer/x", None, Some(token)).await;
     assert_rejected(response, 401, &invalid_token(description), "invalid_token").await;
-    assert_eq!(
-        env.upstream.hits(),
-        0,
-        "a rejected request must not reach the upstream"
-    );
+    assert_eq!(env.upstream.hits(), 0, "a rejected request must not reach the upstream");
 }
 
 #[tokio::test]
@@ -35,10 +31,7 @@ async fn valid_unbound_token_passes_a_bearer_route_and_is_forwarded() {
     let token = env.bearer_token();
     let response = env.get("/bearer/x", None, Some(&token)).await;
     assert_eq!(response.status(), 200);
-    assert_eq!(
-        env.upstream.last().unwrap().headers["authorization"],
-        format!("Bearer {token}")
-    );
+    assert_eq!(env.upstream.last().unwrap().headers["authorization"], format!("Bearer {token}"));
 }
 
 #[tokio::test]
@@ -68,12 +61,7 @@ async fn token_without_exp_is_refused() {
     let env = Env::start().await;
     let mut claims = env.claims();
     claims.as_object_mut().unwrap().remove("exp");
-    assert_invalid_token(
-        &env,
-        &env.token(&claims),
-        "the access token has no exp claim",
-    )
-    .await;
+    assert_invalid_token(&env, &env.token(&claims), "the access token has no exp claim").await;
 }
 
 #[tokio::test]
@@ -81,20 +69,10 @@ async fn token_issued_far_in_the_future_is_refused() {
     let env = Env::start().await;
     let mut claims = env.claims();
     claims["iat"] = json!(now() + 120);
-    assert_invalid_token(
-        &env,
-        &env.token(&claims),
-        "the access token was issued in the future",
-    )
-    .await;
+    assert_invalid_token(&env, &env.token(&claims), "the access token was issued in the future").await;
     let mut claims = env.claims();
     claims["nbf"] = json!(now() + 120);
-    assert_invalid_token(
-        &env,
-        &env.token(&claims),
-        "the access token is not valid yet",
-    )
-    .await;
+    assert_invalid_token(&env, &env.token(&claims), "the access token is not valid yet").await;
 }
 
 #[tokio::test]
@@ -111,12 +89,7 @@ async fn wrong_audience_is_refused() {
     let env = Env::start().await;
     let mut claims = env.claims();
     claims["aud"] = json!("https://other-api.test");
-    assert_invalid_token(
-        &env,
-        &env.token(&claims),
-        "the access token is not meant for this resource (aud)",
-    )
-    .await;
+    assert_invalid_token(&env, &env.token(&claims), "the access token is not meant for this resource (aud)").await;
 }
 
 #[tokio::test]
@@ -124,24 +97,14 @@ async fn unknown_issuer_is_refused() {
     let env = Env::start().await;
     let mut claims = env.claims();
     claims["iss"] = json!("https://evil.test");
-    assert_invalid_token(
-        &env,
-        &env.token(&claims),
-        "the access token's issuer is not trusted",
-    )
-    .await;
+    assert_invalid_token(&env, &env.token(&claims), "the access token's issuer is not trusted").await;
 }
 
 #[tokio::test]
 async fn signature_by_another_key_is_refused() {
     let env = Env::start().await;
     let forger = Signer::es256("key-1");
-    assert_invalid_token(
-        &env,
-        &forger.jwt(&env.claims()),
-        "the access token's signature is invalid",
-    )
-    .await;
+    assert_invalid_token(&env, &forger.jwt(&env.claims()), "the access token's signature is invalid").await;
 }
 
 #[tokio::test]
@@ -159,34 +122,18 @@ async fn tampered_payload_is_refused() {
 async fn alg_none_is_refused() {
     let env = Env::start().await;
     let header = json!({"alg": "none", "typ": "at+jwt", "kid": "key-1"});
-    let unsigned = format!(
-        "{}.{}.",
-        b64(header.to_string()),
-        b64(env.claims().to_string())
-    );
+    let unsigned = format!("{}.{}.", b64(header.to_string()), b64(env.claims().to_string()));
     assert_invalid_token(&env, &unsigned, "the access token is not a well-formed JWT").await;
     let with_junk = format!("{unsigned}AAAA");
-    assert_invalid_token(
-        &env,
-        &with_junk,
-        "the access token's algorithm is not accepted",
-    )
-    .await;
+    assert_invalid_token(&env, &with_junk, "the access token's algorithm is not accepted").await;
 }
 
 #[tokio::test]
 async fn hmac_token_keyed_with_the_public_key_is_refused() {
     let env = Env::start().await;
     let header = json!({"alg": "HS256", "typ": "at+jwt", "kid": "key-1"});
-    let input = format!(
-        "{}.{}",
-        b64(header.to_string()),
-        b64(env.claims().to_string())
-    );
-    let key = aws_lc_rs::hmac::Key::new(
-        aws_lc_rs::hmac::HMAC_SHA256,
-        env.signer.public_jwk().to_string().as_bytes(),
-    );
+    let input = format!("{}.{}", b64(header.to_string()), b64(env.claims().to_string()));
+    let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, env.signer.public_jwk().to_string().as_bytes());
     let tag = aws_lc_rs::hmac::sign(&key, input.as_bytes());
     let token = format!("{input}.{}", b64(tag.as_ref()));
     assert_invalid_token(&env, &token, "the access token's algorithm is not accepted").await;
@@ -200,14 +147,8 @@ async fn algorithm_outside_the_issuer_list_is_refused() {
     })
     .await;
     let es384 = Signer::es384("key-384");
-    env.jwks
-        .set_keys(vec![env.signer.public_jwk(), es384.public_jwk()]);
-    assert_invalid_token(
-        &env,
-        &es384.jwt(&env.claims()),
-        "the access token's algorithm is not accepted",
-    )
-    .await;
+    env.jwks.set_keys(vec![env.signer.public_jwk(), es384.public_jwk()]);
+    assert_invalid_token(&env, &es384.jwt(&env.claims()), "the access token's algorithm is not accepted").await;
 }
 
 #[tokio::test]
@@ -219,15 +160,9 @@ async fn ps256_and_eddsa_tokens_are_accepted() {
     .await;
     let ps = Signer::ps256("key-ps");
     let ed = Signer::eddsa("key-ed");
-    env.jwks.set_keys(vec![
-        env.signer.public_jwk(),
-        ps.public_jwk(),
-        ed.public_jwk(),
-    ]);
+    env.jwks.set_keys(vec![env.signer.public_jwk(), ps.public_jwk(), ed.public_jwk()]);
     for signer in [&ps, &ed] {
-        let response = env
-            .get("/bearer/x", None, Some(&signer.jwt(&env.claims())))
-            .await;
+        let response = env.get("/bearer/x", None, Some(&signer.jwt(&env.claims()))).await;
         assert_eq!(response.status(), 200, "{}", signer.alg());
     }
     assert_eq!(env.upstream.hits(), 2);
@@ -238,29 +173,15 @@ async fn typ_jwt_is_refused_by_default() {
     let env = Env::start().await;
     let header = json!({"alg": "ES256", "typ": "JWT", "kid": "key-1"});
     let token = env.signer.sign_compact(&header, &env.claims());
-    assert_invalid_token(
-        &env,
-        &token,
-        "the access token's typ is not accepted (expected at+jwt)",
-    )
-    .await;
+    assert_invalid_token(&env, &token, "the access token's typ is not accepted (expected at+jwt)").await;
     let header = json!({"alg": "ES256", "kid": "key-1"});
     let token = env.signer.sign_compact(&header, &env.claims());
-    assert_invalid_token(
-        &env,
-        &token,
-        "the access token's typ is not accepted (expected at+jwt)",
-    )
-    .await;
+    assert_invalid_token(&env, &token, "the access token's typ is not accepted (expected at+jwt)").await;
 }
 
 #[tokio::test]
 async fn typ_jwt_is_accepted_when_the_issuer_allows_it() {
-    let env = Env::start_with(Options {
-        issuer_extra: "    typ: [at+jwt, JWT]\n".into(),
-        ..Default::default()
-    })
-    .await;
+    let env = Env::start_with(Options { issuer_extra: "    typ: [at+jwt, JWT]\n".into(), ..Default::default() }).await;
     let header = json!({"alg": "ES256", "typ": "JWT", "kid": "key-1"});
     let token = env.signer.sign_compact(&header, &env.claims());
     assert_eq!(env.get("/bearer/x", None, Some(&token)).await.status(), 200);
@@ -274,12 +195,7 @@ async fn crit_header_is_refused() {
     let env = Env::start().await;
     let header = json!({"alg": "ES256", "typ": "at+jwt", "kid": "key-1", "crit": ["exp"]});
     let token = env.signer.sign_compact(&header, &env.claims());
-    assert_invalid_token(
-        &env,
-        &token,
-        "the access token has a critical header the gateway does not understand",
-    )
-    .await;
+    assert_invalid_token(&env, &token, "the access token has a critical header the gateway does not understand").await;
 }
 
 #[tokio::test]
@@ -289,31 +205,16 @@ async fn keys_named_inside_the_token_are_never_fetched() {
     let attacker_jwks = JwksServer::start(&env.pki, vec![attacker.public_jwk()]).await;
     let header = json!({"alg": "ES256", "typ": "at+jwt", "kid": "evil", "jku": attacker_jwks.jwks_uri(), "x5u": attacker_jwks.jwks_uri(), "jwk": attacker.public_jwk()});
     let token = attacker.sign_compact(&header, &env.claims());
-    assert_invalid_token(
-        &env,
-        &token,
-        "no signing key of the issuer matches the access token",
-    )
-    .await;
+    assert_invalid_token(&env, &token, "no signing key of the issuer matches the access token").await;
     assert_eq!(attacker_jwks.jwks_hits(), 0);
 }
 
 #[tokio::test]
 async fn oversized_and_malformed_tokens_are_refused() {
     let env = Env::start().await;
-    let huge = format!(
-        "{}.{}.{}",
-        "a".repeat(4400),
-        "b".repeat(4400),
-        "c".repeat(4400)
-    );
+    let huge = format!("{}.{}.{}", "a".repeat(4400), "b".repeat(4400), "c".repeat(4400));
     assert_invalid_token(&env, &huge, "the access token is too large").await;
-    for junk in [
-        "abc",
-        "a.b",
-        "a.b.c.d",
-        "eyJhbGciOiJFUzI1NiJ9.bm90LWpzb24.c2ln",
-    ] {
+    for junk in ["abc", "a.b", "a.b.c.d", "eyJhbGciOiJFUzI1NiJ9.bm90LWpzb24.c2ln"] {
         assert_invalid_token(&env, junk, "the access token is not a well-formed JWT").await;
     }
 }
@@ -344,13 +245,7 @@ async fn two_authorization_headers_are_a_bad_request() {
 async fn token_in_query_is_a_bad_request() {
     let env = Env::start().await;
     let token = env.bearer_token();
-    let response = env
-        .get(
-            &format!("/bearer/x?access_token={token}"),
-            None,
-            Some(&token),
-        )
-        .await;
+    let response = env.get(&format!("/bearer/x?access_token={token}"), None, Some(&token)).await;
     assert_rejected(
         response,
         400,
@@ -364,13 +259,8 @@ async fn token_in_query_is_a_bad_request() {
 #[tokio::test]
 async fn other_schemes_are_a_bad_request() {
     let env = Env::start().await;
-    let response = env
-        .client(None)
-        .get(env.url("/bearer/x"))
-        .header("authorization", "Basic dXNlcjpwYXNz")
-        .send()
-        .await
-        .unwrap();
+    let response =
+        env.client(None).get(env.url("/bearer/x")).header("authorization", "Basic dXNlcjpwYXNz").send().await.unwrap();
     assert_rejected(
         response,
         400,
@@ -399,9 +289,7 @@ async fn missing_scope_is_forbidden_with_the_scope_attribute() {
     claims["cnf"] = json!({"x5t#S256": cert.x5t_s256});
     claims["scp"] = json!(["accounts:read", "payments:write"]);
     claims.as_object_mut().unwrap().remove("scope");
-    let response = env
-        .get("/scoped/pay", Some(&cert), Some(&env.token(&claims)))
-        .await;
+    let response = env.get("/scoped/pay", Some(&cert), Some(&env.token(&claims))).await;
     assert_eq!(response.status(), 200);
 }
 

@@ -5,7 +5,10 @@
 use http::HeaderMap;
 use http::header::AUTHORIZATION;
 
-use crate::rejection::{AuthDenial, AuthErrorCode};
+use super::challenge::{AuthDenial, AuthErrorCode, Scheme};
+
+/// RFC 9449 §4.1: the proof header (name matched case-insensitively by `http`).
+pub const DPOP: http::HeaderName = http::HeaderName::from_static("dpop");
 
 /// The credential a request presents.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,10 +29,7 @@ impl<'a> Credential<'a> {
 
 /// Reads the request's credential. `Ok(None)` when there is none at all; an error when there
 /// are several, when the scheme is unknown, or when the value is not a `token68`.
-pub fn extract<'a>(
-    headers: &'a HeaderMap,
-    query: Option<&str>,
-) -> Result<Option<Credential<'a>>, AuthDenial> {
+pub fn extract<'a>(headers: &'a HeaderMap, query: Option<&str>) -> Result<Option<Credential<'a>>, AuthDenial> {
     if query.is_some_and(has_access_token_param) {
         return Err(AuthDenial::new(
             AuthErrorCode::InvalidRequest,
@@ -42,6 +42,23 @@ pub fn extract<'a>(
         return Ok(None);
     };
     if values.next().is_some() {
+        let schemes: Vec<String> = headers
+            .get_all(AUTHORIZATION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .filter_map(|v| v.split(' ').next())
+            .map(str::to_ascii_lowercase)
+            .collect();
+        if schemes.iter().any(|s| s == "bearer") && schemes.iter().any(|s| s == "dpop") {
+            // RFC 9449 §7.2: ambiguous, so both challenges carry the error.
+            let mut denial = AuthDenial::new(
+                AuthErrorCode::InvalidRequest,
+                "ambiguous_schemes",
+                "send either a Bearer or a DPoP credential, not both",
+            );
+            denial.scheme = Scheme::Both;
+            return Err(denial);
+        }
         return Err(AuthDenial::new(
             AuthErrorCode::InvalidRequest,
             "multiple_authorization",
@@ -67,6 +84,31 @@ pub fn extract<'a>(
     }
 }
 
+/// The request's one DPoP proof (RFC 9449 §4.3 check 1: not more than one `DPoP` header,
+/// and no comma-joined list in it).
+pub fn dpop_proof(headers: &HeaderMap) -> Result<&str, AuthDenial> {
+    let mut values = headers.get_all(DPOP).iter();
+    let Some(value) = values.next() else {
+        return Err(AuthDenial::dpop(AuthErrorCode::InvalidDpopProof, "dpop_missing", "a DPoP proof is required"));
+    };
+    let text = value.to_str().unwrap_or_default();
+    if values.next().is_some() || text.contains(',') {
+        return Err(AuthDenial::dpop(
+            AuthErrorCode::InvalidRequest,
+            "dpop_multiple",
+            "exactly one DPoP proof header is allowed",
+        ));
+    }
+    if !is_token68(text.trim()) {
+        return Err(AuthDenial::dpop(
+            AuthErrorCode::InvalidDpopProof,
+            "dpop_malformed",
+            "the DPoP proof is not a well-formed JWT",
+        ));
+    }
+    Ok(text.trim())
+}
+
 fn malformed() -> AuthDenial {
     AuthDenial::new(
         AuthErrorCode::InvalidRequest,
@@ -79,15 +121,11 @@ fn malformed() -> AuthDenial {
 fn is_token68(value: &str) -> bool {
     let body = value.trim_end_matches('=');
     !body.is_empty()
-        && body.bytes().all(|b| {
-            b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'+' | b'/')
-        })
+        && body.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'+' | b'/'))
 }
 
 fn has_access_token_param(query: &str) -> bool {
-    query
-        .split('&')
-        .any(|pair| pair.split('=').next() == Some("access_token"))
+    query.split('&').any(|pair| pair.split('=').next() == Some("access_token"))
 }
 
 #[cfg(test)]
@@ -107,10 +145,7 @@ mod tests {
     #[test]
     fn scheme_is_case_insensitive() {
         let h = headers(&["bEaReR abc.def.ghi"]);
-        assert_eq!(
-            extract(&h, None).unwrap(),
-            Some(Credential::Bearer("abc.def.ghi"))
-        );
+        assert_eq!(extract(&h, None).unwrap(), Some(Credential::Bearer("abc.def.ghi")));
         let h = headers(&["dpop abc"]);
         assert_eq!(extract(&h, None).unwrap(), Some(Credential::Dpop("abc")));
     }
@@ -129,25 +164,30 @@ mod tests {
 
     #[test]
     fn malformed_values_are_refused() {
-        for v in [
-            "Bearer",
-            "Bearer ",
-            "Bearer a b",
-            "Bearer a,b",
-            "Bearertoken",
-        ] {
-            assert_eq!(
-                extract(&headers(&[v]), None).unwrap_err().reason,
-                "malformed_authorization",
-                "{v}"
-            );
+        for v in ["Bearer", "Bearer ", "Bearer a b", "Bearer a,b", "Bearertoken"] {
+            assert_eq!(extract(&headers(&[v]), None).unwrap_err().reason, "malformed_authorization", "{v}");
         }
-        assert_eq!(
-            extract(&headers(&["Basic dXNlcjpwYXNz"]), None)
-                .unwrap_err()
-                .reason,
-            "unsupported_scheme"
-        );
+        assert_eq!(extract(&headers(&["Basic dXNlcjpwYXNz"]), None).unwrap_err().reason, "unsupported_scheme");
+    }
+
+    #[test]
+    fn bearer_and_dpop_together_are_ambiguous() {
+        let e = extract(&headers(&["Bearer a", "DPoP b"]), None).unwrap_err();
+        assert_eq!(e.reason, "ambiguous_schemes");
+        assert_eq!(e.scheme, Scheme::Both);
+    }
+
+    #[test]
+    fn one_dpop_proof_header_is_read() {
+        let mut h = HeaderMap::new();
+        assert_eq!(dpop_proof(&h).unwrap_err().reason, "dpop_missing");
+        h.insert("DPOP", HeaderValue::from_static("a.b.c"));
+        assert_eq!(dpop_proof(&h).unwrap(), "a.b.c");
+        h.append("dpop", HeaderValue::from_static("d.e.f"));
+        assert_eq!(dpop_proof(&h).unwrap_err().code, Some(AuthErrorCode::InvalidRequest));
+        let mut h = HeaderMap::new();
+        h.insert("dpop", HeaderValue::from_static("a.b.c, d.e.f"));
+        assert_eq!(dpop_proof(&h).unwrap_err().reason, "dpop_multiple");
     }
 
     #[test]

@@ -40,15 +40,9 @@ pub struct KeySet {
 impl KeySet {
     /// Keys that may verify a token with this `kid` and `alg` (FAPI 2.0 §5.4.3: by `kid`,
     /// then by key type). Without a `kid`, every key that fits the algorithm is a candidate.
-    pub fn candidates<'a>(
-        &'a self,
-        kid: Option<&'a str>,
-        alg: Alg,
-    ) -> impl Iterator<Item = &'a PublicKey> + 'a {
+    pub fn candidates<'a>(&'a self, kid: Option<&'a str>, alg: Alg) -> impl Iterator<Item = &'a PublicKey> + 'a {
         self.keys.iter().filter(move |k| {
-            k.fits(alg)
-                && kid.is_none_or(|kid| k.kid() == Some(kid))
-                && k.alg().is_none_or(|a| a == alg.name())
+            k.fits(alg) && kid.is_none_or(|kid| k.kid() == Some(kid)) && k.alg().is_none_or(|a| a == alg.name())
         })
     }
 
@@ -76,10 +70,7 @@ impl IssuerKeys {
     pub fn new(issuer: &Issuer) -> Result<Self, FetchError> {
         let fetcher = match issuer.keys {
             KeySource::File(_) => None,
-            _ => Some(KeyFetcher::new(
-                issuer.ca.as_deref(),
-                issuer.jwks_cache.fetch_timeout,
-            )?),
+            _ => Some(KeyFetcher::new(issuer.ca.as_deref(), issuer.jwks_cache.fetch_timeout)?),
         };
         Ok(IssuerKeys {
             issuer: issuer.issuer.clone(),
@@ -87,10 +78,7 @@ impl IssuerKeys {
             settings: issuer.jwks_cache.clone(),
             fetcher,
             current: ArcSwapOption::empty(),
-            state: Mutex::new(FetchState {
-                last_attempt: None,
-                discovered_jwks_uri: None,
-            }),
+            state: Mutex::new(FetchState { last_attempt: None, discovered_jwks_uri: None }),
         })
     }
 
@@ -122,11 +110,7 @@ impl IssuerKeys {
         if usable_until.is_some_and(|limit| now >= limit) {
             return Err(KeyError::Unavailable);
         }
-        if set.has(kid, alg) {
-            Ok(set)
-        } else {
-            Err(KeyError::NoMatchingKey)
-        }
+        if set.has(kid, alg) { Ok(set) } else { Err(KeyError::NoMatchingKey) }
     }
 
     /// One refetch, unless another task fetched after `requested_at` or the last attempt was
@@ -138,10 +122,7 @@ impl IssuerKeys {
                 return;
             }
         }
-        if state
-            .last_attempt
-            .is_some_and(|t| t.elapsed() < self.settings.refetch_interval)
-        {
+        if state.last_attempt.is_some_and(|t| t.elapsed() < self.settings.refetch_interval) {
             return;
         }
         if let Err(e) = self.fetch_locked(&mut state).await {
@@ -153,9 +134,9 @@ impl IssuerKeys {
     async fn fetch_locked(&self, state: &mut FetchState) -> Result<(), FetchError> {
         state.last_attempt = Some(Instant::now());
         let fetched = self.fetch(state).await?;
-        let ttl = fetched.max_age.map_or(self.settings.default_ttl, |age| {
-            age.clamp(self.settings.min_ttl, self.settings.max_ttl)
-        });
+        let ttl = fetched
+            .max_age
+            .map_or(self.settings.default_ttl, |age| age.clamp(self.settings.min_ttl, self.settings.max_ttl));
         let now = Instant::now();
         tracing::info!(issuer = %self.issuer, keys = fetched.keys.len(), ttl_secs = ttl.as_secs(), "signing keys loaded");
         self.current.store(Some(Arc::new(KeySet {
@@ -192,10 +173,7 @@ impl IssuerKeys {
                 }
                 result
             }
-            (_, None) => Err(FetchError::Http {
-                url: self.issuer.clone(),
-                reason: "no HTTP client".into(),
-            }),
+            (_, None) => Err(FetchError::Http { url: self.issuer.clone(), reason: "no HTTP client".into() }),
         }
     }
 }

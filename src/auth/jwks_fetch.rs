@@ -37,11 +37,7 @@ pub enum FetchError {
     #[error("{url}: not a JSON document of the expected shape: {reason}")]
     Json { url: String, reason: String },
     #[error("{url}: metadata names issuer `{found}`, expected `{expected}` (RFC 8414 §3.3)")]
-    IssuerMismatch {
-        url: String,
-        found: String,
-        expected: String,
-    },
+    IssuerMismatch { url: String, found: String, expected: String },
     #[error("{url}: jwks_uri `{jwks_uri}` is not an https:// URL")]
     InsecureJwksUri { url: String, jwks_uri: String },
     #[error("{url}: no usable signing key in the key set")]
@@ -70,11 +66,8 @@ impl KeyFetcher {
     /// A client trusting the system roots plus `ca`.
     pub fn new(ca: Option<&std::path::Path>, timeout: Duration) -> Result<Self, FetchError> {
         let tls = tls::client_config(ca)?;
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_only()
-            .enable_http1()
-            .build();
+        let connector =
+            hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls).https_only().enable_http1().build();
         let client = Client::builder(TokioExecutor::new()).build(connector);
         Ok(KeyFetcher { client, timeout })
     }
@@ -88,10 +81,7 @@ impl KeyFetcher {
                 Err(e) => last_error = Some(e),
             }
         }
-        Err(last_error.unwrap_or(FetchError::Http {
-            url: issuer.to_string(),
-            reason: "no metadata URL".into(),
-        }))
+        Err(last_error.unwrap_or(FetchError::Http { url: issuer.to_string(), reason: "no metadata URL".into() }))
     }
 
     /// Fetches and parses the key set at `jwks_uri`.
@@ -103,31 +93,17 @@ impl KeyFetcher {
     }
 
     async fn get(&self, url: &str) -> Result<(Bytes, Option<Duration>), FetchError> {
-        let http_err = |reason: String| FetchError::Http {
-            url: url.to_string(),
-            reason,
-        };
+        let http_err = |reason: String| FetchError::Http { url: url.to_string(), reason };
         let request = Request::get(url)
             .header(ACCEPT, "application/json")
             .body(Empty::<Bytes>::new())
             .map_err(|e| http_err(e.to_string()))?;
         let work = async {
-            let response = self
-                .client
-                .request(request)
-                .await
-                .map_err(|e| http_err(error_chain(&e)))?;
+            let response = self.client.request(request).await.map_err(|e| http_err(error_chain(&e)))?;
             if response.status() != StatusCode::OK {
-                return Err(FetchError::Status {
-                    url: url.to_string(),
-                    status: response.status(),
-                });
+                return Err(FetchError::Status { url: url.to_string(), status: response.status() });
             }
-            let max_age = response
-                .headers()
-                .get(CACHE_CONTROL)
-                .and_then(|v| v.to_str().ok())
-                .and_then(max_age);
+            let max_age = response.headers().get(CACHE_CONTROL).and_then(|v| v.to_str().ok()).and_then(max_age);
             let body = Limited::new(response.into_body(), MAX_DOCUMENT_BYTES)
                 .collect()
                 .await
@@ -135,44 +111,28 @@ impl KeyFetcher {
                 .to_bytes();
             Ok((body, max_age))
         };
-        tokio::time::timeout(self.timeout, work)
-            .await
-            .map_err(|_| FetchError::Timeout {
-                url: url.to_string(),
-            })?
+        tokio::time::timeout(self.timeout, work).await.map_err(|_| FetchError::Timeout { url: url.to_string() })?
     }
 }
 
 /// Reads a key set from a file.
 pub fn read_jwks_file(path: &std::path::Path) -> Result<Fetched, FetchError> {
-    let body = std::fs::read(path).map_err(|e| FetchError::File {
-        path: path.to_path_buf(),
-        reason: e.to_string(),
-    })?;
+    let body = std::fs::read(path).map_err(|e| FetchError::File { path: path.to_path_buf(), reason: e.to_string() })?;
     let keys = parse_jwks(&path.display().to_string(), &body)?;
-    Ok(Fetched {
-        keys,
-        max_age: None,
-    })
+    Ok(Fetched { keys, max_age: None })
 }
 
 /// RFC 8414 §3.1 inserts the well-known segment between host and path; OpenID Connect
 /// Discovery §4 appends it to the issuer.
 fn metadata_urls(issuer: &str) -> Vec<String> {
     let trimmed = issuer.trim_end_matches('/');
-    let rfc8414 = match trimmed
-        .strip_prefix("https://")
-        .and_then(|rest| rest.split_once('/'))
-    {
+    let rfc8414 = match trimmed.strip_prefix("https://").and_then(|rest| rest.split_once('/')) {
         Some((host, path)) => {
             format!("https://{host}/.well-known/oauth-authorization-server/{path}")
         }
         None => format!("{trimmed}/.well-known/oauth-authorization-server"),
     };
-    vec![
-        rfc8414,
-        format!("{trimmed}/.well-known/openid-configuration"),
-    ]
+    vec![rfc8414, format!("{trimmed}/.well-known/openid-configuration")]
 }
 
 #[derive(Deserialize)]
@@ -182,10 +142,8 @@ struct Metadata {
 }
 
 fn parse_metadata(url: &str, body: &[u8], expected_issuer: &str) -> Result<Uri, FetchError> {
-    let meta: Metadata = serde_json::from_slice(body).map_err(|e| FetchError::Json {
-        url: url.to_string(),
-        reason: e.to_string(),
-    })?;
+    let meta: Metadata =
+        serde_json::from_slice(body).map_err(|e| FetchError::Json { url: url.to_string(), reason: e.to_string() })?;
     if meta.issuer != expected_issuer {
         return Err(FetchError::IssuerMismatch {
             url: url.to_string(),
@@ -193,10 +151,7 @@ fn parse_metadata(url: &str, body: &[u8], expected_issuer: &str) -> Result<Uri, 
             expected: expected_issuer.to_string(),
         });
     }
-    let insecure = || FetchError::InsecureJwksUri {
-        url: url.to_string(),
-        jwks_uri: meta.jwks_uri.clone(),
-    };
+    let insecure = || FetchError::InsecureJwksUri { url: url.to_string(), jwks_uri: meta.jwks_uri.clone() };
     let uri: Uri = meta.jwks_uri.parse().map_err(|_| insecure())?;
     if uri.scheme_str() != Some("https") || uri.host().is_none() {
         return Err(insecure());
@@ -211,18 +166,12 @@ struct JwkSet {
 
 /// Parses a JWKS document, keeping the keys usable for signature verification.
 pub fn parse_jwks(source: &str, body: &[u8]) -> Result<Vec<PublicKey>, FetchError> {
-    let set: JwkSet = serde_json::from_slice(body).map_err(|e| FetchError::Json {
-        url: source.to_string(),
-        reason: e.to_string(),
-    })?;
+    let set: JwkSet = serde_json::from_slice(body)
+        .map_err(|e| FetchError::Json { url: source.to_string(), reason: e.to_string() })?;
     let keys: Vec<PublicKey> = set
         .keys
         .iter()
-        .filter(|jwk| {
-            jwk.get("use")
-                .and_then(|u| u.as_str())
-                .is_none_or(|u| u == "sig")
-        })
+        .filter(|jwk| jwk.get("use").and_then(|u| u.as_str()).is_none_or(|u| u == "sig"))
         .filter_map(|jwk| match PublicKey::from_jwk(jwk) {
             Ok(key) => Some(key),
             Err(e) => {
@@ -232,9 +181,7 @@ pub fn parse_jwks(source: &str, body: &[u8]) -> Result<Vec<PublicKey>, FetchErro
         })
         .collect();
     if keys.is_empty() {
-        return Err(FetchError::NoUsableKey {
-            url: source.to_string(),
-        });
+        return Err(FetchError::NoUsableKey { url: source.to_string() });
     }
     Ok(keys)
 }
@@ -248,11 +195,7 @@ fn max_age(value: &str) -> Option<Duration> {
             return Some(Duration::ZERO);
         }
         if let Some(secs) = lower.strip_prefix("max-age=") {
-            result = secs
-                .trim_matches('"')
-                .parse::<u64>()
-                .ok()
-                .map(Duration::from_secs);
+            result = secs.trim_matches('"').parse::<u64>().ok().map(Duration::from_secs);
         }
     }
     result
@@ -299,26 +242,18 @@ mod tests {
         let body = br#"{"issuer":"https://evil.example","jwks_uri":"https://evil.example/jwks"}"#;
         let e = parse_metadata("u", body, "https://as.example.com").unwrap_err();
         assert!(matches!(e, FetchError::IssuerMismatch { .. }));
-        let body =
-            br#"{"issuer":"https://as.example.com","jwks_uri":"http://as.example.com/jwks"}"#;
+        let body = br#"{"issuer":"https://as.example.com","jwks_uri":"http://as.example.com/jwks"}"#;
         assert!(matches!(
             parse_metadata("u", body, "https://as.example.com").unwrap_err(),
             FetchError::InsecureJwksUri { .. }
         ));
-        let body =
-            br#"{"issuer":"https://as.example.com","jwks_uri":"https://as.example.com/jwks"}"#;
-        assert_eq!(
-            parse_metadata("u", body, "https://as.example.com").unwrap(),
-            "https://as.example.com/jwks"
-        );
+        let body = br#"{"issuer":"https://as.example.com","jwks_uri":"https://as.example.com/jwks"}"#;
+        assert_eq!(parse_metadata("u", body, "https://as.example.com").unwrap(), "https://as.example.com/jwks");
     }
 
     #[test]
     fn cache_control_max_age() {
-        assert_eq!(
-            max_age("public, max-age=600"),
-            Some(Duration::from_secs(600))
-        );
+        assert_eq!(max_age("public, max-age=600"), Some(Duration::from_secs(600)));
         assert_eq!(max_age("no-store"), Some(Duration::ZERO));
         assert_eq!(max_age("public"), None);
         assert_eq!(max_age("max-age=abc"), None);
@@ -327,10 +262,7 @@ mod tests {
     #[test]
     fn unusable_keys_are_skipped_and_empty_sets_refused() {
         let body = br#"{"keys":[{"kty":"oct","k":"c2VjcmV0"},{"kty":"EC","crv":"P-256","use":"enc","x":"l8tFrhx-34tV3hRICRDY9zCkDlpBhF42UQUfWVAWBFs","y":"9VE4jf_Ok_o64zbTTlcuNJajHmt6v9TDVrU0CdvGRDA"}]}"#;
-        assert!(matches!(
-            parse_jwks("u", body).unwrap_err(),
-            FetchError::NoUsableKey { .. }
-        ));
+        assert!(matches!(parse_jwks("u", body).unwrap_err(), FetchError::NoUsableKey { .. }));
         let body = br#"{"keys":[{"kty":"EC","crv":"P-256","kid":"k1","x":"l8tFrhx-34tV3hRICRDY9zCkDlpBhF42UQUfWVAWBFs","y":"9VE4jf_Ok_o64zbTTlcuNJajHmt6v9TDVrU0CdvGRDA"}]}"#;
         let keys = parse_jwks("u", body).unwrap();
         assert_eq!(keys.len(), 1);

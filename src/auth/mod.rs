@@ -1,20 +1,54 @@
 //! The authentication decision for one request: credentials in, a validated token (or a
 //! [`Rejection`]) out. Steps, in order: extract the credential, validate the token (cached),
-//! check its binding, check the route's scopes.
+//! check its binding — the connection's certificate, or a DPoP proof, its nonce and its
+//! freshness — and the route's scopes.
 
 pub mod binding;
+pub mod challenge;
 pub mod credentials;
+pub mod dpop;
 pub mod jwks;
 pub mod jwks_fetch;
 pub mod token;
 
 use std::sync::Arc;
+use std::time::Instant;
 
-use http::HeaderMap;
+use http::{HeaderMap, Method};
 
-use crate::config::RoutePolicy;
-use crate::rejection::{AuthDenial, AuthErrorCode, Rejection};
+use crate::config::{Binding, DpopSettings, Route, RoutePolicy};
+use crate::jose;
+use crate::rejection::Rejection;
+use binding::BindingCheck;
+use challenge::{AuthDenial, AuthErrorCode};
+use credentials::Credential;
+use dpop::nonce::{NonceIssuer, NonceStatus};
+use dpop::replay::{Freshness, ReplayStore, replay_key};
+use dpop::{ProofRequest, VerifiedProof};
 use token::{TokenError, TokenValidator, ValidatedToken};
+
+/// DPoP state shared by all requests: settings, nonce keys and the replay store.
+pub struct DpopRuntime {
+    pub settings: DpopSettings,
+    /// The `algs` challenge parameter.
+    pub algs: Arc<str>,
+    pub nonces: NonceIssuer,
+    pub replay: Arc<dyn ReplayStore>,
+}
+
+/// What the authentication step reads from a request.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestFacts<'a> {
+    pub method: &'a Method,
+    /// The path as the client sent it (before any rewrite).
+    pub path: &'a str,
+    pub query: Option<&'a str>,
+    pub headers: &'a HeaderMap,
+    /// SHA-256 of the connection's client certificate.
+    pub client_cert: Option<&'a [u8; 32]>,
+    /// Unix seconds.
+    pub now: i64,
+}
 
 /// What a request proved about its caller.
 #[derive(Debug, Clone)]
@@ -22,50 +56,120 @@ pub enum Outcome {
     /// A public route: nothing was checked.
     Public,
     /// The token was valid, bound as required and carried the route's scopes.
-    Authorized(Arc<ValidatedToken>),
+    Authorized {
+        token: Arc<ValidatedToken>,
+        /// The verified DPoP key thumbprint, for DPoP requests.
+        dpop_jkt: Option<[u8; 32]>,
+        /// A new `DPoP-Nonce` for the client, when its nonce is ageing.
+        fresh_nonce: Option<String>,
+    },
 }
 
-/// Decides whether a request may pass `policy`. `client_cert` is the SHA-256 thumbprint of
-/// the connection's client certificate, `now` Unix seconds.
+/// Decides whether a request may pass `route`'s policy.
 pub async fn authorize(
     validator: &TokenValidator,
-    policy: &RoutePolicy,
-    headers: &HeaderMap,
-    query: Option<&str>,
-    client_cert: Option<&[u8; 32]>,
-    now: i64,
+    dpop: &DpopRuntime,
+    route: &Route,
+    request: RequestFacts<'_>,
 ) -> Result<Outcome, Rejection> {
-    let (binding, scopes) = match policy {
+    let (binding, scopes) = match &route.policy {
         RoutePolicy::Public => return Ok(Outcome::Public),
         RoutePolicy::Protected { binding, scopes } => (*binding, scopes),
     };
-    let credential =
-        credentials::extract(headers, query)?.ok_or_else(AuthDenial::missing_credentials)?;
+    let deny = |denial: AuthDenial| Rejection::Auth(denial.for_route(binding, &dpop.algs));
+    let credential = credentials::extract(request.headers, request.query)
+        .map_err(deny)?
+        .ok_or_else(|| deny(AuthDenial::missing_credentials()))?;
+    let token_hash = jose::sha256(credential.token().as_bytes());
     let token = validator
-        .validate(credential.token(), now)
+        .validate_hashed(credential.token(), token_hash, request.now)
         .await
-        .map_err(token_rejection)?;
-    binding::check_binding(binding, &token.cnf, &credential, client_cert)?;
+        .map_err(|e| token_rejection(e, &credential, binding, &dpop.algs))?;
+    let check = binding::check_binding(binding, &token.cnf, &credential, request.client_cert).map_err(deny)?;
+    let (dpop_jkt, fresh_nonce) = match check {
+        BindingCheck::Satisfied => (None, None),
+        BindingCheck::NeedsDpopProof(jkt) => {
+            let (proof, fresh_nonce) =
+                check_dpop(dpop, route, &request, &token_hash, &jkt).await.map_err(|r| match r {
+                    Rejection::Auth(d) => deny(d),
+                    other => other,
+                })?;
+            (Some(proof.jkt), fresh_nonce)
+        }
+    };
     if let Some(missing) = scopes.iter().find(|s| !token.has_scope(s)) {
-        let mut denial = AuthDenial::new(
-            AuthErrorCode::InsufficientScope,
-            "insufficient_scope",
-            format!("the access token lacks the scope `{missing}`"),
-        );
+        let description = format!("the access token lacks the scope `{missing}`");
+        let mut denial = match credential {
+            Credential::Bearer(_) => {
+                AuthDenial::new(AuthErrorCode::InsufficientScope, "insufficient_scope", description)
+            }
+            Credential::Dpop(_) => {
+                AuthDenial::dpop(AuthErrorCode::InsufficientScope, "insufficient_scope", description)
+            }
+        };
         denial.scope = Some(scopes.join(" "));
-        return Err(denial.into());
+        return Err(deny(denial));
     }
-    Ok(Outcome::Authorized(token))
+    Ok(Outcome::Authorized { token, dpop_jkt, fresh_nonce })
 }
 
-fn token_rejection(error: TokenError) -> Rejection {
-    match error {
-        TokenError::KeysUnavailable => Rejection::KeysUnavailable,
-        other => AuthDenial::new(
-            AuthErrorCode::InvalidToken,
-            other.reason(),
-            other.to_string(),
-        )
-        .into(),
+/// The DPoP part: the proof (RFC 9449 §4.3), the server nonce (§9) and replay (§11.1).
+/// Returns the verified proof and, when the client's nonce is ageing, a fresh one.
+async fn check_dpop(
+    dpop: &DpopRuntime,
+    route: &Route,
+    request: &RequestFacts<'_>,
+    token_hash: &[u8; 32],
+    jkt: &[u8; 32],
+) -> Result<(VerifiedProof, Option<String>), Rejection> {
+    let proof = credentials::dpop_proof(request.headers)?;
+    let url = dpop::htu::request_url(&route.public_origin, request.path).map_err(|_| {
+        AuthDenial::dpop(AuthErrorCode::InvalidDpopProof, "dpop_htu_mismatch", "the request URL cannot be matched")
+    })?;
+    let proof_request =
+        ProofRequest { method: request.method.as_str(), url: &url, token_hash, bound_jkt: jkt, now: request.now };
+    let verified = dpop::verify_proof(proof, &proof_request, &dpop.settings).map_err(|e| {
+        let code = if e.is_token_error() { AuthErrorCode::InvalidToken } else { AuthErrorCode::InvalidDpopProof };
+        AuthDenial::dpop(code, e.reason(), e.to_string())
+    })?;
+    let mut fresh_nonce = None;
+    if route.nonce_required {
+        let status = verified.nonce.as_deref().map_or(NonceStatus::Invalid, |n| dpop.nonces.check(n, request.now));
+        match status {
+            NonceStatus::Current => {}
+            NonceStatus::Aging => fresh_nonce = Some(dpop.nonces.issue(request.now)),
+            NonceStatus::Invalid => {
+                let description = if verified.nonce.is_some() {
+                    "the DPoP proof's nonce is invalid or expired; use the new DPoP-Nonce"
+                } else {
+                    "this resource requires a server-provided nonce in the DPoP proof"
+                };
+                let mut denial = AuthDenial::dpop(AuthErrorCode::UseDpopNonce, "dpop_nonce_required", description);
+                denial.nonce = Some(dpop.nonces.issue(request.now));
+                return Err(denial.into());
+            }
+        }
     }
+    match dpop.replay.insert_if_absent(replay_key(&verified.jkt, &verified.jti), Instant::now()).await {
+        Ok(Freshness::Fresh) => Ok((verified, fresh_nonce)),
+        Ok(Freshness::Replayed) => {
+            Err(AuthDenial::dpop(AuthErrorCode::InvalidDpopProof, "dpop_replayed", "the DPoP proof was already used")
+                .into())
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "DPoP replay store refused an insert; failing closed");
+            Err(Rejection::ReplayStoreUnavailable)
+        }
+    }
+}
+
+fn token_rejection(error: TokenError, credential: &Credential<'_>, binding: Binding, algs: &Arc<str>) -> Rejection {
+    if error == TokenError::KeysUnavailable {
+        return Rejection::KeysUnavailable;
+    }
+    let denial = match credential {
+        Credential::Bearer(_) => AuthDenial::new(AuthErrorCode::InvalidToken, error.reason(), error.to_string()),
+        Credential::Dpop(_) => AuthDenial::dpop(AuthErrorCode::InvalidToken, error.reason(), error.to_string()),
+    };
+    Rejection::Auth(denial.for_route(binding, algs))
 }

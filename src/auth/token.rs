@@ -47,8 +47,8 @@ impl ValidatedToken {
 pub struct Confirmation {
     /// `x5t#S256`, decoded: SHA-256 of the client certificate (RFC 8705 §3.1).
     pub x5t_s256: Option<[u8; 32]>,
-    /// `jkt`: RFC 7638 thumbprint of the DPoP key (RFC 9449 §6.1), as sent (base64url).
-    pub jkt: Option<String>,
+    /// `jkt`, decoded: RFC 7638 thumbprint of the DPoP key (RFC 9449 §6.1).
+    pub jkt: Option<[u8; 32]>,
     /// `cnf` held a confirmation method the gateway does not know: never honoured as bearer.
     pub unknown_method: bool,
 }
@@ -149,15 +149,9 @@ pub struct TokenValidator {
 
 impl TokenValidator {
     pub fn new(issuers: Vec<(Issuer, Arc<IssuerKeys>)>, settings: &TokenCacheSettings) -> Self {
-        let cache = Cache::builder()
-            .max_capacity(settings.max_entries)
-            .expire_after(PerEntryTtl)
-            .build();
+        let cache = Cache::builder().max_capacity(settings.max_entries).expire_after(PerEntryTtl).build();
         TokenValidator {
-            issuers: issuers
-                .into_iter()
-                .map(|(i, k)| (i.issuer.clone(), (i, k)))
-                .collect(),
+            issuers: issuers.into_iter().map(|(i, k)| (i.issuer.clone(), (i, k))).collect(),
             cache,
             max_ttl: settings.max_ttl,
         }
@@ -174,7 +168,20 @@ impl TokenValidator {
         if token.len() > MAX_TOKEN_BYTES {
             return Err(TokenError::TooLarge);
         }
-        let key = jose::sha256(token.as_bytes());
+        self.validate_hashed(token, jose::sha256(token.as_bytes()), now).await
+    }
+
+    /// [`TokenValidator::validate`] when the caller already has the token's SHA-256 (DPoP
+    /// needs it for `ath` too: it is computed once per request).
+    pub async fn validate_hashed(
+        &self,
+        token: &str,
+        key: [u8; 32],
+        now: i64,
+    ) -> Result<Arc<ValidatedToken>, TokenError> {
+        if token.len() > MAX_TOKEN_BYTES {
+            return Err(TokenError::TooLarge);
+        }
         if let Some(hit) = self.cache.get(&key) {
             if now < hit.token.expires_at {
                 return Ok(hit.token);
@@ -184,23 +191,13 @@ impl TokenValidator {
         let remaining = u64::try_from(validated.expires_at.saturating_sub(now)).unwrap_or(0);
         let ttl = Duration::from_secs(remaining).min(self.max_ttl);
         if !ttl.is_zero() {
-            self.cache.insert(
-                key,
-                Cached {
-                    token: validated.clone(),
-                    ttl,
-                },
-            );
+            self.cache.insert(key, Cached { token: validated.clone(), ttl });
         }
         Ok(validated)
     }
 
     /// Full validation (signature and claims) without the cache: what a cache miss costs.
-    pub async fn validate_uncached(
-        &self,
-        token: &str,
-        now: i64,
-    ) -> Result<ValidatedToken, TokenError> {
+    pub async fn validate_uncached(&self, token: &str, now: i64) -> Result<ValidatedToken, TokenError> {
         let jws = CompactJws::parse(token, MAX_TOKEN_BYTES).map_err(|e| match e {
             JwsError::TooLarge => TokenError::TooLarge,
             JwsError::CriticalHeader => TokenError::CriticalHeader,
@@ -225,10 +222,7 @@ impl TokenValidator {
             KeyError::Unavailable => TokenError::KeysUnavailable,
             KeyError::NoMatchingKey => TokenError::UnknownKey,
         })?;
-        if !set
-            .candidates(kid, alg)
-            .any(|key| jws.verify_with(alg, key).is_ok())
-        {
+        if !set.candidates(kid, alg).any(|key| jws.verify_with(alg, key).is_ok()) {
             return Err(TokenError::BadSignature);
         }
         check_claims(claims, issuer, now)
@@ -281,11 +275,7 @@ fn typ_accepted(accepted: &[String], typ: Option<&str>) -> bool {
 /// A NumericDate as whole seconds; fractions are truncated.
 fn seconds(n: &serde_json::Number) -> Result<i64, TokenError> {
     n.as_i64()
-        .or_else(|| {
-            n.as_f64()
-                .filter(|f| f.is_finite() && f.abs() < 1e15)
-                .map(|f| f as i64)
-        })
+        .or_else(|| n.as_f64().filter(|f| f.is_finite() && f.abs() < 1e15).map(|f| f as i64))
         .ok_or(TokenError::Malformed)
 }
 
@@ -321,17 +311,9 @@ fn check_claims(claims: Claims, issuer: &Issuer, now: i64) -> Result<ValidatedTo
     }
     let cnf = confirmation(claims.cnf.as_ref())?;
     let scopes = match (claims.scope, claims.scp) {
-        (Some(scope), _) => scope
-            .split(' ')
-            .filter(|s| !s.is_empty())
-            .map(str::to_string)
-            .collect(),
+        (Some(scope), _) => scope.split(' ').filter(|s| !s.is_empty()).map(str::to_string).collect(),
         (None, Some(Scp::List(list))) => list,
-        (None, Some(Scp::Text(text))) => text
-            .split(' ')
-            .filter(|s| !s.is_empty())
-            .map(str::to_string)
-            .collect(),
+        (None, Some(Scp::Text(text))) => text.split(' ').filter(|s| !s.is_empty()).map(str::to_string).collect(),
         (None, None) => Vec::new(),
     };
     Ok(ValidatedToken {
@@ -351,9 +333,7 @@ fn secs(d: Duration) -> i64 {
 
 /// Reads `cnf`. A malformed `x5t#S256` is an error, not "unbound": a token that tries to be
 /// bound must never pass as a bearer token.
-fn confirmation(
-    cnf: Option<&serde_json::Map<String, serde_json::Value>>,
-) -> Result<Confirmation, TokenError> {
+fn confirmation(cnf: Option<&serde_json::Map<String, serde_json::Value>>) -> Result<Confirmation, TokenError> {
     let Some(cnf) = cnf else {
         return Ok(Confirmation::default());
     };
@@ -367,10 +347,8 @@ fn confirmation(
             }
             "jkt" => {
                 let text = value.as_str().ok_or(TokenError::BadConfirmation)?;
-                if jose::b64url_decode(text).map(|b| b.len()) != Ok(32) {
-                    return Err(TokenError::BadConfirmation);
-                }
-                out.jkt = Some(text.to_string());
+                let bytes = jose::b64url_decode(text).map_err(|_| TokenError::BadConfirmation)?;
+                out.jkt = Some(bytes.try_into().map_err(|_| TokenError::BadConfirmation)?);
             }
             _ => out.unknown_method = true,
         }

@@ -16,7 +16,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use raw::{Binding, ClientAuth};
+pub use raw::{Binding, ClientAuth, ForwardToken, NonceMode, ReplayStoreKind};
 
 use crate::jose::Alg;
 
@@ -30,7 +30,33 @@ pub struct Config {
     pub limits: Limits,
     pub issuers: Vec<Issuer>,
     pub token_cache: TokenCacheSettings,
+    pub dpop: DpopSettings,
     pub routes: Vec<Route>,
+}
+
+/// DPoP proof checking (RFC 9449), shared by all routes.
+#[derive(Clone, Debug)]
+pub struct DpopSettings {
+    pub algorithms: Vec<Alg>,
+    /// The `algs` challenge parameter: the algorithm names, space-separated.
+    pub algs_challenge: String,
+    pub max_age: Duration,
+    pub max_future: Duration,
+    pub replay_store: ReplayStoreKind,
+    pub replay_max_entries: usize,
+    pub nonce: NonceMode,
+    pub nonce_secret: NonceSecret,
+    pub nonce_step: Duration,
+    pub nonce_window: u32,
+}
+
+/// Where the nonce HMAC key comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NonceSecret {
+    /// A random key made at start: nonces are valid on this instance only.
+    Random,
+    File(PathBuf),
+    Env(String),
 }
 
 /// The TLS listener that clients connect to.
@@ -118,6 +144,12 @@ pub struct Route {
     pub policy: RoutePolicy,
     pub forward_client_cert: bool,
     pub identity_headers: bool,
+    pub forward_token: ForwardToken,
+    /// The origin clients call for this route (`listen.public_url` unless overridden),
+    /// normalised for DPoP `htu` comparison: lower-case scheme and host, no default port.
+    pub public_origin: String,
+    /// Whether DPoP proofs on this route must carry a server nonce.
+    pub nonce_required: bool,
 }
 
 /// What a route demands of a request.
@@ -126,46 +158,27 @@ pub enum RoutePolicy {
     /// `auth: none`: a public route.
     Public,
     /// A valid access token bound as `binding` says, carrying all of `scopes`.
-    Protected {
-        binding: Binding,
-        scopes: Vec<String>,
-    },
+    Protected { binding: Binding, scopes: Vec<String> },
 }
 
 /// Why a configuration was refused. `Display` gives one line a person can act on.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
     #[error("{file}:{line}:{column}: {message}")]
-    Syntax {
-        file: String,
-        line: u64,
-        column: u64,
-        message: String,
-    },
+    Syntax { file: String, line: u64, column: u64, message: String },
     #[error("{file}: {message}")]
     SyntaxNoLocation { file: String, message: String },
     #[error("{file}:{line}:{column}: {key}: {message}")]
-    Invalid {
-        file: String,
-        line: u64,
-        column: u64,
-        key: String,
-        message: String,
-    },
+    Invalid { file: String, line: u64, column: u64, key: String, message: String },
 }
 
 impl Config {
     /// Reads and validates `path`; relative paths inside are resolved against its folder.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
         let base = path.parent().unwrap_or(Path::new("."));
         let mut config = Self::from_yaml(&text, &path.display().to_string(), base)?;
         config.source = Some(path.to_path_buf());
@@ -182,18 +195,12 @@ impl Config {
                     file: file.to_string(),
                     line: loc.line(),
                     column: loc.column(),
-                    message: match yaml_path::key_path_at(
-                        text,
-                        usize::try_from(loc.line()).unwrap_or(0),
-                    ) {
+                    message: match yaml_path::key_path_at(text, usize::try_from(loc.line()).unwrap_or(0)) {
                         Some(key) => format!("{key}: {message}"),
                         None => message,
                     },
                 },
-                None => ConfigError::SyntaxNoLocation {
-                    file: file.to_string(),
-                    message,
-                },
+                None => ConfigError::SyntaxNoLocation { file: file.to_string(), message },
             }
         })?;
         validate::validate(raw, file, base_dir)
@@ -205,10 +212,7 @@ impl Config {
 fn first_line(message: &str) -> String {
     let first = message.lines().next().unwrap_or(message).trim();
     let without_error = first.strip_prefix("error: ").unwrap_or(first);
-    match without_error
-        .strip_prefix("line ")
-        .and_then(|rest| rest.split_once(": "))
-    {
+    match without_error.strip_prefix("line ").and_then(|rest| rest.split_once(": ")) {
         Some((position, rest)) if position.contains(" column ") => rest.to_string(),
         _ => without_error.to_string(),
     }

@@ -22,7 +22,70 @@ pub struct RawConfig {
     pub issuers: Vec<Spanned<RawIssuer>>,
     #[serde(default)]
     pub token_cache: RawTokenCache,
+    #[serde(default)]
+    pub dpop: Option<Spanned<RawDpop>>,
     pub routes: Vec<Spanned<RawRoute>>,
+}
+
+/// `dpop:` — how DPoP proofs (RFC 9449) are checked on `dpop` and `any` routes.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDpop {
+    /// Defaults to ES256, PS256, EdDSA.
+    pub algorithms: Option<Vec<AlgName>>,
+    /// Defaults to 60 s: how old a proof's `iat` may be.
+    pub max_age: Option<HumanDuration>,
+    /// Defaults to 10 s: how far in the future a proof's `iat` may be (at most 60 s).
+    pub max_future: Option<HumanDuration>,
+    #[serde(default)]
+    pub replay: RawReplay,
+    /// Defaults to `off`; `required` makes every DPoP route demand a server nonce.
+    pub nonce: Option<NonceMode>,
+    /// Where the nonce HMAC secret comes from; without it a random secret is made at start
+    /// (nonces are then valid on this instance only).
+    pub nonce_secret_file: Option<PathBuf>,
+    pub nonce_secret_env: Option<String>,
+    /// Defaults to 30 s: the time step a nonce is minted for.
+    pub nonce_step: Option<HumanDuration>,
+    /// Defaults to 1: nonces of the current step and this many steps before or after pass.
+    pub nonce_window: Option<u32>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawReplay {
+    /// Only `memory` in this version.
+    pub store: Option<ReplayStoreKind>,
+    /// Defaults to 1 000 000 remembered proofs; when full, new proofs are refused (503).
+    pub max_entries: Option<usize>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReplayStoreKind {
+    Memory,
+}
+
+/// Whether DPoP proofs must carry a server-provided nonce (RFC 9449 §9).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NonceMode {
+    #[default]
+    Off,
+    Required,
+}
+
+/// How the access token travels to the upstream.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ForwardToken {
+    /// `Authorization: Bearer <token>`, `DPoP` header removed: upstreams need not know DPoP.
+    #[default]
+    Bearer,
+    /// The client's `Authorization` and `DPoP` headers unchanged.
+    AsIs,
+    /// Neither header is forwarded.
+    Strip,
 }
 
 #[derive(Debug, Deserialize)]
@@ -144,9 +207,16 @@ pub struct RawRoute {
     /// Forward the verified client certificate as RFC 9440 `Client-Cert`. Defaults to false.
     #[serde(default)]
     pub forward_client_cert: bool,
-    /// Send `X-Fapi-Subject`, `X-Fapi-Client-Id`, `X-Fapi-Scopes` upstream. Defaults to false.
+    /// Send `X-Fapi-Subject`, `X-Fapi-Client-Id`, `X-Fapi-Scopes` (and `X-Fapi-Dpop-Jkt` for
+    /// DPoP) upstream. Defaults to false.
     #[serde(default)]
     pub identity_headers: bool,
+    /// Defaults to `bearer`.
+    pub forward_token: Option<ForwardToken>,
+    /// Overrides `listen.public_url` for this route's DPoP `htu` check.
+    pub public_url: Option<HttpUrl>,
+    /// Overrides `dpop.nonce` for this route.
+    pub nonce: Option<NonceMode>,
 }
 
 #[derive(Debug, Deserialize)]

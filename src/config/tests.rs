@@ -52,10 +52,7 @@ fn minimal_config_gets_documented_defaults() {
     assert_eq!(c.routes[0].methods, Some(vec![http::Method::GET]));
     assert_eq!(
         c.routes[0].policy,
-        RoutePolicy::Protected {
-            binding: Binding::Mtls,
-            scopes: vec!["accounts:read".into()]
-        }
+        RoutePolicy::Protected { binding: Binding::Mtls, scopes: vec!["accounts:read".into()] }
     );
     assert_eq!(c.routes[1].policy, RoutePolicy::Public);
     assert_eq!(c.limits.max_header_bytes, 16 * 1024);
@@ -63,25 +60,16 @@ fn minimal_config_gets_documented_defaults() {
 
 #[test]
 fn unknown_key_is_refused_with_line_and_column() {
-    let text = BASE.replace(
-        "    binding: mtls\n",
-        "    binding: mtls\n    bindng: mtls\n",
-    );
+    let text = BASE.replace("    binding: mtls\n", "    binding: mtls\n    bindng: mtls\n");
     let e = error(&text);
-    assert!(
-        e.starts_with("gateway.yaml:17:5: routes[0].bindng: unknown field `bindng`"),
-        "{e}"
-    );
+    assert!(e.starts_with("gateway.yaml:17:5: routes[0].bindng: unknown field `bindng`"), "{e}");
 }
 
 #[test]
 fn bad_duration_names_its_line() {
     let text = BASE.replace("    audiences:", "    leeway: 5 seconds\n    audiences:");
     let e = error(&text);
-    assert!(
-        e.starts_with("gateway.yaml:11:13: issuers[0].leeway: duration"),
-        "{e}"
-    );
+    assert!(e.starts_with("gateway.yaml:11:13: issuers[0].leeway: duration"), "{e}");
     assert!(e.contains("unknown unit"), "{e}");
 }
 
@@ -95,10 +83,7 @@ fn bad_enum_value_is_refused() {
 #[test]
 fn hmac_and_none_algorithms_cannot_be_configured() {
     for alg in ["HS256", "none"] {
-        let text = BASE.replace(
-            "    audiences:",
-            &format!("    algorithms: [{alg}]\n    audiences:"),
-        );
+        let text = BASE.replace("    audiences:", &format!("    algorithms: [{alg}]\n    audiences:"));
         let e = error(&text);
         assert!(e.contains("is not allowed"), "{e}");
         assert!(e.starts_with("gateway.yaml:11:"), "{e}");
@@ -151,10 +136,7 @@ fn public_url_must_be_https_origin() {
 fn duplicate_route_names_and_matches_are_refused() {
     let dup = BASE.replace("name: public", "name: accounts");
     assert!(error(&dup).contains("used twice"));
-    let same = BASE.replace(
-        "path_prefix: /public }",
-        "path_prefix: /accounts, methods: [GET] }",
-    );
+    let same = BASE.replace("path_prefix: /public }", "path_prefix: /accounts, methods: [GET] }");
     assert!(error(&same).contains("exactly the same"));
 }
 
@@ -168,10 +150,7 @@ fn protected_route_needs_an_issuer() {
 
 #[test]
 fn typ_values_are_normalised() {
-    let text = BASE.replace(
-        "    audiences:",
-        "    typ: [application/AT+JWT, JWT]\n    audiences:",
-    );
+    let text = BASE.replace("    audiences:", "    typ: [application/AT+JWT, JWT]\n    audiences:");
     assert_eq!(parse(&text).unwrap().issuers[0].typ, vec!["at+jwt", "jwt"]);
 }
 

@@ -8,16 +8,20 @@ use std::time::Duration;
 
 use serde_saphyr::{Location, Spanned};
 
-use super::raw::{Binding, RawConfig, RawIssuer, RawJwksCache, RawRoute};
+use super::raw::{NonceMode, RawConfig, RawDpop, RawIssuer, RawJwksCache, RawRoute, ReplayStoreKind};
+use super::values::HttpUrl;
 use super::values::HumanDuration;
 use super::{
-    Config, ConfigError, Issuer, JwksCacheSettings, KeySource, Limits, Listener, Route,
+    Config, ConfigError, DpopSettings, Issuer, JwksCacheSettings, KeySource, Limits, Listener, NonceSecret, Route,
     RoutePolicy, ServerTls, TokenCacheSettings,
 };
+use crate::auth::dpop::htu;
 use crate::jose::Alg;
 
 /// FAPI 2.0 §5.4.1: the only algorithms accepted by default.
 pub const DEFAULT_ALGORITHMS: [Alg; 3] = [Alg::Ps256, Alg::Es256, Alg::EdDsa];
+/// RFC 9449 proofs: the same FAPI set, in the order the `algs` challenge lists them.
+pub const DEFAULT_DPOP_ALGORITHMS: [Alg; 3] = [Alg::Es256, Alg::Ps256, Alg::EdDsa];
 /// FAPI 2.0 §5.3.2.1-2.13: never accept `iat`/`nbf` more than 60 s ahead.
 const MAX_FUTURE_CEILING: Duration = Duration::from_secs(60);
 
@@ -38,11 +42,7 @@ impl Ctx<'_> {
     }
 
     fn path(&self, p: PathBuf) -> PathBuf {
-        if p.is_absolute() {
-            p
-        } else {
-            self.base_dir.join(p)
-        }
+        if p.is_absolute() { p } else { self.base_dir.join(p) }
     }
 }
 
@@ -54,6 +54,8 @@ pub(super) fn validate(raw: RawConfig, file: &str, base_dir: &Path) -> Result<Co
     let ctx = Ctx { file, base_dir };
 
     let public_url = raw.listen.public_url;
+    let public_url_at = public_url.referenced;
+    let public_url_value = public_url.value.clone();
     if !public_url.value.is_https() {
         return Err(ctx.err(
             public_url.referenced,
@@ -102,11 +104,7 @@ pub(super) fn validate(raw: RawConfig, file: &str, base_dir: &Path) -> Result<Co
         let at = spanned.referenced;
         let issuer = issuer(&ctx, i, spanned)?;
         if !seen_issuers.insert(issuer.issuer.clone()) {
-            return Err(ctx.err(
-                at,
-                format!("issuers[{i}].issuer"),
-                "this issuer is listed twice",
-            ));
+            return Err(ctx.err(at, format!("issuers[{i}].issuer"), "this issuer is listed twice"));
         }
         issuers.push(issuer);
     }
@@ -116,18 +114,18 @@ pub(super) fn validate(raw: RawConfig, file: &str, base_dir: &Path) -> Result<Co
         max_ttl: dur(raw.token_cache.max_ttl, Duration::from_secs(300)),
     };
 
+    let dpop = dpop(&ctx, raw.dpop)?;
+    let listen_origin = public_origin(&public_url_value).map_err(|m| ctx.err(public_url_at, "listen.public_url", m))?;
+    let defaults =
+        RouteDefaults { have_issuers: !issuers.is_empty(), public_origin: &listen_origin, nonce: dpop.nonce };
     let mut routes = Vec::with_capacity(raw.routes.len());
     let mut names = HashSet::new();
     let mut matchers = HashSet::new();
     for (i, spanned) in raw.routes.into_iter().enumerate() {
         let at = spanned.referenced;
-        let route = route(&ctx, i, spanned, !issuers.is_empty())?;
+        let route = route(&ctx, i, spanned, &defaults)?;
         if !names.insert(route.name.clone()) {
-            return Err(ctx.err(
-                at,
-                format!("routes[{i}].name"),
-                format!("route name `{}` is used twice", route.name),
-            ));
+            return Err(ctx.err(at, format!("routes[{i}].name"), format!("route name `{}` is used twice", route.name)));
         }
         let key = (
             route.host.clone(),
@@ -148,15 +146,7 @@ pub(super) fn validate(raw: RawConfig, file: &str, base_dir: &Path) -> Result<Co
         routes.push(route);
     }
 
-    Ok(Config {
-        source: None,
-        listen,
-        admin: raw.admin.map(|a| a.address),
-        limits,
-        issuers,
-        token_cache,
-        routes,
-    })
+    Ok(Config { source: None, listen, admin: raw.admin.map(|a| a.address), limits, issuers, token_cache, dpop, routes })
 }
 
 fn issuer(ctx: &Ctx<'_>, i: usize, spanned: Spanned<RawIssuer>) -> Result<Issuer, ConfigError> {
@@ -169,21 +159,13 @@ fn issuer(ctx: &Ctx<'_>, i: usize, spanned: Spanned<RawIssuer>) -> Result<Issuer
     let keys = match (raw.jwks_uri, raw.discovery, raw.jwks_file) {
         (Some(uri), false, None) => {
             if !uri.is_https() {
-                return Err(ctx.err(
-                    at,
-                    key("jwks_uri"),
-                    "must be an https:// URL (RFC 8414 §2, FAPI 2.0 §5.4.2)",
-                ));
+                return Err(ctx.err(at, key("jwks_uri"), "must be an https:// URL (RFC 8414 §2, FAPI 2.0 §5.4.2)"));
             }
             KeySource::JwksUri(uri.0)
         }
         (None, true, None) => {
             if !raw.issuer.starts_with("https://") {
-                return Err(ctx.err(
-                    at,
-                    key("discovery"),
-                    "discovery needs an https:// issuer identifier",
-                ));
+                return Err(ctx.err(at, key("discovery"), "discovery needs an https:// issuer identifier"));
             }
             KeySource::Discovery
         }
@@ -210,34 +192,18 @@ fn issuer(ctx: &Ctx<'_>, i: usize, spanned: Spanned<RawIssuer>) -> Result<Issuer
     if algorithms.is_empty() {
         return Err(ctx.err(at, key("algorithms"), "must list at least one algorithm"));
     }
-    let typ: Vec<String> = raw
-        .typ
-        .unwrap_or_else(|| vec!["at+jwt".to_string()])
-        .iter()
-        .map(|t| normalise_typ(t))
-        .collect();
+    let typ: Vec<String> =
+        raw.typ.unwrap_or_else(|| vec!["at+jwt".to_string()]).iter().map(|t| normalise_typ(t)).collect();
     if typ.is_empty() || typ.iter().any(String::is_empty) {
-        return Err(ctx.err(
-            at,
-            key("typ"),
-            "list at least one accepted `typ`, e.g. [at+jwt]",
-        ));
+        return Err(ctx.err(at, key("typ"), "list at least one accepted `typ`, e.g. [at+jwt]"));
     }
     let max_future = dur(raw.max_future, Duration::from_secs(10));
     if max_future > MAX_FUTURE_CEILING {
-        return Err(ctx.err(
-            at,
-            key("max_future"),
-            "must be at most 60s (FAPI 2.0 §5.3.2.1-2.13)",
-        ));
+        return Err(ctx.err(at, key("max_future"), "must be at most 60s (FAPI 2.0 §5.3.2.1-2.13)"));
     }
     let jwks_cache = jwks_cache(raw.jwks_cache);
     if jwks_cache.min_ttl > jwks_cache.max_ttl {
-        return Err(ctx.err(
-            at,
-            key("jwks_cache.min_ttl"),
-            "must not exceed jwks_cache.max_ttl",
-        ));
+        return Err(ctx.err(at, key("jwks_cache.min_ttl"), "must not exceed jwks_cache.max_ttl"));
     }
     Ok(Issuer {
         issuer: raw.issuer,
@@ -273,12 +239,20 @@ pub fn normalise_typ(typ: &str) -> String {
     }
 }
 
+/// What every route inherits from the rest of the file.
+struct RouteDefaults<'a> {
+    have_issuers: bool,
+    public_origin: &'a str,
+    nonce: NonceMode,
+}
+
 fn route(
     ctx: &Ctx<'_>,
     i: usize,
     spanned: Spanned<RawRoute>,
-    have_issuers: bool,
+    defaults: &RouteDefaults<'_>,
 ) -> Result<Route, ConfigError> {
+    let have_issuers = defaults.have_issuers;
     let at = spanned.referenced;
     let raw = spanned.value;
     let key = |k: &str| format!("routes[{i}].{k}");
@@ -290,11 +264,7 @@ fn route(
         return Err(ctx.err(at, key("match.path_prefix"), "must start with `/`"));
     }
     if prefix.contains(['?', '#']) {
-        return Err(ctx.err(
-            at,
-            key("match.path_prefix"),
-            "must be a path, without `?` or `#`",
-        ));
+        return Err(ctx.err(at, key("match.path_prefix"), "must be a path, without `?` or `#`"));
     }
     let methods = match raw.matcher.methods {
         Some(list) if list.is_empty() => {
@@ -309,11 +279,7 @@ fn route(
     };
     let host = match raw.matcher.host {
         Some(h) if h.is_empty() || h.contains(['/', ':', ' ']) => {
-            return Err(ctx.err(
-                at,
-                key("match.host"),
-                "must be a bare host name, without scheme, port or path",
-            ));
+            return Err(ctx.err(at, key("match.host"), "must be a bare host name, without scheme, port or path"));
         }
         Some(h) => Some(h.to_ascii_lowercase()),
         None => None,
@@ -321,48 +287,34 @@ fn route(
     let policy = match (raw.auth, raw.binding) {
         (Some(_), None) => {
             if !raw.scopes.is_empty() {
-                return Err(ctx.err(
-                    at,
-                    key("scopes"),
-                    "a public route (`auth: none`) cannot require scopes",
-                ));
+                return Err(ctx.err(at, key("scopes"), "a public route (`auth: none`) cannot require scopes"));
             }
             RoutePolicy::Public
         }
         (None, Some(binding)) => {
-            if binding == Binding::Dpop {
-                return Err(ctx.err(
-                    at,
-                    key("binding"),
-                    "`binding: dpop` is not available in this version yet; use mtls, any or bearer",
-                ));
-            }
             if !have_issuers {
-                return Err(ctx.err(
-                    at,
-                    key("binding"),
-                    "a protected route needs at least one entry under `issuers`",
-                ));
+                return Err(ctx.err(at, key("binding"), "a protected route needs at least one entry under `issuers`"));
             }
-            RoutePolicy::Protected {
-                binding,
-                scopes: raw.scopes,
-            }
+            RoutePolicy::Protected { binding, scopes: raw.scopes }
         }
         (Some(_), Some(_)) => {
-            return Err(ctx.err(
-                at,
-                key("auth"),
-                "give either `auth: none` (public) or `binding: …`, not both",
-            ));
+            return Err(ctx.err(at, key("auth"), "give either `auth: none` (public) or `binding: …`, not both"));
         }
         (None, None) => {
-            return Err(ctx.err(at, key("binding"), "say how tokens are bound: `binding: mtls | dpop | any | bearer`, or `auth: none` for a public route"));
+            return Err(ctx.err(
+                at,
+                key("binding"),
+                "say how tokens are bound: `binding: mtls | dpop | any | bearer`, or `auth: none` for a public route",
+            ));
         }
     };
     if raw.upstream.0.query().is_some() {
         return Err(ctx.err(at, key("upstream"), "must not have a query string"));
     }
+    let public_origin = match &raw.public_url {
+        None => defaults.public_origin.to_string(),
+        Some(url) => public_origin(url).map_err(|m| ctx.err(at, key("public_url"), m))?,
+    };
     Ok(Route {
         name: raw.name,
         host,
@@ -374,5 +326,70 @@ fn route(
         policy,
         forward_client_cert: raw.forward_client_cert,
         identity_headers: raw.identity_headers,
+        forward_token: raw.forward_token.unwrap_or_default(),
+        public_origin,
+        nonce_required: raw.nonce.unwrap_or(defaults.nonce) == NonceMode::Required,
+    })
+}
+
+/// Checks that a public URL is an https origin and returns it normalised.
+fn public_origin(url: &HttpUrl) -> Result<String, &'static str> {
+    if !url.is_https() {
+        return Err("must be an https:// URL: it is the address clients call, and DPoP `htu` is checked against it");
+    }
+    if !matches!(url.0.path(), "" | "/") || url.0.query().is_some() {
+        return Err("must be an origin (scheme, host, optional port) without a path or query");
+    }
+    htu::normalise_origin(&url.0.to_string()).map_err(|_| "is not a usable origin")
+}
+
+fn dpop(ctx: &Ctx<'_>, spanned: Option<Spanned<RawDpop>>) -> Result<DpopSettings, ConfigError> {
+    let (at, raw) = match spanned {
+        Some(s) => (Some(s.referenced), s.value),
+        None => (None, RawDpop::default()),
+    };
+    let err = |key: &str, message: &str| match at {
+        Some(at) => ctx.err(at, format!("dpop.{key}"), message),
+        None => ctx.err(Location::UNKNOWN, format!("dpop.{key}"), message),
+    };
+    let algorithms: Vec<Alg> = match raw.algorithms {
+        Some(list) => list.into_iter().map(|a| a.0).collect(),
+        None => DEFAULT_DPOP_ALGORITHMS.to_vec(),
+    };
+    if algorithms.is_empty() {
+        return Err(err("algorithms", "must list at least one algorithm"));
+    }
+    let max_future = dur(raw.max_future, Duration::from_secs(10));
+    if max_future > MAX_FUTURE_CEILING {
+        return Err(err("max_future", "must be at most 60s (FAPI 2.0 §5.3.2.1-2.13)"));
+    }
+    let max_age = dur(raw.max_age, Duration::from_secs(60));
+    if max_age.is_zero() || max_age > Duration::from_secs(600) {
+        return Err(err("max_age", "must be between 1s and 10m: proofs are meant to be fresh (RFC 9449 §11.1)"));
+    }
+    let nonce_secret = match (raw.nonce_secret_file, raw.nonce_secret_env) {
+        (None, None) => NonceSecret::Random,
+        (Some(path), None) => NonceSecret::File(ctx.path(path)),
+        (None, Some(var)) => NonceSecret::Env(var),
+        (Some(_), Some(_)) => {
+            return Err(err("nonce_secret_file", "give `nonce_secret_file` or `nonce_secret_env`, not both"));
+        }
+    };
+    let nonce_step = dur(raw.nonce_step, Duration::from_secs(30));
+    if nonce_step < Duration::from_secs(1) {
+        return Err(err("nonce_step", "must be at least 1s"));
+    }
+    let algs_challenge = algorithms.iter().map(|a| a.name()).collect::<Vec<_>>().join(" ");
+    Ok(DpopSettings {
+        algorithms,
+        algs_challenge,
+        max_age,
+        max_future,
+        replay_store: raw.replay.store.unwrap_or(ReplayStoreKind::Memory),
+        replay_max_entries: raw.replay.max_entries.unwrap_or(1_000_000).max(1),
+        nonce: raw.nonce.unwrap_or_default(),
+        nonce_secret,
+        nonce_step,
+        nonce_window: raw.nonce_window.unwrap_or(1).min(100),
     })
 }

@@ -20,13 +20,11 @@ impl HumanDuration {
     /// is what makes a config readable.
     pub fn parse(text: &str) -> Result<Self, String> {
         let text = text.trim();
-        let split = text.find(|c: char| !c.is_ascii_digit()).ok_or_else(|| {
-            format!("duration `{text}` needs a unit: ms, s, m, h or d (e.g. `60s`)")
-        })?;
+        let split = text
+            .find(|c: char| !c.is_ascii_digit())
+            .ok_or_else(|| format!("duration `{text}` needs a unit: ms, s, m, h or d (e.g. `60s`)"))?;
         let (number, unit) = text.split_at(split);
-        let n: u64 = number
-            .parse()
-            .map_err(|_| format!("duration `{text}` must start with a whole number"))?;
+        let n: u64 = number.parse().map_err(|_| format!("duration `{text}` must start with a whole number"))?;
         let millis_per_unit: u64 = match unit {
             "ms" => 1,
             "s" => 1_000,
@@ -34,9 +32,7 @@ impl HumanDuration {
             "h" => 3_600_000,
             "d" => 86_400_000,
             _ => {
-                return Err(format!(
-                    "duration `{text}` has unknown unit `{unit}`: use ms, s, m, h or d"
-                ));
+                return Err(format!("duration `{text}` has unknown unit `{unit}`: use ms, s, m, h or d"));
             }
         };
         n.checked_mul(millis_per_unit)
@@ -58,9 +54,7 @@ pub struct HttpUrl(pub http::Uri);
 
 impl HttpUrl {
     pub fn parse(text: &str) -> Result<Self, String> {
-        let uri: http::Uri = text
-            .parse()
-            .map_err(|e| format!("`{text}` is not a valid URL: {e}"))?;
+        let uri: http::Uri = text.parse().map_err(|e| format!("`{text}` is not a valid URL: {e}"))?;
         match uri.scheme_str() {
             Some("http") | Some("https") => {}
             _ => return Err(format!("`{text}` must start with http:// or https://")),
@@ -130,51 +124,24 @@ mod tests {
 
     #[test]
     fn durations_parse_with_units() {
-        assert_eq!(
-            HumanDuration::parse("60s").unwrap().0,
-            Duration::from_secs(60)
-        );
-        assert_eq!(
-            HumanDuration::parse("5m").unwrap().0,
-            Duration::from_secs(300)
-        );
-        assert_eq!(
-            HumanDuration::parse("250ms").unwrap().0,
-            Duration::from_millis(250)
-        );
-        assert_eq!(
-            HumanDuration::parse("1h").unwrap().0,
-            Duration::from_secs(3600)
-        );
-        assert_eq!(
-            HumanDuration::parse("2d").unwrap().0,
-            Duration::from_secs(172_800)
-        );
+        assert_eq!(HumanDuration::parse("60s").unwrap().0, Duration::from_secs(60));
+        assert_eq!(HumanDuration::parse("5m").unwrap().0, Duration::from_secs(300));
+        assert_eq!(HumanDuration::parse("250ms").unwrap().0, Duration::from_millis(250));
+        assert_eq!(HumanDuration::parse("1h").unwrap().0, Duration::from_secs(3600));
+        assert_eq!(HumanDuration::parse("2d").unwrap().0, Duration::from_secs(172_800));
     }
 
     #[test]
     fn durations_without_unit_or_with_junk_are_refused() {
-        assert!(
-            HumanDuration::parse("60")
-                .unwrap_err()
-                .contains("needs a unit")
-        );
-        assert!(
-            HumanDuration::parse("5 minutes")
-                .unwrap_err()
-                .contains("unknown unit")
-        );
+        assert!(HumanDuration::parse("60").unwrap_err().contains("needs a unit"));
+        assert!(HumanDuration::parse("5 minutes").unwrap_err().contains("unknown unit"));
         assert!(HumanDuration::parse("s").is_err());
         assert!(HumanDuration::parse("99999999999999999999d").is_err());
     }
 
     #[test]
     fn urls_must_be_absolute_http() {
-        assert!(
-            HttpUrl::parse("https://as.example.com/jwks")
-                .unwrap()
-                .is_https()
-        );
+        assert!(HttpUrl::parse("https://as.example.com/jwks").unwrap().is_https());
         assert!(!HttpUrl::parse("http://127.0.0.1:8080").unwrap().is_https());
         assert!(HttpUrl::parse("ftp://x").is_err());
         assert!(HttpUrl::parse("/relative").is_err());

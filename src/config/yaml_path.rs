@@ -57,10 +57,7 @@ fn structure(line: &str) -> Option<(Option<usize>, usize)> {
     if rest.is_empty() || rest.starts_with('#') {
         return None;
     }
-    if let Some(after) = rest
-        .strip_prefix("- ")
-        .or_else(|| (rest == "-").then_some(""))
-    {
+    if let Some(after) = rest.strip_prefix("- ").or_else(|| (rest == "-").then_some("")) {
         let extra = after.len() - after.trim_start_matches(' ').len();
         return Some((Some(indent), indent + 2 + extra));
     }

@@ -101,13 +101,7 @@ impl PublicKey {
             other => return Err(JwkError::UnsupportedKeyType(truncate(other))),
         };
         Ok(PublicKey {
-            inner: Arc::new(Inner {
-                material,
-                kid,
-                key_use,
-                alg,
-                thumbprint: sha256(canonical.as_bytes()),
-            }),
+            inner: Arc::new(Inner { material, kid, key_use, alg, thumbprint: sha256(canonical.as_bytes()) }),
         })
     }
 
@@ -172,8 +166,7 @@ impl PublicKey {
     /// `alg`; [`JwsError::BadSignature`] otherwise on any failure.
     pub fn verify(&self, alg: Alg, message: &[u8], signature: &[u8]) -> Result<(), JwsError> {
         let key = self.prepared(alg).ok_or(JwsError::KeyAlgMismatch)?;
-        key.verify_sig(message, signature)
-            .map_err(|_| JwsError::BadSignature)
+        key.verify_sig(message, signature).map_err(|_| JwsError::BadSignature)
     }
 
     fn prepared(&self, alg: Alg) -> Option<&ParsedPublicKey> {
@@ -215,11 +208,7 @@ fn parse_ec(jwk: &Map<String, Value>) -> Result<(Material, String), JwkError> {
     point.extend_from_slice(&x);
     point.extend_from_slice(&y);
     let key = ParsedPublicKey::new(alg, &point).map_err(|_| JwkError::InvalidKey)?;
-    let material = if len == 32 {
-        Material::P256(key)
-    } else {
-        Material::P384(key)
-    };
+    let material = if len == 32 { Material::P256(key) } else { Material::P384(key) };
     // crv is one of two fixed names; x/y are validated base64url: no escaping needed.
     let canonical = format!(r#"{{"crv":"{crv}","kty":"EC","x":"{x_s}","y":"{y_s}"}}"#);
     Ok((material, canonical))
@@ -252,11 +241,8 @@ fn parse_rsa(jwk: &Map<String, Value>) -> Result<(Material, String), JwkError> {
     }
 
     let components = RsaPublicKeyComponents { n, e };
-    let prep = |params: &'static sig::RsaParameters| {
-        components
-            .to_parsed_public_key(params)
-            .map_err(|_| JwkError::InvalidKey)
-    };
+    let prep =
+        |params: &'static sig::RsaParameters| components.to_parsed_public_key(params).map_err(|_| JwkError::InvalidKey);
     let material = Material::Rsa {
         ps256: prep(&sig::RSA_PSS_2048_8192_SHA256)?,
         ps384: prep(&sig::RSA_PSS_2048_8192_SHA384)?,
@@ -279,11 +265,7 @@ fn parse_okp(jwk: &Map<String, Value>) -> Result<(Material, String), JwkError> {
 }
 
 /// A required base64url member of exactly `len` decoded bytes: (original string, bytes).
-fn coordinate<'j>(
-    jwk: &'j Map<String, Value>,
-    name: &'static str,
-    len: usize,
-) -> Result<(&'j str, Vec<u8>), JwkError> {
+fn coordinate<'j>(jwk: &'j Map<String, Value>, name: &'static str, len: usize) -> Result<(&'j str, Vec<u8>), JwkError> {
     let s = req_str(jwk, name)?;
     let bytes = b64url_decode(s).map_err(|_| JwkError::InvalidMember(name))?;
     if bytes.len() != len {
@@ -296,10 +278,7 @@ fn req_str<'j>(jwk: &'j Map<String, Value>, name: &'static str) -> Result<&'j st
     opt_str(jwk, name)?.ok_or(JwkError::MissingMember(name))
 }
 
-fn opt_str<'j>(
-    jwk: &'j Map<String, Value>,
-    name: &'static str,
-) -> Result<Option<&'j str>, JwkError> {
+fn opt_str<'j>(jwk: &'j Map<String, Value>, name: &'static str) -> Result<Option<&'j str>, JwkError> {
     match jwk.get(name) {
         None => Ok(None),
         Some(Value::String(s)) => Ok(Some(s)),

@@ -37,15 +37,7 @@ pub enum Alg {
 
 impl Alg {
     /// Every supported algorithm.
-    pub const ALL: [Alg; 7] = [
-        Alg::Es256,
-        Alg::Es384,
-        Alg::Ps256,
-        Alg::Ps384,
-        Alg::Ps512,
-        Alg::Rs256,
-        Alg::EdDsa,
-    ];
+    pub const ALL: [Alg; 7] = [Alg::Es256, Alg::Es384, Alg::Ps256, Alg::Ps384, Alg::Ps512, Alg::Rs256, Alg::EdDsa];
 
     /// Maps an exact, case-sensitive JOSE `alg` name to an [`Alg`].
     ///
@@ -143,36 +135,24 @@ impl<'a> CompactJws<'a> {
             return Err(JwsError::TooLarge);
         }
         let mut parts = token.split('.');
-        let (Some(h), Some(p), Some(s), None) =
-            (parts.next(), parts.next(), parts.next(), parts.next())
-        else {
+        let (Some(h), Some(p), Some(s), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
             return Err(JwsError::Malformed("expected three dot-separated parts"));
         };
         if h.is_empty() || p.is_empty() || s.is_empty() {
             return Err(JwsError::Malformed("empty part"));
         }
-        let signing_input = token
-            .get(..h.len() + 1 + p.len())
-            .ok_or(JwsError::Malformed("signing input"))?;
+        let signing_input = token.get(..h.len() + 1 + p.len()).ok_or(JwsError::Malformed("signing input"))?;
 
-        let header_bytes =
-            b64url_decode(h).map_err(|_| JwsError::Malformed("header is not base64url"))?;
-        let header = strict_json_object(&header_bytes)
-            .map_err(|_| JwsError::Malformed("header is not a JSON object"))?;
+        let header_bytes = b64url_decode(h).map_err(|_| JwsError::Malformed("header is not base64url"))?;
+        let header =
+            strict_json_object(&header_bytes).map_err(|_| JwsError::Malformed("header is not a JSON object"))?;
         if header.contains_key("crit") {
             return Err(JwsError::CriticalHeader);
         }
-        let payload =
-            b64url_decode(p).map_err(|_| JwsError::Malformed("payload is not base64url"))?;
-        let signature =
-            b64url_decode(s).map_err(|_| JwsError::Malformed("signature is not base64url"))?;
+        let payload = b64url_decode(p).map_err(|_| JwsError::Malformed("payload is not base64url"))?;
+        let signature = b64url_decode(s).map_err(|_| JwsError::Malformed("signature is not base64url"))?;
 
-        Ok(CompactJws {
-            signing_input,
-            header,
-            payload,
-            signature,
-        })
+        Ok(CompactJws { signing_input, header, payload, signature })
     }
 
     /// The decoded protected header.

@@ -26,11 +26,7 @@ fn rfc9449_jwk() -> Map<String, Value> {
 
 /// Builds `b64(header).b64(payload).b64(sig)` with `sign` over the signing input.
 fn token(header: Value, sign: impl Fn(&[u8]) -> Vec<u8>) -> String {
-    let input = format!(
-        "{}.{}",
-        b64url_encode(header.to_string().as_bytes()),
-        b64url_encode(b"{\"sub\":\"x\"}")
-    );
+    let input = format!("{}.{}", b64url_encode(header.to_string().as_bytes()), b64url_encode(b"{\"sub\":\"x\"}"));
     let sig = sign(input.as_bytes());
     format!("{input}.{}", b64url_encode(&sig))
 }
@@ -82,12 +78,8 @@ fn round_trip(alg: Alg, key: &PublicKey, sign: impl Fn(&[u8]) -> Vec<u8>) {
 
 #[test]
 fn rfc7638_rsa_thumbprint() {
-    let key =
-        PublicKey::from_jwk(&obj(json!({"kty": "RSA", "n": RFC7638_N, "e": "AQAB"}))).unwrap();
-    assert_eq!(
-        key.thumbprint_b64(),
-        "NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs"
-    );
+    let key = PublicKey::from_jwk(&obj(json!({"kty": "RSA", "n": RFC7638_N, "e": "AQAB"}))).unwrap();
+    assert_eq!(key.thumbprint_b64(), "NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs");
     let with_extras = json!({
         "kty": "RSA", "n": RFC7638_N, "e": "AQAB", "alg": "RS256", "kid": "2011-04-29", "use": "sig"
     });
@@ -107,10 +99,7 @@ fn rfc7638_rsa_thumbprint() {
 #[test]
 fn rfc9449_ec_thumbprint() {
     let key = PublicKey::from_jwk(&rfc9449_jwk()).unwrap();
-    assert_eq!(
-        key.thumbprint_b64(),
-        "0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I"
-    );
+    assert_eq!(key.thumbprint_b64(), "0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I");
     assert_eq!(key.crv(), Some("P-256"));
     let dbg = format!("{key:?}");
     assert!(dbg.contains("0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I") && dbg.contains("EC"));
@@ -142,19 +131,13 @@ fn rfc9449_dpop_proof_verifies_with_embedded_jwk() {
     assert_eq!(alg, Alg::Es256);
     let jwk = jws.header().get("jwk").and_then(Value::as_object).unwrap();
     let key = PublicKey::from_jwk(jwk).unwrap();
-    assert_eq!(
-        key.thumbprint_b64(),
-        "0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I"
-    );
+    assert_eq!(key.thumbprint_b64(), "0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I");
     assert_eq!(jws.signature().len(), 64);
     assert_eq!(jws.verify_with(alg, &key), Ok(()));
     let claims: Value = serde_json::from_slice(jws.payload()).unwrap();
     assert_eq!(claims["htm"], "POST");
     assert_eq!(claims["iat"], 1_562_262_616);
-    assert_eq!(
-        jws.verify_with(Alg::Es384, &key),
-        Err(JwsError::KeyAlgMismatch)
-    );
+    assert_eq!(jws.verify_with(Alg::Es384, &key), Err(JwsError::KeyAlgMismatch));
     let tampered = flip_last_sig_byte(RFC9449_PROOF);
     let bad = CompactJws::parse(&tampered, 8192).unwrap();
     assert_eq!(bad.verify_with(alg, &key), Err(JwsError::BadSignature));
@@ -199,10 +182,7 @@ fn rsa_round_trips() {
     // A PKCS#1 v1.5 signature is not a PSS signature and vice versa.
     let tok = token(json!({"alg": "RS256"}), signer(&sig::RSA_PKCS1_SHA256));
     let jws = CompactJws::parse(&tok, 4096).unwrap();
-    assert_eq!(
-        jws.verify_with(Alg::Ps256, &key),
-        Err(JwsError::BadSignature)
-    );
+    assert_eq!(jws.verify_with(Alg::Ps256, &key), Err(JwsError::BadSignature));
 }
 
 #[test]
@@ -221,14 +201,9 @@ fn alg_names() {
         assert_eq!(alg.name().parse::<Alg>(), Ok(alg));
         assert_eq!(alg.to_string(), alg.name());
     }
-    for bad in [
-        "none", "None", "HS256", "HS384", "HS512", "es256", "EDDSA", "ES512", "",
-    ] {
+    for bad in ["none", "None", "HS256", "HS384", "HS512", "es256", "EDDSA", "ES512", ""] {
         assert_eq!(Alg::from_name(bad), None, "{bad}");
-        assert_eq!(
-            bad.parse::<Alg>(),
-            Err(JwsError::UnsupportedAlg(bad.to_owned()))
-        );
+        assert_eq!(bad.parse::<Alg>(), Err(JwsError::UnsupportedAlg(bad.to_owned())));
     }
 }
 
@@ -236,28 +211,16 @@ fn alg_names() {
 fn header_alg_rejections() {
     let unsigned = |h: Value| format!("{}.e30.AAAA", b64url_encode(h.to_string().as_bytes()));
     for (h, want) in [
-        (
-            json!({"alg": "none"}),
-            JwsError::UnsupportedAlg("none".into()),
-        ),
-        (
-            json!({"alg": "HS256"}),
-            JwsError::UnsupportedAlg("HS256".into()),
-        ),
+        (json!({"alg": "none"}), JwsError::UnsupportedAlg("none".into())),
+        (json!({"alg": "HS256"}), JwsError::UnsupportedAlg("HS256".into())),
         (json!({"typ": "JWT"}), JwsError::MissingAlg),
-        (
-            json!({"alg": 256}),
-            JwsError::Malformed("\"alg\" is not a string"),
-        ),
+        (json!({"alg": 256}), JwsError::Malformed("\"alg\" is not a string")),
     ] {
         let tok = unsigned(h);
         assert_eq!(CompactJws::parse(&tok, 1024).unwrap().alg(), Err(want));
     }
     let crit = unsigned(json!({"alg": "ES256", "crit": ["b64"], "b64": false}));
-    assert_eq!(
-        CompactJws::parse(&crit, 1024).unwrap_err(),
-        JwsError::CriticalHeader
-    );
+    assert_eq!(CompactJws::parse(&crit, 1024).unwrap_err(), JwsError::CriticalHeader);
 }
 
 #[test]
@@ -275,40 +238,21 @@ fn structural_rejections() {
     assert!(CompactJws::parse(&format!("{h16}.e30.AAAA"), 4096).is_ok());
     assert!(malformed(&format!("{h16}==.e30.AAAA")), "padded header");
     assert!(malformed(&format!("{h}.e30=.AAAA")), "padded payload");
-    assert!(
-        malformed(&format!("{}.e30.AAAA", b64url_encode(b"[1]"))),
-        "array header"
-    );
-    assert!(
-        malformed(&format!("{}.e30.AAAA", b64url_encode(b"\"x\""))),
-        "string header"
-    );
+    assert!(malformed(&format!("{}.e30.AAAA", b64url_encode(b"[1]"))), "array header");
+    assert!(malformed(&format!("{}.e30.AAAA", b64url_encode(b"\"x\""))), "string header");
     let dup = b64url_encode(br#"{"alg":"ES256","alg":"none"}"#);
     assert!(malformed(&format!("{dup}.e30.AAAA")), "duplicate alg");
     let nested = b64url_encode(br#"{"alg":"ES256","jwk":{"x":"a","x":"b"}}"#);
-    assert!(
-        malformed(&format!("{nested}.e30.AAAA")),
-        "duplicate nested member"
-    );
+    assert!(malformed(&format!("{nested}.e30.AAAA")), "duplicate nested member");
 
-    let deep = format!(
-        "{{\"alg\":\"ES256\",\"a\":{}{}}}",
-        "[".repeat(500),
-        "]".repeat(500)
-    );
+    let deep = format!("{{\"alg\":\"ES256\",\"a\":{}{}}}", "[".repeat(500), "]".repeat(500));
     let deep = b64url_encode(deep.as_bytes());
     assert!(malformed(&format!("{deep}.e30.AAAA")), "nesting limit");
 
     // The length cap applies before decoding: garbage over the cap is TooLarge.
     let long = "!".repeat(5000);
-    assert_eq!(
-        CompactJws::parse(&long, 4096).unwrap_err(),
-        JwsError::TooLarge
-    );
-    assert_eq!(
-        CompactJws::parse(RFC9449_PROOF, 100).unwrap_err(),
-        JwsError::TooLarge
-    );
+    assert_eq!(CompactJws::parse(&long, 4096).unwrap_err(), JwsError::TooLarge);
+    assert_eq!(CompactJws::parse(RFC9449_PROOF, 100).unwrap_err(), JwsError::TooLarge);
     let exact = format!("{h}.e30.AAAA");
     assert!(CompactJws::parse(&exact, exact.len()).is_ok());
 }
@@ -321,56 +265,25 @@ fn jwk_rejections() {
         PublicKey::from_jwk(&m)
     };
     for m in ["d", "p", "q", "dp", "dq", "qi", "oth", "k"] {
-        assert_eq!(
-            with(m, json!("AAAA")).unwrap_err(),
-            JwkError::PrivateKey,
-            "{m}"
-        );
+        assert_eq!(with(m, json!("AAAA")).unwrap_err(), JwkError::PrivateKey, "{m}");
     }
     let oct = obj(json!({"kty": "oct", "k": "AAAA"}));
     assert_eq!(PublicKey::from_jwk(&oct).unwrap_err(), JwkError::PrivateKey);
     let oct = obj(json!({"kty": "oct"}));
-    assert_eq!(
-        PublicKey::from_jwk(&oct).unwrap_err(),
-        JwkError::UnsupportedKeyType("oct".into())
-    );
-    assert_eq!(
-        with("crv", json!("P-521")).unwrap_err(),
-        JwkError::UnsupportedCurve("P-521".into())
-    );
-    assert_eq!(
-        with("crv", json!("secp256k1")).unwrap_err(),
-        JwkError::UnsupportedCurve("secp256k1".into())
-    );
+    assert_eq!(PublicKey::from_jwk(&oct).unwrap_err(), JwkError::UnsupportedKeyType("oct".into()));
+    assert_eq!(with("crv", json!("P-521")).unwrap_err(), JwkError::UnsupportedCurve("P-521".into()));
+    assert_eq!(with("crv", json!("secp256k1")).unwrap_err(), JwkError::UnsupportedCurve("secp256k1".into()));
     let x31 = b64url_encode(&b64url_decode(RFC9449_X).unwrap()[1..]);
-    assert_eq!(
-        with("x", json!(x31)).unwrap_err(),
-        JwkError::InvalidMember("x")
-    );
-    assert_eq!(
-        with("y", json!(RFC9449_X)).unwrap_err(),
-        JwkError::InvalidKey,
-        "off curve"
-    );
-    assert_eq!(
-        with("kid", json!(7)).unwrap_err(),
-        JwkError::InvalidMember("kid")
-    );
+    assert_eq!(with("x", json!(x31)).unwrap_err(), JwkError::InvalidMember("x"));
+    assert_eq!(with("y", json!(RFC9449_X)).unwrap_err(), JwkError::InvalidKey, "off curve");
+    assert_eq!(with("kid", json!(7)).unwrap_err(), JwkError::InvalidMember("kid"));
     let mut no_y = rfc9449_jwk();
     no_y.remove("y");
-    assert_eq!(
-        PublicKey::from_jwk(&no_y).unwrap_err(),
-        JwkError::MissingMember("y")
-    );
+    assert_eq!(PublicKey::from_jwk(&no_y).unwrap_err(), JwkError::MissingMember("y"));
     let x448 = obj(json!({"kty": "OKP", "crv": "X25519", "x": RFC9449_X}));
-    assert_eq!(
-        PublicKey::from_jwk(&x448).unwrap_err(),
-        JwkError::UnsupportedCurve("X25519".into())
-    );
+    assert_eq!(PublicKey::from_jwk(&x448).unwrap_err(), JwkError::UnsupportedCurve("X25519".into()));
 
-    let rsa = |n: &[u8], e: &str| {
-        PublicKey::from_jwk(&obj(json!({"kty": "RSA", "n": b64url_encode(n), "e": e})))
-    };
+    let rsa = |n: &[u8], e: &str| PublicKey::from_jwk(&obj(json!({"kty": "RSA", "n": b64url_encode(n), "e": e})));
     let mut n1024 = vec![0xC3u8; 128];
     n1024[127] = 0xC5;
     assert_eq!(rsa(&n1024, "AQAB").unwrap_err(), JwkError::RsaKeySize(1024));
@@ -378,20 +291,9 @@ fn jwk_rejections() {
     n2047[255] = 0x01;
     assert_eq!(rsa(&n2047, "AQAB").unwrap_err(), JwkError::RsaKeySize(2047));
     let n = b64url_decode(RFC7638_N).unwrap();
-    assert_eq!(
-        rsa(&n, "AQ").unwrap_err(),
-        JwkError::InvalidMember("e"),
-        "e = 1"
-    );
-    assert_eq!(
-        rsa(&n, "AQAA").unwrap_err(),
-        JwkError::InvalidMember("e"),
-        "even e"
-    );
+    assert_eq!(rsa(&n, "AQ").unwrap_err(), JwkError::InvalidMember("e"), "e = 1");
+    assert_eq!(rsa(&n, "AQAA").unwrap_err(), JwkError::InvalidMember("e"), "even e");
     let mut padded = vec![0u8];
     padded.extend_from_slice(&n);
-    assert!(
-        rsa(&padded, "AQAB").unwrap().fits(Alg::Ps256),
-        "leading zero octet tolerated"
-    );
+    assert!(rsa(&padded, "AQAB").unwrap().fits(Alg::Ps256), "leading zero octet tolerated");
 }

@@ -61,18 +61,10 @@ impl Env {
         let jwks = JwksServer::start(&pki, vec![signer.public_jwk()]).await;
         let upstream = Upstream::start().await;
         let yaml = config_yaml(&pki, &jwks, &upstream, &options);
-        let config = Config::from_yaml(&yaml, "test.yaml", pki.dir())
-            .unwrap_or_else(|e| panic!("{e}\n{yaml}"));
+        let config = Config::from_yaml(&yaml, "test.yaml", pki.dir()).unwrap_or_else(|e| panic!("{e}\n{yaml}"));
         let gateway = fapi_gateway::start(config).await.expect("gateway starts");
         let addr = gateway.local_addr();
-        Env {
-            pki,
-            jwks,
-            upstream,
-            signer,
-            gateway: Some(gateway),
-            addr,
-        }
+        Env { pki, jwks, upstream, signer, gateway: Some(gateway), addr }
     }
 
     pub fn issuer(&self) -> String {
@@ -114,12 +106,7 @@ impl Env {
     }
 
     /// GET `path` with `Authorization: Bearer <token>`.
-    pub async fn get(
-        &self,
-        path: &str,
-        cert: Option<&ClientCert>,
-        token: Option<&str>,
-    ) -> reqwest::Response {
+    pub async fn get(&self, path: &str, cert: Option<&ClientCert>, token: Option<&str>) -> reqwest::Response {
         let mut request = self.client(cert).get(self.url(path));
         if let Some(token) = token {
             request = request.header("authorization", format!("Bearer {token}"));
@@ -130,22 +117,25 @@ impl Env {
 
 /// The `WWW-Authenticate` header of a response, or "".
 pub fn challenge(response: &reqwest::Response) -> String {
-    response
-        .headers()
-        .get("www-authenticate")
-        .map(|v| v.to_str().unwrap().to_string())
-        .unwrap_or_default()
+    response.headers().get("www-authenticate").map(|v| v.to_str().unwrap().to_string()).unwrap_or_default()
 }
 
-/// Asserts status, exact challenge and JSON `error`, and returns the body.
-pub async fn assert_rejected(
-    response: reqwest::Response,
-    status: u16,
-    www_authenticate: &str,
-    error: &str,
-) -> Value {
+/// Every `WWW-Authenticate` value of a response, in order.
+pub fn challenges(response: &reqwest::Response) -> Vec<String> {
+    response.headers().get_all("www-authenticate").iter().map(|v| v.to_str().unwrap().to_string()).collect()
+}
+
+/// Asserts status, the one exact challenge and JSON `error`, and returns the body.
+pub async fn assert_rejected(response: reqwest::Response, status: u16, www_authenticate: &str, error: &str) -> Value {
+    assert_rejected_with(response, status, &[www_authenticate], error).await
+}
+
+/// Asserts status, the exact list of challenges and JSON `error`, and returns the body.
+pub async fn assert_rejected_with(response: reqwest::Response, status: u16, expected: &[&str], error: &str) -> Value {
     assert_eq!(response.status().as_u16(), status, "status");
-    assert_eq!(challenge(&response), www_authenticate, "WWW-Authenticate");
+    let got = challenges(&response);
+    let want: Vec<String> = if expected == [""] { vec![] } else { expected.iter().map(|s| s.to_string()).collect() };
+    assert_eq!(got, want, "WWW-Authenticate");
     assert_eq!(response.headers()["cache-control"], "no-store");
     let text = response.text().await.expect("body");
     let body: Value = serde_json::from_str(&text).expect("JSON body");
@@ -231,17 +221,10 @@ routes:
         cert = pki.server_cert_path().display(),
         key = pki.server_key_path().display(),
         client_auth = o.client_auth,
-        tls_extra = o.tls_extra.replace(
-            "{client_ca}",
-            &pki.client_ca_pem_path().display().to_string()
-        ),
+        tls_extra = o.tls_extra.replace("{client_ca}", &pki.client_ca_pem_path().display().to_string()),
         limits = o.limits,
         issuer = jwks.issuer(),
-        key_source = o
-            .key_source
-            .as_deref()
-            .unwrap_or("jwks_uri: {jwks_uri}")
-            .replace("{jwks_uri}", &jwks.jwks_uri()),
+        key_source = o.key_source.as_deref().unwrap_or("jwks_uri: {jwks_uri}").replace("{jwks_uri}", &jwks.jwks_uri()),
         ca = ca.display(),
         issuer_extra = o.issuer_extra,
     )
@@ -266,7 +249,6 @@ pub async fn start_minimal(pki: &TestPki, issuer: &str, upstream: &Upstream) -> 
         pki.server_key_path().display(),
         upstream.url()
     );
-    let config =
-        Config::from_yaml(&yaml, "t.yaml", pki.dir()).unwrap_or_else(|e| panic!("{e}\n{yaml}"));
+    let config = Config::from_yaml(&yaml, "t.yaml", pki.dir()).unwrap_or_else(|e| panic!("{e}\n{yaml}"));
     fapi_gateway::start(config).await.expect("gateway starts")
 }

@@ -15,9 +15,7 @@ pub fn b64(bytes: impl AsRef<[u8]>) -> String {
 
 /// Current time in unix seconds.
 pub fn now() -> i64 {
-    let since = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock after 1970");
+    let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock after 1970");
     i64::try_from(since.as_secs()).expect("time fits i64")
 }
 
@@ -59,14 +57,12 @@ pub struct Signer {
 
 impl Signer {
     pub fn es256(kid: &str) -> Signer {
-        let key =
-            EcdsaKeyPair::generate(&signature::ECDSA_P256_SHA256_FIXED_SIGNING).expect("P-256 key");
+        let key = EcdsaKeyPair::generate(&signature::ECDSA_P256_SHA256_FIXED_SIGNING).expect("P-256 key");
         Signer::new(kid, "ES256", Key::Ec(key, "P-256"))
     }
 
     pub fn es384(kid: &str) -> Signer {
-        let key =
-            EcdsaKeyPair::generate(&signature::ECDSA_P384_SHA384_FIXED_SIGNING).expect("P-384 key");
+        let key = EcdsaKeyPair::generate(&signature::ECDSA_P384_SHA384_FIXED_SIGNING).expect("P-384 key");
         Signer::new(kid, "ES384", Key::Ec(key, "P-384"))
     }
 
@@ -83,11 +79,7 @@ impl Signer {
     }
 
     fn new(kid: &str, alg: &'static str, key: Key) -> Signer {
-        Signer {
-            kid: kid.to_owned(),
-            alg,
-            key,
-        }
+        Signer { kid: kid.to_owned(), alg, key }
     }
 
     pub fn kid(&self) -> &str {
@@ -116,30 +108,22 @@ impl Signer {
             Key::Rsa(key) => {
                 let public = key.public_key();
                 vec![
-                    (
-                        "e",
-                        b64(public.exponent().big_endian_without_leading_zero()),
-                    ),
+                    ("e", b64(public.exponent().big_endian_without_leading_zero())),
                     ("kty", "RSA".to_owned()),
                     ("n", b64(public.modulus().big_endian_without_leading_zero())),
                 ]
             }
-            Key::Ed(key) => vec![
-                ("crv", "Ed25519".to_owned()),
-                ("kty", "OKP".to_owned()),
-                ("x", b64(key.public_key().as_ref())),
-            ],
+            Key::Ed(key) => {
+                vec![("crv", "Ed25519".to_owned()), ("kty", "OKP".to_owned()), ("x", b64(key.public_key().as_ref()))]
+            }
         }
     }
 
     /// The bare public JWK (only the RFC 7638 required members), e.g. for a DPoP `jwk`
     /// header.
     pub fn bare_public_jwk(&self) -> Value {
-        let map: serde_json::Map<String, Value> = self
-            .required_members()
-            .into_iter()
-            .map(|(k, v)| (k.to_owned(), Value::String(v)))
-            .collect();
+        let map: serde_json::Map<String, Value> =
+            self.required_members().into_iter().map(|(k, v)| (k.to_owned(), Value::String(v))).collect();
         Value::Object(map)
     }
 
@@ -156,11 +140,8 @@ impl Signer {
     pub fn jwk_thumbprint(&self) -> String {
         // Built by hand: member order must be lexicographic whatever serde_json's
         // `preserve_order` feature says.
-        let members: Vec<String> = self
-            .required_members()
-            .into_iter()
-            .map(|(k, v)| format!("\"{k}\":\"{v}\""))
-            .collect();
+        let members: Vec<String> =
+            self.required_members().into_iter().map(|(k, v)| format!("\"{k}\":\"{v}\"")).collect();
         let canonical = format!("{{{}}}", members.join(","));
         b64(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, canonical.as_bytes()).as_ref())
     }
@@ -172,8 +153,7 @@ impl Signer {
             Key::Ec(key, _) => key.sign(&rng, input).expect("ECDSA sign").as_ref().to_vec(),
             Key::Rsa(key) => {
                 let mut sig = vec![0u8; key.public_modulus_len()];
-                key.sign(&signature::RSA_PSS_SHA256, &rng, input, &mut sig)
-                    .expect("RSA sign");
+                key.sign(&signature::RSA_PSS_SHA256, &rng, input, &mut sig).expect("RSA sign");
                 sig
             }
             Key::Ed(key) => key.sign(input).as_ref().to_vec(),

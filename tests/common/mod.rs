@@ -9,13 +9,7 @@
 //!   resolves `gateway.test` to the gateway under test.
 //!
 //! All servers listen on ephemeral 127.0.0.1 ports and run as tokio tasks.
-#![allow(
-    dead_code,
-    unused_imports,
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic
-)]
+#![allow(dead_code, unused_imports, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 pub mod gateway;
 pub mod jwt;
@@ -25,7 +19,9 @@ pub mod servers;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-pub use gateway::{AUDIENCE, Env, Options, assert_rejected, challenge, start_minimal, write_file};
+pub use gateway::{
+    AUDIENCE, Env, Options, assert_rejected, assert_rejected_with, challenge, challenges, start_minimal, write_file,
+};
 pub use jwt::{Signer, b64, claims, now, random_id};
 pub use pki::{ClientCert, GATEWAY_HOST, TestPki};
 pub use servers::{JwksServer, Recorded, Upstream};
@@ -59,10 +55,8 @@ pub fn client(
     http2_only: bool,
 ) -> reqwest::Client {
     init();
-    let mut builder = reqwest::Client::builder()
-        .no_proxy()
-        .timeout(Duration::from_secs(10))
-        .resolve(GATEWAY_HOST, gateway_addr);
+    let mut builder =
+        reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(10)).resolve(GATEWAY_HOST, gateway_addr);
     if http2_only {
         // reqwest's own `http2_prior_knowledge()` would also skip HTTP/1.1 fallback
         // entirely; a preconfigured rustls config keeps protocol choice to ALPN.

@@ -8,8 +8,8 @@ use std::sync::Arc;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, DistinguishedName, DnType,
-    ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose,
+    BasicConstraints, CertificateParams, CertifiedIssuer, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    KeyPair, KeyUsagePurpose,
 };
 use rustls_pki_types::pem::PemObject as _;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
@@ -34,12 +34,7 @@ pub struct ClientCert {
 impl ClientCert {
     fn new(cert_pem: String, der: Vec<u8>, key: &KeyPair) -> ClientCert {
         let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &der);
-        ClientCert {
-            cert_pem,
-            key_pem: key.serialize_pem(),
-            x5t_s256: URL_SAFE_NO_PAD.encode(digest.as_ref()),
-            der,
-        }
+        ClientCert { cert_pem, key_pem: key.serialize_pem(), x5t_s256: URL_SAFE_NO_PAD.encode(digest.as_ref()), der }
     }
 
     /// The certificate as a reqwest identity (reqwest's rustls backend wants the key
@@ -73,11 +68,7 @@ fn ca_params(cn: &str) -> CertificateParams {
     let mut params = CertificateParams::default();
     params.distinguished_name = dn(cn);
     params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
     params
 }
 
@@ -112,19 +103,14 @@ impl TestPki {
         .expect("server CA");
 
         let server_key = KeyPair::generate().expect("server key");
-        let mut server_params = CertificateParams::new(vec![
-            GATEWAY_HOST.to_owned(),
-            "localhost".to_owned(),
-            "127.0.0.1".to_owned(),
-        ])
-        .expect("server SANs");
+        let mut server_params =
+            CertificateParams::new(vec![GATEWAY_HOST.to_owned(), "localhost".to_owned(), "127.0.0.1".to_owned()])
+                .expect("server SANs");
         server_params.distinguished_name = dn(GATEWAY_HOST);
         server_params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         server_params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         server_params.use_authority_key_identifier_extension = true;
-        let server_cert = server_params
-            .signed_by(&server_key, &ca)
-            .expect("server cert");
+        let server_cert = server_params.signed_by(&server_key, &ca).expect("server cert");
 
         let client_ca = CertifiedIssuer::self_signed(
             ca_params("fapi-gateway test client CA"),
@@ -182,9 +168,7 @@ impl TestPki {
     /// A self-signed client certificate (RFC 8705 `self_signed_tls_client_auth`).
     pub fn self_signed_client(&self, cn: &str) -> ClientCert {
         let key = KeyPair::generate().expect("client key");
-        let cert = client_params(cn)
-            .self_signed(&key)
-            .expect("self-signed client");
+        let cert = client_params(cn).self_signed(&key).expect("self-signed client");
         ClientCert::new(cert.pem(), cert.der().to_vec(), &key)
     }
 
@@ -193,9 +177,7 @@ impl TestPki {
         let key = KeyPair::generate().expect("client key");
         let mut params = client_params(cn);
         params.use_authority_key_identifier_extension = true;
-        let cert = params
-            .signed_by(&key, &self.client_ca)
-            .expect("client cert");
+        let cert = params.signed_by(&key, &self.client_ca).expect("client cert");
         ClientCert::new(cert.pem(), cert.der().to_vec(), &key)
     }
 
@@ -206,9 +188,7 @@ impl TestPki {
     /// TLS acceptor with the server certificate (ALPN `h2`, `http/1.1`), for in-test
     /// HTTPS servers such as the JWKS server.
     pub fn server_tls_acceptor(&self) -> tokio_rustls::TlsAcceptor {
-        let chain = vec![
-            CertificateDer::from_pem_slice(self.server_cert_pem.as_bytes()).expect("server cert"),
-        ];
+        let chain = vec![CertificateDer::from_pem_slice(self.server_cert_pem.as_bytes()).expect("server cert")];
         let key = PrivateKeyDer::from_pem_slice(self.server_key_pem.as_bytes()).expect("key");
         let mut config = rustls::ServerConfig::builder_with_provider(Self::provider())
             .with_safe_default_protocol_versions()
@@ -222,23 +202,15 @@ impl TestPki {
 
     /// A rustls client config trusting only the test CA, presenting `identity` when
     /// given and offering exactly the ALPN protocols in `alpn`.
-    pub fn rustls_client_config(
-        &self,
-        identity: Option<&ClientCert>,
-        alpn: &[&[u8]],
-    ) -> rustls::ClientConfig {
+    pub fn rustls_client_config(&self, identity: Option<&ClientCert>, alpn: &[&[u8]]) -> rustls::ClientConfig {
         let mut roots = rustls::RootCertStore::empty();
-        roots
-            .add(CertificateDer::from_pem_slice(self.ca_pem.as_bytes()).expect("CA PEM"))
-            .expect("CA root");
+        roots.add(CertificateDer::from_pem_slice(self.ca_pem.as_bytes()).expect("CA PEM")).expect("CA root");
         let builder = rustls::ClientConfig::builder_with_provider(Self::provider())
             .with_safe_default_protocol_versions()
             .expect("TLS versions")
             .with_root_certificates(roots);
         let mut config = match identity {
-            Some(id) => builder
-                .with_client_auth_cert(id.cert_chain(), id.private_key())
-                .expect("client auth cert"),
+            Some(id) => builder.with_client_auth_cert(id.cert_chain(), id.private_key()).expect("client auth cert"),
             None => builder.with_no_client_auth(),
         };
         config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
@@ -246,11 +218,7 @@ impl TestPki {
     }
 
     /// A tokio-rustls connector over [`TestPki::rustls_client_config`], for raw TLS tests.
-    pub fn tls_connector(
-        &self,
-        identity: Option<&ClientCert>,
-        alpn: &[&[u8]],
-    ) -> tokio_rustls::TlsConnector {
+    pub fn tls_connector(&self, identity: Option<&ClientCert>, alpn: &[&[u8]]) -> tokio_rustls::TlsConnector {
         tokio_rustls::TlsConnector::from(Arc::new(self.rustls_client_config(identity, alpn)))
     }
 }

@@ -30,10 +30,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 fn full(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
     let mut resp = Response::new(Full::new(body.into()));
     *resp.status_mut() = status;
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_str(content_type).expect("content type"),
-    );
+    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_str(content_type).expect("content type"));
     resp
 }
 
@@ -78,12 +75,8 @@ impl JwksState {
                 }
                 resp
             }
-            "/.well-known/oauth-authorization-server" | "/.well-known/openid-configuration"
-                if get =>
-            {
-                let issuer = lock(&self.metadata_issuer)
-                    .clone()
-                    .unwrap_or_else(|| self.issuer.clone());
+            "/.well-known/oauth-authorization-server" | "/.well-known/openid-configuration" if get => {
+                let issuer = lock(&self.metadata_issuer).clone().unwrap_or_else(|| self.issuer.clone());
                 let jwks_uri = format!("{}/jwks", self.issuer);
                 let body = json!({ "issuer": issuer, "jwks_uri": jwks_uri }).to_string();
                 full(StatusCode::OK, "application/json", body)
@@ -133,8 +126,7 @@ impl JwksServer {
                 let acceptor = acceptor.clone();
                 let st = st.clone();
                 conns.spawn(async move {
-                    let accept =
-                        tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp));
+                    let accept = tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp));
                     let Ok(Ok(tls)) = accept.await else { return };
                     let svc = service_fn(move |req: Request<Incoming>| {
                         let resp = st.handle(&req);
@@ -146,12 +138,7 @@ impl JwksServer {
                 });
             }
         });
-        JwksServer {
-            addr,
-            state,
-            shutdown: Mutex::new(Some(tx)),
-            task: Mutex::new(Some(task)),
-        }
+        JwksServer { addr, state, shutdown: Mutex::new(Some(tx)), task: Mutex::new(Some(task)) }
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -259,10 +246,7 @@ impl Body for TeeBody {
     type Data = Bytes;
     type Error = hyper::Error;
 
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let this = &mut *self;
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
         if let Poll::Ready(Some(Ok(frame))) = &polled {
@@ -288,38 +272,24 @@ fn up_response(status: StatusCode, body: impl Into<Bytes>) -> Response<UpBody> {
     let body = Full::new(body.into()).map_err(|never| match never {});
     let mut resp = Response::new(UnsyncBoxBody::new(body));
     *resp.status_mut() = status;
-    resp.headers_mut()
-        .insert("x-upstream", HeaderValue::from_static("yes"));
+    resp.headers_mut().insert("x-upstream", HeaderValue::from_static("yes"));
     resp
 }
 
 async fn upstream_handle(state: Arc<UpstreamState>, req: Request<Incoming>) -> Response<UpBody> {
     let (parts, body) = req.into_parts();
     let path = parts.uri.path().to_owned();
-    let uri = parts
-        .uri
-        .path_and_query()
-        .map_or_else(|| path.clone(), ToString::to_string);
+    let uri = parts.uri.path_and_query().map_or_else(|| path.clone(), ToString::to_string);
     let idx = {
         let mut requests = lock(&state.requests);
-        requests.push(Recorded {
-            method: parts.method.to_string(),
-            uri,
-            headers: parts.headers,
-            body: Vec::new(),
-        });
+        requests.push(Recorded { method: parts.method.to_string(), uri, headers: parts.headers, body: Vec::new() });
         requests.len() - 1
     };
 
     if path.starts_with("/echo") {
-        let tee = TeeBody {
-            inner: body,
-            state,
-            idx,
-        };
+        let tee = TeeBody { inner: body, state, idx };
         let mut resp = Response::new(UnsyncBoxBody::new(tee));
-        resp.headers_mut()
-            .insert("x-upstream", HeaderValue::from_static("yes"));
+        resp.headers_mut().insert("x-upstream", HeaderValue::from_static("yes"));
         return resp;
     }
 
@@ -339,11 +309,8 @@ async fn upstream_handle(state: Arc<UpstreamState>, req: Request<Incoming>) -> R
     if path.starts_with("/slow") {
         tokio::time::sleep(Duration::from_secs(5)).await;
     } else if let Some(code) = path.strip_prefix("/status/") {
-        let status = code
-            .parse::<u16>()
-            .ok()
-            .and_then(|c| StatusCode::from_u16(c).ok())
-            .unwrap_or(StatusCode::BAD_REQUEST);
+        let status =
+            code.parse::<u16>().ok().and_then(|c| StatusCode::from_u16(c).ok()).unwrap_or(StatusCode::BAD_REQUEST);
         return up_response(status, format!("status {}", status.as_u16()));
     }
     up_response(StatusCode::OK, "upstream-ok")
@@ -361,9 +328,7 @@ pub struct Upstream {
 
 impl Upstream {
     pub async fn start() -> Upstream {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind upstream");
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind upstream");
         let addr = listener.local_addr().expect("upstream addr");
         let state = Arc::new(UpstreamState::default());
         let st = state.clone();
@@ -381,9 +346,7 @@ impl Upstream {
                         let st = st.clone();
                         async move { Ok::<_, Infallible>(upstream_handle(st, req).await) }
                     });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(tcp), svc)
-                        .await;
+                    let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tcp), svc).await;
                 });
             }
         });

@@ -53,7 +53,10 @@ fn valid_claims_pass_and_scopes_are_read() {
     assert_eq!(t.scopes, vec!["a", "b"]);
     assert_eq!(t.subject.as_deref(), Some("u"));
     assert!(!t.cnf.is_bound());
-    let t = check(json!({"iss": "https://as.test", "aud": ["x", "https://api.test"], "exp": NOW + 60, "scp": ["s1", "s2"]})).unwrap();
+    let t = check(
+        json!({"iss": "https://as.test", "aud": ["x", "https://api.test"], "exp": NOW + 60, "scp": ["s1", "s2"]}),
+    )
+    .unwrap();
     assert_eq!(t.scopes, vec!["s1", "s2"]);
 }
 
@@ -62,56 +65,29 @@ fn expiry_is_required_and_enforced_with_leeway() {
     let mut c = valid();
     c.as_object_mut().unwrap().remove("exp");
     assert_eq!(check(c).unwrap_err(), TokenError::MissingExpiry);
-    assert!(
-        check(with("exp", json!(NOW - 4))).is_ok(),
-        "within the 5 s leeway"
-    );
-    assert_eq!(
-        check(with("exp", json!(NOW - 5))).unwrap_err(),
-        TokenError::Expired
-    );
-    assert_eq!(
-        check(with("exp", json!(NOW - 3600))).unwrap_err(),
-        TokenError::Expired
-    );
+    assert!(check(with("exp", json!(NOW - 4))).is_ok(), "within the 5 s leeway");
+    assert_eq!(check(with("exp", json!(NOW - 5))).unwrap_err(), TokenError::Expired);
+    assert_eq!(check(with("exp", json!(NOW - 3600))).unwrap_err(), TokenError::Expired);
 }
 
 #[test]
 fn exp_of_the_wrong_type_is_malformed() {
-    assert_eq!(
-        check(with("exp", json!("9999999999"))).unwrap_err(),
-        TokenError::Malformed
-    );
+    assert_eq!(check(with("exp", json!("9999999999"))).unwrap_err(), TokenError::Malformed);
 }
 
 #[test]
 fn iat_and_nbf_may_be_slightly_in_the_future() {
     assert!(check(with("iat", json!(NOW + 10))).is_ok());
     assert!(check(with("nbf", json!(NOW + 8))).is_ok());
-    assert_eq!(
-        check(with("iat", json!(NOW + 61))).unwrap_err(),
-        TokenError::IssuedInFuture
-    );
-    assert_eq!(
-        check(with("nbf", json!(NOW + 61))).unwrap_err(),
-        TokenError::NotYetValid
-    );
-    assert_eq!(
-        check(with("iat", json!(NOW + 11))).unwrap_err(),
-        TokenError::IssuedInFuture
-    );
+    assert_eq!(check(with("iat", json!(NOW + 61))).unwrap_err(), TokenError::IssuedInFuture);
+    assert_eq!(check(with("nbf", json!(NOW + 61))).unwrap_err(), TokenError::NotYetValid);
+    assert_eq!(check(with("iat", json!(NOW + 11))).unwrap_err(), TokenError::IssuedInFuture);
 }
 
 #[test]
 fn audience_must_contain_a_configured_value() {
-    assert_eq!(
-        check(with("aud", json!("https://other.test"))).unwrap_err(),
-        TokenError::WrongAudience
-    );
-    assert_eq!(
-        check(with("aud", json!(["a", "b"]))).unwrap_err(),
-        TokenError::WrongAudience
-    );
+    assert_eq!(check(with("aud", json!("https://other.test"))).unwrap_err(), TokenError::WrongAudience);
+    assert_eq!(check(with("aud", json!(["a", "b"]))).unwrap_err(), TokenError::WrongAudience);
     let mut c = valid();
     c.as_object_mut().unwrap().remove("aud");
     assert_eq!(check(c).unwrap_err(), TokenError::WrongAudience);
@@ -119,33 +95,17 @@ fn audience_must_contain_a_configured_value() {
 
 #[test]
 fn issuer_must_match_exactly() {
-    assert_eq!(
-        check(with("iss", json!("https://as.test/"))).unwrap_err(),
-        TokenError::UnknownIssuer
-    );
+    assert_eq!(check(with("iss", json!("https://as.test/"))).unwrap_err(), TokenError::UnknownIssuer);
 }
 
 #[test]
 fn cnf_is_parsed_strictly() {
     let x5t = "A4DtL2JmUMhAsvJj5tKyn64SqzmuXbMrJa0n761y5v0";
     let t = check(with("cnf", json!({"x5t#S256": x5t}))).unwrap();
-    assert_eq!(
-        t.cnf.x5t_s256.map(|b| jose::b64url_encode(&b)).as_deref(),
-        Some(x5t)
-    );
-    assert_eq!(
-        check(with("cnf", json!({"x5t#S256": "short"}))).unwrap_err(),
-        TokenError::BadConfirmation
-    );
-    assert_eq!(
-        check(with("cnf", json!({"x5t#S256": 5}))).unwrap_err(),
-        TokenError::BadConfirmation
-    );
-    let t = check(with(
-        "cnf",
-        json!({"jkt": "0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I"}),
-    ))
-    .unwrap();
+    assert_eq!(t.cnf.x5t_s256.map(|b| jose::b64url_encode(&b)).as_deref(), Some(x5t));
+    assert_eq!(check(with("cnf", json!({"x5t#S256": "short"}))).unwrap_err(), TokenError::BadConfirmation);
+    assert_eq!(check(with("cnf", json!({"x5t#S256": 5}))).unwrap_err(), TokenError::BadConfirmation);
+    let t = check(with("cnf", json!({"jkt": "0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I"}))).unwrap();
     assert!(t.cnf.jkt.is_some());
     let t = check(with("cnf", json!({"jwk": {}}))).unwrap();
     assert!(t.cnf.unknown_method && t.cnf.is_bound());
@@ -153,15 +113,9 @@ fn cnf_is_parsed_strictly() {
 
 #[test]
 fn duplicate_claims_are_malformed() {
-    let text = format!(
-        r#"{{"iss":"https://as.test","aud":"https://api.test","exp":{},"exp":{}}}"#,
-        NOW + 60,
-        NOW + 6000
-    );
-    assert!(matches!(
-        parse_claims(text.as_bytes()),
-        Err(TokenError::Malformed)
-    ));
+    let text =
+        format!(r#"{{"iss":"https://as.test","aud":"https://api.test","exp":{},"exp":{}}}"#, NOW + 60, NOW + 6000);
+    assert!(matches!(parse_claims(text.as_bytes()), Err(TokenError::Malformed)));
 }
 
 #[test]

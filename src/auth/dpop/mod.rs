@@ -1,0 +1,198 @@
+//! DPoP proof checking at a resource server (RFC 9449 §4.3, §7).
+//!
+//! [`verify_proof`] is a pure function of the proof, the request, the token's binding, the
+//! settings and the time; it runs the checks of §4.3 in a fixed order — size cap, JWS
+//! syntax, `typ`, `alg`, `jwk` (public, of the type the `alg` needs), the signature — and
+//! only then trusts the claims: `jti`, `htm`, `htu`, `iat`, `ath`, and finally the key
+//! binding (`jkt` = `cnf.jkt`). Nonces ([`nonce`]) and replay ([`replay`]) are checked by
+//! the caller after the proof passes, so a rejected proof never consumes replay memory.
+
+pub mod htu;
+pub mod nonce;
+pub mod replay;
+
+use serde::Deserialize;
+
+use crate::config::DpopSettings;
+use crate::jose::{self, CompactJws, JwsError, PublicKey};
+
+/// Proofs longer than this are refused before any decoding.
+pub const MAX_PROOF_BYTES: usize = 8 * 1024;
+/// `jti` values longer than this are refused (RFC 9449 §11.1: no unnecessarily large `jti`).
+pub const MAX_JTI_BYTES: usize = 256;
+
+/// The request a proof must match.
+#[derive(Debug, Clone, Copy)]
+pub struct ProofRequest<'a> {
+    pub method: &'a str,
+    /// The normalised URL the client called (see [`htu::request_url`]).
+    pub url: &'a str,
+    /// SHA-256 of the access token (what `ath` must encode).
+    pub token_hash: &'a [u8; 32],
+    /// The token's `cnf.jkt`, decoded.
+    pub bound_jkt: &'a [u8; 32],
+    /// Unix seconds.
+    pub now: i64,
+}
+
+/// A proof that passed every check of [`verify_proof`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifiedProof {
+    /// RFC 7638 thumbprint of the proof key (equal to the token's `cnf.jkt`).
+    pub jkt: [u8; 32],
+    pub jti: String,
+    pub nonce: Option<String>,
+}
+
+/// Why a proof was refused, one variant per check, in the order they run.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProofError {
+    #[error("the DPoP proof is too large")]
+    TooLarge,
+    #[error("the DPoP proof is not a well-formed JWT")]
+    Malformed,
+    #[error("the DPoP proof's typ must be dpop+jwt")]
+    WrongType,
+    #[error("the DPoP proof's algorithm is not accepted")]
+    AlgorithmNotAllowed,
+    #[error("the DPoP proof has no usable public jwk")]
+    BadKey,
+    #[error("the DPoP proof's jwk contains a private key")]
+    PrivateKey,
+    #[error("the DPoP proof's jwk does not fit its algorithm")]
+    KeyAlgorithmMismatch,
+    #[error("the DPoP proof's signature is invalid")]
+    BadSignature,
+    #[error("the DPoP proof has no valid jti")]
+    BadJti,
+    #[error("the DPoP proof's htm does not match the request method")]
+    HtmMismatch,
+    #[error("the DPoP proof's htu does not match the request URL")]
+    HtuMismatch,
+    #[error("the DPoP proof has no iat")]
+    MissingIat,
+    #[error("the DPoP proof is too old")]
+    TooOld,
+    #[error("the DPoP proof's iat is in the future")]
+    IssuedInFuture,
+    #[error("the DPoP proof's ath does not match the access token")]
+    AthMismatch,
+    #[error("the DPoP proof key does not match the key the access token is bound to")]
+    KeyBindingMismatch,
+}
+
+impl ProofError {
+    /// Stable reason code for logs and metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            ProofError::TooLarge => "dpop_too_large",
+            ProofError::Malformed => "dpop_malformed",
+            ProofError::WrongType => "dpop_wrong_typ",
+            ProofError::AlgorithmNotAllowed => "dpop_alg_not_allowed",
+            ProofError::BadKey => "dpop_bad_jwk",
+            ProofError::PrivateKey => "dpop_private_jwk",
+            ProofError::KeyAlgorithmMismatch => "dpop_jwk_alg_mismatch",
+            ProofError::BadSignature => "dpop_bad_signature",
+            ProofError::BadJti => "dpop_bad_jti",
+            ProofError::HtmMismatch => "dpop_htm_mismatch",
+            ProofError::HtuMismatch => "dpop_htu_mismatch",
+            ProofError::MissingIat => "dpop_missing_iat",
+            ProofError::TooOld => "dpop_too_old",
+            ProofError::IssuedInFuture => "dpop_iat_in_future",
+            ProofError::AthMismatch => "dpop_ath_mismatch",
+            ProofError::KeyBindingMismatch => "dpop_jkt_mismatch",
+        }
+    }
+
+    /// RFC 9449 §7.1 shows a key-binding mismatch as `invalid_token`; every other failure
+    /// is about the proof itself (`invalid_dpop_proof`).
+    pub fn is_token_error(&self) -> bool {
+        matches!(self, ProofError::KeyBindingMismatch)
+    }
+}
+
+/// The claims a proof must carry; others are ignored (RFC 9449 §4.2).
+#[derive(Deserialize)]
+struct ProofClaims {
+    jti: Option<String>,
+    htm: Option<String>,
+    htu: Option<String>,
+    iat: Option<serde_json::Number>,
+    ath: Option<String>,
+    nonce: Option<String>,
+}
+
+/// Checks `proof` against the request it came with (RFC 9449 §4.3 and §7.1).
+pub fn verify_proof(
+    proof: &str,
+    request: &ProofRequest<'_>,
+    settings: &DpopSettings,
+) -> Result<VerifiedProof, ProofError> {
+    if proof.len() > MAX_PROOF_BYTES {
+        return Err(ProofError::TooLarge);
+    }
+    let jws = CompactJws::parse(proof, MAX_PROOF_BYTES).map_err(|e| match e {
+        JwsError::TooLarge => ProofError::TooLarge,
+        _ => ProofError::Malformed,
+    })?;
+    let typ_ok = jws.header_str("typ").is_some_and(|t| crate::config::normalise_typ(t) == "dpop+jwt");
+    if !typ_ok {
+        return Err(ProofError::WrongType);
+    }
+    let alg = jws.alg().map_err(|e| match e {
+        JwsError::UnsupportedAlg(_) => ProofError::AlgorithmNotAllowed,
+        _ => ProofError::Malformed,
+    })?;
+    if !settings.algorithms.contains(&alg) {
+        return Err(ProofError::AlgorithmNotAllowed);
+    }
+    let jwk = jws.header().get("jwk").and_then(|v| v.as_object()).ok_or(ProofError::BadKey)?;
+    let key = PublicKey::from_jwk(jwk).map_err(|e| match e {
+        jose::JwkError::PrivateKey => ProofError::PrivateKey,
+        _ => ProofError::BadKey,
+    })?;
+    if !key.fits(alg) {
+        return Err(ProofError::KeyAlgorithmMismatch);
+    }
+    jws.verify_with(alg, &key).map_err(|e| match e {
+        JwsError::KeyAlgMismatch => ProofError::KeyAlgorithmMismatch,
+        _ => ProofError::BadSignature,
+    })?;
+
+    // The signature holds: the claims are the key holder's.
+    let object = jose::strict_json_object(jws.payload()).map_err(|_| ProofError::Malformed)?;
+    let claims: ProofClaims =
+        serde_json::from_value(serde_json::Value::Object(object)).map_err(|_| ProofError::Malformed)?;
+    let jti = claims.jti.filter(|j| !j.is_empty() && j.len() <= MAX_JTI_BYTES).ok_or(ProofError::BadJti)?;
+    if claims.htm.as_deref() != Some(request.method) {
+        return Err(ProofError::HtmMismatch);
+    }
+    let htu = claims.htu.as_deref().ok_or(ProofError::HtuMismatch)?;
+    if htu::normalise(htu).map_err(|_| ProofError::HtuMismatch)? != request.url {
+        return Err(ProofError::HtuMismatch);
+    }
+    let iat = claims.iat.as_ref().ok_or(ProofError::MissingIat)?;
+    let iat = iat
+        .as_i64()
+        .or_else(|| iat.as_f64().filter(|f| f.is_finite() && f.abs() < 1e15).map(|f| f as i64))
+        .ok_or(ProofError::Malformed)?;
+    let max_age = i64::try_from(settings.max_age.as_secs()).unwrap_or(i64::MAX);
+    let max_future = i64::try_from(settings.max_future.as_secs()).unwrap_or(i64::MAX);
+    if iat < request.now.saturating_sub(max_age) {
+        return Err(ProofError::TooOld);
+    }
+    if iat > request.now.saturating_add(max_future) {
+        return Err(ProofError::IssuedInFuture);
+    }
+    let ath = claims.ath.as_deref().and_then(|a| jose::b64url_decode(a).ok()).ok_or(ProofError::AthMismatch)?;
+    if !jose::constant_time_eq(&ath, request.token_hash) {
+        return Err(ProofError::AthMismatch);
+    }
+    if !jose::constant_time_eq(key.thumbprint(), request.bound_jkt) {
+        return Err(ProofError::KeyBindingMismatch);
+    }
+    Ok(VerifiedProof { jkt: *key.thumbprint(), jti, nonce: claims.nonce })
+}
+
+#[cfg(test)]
+mod tests;
