@@ -3,7 +3,8 @@
 //! work and short-circuits with `?`.
 //!
 //! 1. the Host must match the TLS SNI (421);
-//! 2. the path must be unambiguous (400), then a route must match (404);
+//! 2. the path must be canonical (400), then a route must match (404, or 405 when its
+//!    path matches but not its methods) in the same letter case (400);
 //! 3. a declared body larger than the limit is refused (413);
 //! 4. the route's policy is enforced (token, binding, scopes: 400/401/403/503);
 //! 5. the request is forwarded and the response streamed back (502/504 on failure).
@@ -76,10 +77,26 @@ impl GatewayState {
         if let Err(e) = check_path(request.uri().path()) {
             return (None, Err(Rejection::BadRequest { reason: "ambiguous_path", description: e.to_string().into() }));
         }
-        let Some(index) = self.router.route(host, request.uri().path(), request.method()) else {
-            return (None, Err(Rejection::NotFound));
+        let index = match self.router.route(host, request.uri().path(), request.method()) {
+            Ok(index) => index,
+            Err(crate::router::RouteMiss::NotFound) => return (None, Err(Rejection::NotFound)),
+            Err(crate::router::RouteMiss::MethodNotAllowed(allow)) => {
+                return (None, Err(Rejection::MethodNotAllowed { allow }));
+            }
         };
         let route = &self.config.routes[index];
+        // Prefixes match case-insensitively so that `/ACCOUNTS` cannot slip past a protected
+        // `/accounts` to a public catch-all; a path that differs in case from its route is
+        // refused outright, since a case-sensitive upstream would serve another resource.
+        if !request.uri().path().starts_with(route.path_prefix.as_str()) {
+            return (
+                Some(index),
+                Err(Rejection::BadRequest {
+                    reason: "path_case_mismatch",
+                    description: "the request path differs in letter case from the route's path".into(),
+                }),
+            );
+        }
         let limits = &self.config.limits;
         let declared =
             request.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
@@ -107,6 +124,8 @@ impl GatewayState {
         let ctx = ForwardContext {
             peer: conn.peer,
             client_cert_der: conn.client_cert.as_ref().map(|c| c.der.as_slice()),
+            client_cert_trusted: self.config.listen.tls.client_ca.is_some()
+                || token.is_some_and(|t| t.cnf.x5t_s256.is_some()),
             token,
             dpop_jkt,
             max_body_bytes: limits.max_body_bytes,
@@ -125,7 +144,8 @@ fn attach_nonce(response: &mut Response<ProxyBody>, nonce: &str) {
         let headers = response.headers_mut();
         headers.insert(DPOP_NONCE, value);
         headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
-        headers.insert(ACCESS_CONTROL_EXPOSE_HEADERS, HeaderValue::from_static("WWW-Authenticate, DPoP-Nonce"));
+        // Appended, not inserted: the upstream's own exposed headers must survive.
+        headers.append(ACCESS_CONTROL_EXPOSE_HEADERS, HeaderValue::from_static("DPoP-Nonce"));
     }
 }
 /// Seconds since the Unix epoch.

@@ -88,6 +88,7 @@ fn dpop_runtime(config: &Config) -> Result<auth::DpopRuntime, StartError> {
     Ok(auth::DpopRuntime {
         algs: Arc::from(settings.algs_challenge.as_str()),
         nonces: auth::dpop::nonce::NonceIssuer::from_settings(&settings)?,
+        keys: auth::dpop::ProofKeyCache::new(10_000),
         replay: Arc::new(replay),
         settings,
     })
@@ -182,6 +183,8 @@ pub async fn start(config: Config) -> Result<GatewayHandle, StartError> {
         header_read_timeout: config.limits.header_read_timeout,
         max_header_bytes: config.limits.max_header_bytes,
         shutdown_grace: config.limits.shutdown_grace,
+        idle_timeout: config.limits.idle_timeout,
+        max_connections: config.limits.max_connections,
     };
     let dpop = dpop_runtime(&config)?;
     let state = Arc::new(GatewayState { dpop, router: Router::new(&config.routes), config, validator, upstreams });

@@ -39,7 +39,6 @@ const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host")
 const FORWARDED: HeaderName = HeaderName::from_static("forwarded");
 const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
-const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
 /// Headers only the gateway may set; removed from every incoming request.
 const GATEWAY_OWNED: [HeaderName; 6] =
@@ -60,8 +59,12 @@ pub struct Upstream {
 /// What the connection and the authentication step contribute to the forwarded request.
 pub struct ForwardContext<'a> {
     pub peer: SocketAddr,
-    /// DER of the verified client certificate, for RFC 9440 `Client-Cert`.
+    /// DER of the connection's client certificate, for RFC 9440 `Client-Cert`.
     pub client_cert_der: Option<&'a [u8]>,
+    /// Whether something vouches for that certificate: its chain was verified against
+    /// `client_ca`, or the access token is bound to it. A bare self-signed certificate is
+    /// never forwarded — the upstream would take its subject on trust.
+    pub client_cert_trusted: bool,
     pub token: Option<&'a ValidatedToken>,
     /// The verified DPoP key thumbprint, for DPoP requests.
     pub dpop_jkt: Option<[u8; 32]>,
@@ -113,12 +116,10 @@ impl Upstream {
         parts.version = Version::HTTP_11;
         let headers = &mut parts.headers;
         strip_hop_by_hop(headers);
-        for name in &GATEWAY_OWNED {
-            headers.remove(name);
-        }
+        remove_gateway_owned(headers);
         headers.remove(header::HOST);
         set_forwarded(headers, ctx.peer, original_host.as_deref());
-        if route.forward_client_cert {
+        if route.forward_client_cert && ctx.client_cert_trusted {
             if let Some(der) = ctx.client_cert_der {
                 if let Ok(v) = HeaderValue::from_str(&format!(":{}:", base64_standard(der))) {
                     headers.insert(CLIENT_CERT, v);
@@ -177,11 +178,36 @@ pub fn request_host<'a>(uri: &'a Uri, headers: &'a HeaderMap) -> Result<Option<&
     };
     let valid = !authority.is_empty()
         && authority.len() <= 255
-        && authority.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']'));
+        && authority.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_' | b':' | b'[' | b']'));
     if !valid {
         return Err(());
     }
-    Ok(Some(strip_port(authority)))
+    // `api.example.com.` (fully qualified) is the same host as `api.example.com`.
+    let host = strip_port(authority);
+    Ok(Some(host.strip_suffix('.').unwrap_or(host)))
+}
+
+/// Removes gateway-owned headers the client sent, including spellings with `_` for `-`
+/// (`x_fapi_subject`), which CGI-style upstreams read as the same header.
+fn remove_gateway_owned(headers: &mut HeaderMap) {
+    for name in &GATEWAY_OWNED {
+        headers.remove(name);
+    }
+    let spoofed: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| name.as_str().contains('_'))
+        .filter(|name| {
+            let dashed = name.as_str().replace('_', "-");
+            GATEWAY_OWNED.iter().any(|owned| owned.as_str() == dashed)
+                || dashed.starts_with("x-forwarded-")
+                || dashed.starts_with("proxy-")
+                || matches!(dashed.as_str(), "forwarded" | "x-real-ip" | "authorization" | "dpop")
+        })
+        .cloned()
+        .collect();
+    for name in spoofed {
+        headers.remove(name);
+    }
 }
 
 fn strip_port(authority: &str) -> &str {
@@ -203,17 +229,14 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     for name in listed {
         headers.remove(name);
     }
-    for name in [
-        header::CONNECTION,
-        KEEP_ALIVE,
-        PROXY_CONNECTION,
-        header::TE,
-        header::TRAILER,
-        header::TRANSFER_ENCODING,
-        header::UPGRADE,
-        header::PROXY_AUTHORIZATION,
-        header::PROXY_AUTHENTICATE,
-    ] {
+    for name in
+        [header::CONNECTION, KEEP_ALIVE, header::TE, header::TRAILER, header::TRANSFER_ENCODING, header::UPGRADE]
+    {
+        headers.remove(name);
+    }
+    let proxy_headers: Vec<HeaderName> =
+        headers.keys().filter(|name| name.as_str().starts_with("proxy-")).cloned().collect();
+    for name in proxy_headers {
         headers.remove(name);
     }
 }
@@ -330,6 +353,7 @@ mod tests {
         h.insert(header::TE, HeaderValue::from_static("trailers"));
         h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
         h.insert("proxy-authorization", HeaderValue::from_static("Basic x"));
+        h.insert("proxy-anything", HeaderValue::from_static("x"));
         h.insert("x-kept", HeaderValue::from_static("1"));
         strip_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1);
@@ -366,6 +390,25 @@ mod tests {
         let absolute = Uri::from_static("https://a.test/x");
         assert_eq!(request_host(&absolute, &HeaderMap::new()), Ok(Some("a.test")));
         assert_eq!(request_host(&path, &HeaderMap::new()), Ok(None));
+    }
+
+    #[test]
+    fn underscore_spellings_of_gateway_headers_are_removed() {
+        let mut h = HeaderMap::new();
+        for name in ["x_fapi_subject", "client_cert", "x_forwarded_for", "x_real_ip", "proxy_authorization", "x_custom"]
+        {
+            h.insert(HeaderName::from_bytes(name.as_bytes()).unwrap(), HeaderValue::from_static("spoofed"));
+        }
+        h.insert(X_FAPI_SUBJECT, HeaderValue::from_static("spoofed"));
+        remove_gateway_owned(&mut h);
+        assert_eq!(h.keys().map(|k| k.as_str()).collect::<Vec<_>>(), vec!["x_custom"]);
+    }
+
+    #[test]
+    fn trailing_dot_hosts_are_the_same_host() {
+        let mut h = HeaderMap::new();
+        h.insert(header::HOST, HeaderValue::from_static("partner.test.:8443"));
+        assert_eq!(request_host(&Uri::from_static("/x"), &h), Ok(Some("partner.test")));
     }
 
     #[test]

@@ -10,7 +10,7 @@ use std::borrow::Cow;
 
 use bytes::Bytes;
 use http::header::{
-    ACCESS_CONTROL_EXPOSE_HEADERS, CACHE_CONTROL, CONTENT_TYPE, HeaderName, RETRY_AFTER, WWW_AUTHENTICATE,
+    ACCESS_CONTROL_EXPOSE_HEADERS, ALLOW, CACHE_CONTROL, CONTENT_TYPE, HeaderName, RETRY_AFTER, WWW_AUTHENTICATE,
 };
 use http::{HeaderValue, Response, StatusCode};
 
@@ -27,6 +27,11 @@ pub enum Rejection {
     Auth(AuthDenial),
     /// No route matches.
     NotFound,
+    /// Routes match the host and path but none takes the method (RFC 9110 §15.5.6); `allow`
+    /// is the `Allow` header value, e.g. `GET, HEAD`.
+    MethodNotAllowed {
+        allow: String,
+    },
     /// Host differs from the TLS SNI (RFC 9110 §15.5.20).
     Misdirected,
     BadRequest {
@@ -49,6 +54,7 @@ impl Rejection {
         match self {
             Rejection::Auth(d) => d.reason,
             Rejection::NotFound => "no_route",
+            Rejection::MethodNotAllowed { .. } => "method_not_allowed",
             Rejection::Misdirected => "misdirected",
             Rejection::BadRequest { reason, .. } => reason,
             Rejection::PayloadTooLarge => "body_too_large",
@@ -64,6 +70,7 @@ impl Rejection {
         match self {
             Rejection::Auth(d) => d.status(),
             Rejection::NotFound => StatusCode::NOT_FOUND,
+            Rejection::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Rejection::Misdirected => StatusCode::MISDIRECTED_REQUEST,
             Rejection::BadRequest { .. } => StatusCode::BAD_REQUEST,
             Rejection::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
@@ -78,6 +85,9 @@ impl Rejection {
         match self {
             Rejection::Auth(d) => (d.code.map_or("unauthorized", AuthErrorCode::as_str), d.description.clone()),
             Rejection::NotFound => ("not_found", Cow::Borrowed("no route matches this request")),
+            Rejection::MethodNotAllowed { .. } => {
+                ("method_not_allowed", Cow::Borrowed("the request method is not allowed for this path"))
+            }
             Rejection::Misdirected => {
                 ("misdirected_request", Cow::Borrowed("the Host header does not match the TLS server name"))
             }
@@ -127,6 +137,11 @@ impl Rejection {
             Rejection::KeysUnavailable | Rejection::ReplayStoreUnavailable => {
                 headers.insert(RETRY_AFTER, HeaderValue::from_static("5"));
             }
+            Rejection::MethodNotAllowed { allow } => {
+                if let Ok(v) = HeaderValue::from_str(allow) {
+                    headers.insert(ALLOW, v);
+                }
+            }
             _ => {}
         }
         response
@@ -148,6 +163,17 @@ mod tests {
     fn responses_are_json_and_not_cacheable() {
         let r = Rejection::UpstreamTimeout.into_response();
         assert_eq!(r.status(), StatusCode::GATEWAY_TIMEOUT);
+        assert_eq!(r.headers()[CACHE_CONTROL], "no-store");
+        assert_eq!(r.headers()[CONTENT_TYPE], "application/json");
+    }
+
+    #[test]
+    fn method_not_allowed_carries_allow() {
+        let rejection = Rejection::MethodNotAllowed { allow: "GET, HEAD".into() };
+        assert_eq!(rejection.reason(), "method_not_allowed");
+        let r = rejection.into_response();
+        assert_eq!(r.status(), StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(r.headers()[ALLOW], "GET, HEAD");
         assert_eq!(r.headers()[CACHE_CONTROL], "no-store");
         assert_eq!(r.headers()[CONTENT_TYPE], "application/json");
     }

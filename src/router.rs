@@ -1,10 +1,19 @@
 //! Route selection: optional host, then path prefix on a segment boundary, then methods.
-//! The most specific route wins: a host-bound route before a host-less one, a longer prefix
-//! before a shorter one, a method-restricted route before one that takes every method.
+//!
+//! The most specific `(host, path prefix)` that matches the request is found first, whatever
+//! the method: a host-bound route before a host-less one, a longer prefix before a shorter
+//! one. Only routes with exactly that host and prefix are then considered for the method: a
+//! route listing the method (`HEAD` counts as listed where `GET` is) before one that takes
+//! every method. A method none of them takes is refused (405), never handed to a less specific
+//! route: `POST /accounts/1` must not fall through from a GET-only `/accounts` to a public `/`.
+//!
+//! Prefixes compare ASCII case-insensitively: many upstreams treat `/ACCOUNTS` as `/accounts`,
+//! so a request the gateway cannot tell apart from a protected route's must get its policy.
 //!
 //! Also home of [`check_path`], which refuses request paths that different servers could
-//! read differently (dot segments, encoded slashes): a path must mean the same thing to
-//! the router and to the upstream, or an allowed prefix could smuggle a request elsewhere.
+//! read differently (dot segments, encoded slashes, empty segments, path parameters,
+//! needless percent-encoding): a path must mean the same thing to the router and to the
+//! upstream, or an allowed prefix could smuggle a request elsewhere.
 
 use http::Method;
 
@@ -13,58 +22,98 @@ use crate::config::Route;
 /// The route table, compiled once per configuration.
 #[derive(Debug)]
 pub struct Router {
-    /// Indexes into the configuration's routes, most specific first.
-    order: Vec<usize>,
-    entries: Vec<Entry>,
+    /// Distinct `(host, prefix)` pairs, most specific first.
+    groups: Vec<Group>,
+    /// Every route's methods, same index as the configuration's routes.
+    methods: Vec<Option<Vec<Method>>>,
 }
 
+/// The routes sharing one host and (case-folded) path prefix.
 #[derive(Debug)]
-struct Entry {
+struct Group {
+    /// Lower-case, as the configuration stores it.
     host: Option<String>,
+    /// ASCII lower-case, without a trailing `/` (`""` for the root).
     prefix: String,
-    methods: Option<Vec<Method>>,
+    /// Indexes into the configuration's routes, in configuration order.
+    routes: Vec<usize>,
+}
+
+/// Why no route takes a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RouteMiss {
+    /// No route's host and prefix match.
+    NotFound,
+    /// Routes match the host and prefix, but none takes the method. Holds the value of the
+    /// `Allow` header: every method those routes take, comma-separated (`GET, HEAD`).
+    MethodNotAllowed(String),
 }
 
 impl Router {
     pub fn new(routes: &[Route]) -> Router {
-        let entries: Vec<Entry> = routes
-            .iter()
-            .map(|r| Entry { host: r.host.clone(), prefix: r.path_prefix.clone(), methods: r.methods.clone() })
-            .collect();
-        let mut order: Vec<usize> = (0..entries.len()).collect();
-        order.sort_by_key(|&i| {
-            let e = &entries[i];
-            (
-                std::cmp::Reverse(e.host.is_some()),
-                std::cmp::Reverse(e.prefix.len()),
-                std::cmp::Reverse(e.methods.is_some()),
-                i,
-            )
-        });
-        Router { order, entries }
+        let mut groups: Vec<Group> = Vec::new();
+        for (i, r) in routes.iter().enumerate() {
+            let host = r.host.as_ref().map(|h| h.to_ascii_lowercase());
+            let prefix = r.path_prefix.to_ascii_lowercase();
+            match groups.iter_mut().find(|g| g.host == host && g.prefix == prefix) {
+                Some(group) => group.routes.push(i),
+                None => groups.push(Group { host, prefix, routes: vec![i] }),
+            }
+        }
+        // Stable: groups of equal specificity keep configuration order.
+        groups.sort_by_key(|g| (std::cmp::Reverse(g.host.is_some()), std::cmp::Reverse(g.prefix.len())));
+        Router { groups, methods: routes.iter().map(|r| r.methods.clone()).collect() }
     }
 
-    /// The index of the most specific route for this request, if any. `host` is the request's
-    /// host without port, in any case.
-    pub fn route(&self, host: Option<&str>, path: &str, method: &Method) -> Option<usize> {
-        self.order.iter().copied().find(|&i| {
-            let e = &self.entries[i];
-            let host_ok = match (&e.host, host) {
-                (None, _) => true,
-                (Some(want), Some(got)) => want.eq_ignore_ascii_case(got),
-                (Some(_), None) => false,
-            };
-            host_ok && prefix_matches(&e.prefix, path) && e.methods.as_ref().is_none_or(|m| m.contains(method))
-        })
+    /// The index of the route for this request. `host` is the request's host without port,
+    /// in any case; `path` should have passed [`check_path`].
+    pub fn route(&self, host: Option<&str>, path: &str, method: &Method) -> Result<usize, RouteMiss> {
+        let group = self
+            .groups
+            .iter()
+            .find(|g| {
+                let host_ok = match (&g.host, host) {
+                    (None, _) => true,
+                    (Some(want), Some(got)) => want.eq_ignore_ascii_case(got),
+                    (Some(_), None) => false,
+                };
+                host_ok && prefix_matches(&g.prefix, path)
+            })
+            .ok_or(RouteMiss::NotFound)?;
+        let routes = &group.routes;
+        let takes = |i: usize, m: &Method| self.methods[i].as_ref().is_some_and(|list| list.contains(m));
+        routes
+            .iter()
+            .copied()
+            .find(|&i| takes(i, method))
+            .or_else(|| routes.iter().copied().find(|&i| *method == Method::HEAD && takes(i, &Method::GET)))
+            .or_else(|| routes.iter().copied().find(|&i| self.methods[i].is_none()))
+            .ok_or_else(|| RouteMiss::MethodNotAllowed(self.allow(routes)))
+    }
+
+    /// The `Allow` value for a group in which every route is method-restricted: the union of
+    /// their methods in configuration order, with `HEAD` right after `GET`.
+    fn allow(&self, routes: &[usize]) -> String {
+        let mut allow: Vec<&str> = Vec::new();
+        for m in routes.iter().filter_map(|&i| self.methods[i].as_ref()).flatten() {
+            let implied = (*m == Method::GET).then_some("HEAD");
+            for name in std::iter::once(m.as_str()).chain(implied) {
+                if !allow.contains(&name) {
+                    allow.push(name);
+                }
+            }
+        }
+        allow.join(", ")
     }
 }
 
-/// `/api` matches `/api`, `/api/` and `/api/x`, never `/apiv2`. The empty prefix (from `/`)
-/// matches everything.
+/// `/api` matches `/api`, `/api/` and `/api/x`, never `/apiv2`; ASCII letters in any case
+/// (`/API/x`). The empty prefix (from `/`) matches everything.
 fn prefix_matches(prefix: &str, path: &str) -> bool {
-    match path.strip_prefix(prefix) {
-        Some(rest) => rest.is_empty() || rest.starts_with('/'),
-        None => false,
+    let (prefix, path) = (prefix.as_bytes(), path.as_bytes());
+    match (path.get(..prefix.len()), path.get(prefix.len()..)) {
+        (Some(head), Some(rest)) => head.eq_ignore_ascii_case(prefix) && rest.first().is_none_or(|&b| b == b'/'),
+        _ => false,
     }
 }
 
@@ -77,9 +126,19 @@ pub enum PathError {
     DotSegment,
     #[error("the request path must not contain encoded `/`, `\\` or `.`, or a raw `\\`")]
     AmbiguousEncoding,
+    #[error("the request path must not contain empty segments (`//`)")]
+    EmptySegment,
+    #[error("the request path must not contain `;`")]
+    PathParameter,
+    #[error("the request path must not percent-encode letters, digits, `-`, `_` or `~`")]
+    EncodedUnreserved,
+    #[error("the request path has a malformed percent-encoding")]
+    MalformedEscape,
 }
 
-/// Refuses paths whose meaning could differ between the gateway and the upstream.
+/// Refuses paths whose meaning could differ between the gateway and the upstream: anything
+/// but the one canonical spelling of a path is refused, not normalised, so what the router
+/// matched is exactly what the upstream receives.
 pub fn check_path(path: &str) -> Result<(), PathError> {
     if !path.starts_with('/') {
         return Err(PathError::NotAbsolute);
@@ -91,11 +150,31 @@ pub fn check_path(path: &str) -> Result<(), PathError> {
     if path.contains('\\') {
         return Err(PathError::AmbiguousEncoding);
     }
+    // `//accounts` is `/accounts` to servers that merge slashes.
+    if path.contains("//") {
+        return Err(PathError::EmptySegment);
+    }
+    // `/accounts;jsessionid=x/1` is `/accounts/1` to servers that strip path parameters.
+    if path.contains(';') {
+        return Err(PathError::PathParameter);
+    }
     let bytes = path.as_bytes();
     for (i, _) in path.match_indices('%') {
-        let hex = bytes.get(i + 1..i + 3).unwrap_or_default();
-        if hex.eq_ignore_ascii_case(b"2f") || hex.eq_ignore_ascii_case(b"5c") || hex.eq_ignore_ascii_case(b"2e") {
+        let (Some(&hi), Some(&lo)) = (bytes.get(i + 1), bytes.get(i + 2)) else {
+            return Err(PathError::MalformedEscape);
+        };
+        let (Some(hi), Some(lo)) = ((hi as char).to_digit(16), (lo as char).to_digit(16)) else {
+            return Err(PathError::MalformedEscape);
+        };
+        // Both digits are below 16, so this fits a byte.
+        let decoded = (hi * 16 + lo) as u8;
+        if matches!(decoded, b'/' | b'\\' | b'.') {
             return Err(PathError::AmbiguousEncoding);
+        }
+        // RFC 3986 §2.3: unreserved characters are equivalent to their encoding; `%61ccounts`
+        // is `accounts` to any server that decodes them.
+        if decoded.is_ascii_alphanumeric() || matches!(decoded, b'-' | b'_' | b'~') {
+            return Err(PathError::EncodedUnreserved);
         }
     }
     Ok(())
@@ -126,19 +205,47 @@ mod tests {
         }
     }
 
-    fn names<'a>(routes: &'a [Route], r: &Router, host: Option<&str>, path: &str, m: Method) -> Option<&'a str> {
+    fn names<'a>(
+        routes: &'a [Route],
+        r: &Router,
+        host: Option<&str>,
+        path: &str,
+        m: Method,
+    ) -> Result<&'a str, RouteMiss> {
         r.route(host, path, &m).map(|i| routes[i].name.as_str())
+    }
+
+    fn not_allowed(allow: &str) -> Result<&'static str, RouteMiss> {
+        Err(RouteMiss::MethodNotAllowed(allow.into()))
     }
 
     #[test]
     fn prefix_matches_on_segment_boundary_only() {
         let routes = vec![route("api", None, "/api", None)];
         let r = Router::new(&routes);
-        assert_eq!(names(&routes, &r, None, "/api", Method::GET), Some("api"));
-        assert_eq!(names(&routes, &r, None, "/api/", Method::GET), Some("api"));
-        assert_eq!(names(&routes, &r, None, "/api/x/y", Method::GET), Some("api"));
-        assert_eq!(names(&routes, &r, None, "/apiv2", Method::GET), None);
-        assert_eq!(names(&routes, &r, None, "/", Method::GET), None);
+        assert_eq!(names(&routes, &r, None, "/api", Method::GET), Ok("api"));
+        assert_eq!(names(&routes, &r, None, "/api/", Method::GET), Ok("api"));
+        assert_eq!(names(&routes, &r, None, "/api/x/y", Method::GET), Ok("api"));
+        assert_eq!(names(&routes, &r, None, "/apiv2", Method::GET), Err(RouteMiss::NotFound));
+        assert_eq!(names(&routes, &r, None, "/APIv2", Method::GET), Err(RouteMiss::NotFound));
+        assert_eq!(names(&routes, &r, None, "/ap", Method::GET), Err(RouteMiss::NotFound));
+        assert_eq!(names(&routes, &r, None, "/", Method::GET), Err(RouteMiss::NotFound));
+    }
+
+    #[test]
+    fn prefix_matches_ascii_case_insensitively() {
+        let routes =
+            vec![route("root", None, "/", None), route("accounts", None, "/Accounts", Some(vec![Method::GET]))];
+        let r = Router::new(&routes);
+        for path in ["/accounts/1", "/ACCOUNTS/1", "/aCcOuNtS", "/Accounts/"] {
+            assert_eq!(names(&routes, &r, None, path, Method::GET), Ok("accounts"), "{path}");
+        }
+        assert_eq!(names(&routes, &r, None, "/ACCOUNTSX/1", Method::GET), Ok("root"));
+        // Non-ASCII bytes are compared as they are, and never split.
+        assert_eq!(names(&routes, &r, None, "/accountś/1", Method::GET), Ok("root"));
+        assert!(prefix_matches("/é", "/é/x"));
+        assert!(!prefix_matches("/é", "/É/x"));
+        assert!(!prefix_matches("/ab", "/é"));
     }
 
     #[test]
@@ -151,18 +258,90 @@ mod tests {
             route("api-host", Some("partner.test"), "/api", None),
         ];
         let r = Router::new(&routes);
-        assert_eq!(names(&routes, &r, None, "/api/x", Method::POST), Some("api"));
-        assert_eq!(names(&routes, &r, None, "/api/x", Method::GET), Some("api-get"));
-        assert_eq!(names(&routes, &r, None, "/api/admin/1", Method::GET), Some("api-deep"));
-        assert_eq!(names(&routes, &r, Some("PARTNER.test"), "/api/admin", Method::GET), Some("api-host"));
-        assert_eq!(names(&routes, &r, Some("other.test"), "/other", Method::GET), Some("root"));
+        assert_eq!(names(&routes, &r, None, "/api/x", Method::POST), Ok("api"));
+        assert_eq!(names(&routes, &r, None, "/api/x", Method::GET), Ok("api-get"));
+        assert_eq!(names(&routes, &r, None, "/api/x", Method::HEAD), Ok("api-get"));
+        assert_eq!(names(&routes, &r, None, "/api/admin/1", Method::GET), Ok("api-deep"));
+        assert_eq!(names(&routes, &r, Some("PARTNER.test"), "/api/admin", Method::GET), Ok("api-host"));
+        assert_eq!(names(&routes, &r, Some("other.test"), "/other", Method::GET), Ok("root"));
     }
 
     #[test]
-    fn method_restriction_falls_through_to_no_match() {
+    fn method_mismatch_is_405_not_a_fall_through() {
+        // The reviewer's configuration: a protected GET-only `/accounts` under a public `/`.
+        let routes =
+            vec![route("root", None, "/", None), route("accounts", None, "/accounts", Some(vec![Method::GET]))];
+        let r = Router::new(&routes);
+        assert_eq!(names(&routes, &r, None, "/accounts/1", Method::GET), Ok("accounts"));
+        assert_eq!(names(&routes, &r, None, "/accounts/1", Method::HEAD), Ok("accounts"));
+        assert_eq!(names(&routes, &r, None, "/ACCOUNTS/1", Method::HEAD), Ok("accounts"));
+        for m in [Method::POST, Method::DELETE, Method::PUT, Method::PATCH, Method::OPTIONS] {
+            assert_eq!(names(&routes, &r, None, "/accounts/1", m.clone()), not_allowed("GET, HEAD"), "{m}");
+            assert_eq!(names(&routes, &r, None, "/accounts", m.clone()), not_allowed("GET, HEAD"), "{m}");
+        }
+        let custom = Method::from_bytes(b"PURGE").unwrap();
+        assert_eq!(names(&routes, &r, None, "/accounts/1", custom.clone()), not_allowed("GET, HEAD"));
+        // Elsewhere the catch-all takes everything.
+        assert_eq!(names(&routes, &r, None, "/accountsx", Method::DELETE), Ok("root"));
+        assert_eq!(names(&routes, &r, None, "/other", custom), Ok("root"));
+    }
+
+    #[test]
+    fn method_restriction_without_other_routes_is_405() {
         let routes = vec![route("get-only", None, "/x", Some(vec![Method::GET]))];
         let r = Router::new(&routes);
-        assert_eq!(names(&routes, &r, None, "/x", Method::DELETE), None);
+        assert_eq!(names(&routes, &r, None, "/x", Method::DELETE), not_allowed("GET, HEAD"));
+        assert_eq!(names(&routes, &r, None, "/y", Method::DELETE), Err(RouteMiss::NotFound));
+    }
+
+    #[test]
+    fn allow_lists_the_union_of_the_candidates_methods() {
+        let routes = vec![
+            route("root", None, "/", None),
+            route("read", None, "/r", Some(vec![Method::GET])),
+            route("write", None, "/R/", Some(vec![Method::POST, Method::GET, Method::PUT])),
+            route("head", None, "/r", Some(vec![Method::HEAD])),
+            route("echo", None, "/echo", Some(vec![Method::POST, Method::PUT])),
+            route("deeper", None, "/r/x", Some(vec![Method::PATCH])),
+        ];
+        let r = Router::new(&routes);
+        assert_eq!(names(&routes, &r, None, "/r/1", Method::DELETE), not_allowed("GET, HEAD, POST, PUT"));
+        assert_eq!(names(&routes, &r, None, "/echo", Method::GET), not_allowed("POST, PUT"));
+        assert_eq!(names(&routes, &r, None, "/echo", Method::HEAD), not_allowed("POST, PUT"));
+        // Only the most specific prefix's routes count, not the shorter `/r` ones.
+        assert_eq!(names(&routes, &r, None, "/r/x/1", Method::GET), not_allowed("PATCH"));
+        assert_eq!(names(&routes, &r, None, "/r/x/1", Method::PATCH), Ok("deeper"));
+        // The first route listing the method wins; an explicit HEAD beats one implied by GET.
+        assert_eq!(names(&routes, &r, None, "/r/1", Method::GET), Ok("read"));
+        assert_eq!(names(&routes, &r, None, "/r/1", Method::POST), Ok("write"));
+        assert_eq!(names(&routes, &r, None, "/r/1", Method::HEAD), Ok("head"));
+    }
+
+    #[test]
+    fn listed_method_beats_any_method_and_head_follows_get() {
+        let routes = vec![
+            route("any", None, "/a", None),
+            route("get", None, "/a", Some(vec![Method::GET])),
+            route("post", None, "/a", Some(vec![Method::POST])),
+        ];
+        let r = Router::new(&routes);
+        assert_eq!(names(&routes, &r, None, "/a/1", Method::GET), Ok("get"));
+        assert_eq!(names(&routes, &r, None, "/a/1", Method::HEAD), Ok("get"));
+        assert_eq!(names(&routes, &r, None, "/a/1", Method::POST), Ok("post"));
+        assert_eq!(names(&routes, &r, None, "/a/1", Method::DELETE), Ok("any"));
+    }
+
+    #[test]
+    fn host_bound_prefix_does_not_fall_through_to_a_hostless_one() {
+        let routes = vec![
+            route("public", None, "/api", None),
+            route("partner", Some("partner.test"), "/api", Some(vec![Method::GET])),
+        ];
+        let r = Router::new(&routes);
+        assert_eq!(names(&routes, &r, Some("partner.test"), "/api/1", Method::GET), Ok("partner"));
+        assert_eq!(names(&routes, &r, Some("partner.test"), "/api/1", Method::POST), not_allowed("GET, HEAD"));
+        assert_eq!(names(&routes, &r, Some("other.test"), "/api/1", Method::POST), Ok("public"));
+        assert_eq!(names(&routes, &r, None, "/api/1", Method::POST), Ok("public"));
     }
 
     #[test]
@@ -174,10 +353,56 @@ mod tests {
         assert_eq!(check_path("/public/.;x/mtls"), Err(PathError::DotSegment));
         assert_eq!(check_path("/public%2F..%2Faccounts"), Err(PathError::AmbiguousEncoding));
         assert_eq!(check_path("/public/%2e%2e/accounts"), Err(PathError::AmbiguousEncoding));
+        assert_eq!(check_path("/public/%5C/accounts"), Err(PathError::AmbiguousEncoding));
         assert_eq!(check_path("/a\\b"), Err(PathError::AmbiguousEncoding));
         assert_eq!(check_path("*"), Err(PathError::NotAbsolute));
+        assert_eq!(check_path(""), Err(PathError::NotAbsolute));
         assert_eq!(check_path("/a/b.json"), Ok(()));
         assert_eq!(check_path("/a/%20b"), Ok(()));
         assert_eq!(check_path("/a/...b"), Ok(()));
+    }
+
+    #[test]
+    fn empty_segments_are_refused() {
+        for path in ["//accounts/1", "/accounts//1", "/accounts/1//", "/a///b", "//"] {
+            assert_eq!(check_path(path), Err(PathError::EmptySegment), "{path}");
+        }
+        for path in ["/", "/accounts/", "/accounts/1/"] {
+            assert_eq!(check_path(path), Ok(()), "{path}");
+        }
+    }
+
+    #[test]
+    fn path_parameters_are_refused() {
+        for path in ["/accounts;jsessionid=x/1", "/accounts/1;v=2", "/;", "/a;/b", "/accounts%3B/1;"] {
+            assert_eq!(check_path(path), Err(PathError::PathParameter), "{path}");
+        }
+        // An encoded `;` is data, not a parameter delimiter.
+        assert_eq!(check_path("/accounts%3B/1"), Ok(()));
+        assert_eq!(check_path("/accounts%3b/1"), Ok(()));
+    }
+
+    #[test]
+    fn encoded_unreserved_characters_are_refused() {
+        let unreserved = (b'A'..=b'Z').chain(b'a'..=b'z').chain(b'0'..=b'9').chain([b'-', b'_', b'~']);
+        for byte in unreserved {
+            for path in [format!("/x%{byte:02X}"), format!("/x%{byte:02x}"), format!("/%{byte:02X}/y")] {
+                assert_eq!(check_path(&path), Err(PathError::EncodedUnreserved), "{path}");
+            }
+        }
+        assert_eq!(check_path("/%61ccounts/1"), Err(PathError::EncodedUnreserved));
+        assert_eq!(check_path("/%41CCOUNTS/1"), Err(PathError::EncodedUnreserved));
+        // Reserved, non-ASCII and control characters stay encoded: that is their canonical form.
+        for path in ["/a%20b", "/a%3Fb", "/a%23b", "/a%25b", "/a%2Bb", "/a%C3%A9", "/a%40b", "/a%7F", "/a%60", "/a%7B"]
+        {
+            assert_eq!(check_path(path), Ok(()), "{path}");
+        }
+    }
+
+    #[test]
+    fn malformed_escapes_are_refused() {
+        for path in ["/a%zz", "/a%4", "/a%", "/%/x", "/a%4g/b", "/a%g4", "/a%%41", "/a% 1", "/a%-1"] {
+            assert_eq!(check_path(path), Err(PathError::MalformedEscape), "{path}");
+        }
     }
 }

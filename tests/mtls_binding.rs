@@ -72,7 +72,8 @@ async fn unbound_token_is_refused_on_mtls_and_any_routes_but_passes_on_bearer() 
     let env = Env::start().await;
     let cert = env.pki.self_signed_client("c");
     let token = env.bearer_token();
-    let error = r#"Bearer error="invalid_token", error_description="this resource requires a sender-constrained access token""#;
+    let error =
+        r#"Bearer error="invalid_token", error_description="this resource requires a sender-constrained access token""#;
     let response = env.get("/mtls/a", Some(&cert), Some(&token)).await;
     assert_rejected(response, 401, error, "invalid_token").await;
     // `any` routes also offer the DPoP scheme.
@@ -156,4 +157,89 @@ async fn client_ca_rejects_certificates_from_elsewhere() {
     let ok = env.get("/mtls/x", Some(&member), Some(&token)).await;
     assert_eq!(ok.status(), 200);
     assert_eq!(env.upstream.hits(), 1);
+}
+
+#[tokio::test]
+async fn unvouched_client_certificate_is_never_forwarded() {
+    // A public route with forward_client_cert and no client_ca: nothing vouches for a
+    // self-signed certificate, so the upstream must not receive it as RFC 9440 Client-Cert.
+    let env = Env::start().await;
+    let cert = env.pki.self_signed_client("CN=Bank X");
+    let response = env.get("/open-cert/x", Some(&cert), None).await;
+    assert_eq!(response.status(), 200);
+    assert!(!env.upstream.last().unwrap().headers.contains_key("client-cert"));
+}
+
+#[tokio::test]
+async fn ca_verified_client_certificate_is_forwarded_on_a_public_route() {
+    let env = Env::start_with(Options {
+        client_auth: "optional",
+        tls_extra: "    client_ca: {client_ca}\n".into(),
+        ..Default::default()
+    })
+    .await;
+    let cert = env.pki.ca_signed_client("member");
+    let response = env.get("/open-cert/x", Some(&cert), None).await;
+    assert_eq!(response.status(), 200);
+    let header = env.upstream.last().unwrap().headers["client-cert"].to_str().unwrap().to_string();
+    use base64::Engine as _;
+    assert_eq!(base64::engine::general_purpose::STANDARD.decode(header.trim_matches(':')).unwrap(), cert.der);
+}
+
+#[tokio::test]
+async fn unknown_confirmation_method_is_refused() {
+    let env = Env::start().await;
+    let cert = env.pki.self_signed_client("c");
+    let mut claims = env.claims();
+    claims["cnf"] = json!({"kid": "some-key"});
+    let response = env.get("/bearer/x", Some(&cert), Some(&env.token(&claims))).await;
+    assert_rejected(
+        response,
+        401,
+        r#"Bearer error="invalid_token", error_description="the token is bound by a confirmation method this gateway cannot verify""#,
+        "invalid_token",
+    )
+    .await;
+    assert_eq!(env.upstream.hits(), 0);
+}
+
+#[tokio::test]
+async fn malformed_or_empty_cnf_is_refused() {
+    let env = Env::start().await;
+    for cnf in [json!({"x5t#S256": "not-a-thumbprint"}), json!({}), json!(null)] {
+        let mut claims = env.claims();
+        claims["cnf"] = cnf.clone();
+        let response = env.get("/bearer/x", None, Some(&env.token(&claims))).await;
+        assert_rejected(
+            response,
+            401,
+            r#"Bearer error="invalid_token", error_description="the access token's cnf claim is malformed""#,
+            "invalid_token",
+        )
+        .await;
+    }
+    assert_eq!(env.upstream.hits(), 0);
+}
+
+#[tokio::test]
+async fn underscore_spellings_of_identity_headers_are_removed() {
+    let env = Env::start().await;
+    let cert = env.pki.self_signed_client("c");
+    let token = env.bound_token(&cert);
+    let response = env
+        .client(Some(&cert))
+        .get(env.url("/identity/me"))
+        .bearer_auth(&token)
+        .header("x_fapi_subject", "admin")
+        .header("client_cert", ":ZXZpbA==:")
+        .header("x_forwarded_for", "6.6.6.6")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let seen = env.upstream.last().unwrap();
+    for spoofed in ["x_fapi_subject", "client_cert", "x_forwarded_for"] {
+        assert!(!seen.headers.contains_key(spoofed), "{spoofed} reached the upstream");
+    }
+    assert_eq!(seen.headers["x-fapi-subject"], "user-1");
 }

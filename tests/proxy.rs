@@ -389,13 +389,14 @@ async fn public_route_never_forwards_the_client_certificate() {
 #[tokio::test]
 async fn unmatched_requests_are_404_json() {
     let env = Env::start().await;
-    for path in ["/nowhere", "/publicity", "/public-x/y", "/", "/PUBLIC/x"] {
+    // `/PUBLIC/x` is no longer here: prefixes match case-insensitively (tests/routing.rs).
+    for path in ["/nowhere", "/publicity", "/public-x/y", "/"] {
         let response = env.get(path, None, None).await;
         assert_rejected(response, 404, "", "not_found").await;
     }
-    // `/echo` takes only POST and PUT.
+    // `/echo` takes only POST and PUT: another method is 405 (with `Allow`), not 404.
     let response = env.client(None).get(env.url("/echo")).send().await.unwrap();
-    assert_rejected(response, 404, "", "not_found").await;
+    assert_rejected(response, 405, "", "method_not_allowed").await;
     assert_eq!(env.upstream.hits(), 0);
     // The prefix itself, and anything below it on a segment boundary, matches.
     for path in ["/public", "/public/", "/public/a/b"] {

@@ -67,21 +67,17 @@ pub fn extract<'a>(headers: &'a HeaderMap, query: Option<&str>) -> Result<Option
     }
     let text = value.to_str().map_err(|_| malformed())?;
     let (scheme, token) = text.split_once(' ').ok_or_else(malformed)?;
+    let bearer = scheme.eq_ignore_ascii_case("bearer");
+    if !bearer && !scheme.eq_ignore_ascii_case("dpop") {
+        // RFC 6750 §3.1: an unsupported authentication method gets a challenge without
+        // error information, as if no credentials had been sent.
+        return Err(AuthDenial { reason: "unsupported_scheme", ..AuthDenial::missing_credentials() });
+    }
     let token = token.trim_start_matches(' ');
     if !is_token68(token) {
         return Err(malformed());
     }
-    if scheme.eq_ignore_ascii_case("bearer") {
-        Ok(Some(Credential::Bearer(token)))
-    } else if scheme.eq_ignore_ascii_case("dpop") {
-        Ok(Some(Credential::Dpop(token)))
-    } else {
-        Err(AuthDenial::new(
-            AuthErrorCode::InvalidRequest,
-            "unsupported_scheme",
-            "the Authorization scheme must be Bearer or DPoP",
-        ))
-    }
+    Ok(Some(if bearer { Credential::Bearer(token) } else { Credential::Dpop(token) }))
 }
 
 /// The request's one DPoP proof (RFC 9449 §4.3 check 1: not more than one `DPoP` header,
@@ -124,8 +120,37 @@ fn is_token68(value: &str) -> bool {
         && body.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'+' | b'/'))
 }
 
+/// Whether the query names `access_token`, however its key is percent-encoded.
 fn has_access_token_param(query: &str) -> bool {
-    query.split('&').any(|pair| pair.split('=').next() == Some("access_token"))
+    query.split('&').any(|pair| decode_percent(pair.split('=').next().unwrap_or_default()) == "access_token")
+}
+
+/// Decodes `%XX` escapes (and `+` as space, as forms do); invalid escapes stay as they are.
+fn decode_percent(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (bytes[i], hex) {
+            (b'%', Some(value)) => {
+                out.push(value);
+                i += 3;
+            }
+            (b'+', _) => {
+                out.push(b' ');
+                i += 1;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[cfg(test)]
@@ -167,7 +192,10 @@ mod tests {
         for v in ["Bearer", "Bearer ", "Bearer a b", "Bearer a,b", "Bearertoken"] {
             assert_eq!(extract(&headers(&[v]), None).unwrap_err().reason, "malformed_authorization", "{v}");
         }
-        assert_eq!(extract(&headers(&["Basic dXNlcjpwYXNz"]), None).unwrap_err().reason, "unsupported_scheme");
+        let e = extract(&headers(&["Basic dXNlcjpwYXNz"]), None).unwrap_err();
+        assert_eq!((e.reason, e.code), ("unsupported_scheme", None));
+        let e = extract(&headers(&["Digest username=\"a\", realm=\"b\""]), None).unwrap_err();
+        assert_eq!((e.reason, e.code), ("unsupported_scheme", None));
     }
 
     #[test]
@@ -195,5 +223,8 @@ mod tests {
         let e = extract(&HeaderMap::new(), Some("x=1&access_token=abc")).unwrap_err();
         assert_eq!(e.reason, "token_in_query");
         assert!(extract(&HeaderMap::new(), Some("my_access_token=1")).is_ok());
+        for encoded in ["access%5Ftoken=x", "%61ccess_token=x", "a=1&access%5ftoken"] {
+            assert_eq!(extract(&HeaderMap::new(), Some(encoded)).unwrap_err().reason, "token_in_query", "{encoded}");
+        }
     }
 }

@@ -1,10 +1,12 @@
-//! The signing keys of one issuer, cached: fresh keys are a lock-free load; expired keys are
-//! refetched once (single-flight) while stale keys keep serving if the issuer is down, up to
-//! `stale_if_error`; an unknown `kid` triggers one refetch, at most every
-//! `refetch_interval`, so tokens with random `kid`s cannot make the gateway hammer the
-//! authorization server.
+//! The signing keys of one issuer, cached: fresh keys are a lock-free load; expired keys keep
+//! serving (up to `stale_if_error`) while one background task refetches them, so a slow or
+//! unreachable issuer never stalls requests; an unknown `kid` triggers one refetch, at most
+//! every `refetch_interval`, so tokens with random `kid`s cannot make the gateway hammer the
+//! authorization server. A reachable issuer that publishes an empty key set has withdrawn
+//! its keys: the empty set replaces the old one.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
@@ -33,7 +35,6 @@ pub enum KeyError {
 #[derive(Debug)]
 pub struct KeySet {
     keys: Vec<PublicKey>,
-    fetched_at: Instant,
     fresh_until: Instant,
 }
 
@@ -53,6 +54,7 @@ impl KeySet {
 
 struct FetchState {
     last_attempt: Option<Instant>,
+    last_finished: Option<Instant>,
     discovered_jwks_uri: Option<Uri>,
 }
 
@@ -64,6 +66,8 @@ pub struct IssuerKeys {
     fetcher: Option<KeyFetcher>,
     current: ArcSwapOption<KeySet>,
     state: Mutex<FetchState>,
+    /// A background refresh is running.
+    refreshing: AtomicBool,
 }
 
 impl IssuerKeys {
@@ -78,7 +82,8 @@ impl IssuerKeys {
             settings: issuer.jwks_cache.clone(),
             fetcher,
             current: ArcSwapOption::empty(),
-            state: Mutex::new(FetchState { last_attempt: None, discovered_jwks_uri: None }),
+            state: Mutex::new(FetchState { last_attempt: None, last_finished: None, discovered_jwks_uri: None }),
+            refreshing: AtomicBool::new(false),
         })
     }
 
@@ -93,34 +98,59 @@ impl IssuerKeys {
         self.fetch_locked(&mut state).await
     }
 
-    /// The key set to verify a token with `kid`/`alg`, fetching when the cache is expired
-    /// or lacks the `kid`.
-    pub async fn key_set(&self, kid: Option<&str>, alg: Alg) -> Result<Arc<KeySet>, KeyError> {
+    /// The key set to verify a token with `kid`/`alg`.
+    ///
+    /// Fresh keys are a lock-free load. Stale keys (within `stale_if_error`) are used at once
+    /// while one background task refreshes them, so no request waits on the issuer. An
+    /// unknown `kid`, or no usable keys at all, waits for one rate-limited refetch.
+    pub async fn key_set(self: &Arc<Self>, kid: Option<&str>, alg: Alg) -> Result<Arc<KeySet>, KeyError> {
         let now = Instant::now();
-        if let Some(set) = self.current.load_full() {
-            if now < set.fresh_until && set.has(kid, alg) {
-                return Ok(set);
+        match self.current.load_full() {
+            Some(set) if now < set.fresh_until => {
+                if set.has(kid, alg) {
+                    return Ok(set);
+                }
+                self.refresh(now).await;
             }
+            Some(set) if self.usable(&set, now) => {
+                self.refresh_in_background();
+                if set.has(kid, alg) {
+                    return Ok(set);
+                }
+                self.refresh(now).await;
+            }
+            _ => self.refresh(now).await,
         }
-        self.refresh(now).await;
-        let Some(set) = self.current.load_full() else {
-            return Err(KeyError::Unavailable);
-        };
-        let usable_until = set.fresh_until.checked_add(self.settings.stale_if_error);
-        if usable_until.is_some_and(|limit| now >= limit) {
+        let set = self.current.load_full().ok_or(KeyError::Unavailable)?;
+        if !self.usable(&set, Instant::now()) {
             return Err(KeyError::Unavailable);
         }
         if set.has(kid, alg) { Ok(set) } else { Err(KeyError::NoMatchingKey) }
     }
 
-    /// One refetch, unless another task fetched after `requested_at` or the last attempt was
-    /// less than `refetch_interval` ago.
+    /// Whether a key set may still be used: fresh, or stale for less than `stale_if_error`.
+    fn usable(&self, set: &KeySet, now: Instant) -> bool {
+        set.fresh_until.checked_add(self.settings.stale_if_error).is_none_or(|limit| now < limit)
+    }
+
+    /// Starts one background refresh unless one is already running.
+    fn refresh_in_background(self: &Arc<Self>) {
+        if self.refreshing.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let this = self.clone();
+        tokio::spawn(async move {
+            this.refresh(Instant::now()).await;
+            this.refreshing.store(false, Ordering::Release);
+        });
+    }
+
+    /// One refetch, unless an attempt finished after `requested_at` (another task did the
+    /// work) or the last attempt started less than `refetch_interval` ago.
     async fn refresh(&self, requested_at: Instant) {
         let mut state = self.state.lock().await;
-        if let Some(set) = self.current.load_full() {
-            if set.fetched_at >= requested_at {
-                return;
-            }
+        if state.last_finished.is_some_and(|t| t >= requested_at) {
+            return;
         }
         if state.last_attempt.is_some_and(|t| t.elapsed() < self.settings.refetch_interval) {
             return;
@@ -133,7 +163,13 @@ impl IssuerKeys {
 
     async fn fetch_locked(&self, state: &mut FetchState) -> Result<(), FetchError> {
         state.last_attempt = Some(Instant::now());
-        let fetched = self.fetch(state).await?;
+        let result = self.fetch(state).await;
+        state.last_finished = Some(Instant::now());
+        let fetched = result?;
+        if fetched.keys.is_empty() {
+            // A reachable issuer that publishes no usable key has withdrawn its keys: honour it.
+            tracing::warn!(issuer = %self.issuer, "the issuer's key set has no usable signing key; tokens will be refused");
+        }
         let ttl = fetched
             .max_age
             .map_or(self.settings.default_ttl, |age| age.clamp(self.settings.min_ttl, self.settings.max_ttl));
@@ -141,7 +177,6 @@ impl IssuerKeys {
         tracing::info!(issuer = %self.issuer, keys = fetched.keys.len(), ttl_secs = ttl.as_secs(), "signing keys loaded");
         self.current.store(Some(Arc::new(KeySet {
             keys: fetched.keys,
-            fetched_at: now,
             fresh_until: now.checked_add(ttl).unwrap_or(now + FAR_FUTURE),
         })));
         Ok(())

@@ -115,10 +115,13 @@ impl KeyFetcher {
     }
 }
 
-/// Reads a key set from a file.
+/// Reads a key set from a file; a file without a usable key is a configuration error.
 pub fn read_jwks_file(path: &std::path::Path) -> Result<Fetched, FetchError> {
     let body = std::fs::read(path).map_err(|e| FetchError::File { path: path.to_path_buf(), reason: e.to_string() })?;
     let keys = parse_jwks(&path.display().to_string(), &body)?;
+    if keys.is_empty() {
+        return Err(FetchError::NoUsableKey { url: path.display().to_string() });
+    }
     Ok(Fetched { keys, max_age: None })
 }
 
@@ -164,7 +167,8 @@ struct JwkSet {
     keys: Vec<serde_json::Map<String, serde_json::Value>>,
 }
 
-/// Parses a JWKS document, keeping the keys usable for signature verification.
+/// Parses a JWKS document, keeping the keys usable for signature verification (possibly
+/// none: an issuer may withdraw every key).
 pub fn parse_jwks(source: &str, body: &[u8]) -> Result<Vec<PublicKey>, FetchError> {
     let set: JwkSet = serde_json::from_slice(body)
         .map_err(|e| FetchError::Json { url: source.to_string(), reason: e.to_string() })?;
@@ -180,9 +184,6 @@ pub fn parse_jwks(source: &str, body: &[u8]) -> Result<Vec<PublicKey>, FetchErro
             }
         })
         .collect();
-    if keys.is_empty() {
-        return Err(FetchError::NoUsableKey { url: source.to_string() });
-    }
     Ok(keys)
 }
 
@@ -260,9 +261,9 @@ mod tests {
     }
 
     #[test]
-    fn unusable_keys_are_skipped_and_empty_sets_refused() {
+    fn unusable_keys_are_skipped() {
         let body = br#"{"keys":[{"kty":"oct","k":"c2VjcmV0"},{"kty":"EC","crv":"P-256","use":"enc","x":"l8tFrhx-34tV3hRICRDY9zCkDlpBhF42UQUfWVAWBFs","y":"9VE4jf_Ok_o64zbTTlcuNJajHmt6v9TDVrU0CdvGRDA"}]}"#;
-        assert!(matches!(parse_jwks("u", body).unwrap_err(), FetchError::NoUsableKey { .. }));
+        assert!(parse_jwks("u", body).unwrap().is_empty());
         let body = br#"{"keys":[{"kty":"EC","crv":"P-256","kid":"k1","x":"l8tFrhx-34tV3hRICRDY9zCkDlpBhF42UQUfWVAWBFs","y":"9VE4jf_Ok_o64zbTTlcuNJajHmt6v9TDVrU0CdvGRDA"}]}"#;
         let keys = parse_jwks("u", body).unwrap();
         assert_eq!(keys.len(), 1);

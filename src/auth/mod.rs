@@ -33,6 +33,8 @@ pub struct DpopRuntime {
     /// The `algs` challenge parameter.
     pub algs: Arc<str>,
     pub nonces: NonceIssuer,
+    /// Proof keys already parsed, by proof header.
+    pub keys: dpop::ProofKeyCache,
     pub replay: Arc<dyn ReplayStore>,
 }
 
@@ -128,7 +130,7 @@ async fn check_dpop(
     })?;
     let proof_request =
         ProofRequest { method: request.method.as_str(), url: &url, token_hash, bound_jkt: jkt, now: request.now };
-    let verified = dpop::verify_proof(proof, &proof_request, &dpop.settings).map_err(|e| {
+    let verified = dpop::verify_proof(proof, &proof_request, &dpop.settings, &dpop.keys).map_err(|e| {
         let code = if e.is_token_error() { AuthErrorCode::InvalidToken } else { AuthErrorCode::InvalidDpopProof };
         AuthDenial::dpop(code, e.reason(), e.to_string())
     })?;

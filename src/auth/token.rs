@@ -84,6 +84,8 @@ pub enum TokenError {
     BadSignature,
     #[error("the access token has no exp claim")]
     MissingExpiry,
+    #[error("the access token has no {0} claim")]
+    MissingClaim(String),
     #[error("the access token has expired")]
     Expired,
     #[error("the access token is not valid yet")]
@@ -110,6 +112,7 @@ impl TokenError {
             TokenError::KeysUnavailable => "keys_unavailable",
             TokenError::BadSignature => "token_bad_signature",
             TokenError::MissingExpiry => "token_missing_exp",
+            TokenError::MissingClaim(_) => "token_missing_claim",
             TokenError::Expired => "token_expired",
             TokenError::NotYetValid => "token_not_yet_valid",
             TokenError::IssuedInFuture => "token_iat_in_future",
@@ -242,7 +245,9 @@ struct Claims {
     client_id: Option<String>,
     scope: Option<String>,
     scp: Option<Scp>,
-    cnf: Option<serde_json::Map<String, serde_json::Value>>,
+    /// Present-but-null is kept as `Some(Null)`: a token that mentions `cnf` is held to it.
+    #[serde(default, deserialize_with = "present")]
+    cnf: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -257,6 +262,10 @@ enum Audience {
 enum Scp {
     List(Vec<String>),
     Text(String),
+}
+
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<serde_json::Value>, D::Error> {
+    serde_json::Value::deserialize(d).map(Some)
 }
 
 fn parse_claims(payload: &[u8]) -> Result<Claims, TokenError> {
@@ -292,6 +301,18 @@ fn check_claims(claims: Claims, issuer: &Issuer, now: i64) -> Result<ValidatedTo
     };
     if !audience_ok {
         return Err(TokenError::WrongAudience);
+    }
+    for claim in &issuer.required_claims {
+        let present = match claim.as_str() {
+            "sub" => claims.sub.is_some(),
+            "client_id" => claims.client_id.is_some(),
+            "iat" => claims.iat.is_some(),
+            "jti" => claims.jti.is_some(),
+            _ => true,
+        };
+        if !present {
+            return Err(TokenError::MissingClaim(claim.clone()));
+        }
     }
     let leeway = secs(issuer.leeway);
     let max_future = secs(issuer.max_future);
@@ -333,9 +354,11 @@ fn secs(d: Duration) -> i64 {
 
 /// Reads `cnf`. A malformed `x5t#S256` is an error, not "unbound": a token that tries to be
 /// bound must never pass as a bearer token.
-fn confirmation(cnf: Option<&serde_json::Map<String, serde_json::Value>>) -> Result<Confirmation, TokenError> {
-    let Some(cnf) = cnf else {
-        return Ok(Confirmation::default());
+fn confirmation(cnf: Option<&serde_json::Value>) -> Result<Confirmation, TokenError> {
+    let cnf = match cnf {
+        None => return Ok(Confirmation::default()),
+        Some(serde_json::Value::Object(map)) if !map.is_empty() => map,
+        Some(_) => return Err(TokenError::BadConfirmation),
     };
     let mut out = Confirmation::default();
     for (name, value) in cnf {

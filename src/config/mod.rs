@@ -85,6 +85,8 @@ pub struct Limits {
     pub max_body_bytes: u64,
     pub header_read_timeout: Duration,
     pub shutdown_grace: Duration,
+    pub idle_timeout: Duration,
+    pub max_connections: usize,
 }
 
 /// An authorization server whose access tokens the gateway accepts.
@@ -99,6 +101,8 @@ pub struct Issuer {
     pub algorithms: Vec<Alg>,
     /// Accepted `typ` values, normalised (lower case, without `application/`).
     pub typ: Vec<String>,
+    /// Claims that must be present (RFC 9068 §2.2 by default).
+    pub required_claims: Vec<String>,
     pub leeway: Duration,
     pub max_future: Duration,
     pub jwks_cache: JwksCacheSettings,

@@ -17,7 +17,7 @@ pub struct RawConfig {
     #[serde(default)]
     pub admin: Option<RawAdmin>,
     #[serde(default)]
-    pub limits: RawLimits,
+    pub limits: Option<Spanned<RawLimits>>,
     #[serde(default)]
     pub issuers: Vec<Spanned<RawIssuer>>,
     #[serde(default)]
@@ -131,7 +131,7 @@ pub struct RawAdmin {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawLimits {
-    /// Defaults to 16 KiB. Larger request heads are answered 431.
+    /// Defaults to 16 KiB (at least 8 KiB). Larger request heads are answered 431.
     pub max_header_bytes: Option<usize>,
     /// Defaults to 10 MiB. Larger request bodies are answered 413.
     pub max_body_bytes: Option<u64>,
@@ -139,6 +139,10 @@ pub struct RawLimits {
     pub header_read_timeout: Option<HumanDuration>,
     /// Defaults to 30 s: how long SIGTERM waits for in-flight requests.
     pub shutdown_grace: Option<HumanDuration>,
+    /// Defaults to 5 m: a connection without a request in flight for this long is closed.
+    pub idle_timeout: Option<HumanDuration>,
+    /// Defaults to 20 000 connections served at once.
+    pub max_connections: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -155,6 +159,9 @@ pub struct RawIssuer {
     pub algorithms: Option<Vec<AlgName>>,
     /// Defaults to `[at+jwt]` (which also matches `application/at+jwt`).
     pub typ: Option<Vec<String>>,
+    /// Claims every token must carry besides `iss`, `aud` and `exp`. Defaults to RFC 9068
+    /// §2.2's `[sub, client_id, iat, jti]`; allowed members are those four.
+    pub required_claims: Option<Vec<String>>,
     /// Defaults to 5 s: tolerance on `exp`.
     pub leeway: Option<HumanDuration>,
     /// Defaults to 10 s: how far in the future `iat`/`nbf` may be (at most 60 s).

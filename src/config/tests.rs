@@ -158,3 +158,56 @@ fn typ_values_are_normalised() {
 fn lowercase_methods_are_refused() {
     assert!(error(&BASE.replace("methods: [GET]", "methods: [get]")).contains("upper-case"));
 }
+
+#[test]
+fn prefixes_differing_only_in_case_are_refused() {
+    let text = BASE.replace("path_prefix: /public }", "path_prefix: /Accounts }");
+    assert!(error(&text).contains("differ only in letter case"), "{}", error(&text));
+}
+
+#[test]
+fn non_canonical_prefixes_are_refused() {
+    for prefix in ["/a;b", "/a//b", "/%61b", "/a/../b"] {
+        let text = BASE.replace("path_prefix: /public }", &format!("path_prefix: \"{prefix}\" }}"));
+        assert!(error(&text).contains("is not a canonical path"), "{prefix}: {}", error(&text));
+    }
+}
+
+#[test]
+fn small_header_limits_are_refused_with_their_line() {
+    let text = format!("{BASE}limits:\n  max_header_bytes: 1024\n");
+    let e = error(&text);
+    assert!(e.contains("limits.max_header_bytes"), "{e}");
+    assert!(!e.starts_with("gateway.yaml:0:0"), "{e}");
+}
+
+#[test]
+fn refetch_interval_below_one_second_is_refused() {
+    let text = BASE.replace("    audiences:", "    jwks_cache: { refetch_interval: 0s }\n    audiences:");
+    assert!(error(&text).contains("at least 1s"));
+}
+
+#[test]
+fn dpop_section_defaults_and_validation() {
+    let c = parse(BASE).unwrap();
+    assert_eq!(c.dpop.algs_challenge, "ES256 PS256 EdDSA");
+    assert_eq!(c.dpop.max_age, Duration::from_secs(60));
+    assert_eq!(c.dpop.nonce, NonceMode::Off);
+    assert_eq!(c.routes[0].public_origin, "https://gateway.test:8443");
+    let text = format!("{BASE}dpop:\n  max_future: 2m\n");
+    assert!(error(&text).contains("dpop.max_future"));
+    let text = format!("{BASE}dpop:\n  nonce_secret_file: a\n  nonce_secret_env: B\n");
+    assert!(error(&text).contains("not both"));
+    let text = format!("{BASE}dpop:\n  algorithms: [HS256]\n");
+    assert!(error(&text).contains("is not allowed"));
+}
+
+#[test]
+fn route_public_url_must_be_an_https_origin() {
+    let text = BASE.replace("    auth: none", "    auth: none\n    public_url: http://api.test");
+    assert!(error(&text).contains("routes[1].public_url"), "{}", error(&text));
+    let text = BASE.replace("    auth: none", "    auth: none\n    public_url: HTTPS://API.test:443");
+    assert_eq!(parse(&text).unwrap().routes[1].public_origin, "https://api.test");
+    let text = BASE.replace("match: { path_prefix: /public }", "match: { host: Partner.test, path_prefix: /public }");
+    assert_eq!(parse(&text).unwrap().routes[1].public_origin, "https://partner.test:8443");
+}

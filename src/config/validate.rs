@@ -20,6 +20,8 @@ use crate::jose::Alg;
 
 /// FAPI 2.0 §5.4.1: the only algorithms accepted by default.
 pub const DEFAULT_ALGORITHMS: [Alg; 3] = [Alg::Ps256, Alg::Es256, Alg::EdDsa];
+/// RFC 9068 §2.2: required besides `iss`, `aud` and `exp`, which are always checked.
+const REQUIRED_CLAIMS: [&str; 4] = ["sub", "client_id", "iat", "jti"];
 /// RFC 9449 proofs: the same FAPI set, in the order the `algs` challenge lists them.
 pub const DEFAULT_DPOP_ALGORITHMS: [Alg; 3] = [Alg::Es256, Alg::Ps256, Alg::EdDsa];
 /// FAPI 2.0 §5.3.2.1-2.13: never accept `iat`/`nbf` more than 60 s ahead.
@@ -82,20 +84,30 @@ pub(super) fn validate(raw: RawConfig, file: &str, base_dir: &Path) -> Result<Co
         handshake_timeout: dur(raw.listen.handshake_timeout, Duration::from_secs(10)),
     };
 
-    let limits = Limits {
-        max_header_bytes: raw.limits.max_header_bytes.unwrap_or(16 * 1024),
-        max_body_bytes: raw.limits.max_body_bytes.unwrap_or(10 * 1024 * 1024),
-        header_read_timeout: dur(raw.limits.header_read_timeout, Duration::from_secs(10)),
-        shutdown_grace: dur(raw.limits.shutdown_grace, Duration::from_secs(30)),
+    let (limits_at, raw_limits) = match raw.limits {
+        Some(spanned) => (spanned.referenced, spanned.value),
+        None => (Location::UNKNOWN, Default::default()),
     };
-    if limits.max_header_bytes < 1024 {
-        return Err(ConfigError::Invalid {
-            file: file.to_string(),
-            line: 0,
-            column: 0,
-            key: "limits.max_header_bytes".into(),
-            message: "must be at least 1024".into(),
-        });
+    let limits = Limits {
+        max_header_bytes: raw_limits.max_header_bytes.unwrap_or(16 * 1024),
+        max_body_bytes: raw_limits.max_body_bytes.unwrap_or(10 * 1024 * 1024),
+        header_read_timeout: dur(raw_limits.header_read_timeout, Duration::from_secs(10)),
+        shutdown_grace: dur(raw_limits.shutdown_grace, Duration::from_secs(30)),
+        idle_timeout: dur(raw_limits.idle_timeout, Duration::from_secs(300)),
+        max_connections: raw_limits.max_connections.unwrap_or(20_000),
+    };
+    if !(8 * 1024..=1024 * 1024).contains(&limits.max_header_bytes) {
+        return Err(ctx.err(limits_at, "limits.max_header_bytes", "must be between 8192 and 1048576"));
+    }
+    if limits.max_connections == 0 {
+        return Err(ctx.err(limits_at, "limits.max_connections", "must be at least 1"));
+    }
+    for (key, value) in
+        [("limits.header_read_timeout", limits.header_read_timeout), ("limits.idle_timeout", limits.idle_timeout)]
+    {
+        if value.is_zero() {
+            return Err(ctx.err(limits_at, key, "must be longer than 0s"));
+        }
     }
 
     let mut issuers = Vec::with_capacity(raw.issuers.len());
@@ -121,11 +133,25 @@ pub(super) fn validate(raw: RawConfig, file: &str, base_dir: &Path) -> Result<Co
     let mut routes = Vec::with_capacity(raw.routes.len());
     let mut names = HashSet::new();
     let mut matchers = HashSet::new();
+    let mut spellings = std::collections::HashMap::new();
     for (i, spanned) in raw.routes.into_iter().enumerate() {
         let at = spanned.referenced;
         let route = route(&ctx, i, spanned, &defaults)?;
         if !names.insert(route.name.clone()) {
             return Err(ctx.err(at, format!("routes[{i}].name"), format!("route name `{}` is used twice", route.name)));
+        }
+        let folded = (route.host.clone(), route.path_prefix.to_ascii_lowercase());
+        if let Some(other) = spellings.insert(folded, route.path_prefix.clone()) {
+            if other != route.path_prefix {
+                return Err(ctx.err(
+                    at,
+                    format!("routes[{i}].match.path_prefix"),
+                    format!(
+                        "`{}` and `{other}` differ only in letter case; prefixes match case-insensitively",
+                        route.path_prefix
+                    ),
+                ));
+            }
         }
         let key = (
             route.host.clone(),
@@ -201,7 +227,23 @@ fn issuer(ctx: &Ctx<'_>, i: usize, spanned: Spanned<RawIssuer>) -> Result<Issuer
     if max_future > MAX_FUTURE_CEILING {
         return Err(ctx.err(at, key("max_future"), "must be at most 60s (FAPI 2.0 §5.3.2.1-2.13)"));
     }
+    let required_claims =
+        raw.required_claims.unwrap_or_else(|| REQUIRED_CLAIMS.iter().map(|c| c.to_string()).collect());
+    if let Some(unknown) = required_claims.iter().find(|c| !REQUIRED_CLAIMS.contains(&c.as_str())) {
+        return Err(ctx.err(
+            at,
+            key("required_claims"),
+            format!("`{unknown}` cannot be required; choose from sub, client_id, iat, jti"),
+        ));
+    }
     let jwks_cache = jwks_cache(raw.jwks_cache);
+    if jwks_cache.refetch_interval < Duration::from_secs(1) {
+        return Err(ctx.err(
+            at,
+            key("jwks_cache.refetch_interval"),
+            "must be at least 1s: it protects the issuer from unknown-kid floods",
+        ));
+    }
     if jwks_cache.min_ttl > jwks_cache.max_ttl {
         return Err(ctx.err(at, key("jwks_cache.min_ttl"), "must not exceed jwks_cache.max_ttl"));
     }
@@ -212,6 +254,7 @@ fn issuer(ctx: &Ctx<'_>, i: usize, spanned: Spanned<RawIssuer>) -> Result<Issuer
         audiences: raw.audiences,
         algorithms,
         typ,
+        required_claims,
         leeway: dur(raw.leeway, Duration::from_secs(5)),
         max_future,
         jwks_cache,
@@ -260,6 +303,9 @@ fn route(
         return Err(ctx.err(at, key("name"), "must not be empty"));
     }
     let prefix = raw.matcher.path_prefix;
+    if let Err(e) = crate::router::check_path(&prefix) {
+        return Err(ctx.err(at, key("match.path_prefix"), format!("is not a canonical path: {e}")));
+    }
     if !prefix.starts_with('/') {
         return Err(ctx.err(at, key("match.path_prefix"), "must start with `/`"));
     }
@@ -312,7 +358,11 @@ fn route(
         return Err(ctx.err(at, key("upstream"), "must not have a query string"));
     }
     let public_origin = match &raw.public_url {
-        None => defaults.public_origin.to_string(),
+        // A host-bound route is called at its own host, on the listener's scheme and port.
+        None => match &host {
+            Some(h) => with_host(defaults.public_origin, h),
+            None => defaults.public_origin.to_string(),
+        },
         Some(url) => public_origin(url).map_err(|m| ctx.err(at, key("public_url"), m))?,
     };
     Ok(Route {
@@ -330,6 +380,16 @@ fn route(
         public_origin,
         nonce_required: raw.nonce.unwrap_or(defaults.nonce) == NonceMode::Required,
     })
+}
+
+/// `origin` (normalised `scheme://host[:port]`) with its host replaced.
+fn with_host(origin: &str, host: &str) -> String {
+    let (scheme, authority) = origin.split_once("://").unwrap_or(("https", origin));
+    let port = authority.rsplit_once(':').filter(|(_, p)| p.bytes().all(|b| b.is_ascii_digit())).map(|(_, p)| p);
+    match port {
+        Some(port) => format!("{scheme}://{host}:{port}"),
+        None => format!("{scheme}://{host}"),
+    }
 }
 
 /// Checks that a public URL is an https origin and returns it normalised.

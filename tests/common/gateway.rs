@@ -26,6 +26,10 @@ pub struct Options {
     /// Replaces the issuer's `jwks_uri: …` line (e.g. `discovery: true`); `{jwks_uri}`
     /// stands for the JWKS server's key URL.
     pub key_source: Option<String>,
+    /// A top-level `dpop:` section (YAML, unindented), if any.
+    pub dpop: String,
+    /// Extra keys of the `listen` mapping (indented by 2 spaces).
+    pub listen_extra: String,
 }
 
 impl Default for Options {
@@ -36,6 +40,8 @@ impl Default for Options {
             tls_extra: String::new(),
             limits: "  max_body_bytes: 1024\n".into(),
             key_source: None,
+            dpop: String::new(),
+            listen_extra: String::new(),
         }
     }
 }
@@ -93,12 +99,45 @@ impl Env {
         self.token(&c)
     }
 
+    /// A token bound to `key` (RFC 9449 `cnf.jkt`).
+    pub fn dpop_token(&self, key: &Signer) -> String {
+        let mut c = self.claims();
+        c["cnf"] = json!({ "jkt": key.jwk_thumbprint() });
+        self.token(&c)
+    }
+
+    /// `method path` with `Authorization: DPoP <token>` and a fresh proof by `key` for
+    /// the URL the client calls.
+    pub async fn dpop_request(&self, method: &str, path: &str, key: &Signer, token: &str) -> reqwest::Response {
+        let proof = key.dpop_proof(method, &self.public_url(path), Some(token));
+        self.send_dpop(method, path, token, &proof).await
+    }
+
+    /// `method path` with `Authorization: DPoP <token>` and `DPoP: <proof>` as given.
+    pub async fn send_dpop(&self, method: &str, path: &str, token: &str, proof: &str) -> reqwest::Response {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        self.client(None)
+            .request(method, self.url(path))
+            .header("authorization", format!("DPoP {token}"))
+            .header("dpop", proof)
+            .send()
+            .await
+            .expect("request completes")
+    }
+
     pub fn client(&self, cert: Option<&ClientCert>) -> reqwest::Client {
         client(&self.pki, self.addr, cert, false)
     }
 
     pub fn h2_client(&self, cert: Option<&ClientCert>) -> reqwest::Client {
         client(&self.pki, self.addr, cert, true)
+    }
+
+    /// The URL clients believe they call (`listen.public_url` + path, query dropped): what
+    /// DPoP `htu` must name. The listener's real port stays behind it, as behind a load
+    /// balancer.
+    pub fn public_url(&self, path: &str) -> String {
+        format!("https://gateway.test{}", path.split('?').next().unwrap_or_default())
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -153,7 +192,7 @@ fn config_yaml(pki: &TestPki, jwks: &JwksServer, upstream: &Upstream, o: &Option
 listen:
   address: 127.0.0.1:0
   public_url: https://gateway.test
-  tls:
+{listen_extra}  tls:
     cert: {cert}
     key: {key}
     client_auth: {client_auth}
@@ -196,6 +235,11 @@ routes:
     match: {{ path_prefix: /public }}
     upstream: {up}
     auth: none
+  - name: public-cert
+    match: {{ path_prefix: /open-cert }}
+    upstream: {up}
+    auth: none
+    forward_client_cert: true
   - name: echo
     match: {{ path_prefix: /echo, methods: [POST, PUT] }}
     upstream: {up}
@@ -217,7 +261,38 @@ routes:
     match: {{ host: partner.test, path_prefix: /public }}
     upstream: {up}
     binding: mtls
-"#,
+  - name: dpop
+    match: {{ path_prefix: /dpop }}
+    upstream: {up}
+    binding: dpop
+    scopes: [accounts:read]
+    identity_headers: true
+  - name: dpop-nonce
+    match: {{ path_prefix: /nonce }}
+    upstream: {up}
+    binding: dpop
+    nonce: required
+  - name: dpop-as-is
+    match: {{ path_prefix: /as-is }}
+    upstream: {up}
+    binding: dpop
+    forward_token: as_is
+  - name: dpop-strip
+    match: {{ path_prefix: /strip }}
+    upstream: {up}
+    binding: dpop
+    forward_token: strip
+  - name: dpop-scoped
+    match: {{ path_prefix: /dpop-pay }}
+    upstream: {up}
+    binding: dpop
+    scopes: [payments:write]
+  - name: dpop-behind-lb
+    match: {{ path_prefix: /lb }}
+    upstream: {up}
+    binding: dpop
+    public_url: https://API.example.com:443
+{dpop}"#,
         cert = pki.server_cert_path().display(),
         key = pki.server_key_path().display(),
         client_auth = o.client_auth,
@@ -227,6 +302,8 @@ routes:
         key_source = o.key_source.as_deref().unwrap_or("jwks_uri: {jwks_uri}").replace("{jwks_uri}", &jwks.jwks_uri()),
         ca = ca.display(),
         issuer_extra = o.issuer_extra,
+        dpop = o.dpop,
+        listen_extra = o.listen_extra,
     )
 }
 

@@ -122,11 +122,47 @@ struct ProofClaims {
     nonce: Option<String>,
 }
 
-/// Checks `proof` against the request it came with (RFC 9449 §4.3 and §7.1).
+/// Parsed proof keys, keyed by the SHA-256 of the proof's encoded JOSE header. A client
+/// sends the same header (same `typ`, `alg`, `jwk`) with every proof, so after its first
+/// request its key is neither decoded nor re-imported — for RSA that import costs as much as
+/// the signature check. Bounded; a miss only costs a parse.
+pub struct ProofKeyCache {
+    keys: moka::sync::Cache<[u8; 32], PublicKey>,
+}
+
+impl ProofKeyCache {
+    pub fn new(max_entries: u64) -> Self {
+        let keys = moka::sync::Cache::builder()
+            .max_capacity(max_entries)
+            .time_to_idle(std::time::Duration::from_secs(600))
+            .build();
+        ProofKeyCache { keys }
+    }
+
+    fn key(&self, jws: &CompactJws<'_>) -> Result<PublicKey, ProofError> {
+        let input = jws.signing_input();
+        let header_segment = input.split(|&b| b == b'.').next().unwrap_or(input);
+        let id = jose::sha256(header_segment);
+        if let Some(key) = self.keys.get(&id) {
+            return Ok(key);
+        }
+        let jwk = jws.header().get("jwk").and_then(|v| v.as_object()).ok_or(ProofError::BadKey)?;
+        let key = PublicKey::from_jwk(jwk).map_err(|e| match e {
+            jose::JwkError::PrivateKey => ProofError::PrivateKey,
+            _ => ProofError::BadKey,
+        })?;
+        self.keys.insert(id, key.clone());
+        Ok(key)
+    }
+}
+
+/// Checks `proof` against the request it came with (RFC 9449 §4.3 and §7.1). `keys` caches
+/// parsed proof keys; it never changes the outcome, only the cost.
 pub fn verify_proof(
     proof: &str,
     request: &ProofRequest<'_>,
     settings: &DpopSettings,
+    keys: &ProofKeyCache,
 ) -> Result<VerifiedProof, ProofError> {
     if proof.len() > MAX_PROOF_BYTES {
         return Err(ProofError::TooLarge);
@@ -146,11 +182,7 @@ pub fn verify_proof(
     if !settings.algorithms.contains(&alg) {
         return Err(ProofError::AlgorithmNotAllowed);
     }
-    let jwk = jws.header().get("jwk").and_then(|v| v.as_object()).ok_or(ProofError::BadKey)?;
-    let key = PublicKey::from_jwk(jwk).map_err(|e| match e {
-        jose::JwkError::PrivateKey => ProofError::PrivateKey,
-        _ => ProofError::BadKey,
-    })?;
+    let key = keys.key(&jws)?;
     if !key.fits(alg) {
         return Err(ProofError::KeyAlgorithmMismatch);
     }

@@ -79,7 +79,7 @@ fn check(key: &Key, header: &Value, claims: &Value) -> Result<VerifiedProof, Pro
 fn check_as(bound: [u8; 32], proof: &str) -> Result<VerifiedProof, ProofError> {
     let hash = jose::sha256(TOKEN.as_bytes());
     let request = ProofRequest { method: "GET", url: URL, token_hash: &hash, bound_jkt: &bound, now: NOW };
-    verify_proof(proof, &request, &settings())
+    verify_proof(proof, &request, &settings(), &ProofKeyCache::new(16))
 }
 
 fn with(key: &str, value: Value) -> Value {
@@ -113,10 +113,10 @@ fn rfc9449_example_proof_passes_every_check_up_to_ath() {
         bound_jkt: &jkt,
         now: 1_562_262_616,
     };
-    assert_eq!(verify_proof(proof, &request, &settings()), Err(ProofError::AthMismatch));
+    assert_eq!(verify_proof(proof, &request, &settings(), &ProofKeyCache::new(16)), Err(ProofError::AthMismatch));
     // An hour later the same proof is refused as too old, before ath is looked at.
     let later = ProofRequest { now: 1_562_262_616 + 3600, ..request };
-    assert_eq!(verify_proof(proof, &later, &settings()), Err(ProofError::TooOld));
+    assert_eq!(verify_proof(proof, &later, &settings(), &ProofKeyCache::new(16)), Err(ProofError::TooOld));
 }
 
 #[test]
@@ -263,6 +263,33 @@ fn proof_key_must_be_the_bound_key() {
     let proof = thief.sign(&thief.header(), &claims());
     assert_eq!(check_as(key.jkt(), &proof), Err(ProofError::KeyBindingMismatch));
     assert!(ProofError::KeyBindingMismatch.is_token_error());
+}
+
+#[test]
+fn the_key_cache_serves_the_same_header_only() {
+    let cache = ProofKeyCache::new(16);
+    let hash = jose::sha256(TOKEN.as_bytes());
+    let key = Key::new();
+    let thief = Key::new();
+    let bound = key.jkt();
+    let request = ProofRequest { method: "GET", url: URL, token_hash: &hash, bound_jkt: &bound, now: NOW };
+    assert!(verify_proof(&key.sign(&key.header(), &claims()), &request, &settings(), &cache).is_ok());
+    assert!(verify_proof(&key.sign(&key.header(), &claims()), &request, &settings(), &cache).is_ok(), "cached");
+    // Another key in the header is another cache entry: the binding check still fails.
+    let stolen = thief.sign(&thief.header(), &claims());
+    assert_eq!(verify_proof(&stolen, &request, &settings(), &cache), Err(ProofError::KeyBindingMismatch));
+    // Same header, signature by another key: the cached key verifies nothing it should not.
+    let forged = thief.sign(&key.header(), &claims());
+    assert_eq!(verify_proof(&forged, &request, &settings(), &cache), Err(ProofError::BadSignature));
+    // A private-key header is refused every time (errors are not cached).
+    let mut private = key.header();
+    private["jwk"]["d"] = json!("AAAA");
+    for _ in 0..2 {
+        assert_eq!(
+            verify_proof(&key.sign(&private, &claims()), &request, &settings(), &cache),
+            Err(ProofError::PrivateKey)
+        );
+    }
 }
 
 #[test]

@@ -19,6 +19,7 @@ fn issuer() -> Issuer {
         audiences: vec!["https://api.test".into()],
         algorithms: vec![Alg::Es256],
         typ: vec!["at+jwt".into()],
+        required_claims: vec!["sub".into(), "client_id".into(), "iat".into(), "jti".into()],
         leeway: Duration::from_secs(5),
         max_future: Duration::from_secs(10),
         jwks_cache: JwksCacheSettings {
@@ -38,7 +39,7 @@ fn check(claims: serde_json::Value) -> Result<ValidatedToken, TokenError> {
 }
 
 fn valid() -> serde_json::Value {
-    json!({"iss": "https://as.test", "aud": "https://api.test", "exp": NOW + 60, "iat": NOW, "sub": "u", "client_id": "c", "scope": "a b"})
+    json!({"iss": "https://as.test", "aud": "https://api.test", "exp": NOW + 60, "iat": NOW, "sub": "u", "client_id": "c", "jti": "j", "scope": "a b"})
 }
 
 fn with(key: &str, value: serde_json::Value) -> serde_json::Value {
@@ -54,7 +55,7 @@ fn valid_claims_pass_and_scopes_are_read() {
     assert_eq!(t.subject.as_deref(), Some("u"));
     assert!(!t.cnf.is_bound());
     let t = check(
-        json!({"iss": "https://as.test", "aud": ["x", "https://api.test"], "exp": NOW + 60, "scp": ["s1", "s2"]}),
+        json!({"iss": "https://as.test", "aud": ["x", "https://api.test"], "exp": NOW + 60, "iat": NOW, "sub": "u", "client_id": "c", "jti": "j", "scp": ["s1", "s2"]}),
     )
     .unwrap();
     assert_eq!(t.scopes, vec!["s1", "s2"]);
@@ -109,6 +110,22 @@ fn cnf_is_parsed_strictly() {
     assert!(t.cnf.jkt.is_some());
     let t = check(with("cnf", json!({"jwk": {}}))).unwrap();
     assert!(t.cnf.unknown_method && t.cnf.is_bound());
+}
+
+#[test]
+fn rfc9068_required_claims_are_enforced() {
+    for claim in ["sub", "client_id", "iat", "jti"] {
+        let mut c = valid();
+        c.as_object_mut().unwrap().remove(claim);
+        assert_eq!(check(c).unwrap_err(), TokenError::MissingClaim(claim.into()), "{claim}");
+    }
+}
+
+#[test]
+fn present_but_empty_cnf_is_refused() {
+    assert_eq!(check(with("cnf", json!(null))).unwrap_err(), TokenError::BadConfirmation);
+    assert_eq!(check(with("cnf", json!({}))).unwrap_err(), TokenError::BadConfirmation);
+    assert_eq!(check(with("cnf", json!("x"))).unwrap_err(), TokenError::BadConfirmation);
 }
 
 #[test]

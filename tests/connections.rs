@@ -1,0 +1,147 @@
+//! Connection-level defences through real sockets: TLS versions and handshake deadline,
+//! HTTP/2 clients that never send a request, idle connections, and the connection limit.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use rustls::pki_types::ServerName;
+use rustls::pki_types::pem::PemObject;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// True when the peer closes the connection (or resets it) within `limit`.
+async fn closed_within<S: tokio::io::AsyncRead + Unpin>(stream: &mut S, limit: Duration) -> bool {
+    let mut buf = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+            Err(_) => return false,
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            Ok(Ok(_)) => continue,
+        }
+    }
+}
+
+fn tls_config(
+    env: &Env,
+    alpn: &[&[u8]],
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> rustls::ClientConfig {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::CertificateDer::pem_slice_iter(env.pki.ca_pem().as_bytes()) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(versions)
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    config
+}
+
+async fn connect(
+    env: &Env,
+    alpn: &[&[u8]],
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(tls_config(env, alpn, versions)));
+    let tcp = TcpStream::connect(env.addr).await?;
+    connector.connect(ServerName::try_from("gateway.test").unwrap(), tcp).await
+}
+
+#[tokio::test]
+async fn tls12_clients_are_served_and_tls13_is_preferred() {
+    let env = Env::start().await;
+    let mut tls12 = connect(&env, &[b"http/1.1"], &[&rustls::version::TLS12]).await.expect("TLS 1.2 handshake");
+    assert_eq!(tls12.get_ref().1.protocol_version(), Some(rustls::ProtocolVersion::TLSv1_2));
+    tls12.write_all(b"GET /public/x HTTP/1.1\r\nHost: gateway.test\r\nConnection: close\r\n\r\n").await.unwrap();
+    let mut response = String::new();
+    tls12.read_to_string(&mut response).await.unwrap_or_default();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    let tls13 = connect(&env, &[b"http/1.1"], &[&rustls::version::TLS13, &rustls::version::TLS12]).await.unwrap();
+    assert_eq!(tls13.get_ref().1.protocol_version(), Some(rustls::ProtocolVersion::TLSv1_3));
+}
+
+#[tokio::test]
+async fn handshake_that_never_completes_is_cut_off() {
+    let env = Env::start_with(Options { listen_extra: "  handshake_timeout: 1s\n".into(), ..Default::default() }).await;
+    let mut tcp = TcpStream::connect(env.addr).await.unwrap();
+    assert!(closed_within(&mut tcp, Duration::from_secs(5)).await, "a silent TCP client must be dropped");
+}
+
+#[tokio::test]
+async fn http2_connection_that_never_sends_a_request_is_cut_off() {
+    let env = Env::start_with(Options {
+        limits: "  max_body_bytes: 1024\n  header_read_timeout: 1s\n".into(),
+        ..Default::default()
+    })
+    .await;
+    let mut tls = connect(&env, &[b"h2"], &[&rustls::version::TLS13]).await.unwrap();
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    assert!(closed_within(&mut tls, Duration::from_secs(5)).await, "no preface, no request: must be closed");
+    assert_eq!(env.upstream.hits(), 0);
+}
+
+#[tokio::test]
+async fn idle_http2_connection_is_closed_gracefully() {
+    let env = Env::start_with(Options {
+        limits: "  max_body_bytes: 1024\n  idle_timeout: 1s\n".into(),
+        ..Default::default()
+    })
+    .await;
+    let tls = connect(&env, &[b"h2"], &[&rustls::version::TLS13]).await.unwrap();
+    let (mut sender, connection) =
+        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), hyper_util::rt::TokioIo::new(tls))
+            .await
+            .unwrap();
+    let connection = tokio::spawn(connection);
+    let request =
+        http::Request::get("https://gateway.test/public/x").body(http_body_util::Empty::<bytes::Bytes>::new()).unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    assert_eq!(response.status(), 200);
+    drop(response);
+    // No request for `idle_timeout`: the gateway sends GOAWAY and the connection ends.
+    let ended = tokio::time::timeout(Duration::from_secs(5), connection).await;
+    assert!(matches!(ended, Ok(Ok(_))), "idle connection must be closed by the gateway");
+    assert_eq!(env.upstream.hits(), 1);
+}
+
+#[tokio::test]
+async fn idle_http1_connection_is_closed() {
+    let env = Env::start_with(Options {
+        limits: "  max_body_bytes: 1024\n  idle_timeout: 1s\n  header_read_timeout: 30s\n".into(),
+        ..Default::default()
+    })
+    .await;
+    let mut tls = connect(&env, &[b"http/1.1"], &[&rustls::version::TLS13]).await.unwrap();
+    tls.write_all(b"GET /public/x HTTP/1.1\r\nHost: gateway.test\r\n\r\n").await.unwrap();
+    let mut buf = [0u8; 4096];
+    let n = tls.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    assert!(closed_within(&mut tls, Duration::from_secs(5)).await, "idle keep-alive connection must be closed");
+}
+
+#[tokio::test]
+async fn connections_beyond_the_limit_wait_for_a_free_slot() {
+    let env = Env::start_with(Options {
+        limits: "  max_body_bytes: 1024\n  max_connections: 1\n".into(),
+        ..Default::default()
+    })
+    .await;
+    let first = connect(&env, &[b"http/1.1"], &[&rustls::version::TLS13]).await.unwrap();
+    // The second handshake cannot complete while the only slot is taken.
+    let second =
+        tokio::time::timeout(Duration::from_millis(500), connect(&env, &[b"http/1.1"], &[&rustls::version::TLS13]))
+            .await;
+    assert!(second.is_err(), "second connection must wait");
+    drop(first);
+    let third =
+        tokio::time::timeout(Duration::from_secs(5), connect(&env, &[b"http/1.1"], &[&rustls::version::TLS13])).await;
+    assert!(matches!(third, Ok(Ok(_))), "a freed slot is taken by the next client");
+}
