@@ -104,6 +104,14 @@ fn check_config(path: &std::path::Path) -> ExitCode {
             issuer.audiences.join(" ")
         );
     }
+    let dpop = &config.dpop;
+    println!(
+        "dpop      algorithms {}; iat window -{}s/+{}s; replay store memory ({} entries)",
+        dpop.algs_challenge,
+        dpop.max_age.as_secs(),
+        dpop.max_future.as_secs(),
+        dpop.replay_max_entries
+    );
     for route in &config.routes {
         let methods = route
             .methods
@@ -121,11 +129,16 @@ fn check_config(path: &std::path::Path) -> ExitCode {
             }
         };
         println!(
-            "route     {:<16} {}{}/ [{methods}] -> {}  {policy}",
+            "route     {:<16} {}{}/ [{methods}] -> {}  {policy}{}",
             route.name,
             route.host.as_deref().unwrap_or(""),
             route.path_prefix,
-            route.upstream
+            route.upstream,
+            if route.nonce_required && matches!(route.policy, RoutePolicy::Protected { .. }) {
+                ", dpop nonce: required"
+            } else {
+                ""
+            }
         );
     }
     ExitCode::SUCCESS

@@ -16,6 +16,13 @@ fn bundled_gateway_yaml_loads() {
         accounts.policy,
         RoutePolicy::Protected { binding: Binding::Mtls, scopes: vec!["accounts:read".into()] }
     );
+    let payments = config.routes.iter().find(|r| r.name == "payments").expect("payments route");
+    assert_eq!(
+        payments.policy,
+        RoutePolicy::Protected { binding: Binding::Dpop, scopes: vec!["payments:write".into()] }
+    );
+    assert!(payments.nonce_required);
+    assert_eq!(config.dpop.algs_challenge, "ES256 PS256 EdDSA");
     // The bundled certificate and key load and fit together.
     fapi_gateway::tls::server_config(&config.listen.tls).unwrap_or_else(|e| panic!("{e}"));
 }

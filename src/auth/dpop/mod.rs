@@ -11,10 +11,8 @@ pub mod htu;
 pub mod nonce;
 pub mod replay;
 
-use serde::Deserialize;
-
 use crate::config::DpopSettings;
-use crate::jose::{self, CompactJws, JwsError, PublicKey};
+use crate::jose::{self, Alg, JwsError, PublicKey};
 
 /// Proofs longer than this are refused before any decoding.
 pub const MAX_PROOF_BYTES: usize = 8 * 1024;
@@ -112,7 +110,6 @@ impl ProofError {
 }
 
 /// The claims a proof must carry; others are ignored (RFC 9449 §4.2).
-#[derive(Deserialize)]
 struct ProofClaims {
     jti: Option<String>,
     htm: Option<String>,
@@ -122,42 +119,83 @@ struct ProofClaims {
     nonce: Option<String>,
 }
 
-/// Parsed proof keys, keyed by the SHA-256 of the proof's encoded JOSE header. A client
-/// sends the same header (same `typ`, `alg`, `jwk`) with every proof, so after its first
-/// request its key is neither decoded nor re-imported — for RSA that import costs as much as
-/// the signature check. Bounded; a miss only costs a parse.
+impl ProofClaims {
+    /// Reads the claims from the parsed payload; a claim of the wrong JSON type is malformed.
+    fn from_object(mut object: serde_json::Map<String, serde_json::Value>) -> Result<Self, ProofError> {
+        let mut text = |name: &str| match object.remove(name) {
+            None | Some(serde_json::Value::Null) => Ok(None),
+            Some(serde_json::Value::String(s)) => Ok(Some(s)),
+            Some(_) => Err(ProofError::Malformed),
+        };
+        let (jti, htm, htu, ath, nonce) = (text("jti")?, text("htm")?, text("htu")?, text("ath")?, text("nonce")?);
+        let iat = match object.remove("iat") {
+            None | Some(serde_json::Value::Null) => None,
+            Some(serde_json::Value::Number(n)) => Some(n),
+            Some(_) => return Err(ProofError::Malformed),
+        };
+        Ok(ProofClaims { jti, htm, htu, iat, ath, nonce })
+    }
+}
+
+/// Checked proof headers, keyed by the SHA-256 of the encoded JOSE header. A client sends
+/// the same header (same `typ`, `alg`, `jwk`) with every proof, so after its first request
+/// the header is neither decoded nor checked again, and its key not re-imported — for RSA
+/// that import costs as much as the signature check. Only headers that passed every header
+/// check are cached (the checks depend on nothing but the header and the settings, which
+/// are fixed for the cache's lifetime). Bounded; a miss only costs a parse.
 pub struct ProofKeyCache {
-    keys: moka::sync::Cache<[u8; 32], PublicKey>,
+    headers: moka::sync::Cache<[u8; 32], (Alg, PublicKey)>,
 }
 
 impl ProofKeyCache {
     pub fn new(max_entries: u64) -> Self {
-        let keys = moka::sync::Cache::builder()
+        let headers = moka::sync::Cache::builder()
             .max_capacity(max_entries)
             .time_to_idle(std::time::Duration::from_secs(600))
             .build();
-        ProofKeyCache { keys }
+        ProofKeyCache { headers }
     }
 
-    fn key(&self, jws: &CompactJws<'_>) -> Result<PublicKey, ProofError> {
-        let input = jws.signing_input();
-        let header_segment = input.split(|&b| b == b'.').next().unwrap_or(input);
-        let id = jose::sha256(header_segment);
-        if let Some(key) = self.keys.get(&id) {
-            return Ok(key);
+    /// The algorithm and key of a proof header that passes the `typ`, `alg` and `jwk` checks.
+    fn header(&self, segment: &str, settings: &DpopSettings) -> Result<(Alg, PublicKey), ProofError> {
+        let id = jose::sha256(segment.as_bytes());
+        if let Some(hit) = self.headers.get(&id) {
+            return Ok(hit);
         }
-        let jwk = jws.header().get("jwk").and_then(|v| v.as_object()).ok_or(ProofError::BadKey)?;
-        let key = PublicKey::from_jwk(jwk).map_err(|e| match e {
-            jose::JwkError::PrivateKey => ProofError::PrivateKey,
-            _ => ProofError::BadKey,
-        })?;
-        self.keys.insert(id, key.clone());
-        Ok(key)
+        let checked = check_header(segment, settings)?;
+        self.headers.insert(id, checked.clone());
+        Ok(checked)
     }
 }
 
+/// The header checks of RFC 9449 §4.3, in order: JSON object, `typ`, `alg`, `jwk` (public,
+/// of the type the algorithm needs).
+fn check_header(segment: &str, settings: &DpopSettings) -> Result<(Alg, PublicKey), ProofError> {
+    let bytes = jose::b64url_decode(segment).map_err(|_| ProofError::Malformed)?;
+    let header = jose::strict_json_object(&bytes).map_err(|_| ProofError::Malformed)?;
+    let typ = header.get("typ").and_then(|t| t.as_str());
+    if !typ.is_some_and(|t| crate::config::normalise_typ(t) == "dpop+jwt") {
+        return Err(ProofError::WrongType);
+    }
+    if header.contains_key("crit") {
+        // No extension is understood, so a critical one can never be honoured (RFC 7515 §4.1.11).
+        return Err(ProofError::Malformed);
+    }
+    let alg = header.get("alg").and_then(|a| a.as_str()).ok_or(ProofError::Malformed)?;
+    let alg = Alg::from_name(alg).filter(|a| settings.algorithms.contains(a)).ok_or(ProofError::AlgorithmNotAllowed)?;
+    let jwk = header.get("jwk").and_then(|v| v.as_object()).ok_or(ProofError::BadKey)?;
+    let key = PublicKey::from_jwk(jwk).map_err(|e| match e {
+        jose::JwkError::PrivateKey => ProofError::PrivateKey,
+        _ => ProofError::BadKey,
+    })?;
+    if !key.fits(alg) {
+        return Err(ProofError::KeyAlgorithmMismatch);
+    }
+    Ok((alg, key))
+}
+
 /// Checks `proof` against the request it came with (RFC 9449 §4.3 and §7.1). `keys` caches
-/// parsed proof keys; it never changes the outcome, only the cost.
+/// checked headers; it never changes the outcome, only the cost.
 pub fn verify_proof(
     proof: &str,
     request: &ProofRequest<'_>,
@@ -167,34 +205,26 @@ pub fn verify_proof(
     if proof.len() > MAX_PROOF_BYTES {
         return Err(ProofError::TooLarge);
     }
-    let jws = CompactJws::parse(proof, MAX_PROOF_BYTES).map_err(|e| match e {
-        JwsError::TooLarge => ProofError::TooLarge,
-        _ => ProofError::Malformed,
-    })?;
-    let typ_ok = jws.header_str("typ").is_some_and(|t| crate::config::normalise_typ(t) == "dpop+jwt");
-    if !typ_ok {
-        return Err(ProofError::WrongType);
+    let mut parts = proof.split('.');
+    let (Some(header), Some(payload), Some(signature), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(ProofError::Malformed);
+    };
+    if header.is_empty() || payload.is_empty() || signature.is_empty() {
+        return Err(ProofError::Malformed);
     }
-    let alg = jws.alg().map_err(|e| match e {
-        JwsError::UnsupportedAlg(_) => ProofError::AlgorithmNotAllowed,
-        _ => ProofError::Malformed,
-    })?;
-    if !settings.algorithms.contains(&alg) {
-        return Err(ProofError::AlgorithmNotAllowed);
-    }
-    let key = keys.key(&jws)?;
-    if !key.fits(alg) {
-        return Err(ProofError::KeyAlgorithmMismatch);
-    }
-    jws.verify_with(alg, &key).map_err(|e| match e {
+    let (alg, key) = keys.header(header, settings)?;
+    let signature = jose::b64url_decode(signature).map_err(|_| ProofError::Malformed)?;
+    let signing_input = &proof.as_bytes()[..header.len() + 1 + payload.len()];
+    key.verify(alg, signing_input, &signature).map_err(|e| match e {
         JwsError::KeyAlgMismatch => ProofError::KeyAlgorithmMismatch,
         _ => ProofError::BadSignature,
     })?;
+    let payload = jose::b64url_decode(payload).map_err(|_| ProofError::Malformed)?;
 
     // The signature holds: the claims are the key holder's.
-    let object = jose::strict_json_object(jws.payload()).map_err(|_| ProofError::Malformed)?;
-    let claims: ProofClaims =
-        serde_json::from_value(serde_json::Value::Object(object)).map_err(|_| ProofError::Malformed)?;
+    let object = jose::strict_json_object(&payload).map_err(|_| ProofError::Malformed)?;
+    let claims = ProofClaims::from_object(object)?;
     let jti = claims.jti.filter(|j| !j.is_empty() && j.len() <= MAX_JTI_BYTES).ok_or(ProofError::BadJti)?;
     if claims.htm.as_deref() != Some(request.method) {
         return Err(ProofError::HtmMismatch);
