@@ -15,25 +15,14 @@ use aws_lc_rs::signature::{
 };
 use criterion::{Criterion, criterion_group, criterion_main};
 use fapi_gateway::auth::dpop::{ProofKeyCache, ProofRequest, verify_proof};
-use fapi_gateway::config::{DpopSettings, NonceMode, NonceSecret, ReplayStoreKind};
+use fapi_gateway::config::DpopSettings;
 use fapi_gateway::jose::{Alg, CompactJws, PublicKey, b64url_encode, sha256};
 use serde_json::{Value, json};
 
 const URL: &str = "https://api.test/accounts/1";
 
 fn settings() -> DpopSettings {
-    DpopSettings {
-        algorithms: vec![Alg::Es256, Alg::Ps256, Alg::EdDsa],
-        algs_challenge: String::new(),
-        max_age: Duration::from_secs(60),
-        max_future: Duration::from_secs(10),
-        replay_store: ReplayStoreKind::Memory,
-        replay_max_entries: 1,
-        nonce: NonceMode::Off,
-        nonce_secret: NonceSecret::Random,
-        nonce_step: Duration::from_secs(30),
-        nonce_window: 1,
-    }
+    DpopSettings::default()
 }
 
 enum Signer {

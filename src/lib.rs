@@ -20,6 +20,7 @@
 pub mod auth;
 pub mod body;
 pub mod config;
+pub mod diagnostics;
 pub mod gateway;
 pub mod jose;
 pub mod proxy;

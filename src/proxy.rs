@@ -8,7 +8,6 @@
 //! without buffering; the request body is cut off at the configured size.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use http::header::{self, HeaderName, HeaderValue};
@@ -142,7 +141,7 @@ impl Upstream {
             Err(_) => return Err(Rejection::UpstreamTimeout),
             Ok(Err(e)) if is_body_limit(&e) => return Err(Rejection::PayloadTooLarge),
             Ok(Err(e)) => {
-                tracing::warn!(route = %route.name, error = %error_chain(&e), "upstream request failed");
+                tracing::warn!(route = %route.name, error = %crate::diagnostics::error_chain(&e), "upstream request failed");
                 return Err(Rejection::UpstreamUnavailable);
             }
             Ok(Ok(response)) => response,
@@ -324,20 +323,6 @@ fn is_body_limit(error: &(dyn std::error::Error + 'static)) -> bool {
     }
     false
 }
-
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
-
-/// Shared handle to a route's upstream.
-pub type SharedUpstream = Arc<Upstream>;
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]

@@ -4,13 +4,11 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::time::Duration;
-
 use aws_lc_rs::rand::SystemRandom;
 use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair};
 use fapi_gateway::auth::dpop::{ProofKeyCache, ProofRequest, verify_proof};
-use fapi_gateway::config::{DpopSettings, NonceMode, NonceSecret, ReplayStoreKind};
-use fapi_gateway::jose::{Alg, b64url_encode, sha256};
+use fapi_gateway::config::DpopSettings;
+use fapi_gateway::jose::{b64url_encode, sha256};
 use proptest::prelude::*;
 use serde_json::json;
 
@@ -18,18 +16,7 @@ const NOW: i64 = 1_700_000_000;
 const URL: &str = "https://api.test/x";
 
 fn settings() -> DpopSettings {
-    DpopSettings {
-        algorithms: vec![Alg::Es256, Alg::Ps256, Alg::EdDsa],
-        algs_challenge: "ES256 PS256 EdDSA".into(),
-        max_age: Duration::from_secs(60),
-        max_future: Duration::from_secs(10),
-        replay_store: ReplayStoreKind::Memory,
-        replay_max_entries: 10,
-        nonce: NonceMode::Off,
-        nonce_secret: NonceSecret::Random,
-        nonce_step: Duration::from_secs(30),
-        nonce_window: 1,
-    }
+    DpopSettings::default()
 }
 
 /// A valid proof for `URL` and the token "token", and the key's thumbprint.

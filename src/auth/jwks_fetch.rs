@@ -99,7 +99,8 @@ impl KeyFetcher {
             .body(Empty::<Bytes>::new())
             .map_err(|e| http_err(e.to_string()))?;
         let work = async {
-            let response = self.client.request(request).await.map_err(|e| http_err(error_chain(&e)))?;
+            let response =
+                self.client.request(request).await.map_err(|e| http_err(crate::diagnostics::error_chain(&e)))?;
             if response.status() != StatusCode::OK {
                 return Err(FetchError::Status { url: url.to_string(), status: response.status() });
             }
@@ -200,19 +201,6 @@ fn max_age(value: &str) -> Option<Duration> {
         }
     }
     result
-}
-
-/// A connection error's causes, joined, so "connection refused" is not hidden behind
-/// "client error (Connect)".
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 #[cfg(test)]

@@ -50,6 +50,25 @@ pub struct DpopSettings {
     pub nonce_window: u32,
 }
 
+impl Default for DpopSettings {
+    /// The documented defaults of the `dpop:` section.
+    fn default() -> Self {
+        let algorithms = vec![Alg::Es256, Alg::Ps256, Alg::EdDsa];
+        DpopSettings {
+            algs_challenge: algorithms.iter().map(|a| a.name()).collect::<Vec<_>>().join(" "),
+            algorithms,
+            max_age: Duration::from_secs(60),
+            max_future: Duration::from_secs(10),
+            replay_store: ReplayStoreKind::Memory,
+            replay_max_entries: 1_000_000,
+            nonce: NonceMode::Off,
+            nonce_secret: NonceSecret::Random,
+            nonce_step: Duration::from_secs(30),
+            nonce_window: 1,
+        }
+    }
+}
+
 /// Where the nonce HMAC key comes from.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum NonceSecret {

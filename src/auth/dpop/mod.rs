@@ -173,8 +173,8 @@ impl ProofKeyCache {
 fn check_header(segment: &str, settings: &DpopSettings) -> Result<(Alg, PublicKey), ProofError> {
     let bytes = jose::b64url_decode(segment).map_err(|_| ProofError::Malformed)?;
     let header = jose::strict_json_object(&bytes).map_err(|_| ProofError::Malformed)?;
-    let typ = header.get("typ").and_then(|t| t.as_str());
-    if !typ.is_some_and(|t| crate::config::normalise_typ(t) == "dpop+jwt") {
+    let typ = header.get("typ").and_then(|t| t.as_str()).map(crate::config::normalise_typ);
+    if typ.as_deref() != Some("dpop+jwt") {
         return Err(ProofError::WrongType);
     }
     if header.contains_key("crit") {

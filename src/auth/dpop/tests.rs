@@ -2,33 +2,20 @@
 //! injected clock; the RFC's own example proof runs through every check up to `ath`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::time::Duration;
-
 use aws_lc_rs::rand::SystemRandom;
 use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair};
 use serde_json::{Value, json};
 
 use super::*;
-use crate::config::{NonceMode, NonceSecret, ReplayStoreKind};
-use crate::jose::{Alg, b64url_encode};
+
+use crate::jose::b64url_encode;
 
 const NOW: i64 = 1_700_000_000;
 const TOKEN: &str = "Kz~8mXK1EalYznwH-LC-1fBAo.4Ljp~zsPE_NeO.gxU";
 const URL: &str = "https://api.test/accounts/1";
 
 fn settings() -> DpopSettings {
-    DpopSettings {
-        algorithms: vec![Alg::Es256, Alg::Ps256, Alg::EdDsa],
-        algs_challenge: "ES256 PS256 EdDSA".into(),
-        max_age: Duration::from_secs(60),
-        max_future: Duration::from_secs(10),
-        replay_store: ReplayStoreKind::Memory,
-        replay_max_entries: 1000,
-        nonce: NonceMode::Off,
-        nonce_secret: NonceSecret::Random,
-        nonce_step: Duration::from_secs(30),
-        nonce_window: 1,
-    }
+    DpopSettings::default()
 }
 
 struct Key {
