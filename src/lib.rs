@@ -56,6 +56,8 @@ pub enum StartError {
     Upstream { route: String, source: TlsError },
     #[error("dpop: {0}")]
     NonceSecret(#[from] auth::dpop::nonce::NonceSecretError),
+    #[error("{0}")]
+    ReplayStore(#[from] auth::dpop::replay_redis::RedisConfigError),
     #[error("cannot listen on {address}: {source} (is another process using it?)")]
     Bind { address: SocketAddr, source: std::io::Error },
 }
@@ -75,22 +77,32 @@ pub fn check_files(config: &Config) -> Result<(), StartError> {
     for route in &config.routes {
         Upstream::new(route).map_err(|source| StartError::Upstream { route: route.name.clone(), source })?;
     }
-    auth::dpop::nonce::NonceIssuer::from_settings(&config.dpop)?;
+    dpop_runtime(config)?;
     Ok(())
 }
 
 /// The DPoP runtime of a configuration: nonce keys and a fresh replay store that remembers
 /// proofs for the whole `iat` acceptance window.
 fn dpop_runtime(config: &Config) -> Result<auth::DpopRuntime, StartError> {
+    use auth::dpop::replay::{MemoryReplayStore, ReplayStore};
+    use auth::dpop::replay_redis::RedisReplayStore;
     let settings = config.dpop.clone();
     let window = settings.max_age + settings.max_future;
-    let replay =
-        auth::dpop::replay::MemoryReplayStore::new(window, settings.replay_max_entries, std::time::Instant::now());
+    let memory = || Arc::new(MemoryReplayStore::new(window, settings.replay_max_entries, std::time::Instant::now()));
+    let (replay, shared): (Arc<dyn ReplayStore>, _) = match &settings.replay_store {
+        config::ReplayBackend::Memory => (memory(), None),
+        config::ReplayBackend::Redis { url, key_prefix, timeout, on_error } => {
+            let fallback = (*on_error == config::ReplayOnError::Local).then(memory);
+            let store = Arc::new(RedisReplayStore::new(&url.0, key_prefix, window, *timeout, fallback)?);
+            (store.clone(), Some(store))
+        }
+    };
     Ok(auth::DpopRuntime {
         algs: Arc::from(settings.algs_challenge.as_str()),
         nonces: auth::dpop::nonce::NonceIssuer::from_settings(&settings)?,
         keys: auth::dpop::ProofKeyCache::new(10_000),
-        replay: Arc::new(replay),
+        replay,
+        shared_replay: shared,
         settings,
     })
 }
@@ -112,6 +124,14 @@ impl GatewayHandle {
     /// Whether every issuer's keys have been fetched at least once.
     pub fn keys_loaded(&self) -> bool {
         self.state.validator.issuer_keys().all(|k| k.is_loaded())
+    }
+
+    /// Whether the shared DPoP replay store (if configured) answers now.
+    pub async fn replay_store_reachable(&self) -> bool {
+        match &self.state.dpop.shared_replay {
+            Some(store) => store.is_reachable().await,
+            None => true,
+        }
     }
 
     /// Stops accepting, drains in-flight requests up to the grace period, and returns.
@@ -188,6 +208,19 @@ pub async fn start(config: Config) -> Result<GatewayHandle, StartError> {
         max_connections: config.limits.max_connections,
     };
     let dpop = dpop_runtime(&config)?;
+    match &dpop.shared_replay {
+        Some(store) => {
+            tracing::info!(url = %store.redacted_url(), "DPoP replay state shared through Redis");
+            if let config::ReplayBackend::Redis { on_error: config::ReplayOnError::Local, .. } =
+                config.dpop.replay_store
+            {
+                tracing::warn!(
+                    "dpop.replay.on_error is `local`: while Redis is unreachable, a proof accepted here can be replayed against another instance"
+                );
+            }
+        }
+        None => tracing::debug!("DPoP replay state kept in memory (one instance)"),
+    }
     let state = Arc::new(GatewayState { dpop, router: Router::new(&config.routes), config, validator, upstreams });
     let (shutdown, receiver) = watch::channel(false);
     let acceptor = tokio_rustls::TlsAcceptor::from(server_tls);

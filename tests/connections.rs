@@ -4,55 +4,21 @@
 
 mod common;
 
-use std::sync::Arc;
 use std::time::Duration;
 
+use common::raw::{closed_within, read_until_close, tls_config, try_connect};
 use common::*;
-use rustls::pki_types::ServerName;
-use rustls::pki_types::pem::PemObject;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-/// True when the peer closes the connection (or resets it) within `limit`.
-async fn closed_within<S: tokio::io::AsyncRead + Unpin>(stream: &mut S, limit: Duration) -> bool {
-    let mut buf = [0u8; 4096];
-    let deadline = tokio::time::Instant::now() + limit;
-    loop {
-        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
-            Err(_) => return false,
-            Ok(Ok(0)) | Ok(Err(_)) => return true,
-            Ok(Ok(_)) => continue,
-        }
-    }
-}
-
-fn tls_config(
-    env: &Env,
-    alpn: &[&[u8]],
-    versions: &[&'static rustls::SupportedProtocolVersion],
-) -> rustls::ClientConfig {
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls::pki_types::CertificateDer::pem_slice_iter(env.pki.ca_pem().as_bytes()) {
-        roots.add(cert.unwrap()).unwrap();
-    }
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let mut config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(versions)
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-    config
-}
-
+/// A TLS connection to the gateway (SNI `gateway.test`) offering `alpn` and only the TLS
+/// `versions`.
 async fn connect(
     env: &Env,
     alpn: &[&[u8]],
     versions: &[&'static rustls::SupportedProtocolVersion],
-) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(tls_config(env, alpn, versions)));
-    let tcp = TcpStream::connect(env.addr).await?;
-    connector.connect(ServerName::try_from("gateway.test").unwrap(), tcp).await
+) -> std::io::Result<Tls> {
+    try_connect(env.addr, tls_config(&env.pki, alpn, versions), GATEWAY_HOST).await
 }
 
 #[tokio::test]
@@ -61,8 +27,9 @@ async fn tls12_clients_are_served_and_tls13_is_preferred() {
     let mut tls12 = connect(&env, &[b"http/1.1"], &[&rustls::version::TLS12]).await.expect("TLS 1.2 handshake");
     assert_eq!(tls12.get_ref().1.protocol_version(), Some(rustls::ProtocolVersion::TLSv1_2));
     tls12.write_all(b"GET /public/x HTTP/1.1\r\nHost: gateway.test\r\nConnection: close\r\n\r\n").await.unwrap();
-    let mut response = String::new();
-    tls12.read_to_string(&mut response).await.unwrap_or_default();
+    let mut response = Vec::new();
+    read_until_close(&mut tls12, &mut response).await;
+    let response = String::from_utf8_lossy(&response);
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");
     let tls13 = connect(&env, &[b"http/1.1"], &[&rustls::version::TLS13, &rustls::version::TLS12]).await.unwrap();
     assert_eq!(tls13.get_ref().1.protocol_version(), Some(rustls::ProtocolVersion::TLSv1_3));

@@ -8,18 +8,14 @@
 
 mod common;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine as _;
+use common::raw::{
+    assert_closed_by_gateway, find, parse_response, raw_connect_with_sni, raw_connect_without_sni, read_until_close,
+};
 use common::*;
-use rustls::client::WebPkiServerVerifier;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::pki_types::pem::PemObject as _;
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{DigitallySignedStruct, SignatureScheme};
-use serde_json::Value;
-use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 
 // ---------------------------------------------------------------------------------------
@@ -38,206 +34,6 @@ fn h1_client(env: &Env) -> reqwest::Client {
         .tls_certs_only([ca])
         .build()
         .unwrap()
-}
-
-type Tls = tokio_rustls::client::TlsStream<TcpStream>;
-
-/// A TLS connection to the gateway with SNI `gateway.test`, ALPN `http/1.1`.
-async fn raw_connect(env: &Env) -> Tls {
-    let connector = env.pki.tls_connector(None, &[b"http/1.1"]);
-    let tcp = TcpStream::connect(env.addr).await.unwrap();
-    connector.connect(ServerName::try_from(GATEWAY_HOST).unwrap(), tcp).await.unwrap()
-}
-
-/// A TLS connection to the gateway by IP address: rustls sends no SNI then.
-async fn raw_connect_without_sni(env: &Env) -> Tls {
-    let connector = env.pki.tls_connector(None, &[b"http/1.1"]);
-    let tcp = TcpStream::connect(env.addr).await.unwrap();
-    connector.connect(ServerName::try_from("127.0.0.1").unwrap(), tcp).await.unwrap()
-}
-
-/// Verifies the server's chain against the test CA as `gateway.test`, whatever SNI the
-/// client sent (the gateway has one certificate; this lets a test send another SNI).
-#[derive(Debug)]
-struct VerifyAsGatewayHost(Arc<WebPkiServerVerifier>);
-
-impl ServerCertVerifier for VerifyAsGatewayHost {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        ocsp_response: &[u8],
-        now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        let name = ServerName::try_from(GATEWAY_HOST).unwrap();
-        self.0.verify_server_cert(end_entity, intermediates, &name, ocsp_response, now)
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.supported_verify_schemes()
-    }
-}
-
-/// A TLS connection to the gateway that asks for server name `sni`.
-async fn raw_connect_with_sni(env: &Env, sni: &'static str) -> Tls {
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(CertificateDer::from_pem_slice(env.pki.ca_pem().as_bytes()).unwrap()).unwrap();
-    let verifier = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone()).build().unwrap();
-    let mut config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(VerifyAsGatewayHost(verifier)))
-        .with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-    let tcp = TcpStream::connect(env.addr).await.unwrap();
-    connector.connect(ServerName::try_from(sni).unwrap(), tcp).await.unwrap()
-}
-
-/// An HTTP/1.1 response read off a raw connection.
-#[derive(Debug)]
-struct RawResponse {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-    /// The body arrived in full (by Content-Length, the last chunk, or connection close
-    /// when neither framing was used).
-    complete: bool,
-}
-
-impl RawResponse {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
-    }
-
-    fn json(&self) -> Value {
-        serde_json::from_slice(&self.body)
-            .unwrap_or_else(|e| panic!("JSON body ({e}): {}", String::from_utf8_lossy(&self.body)))
-    }
-
-    /// Asserts a gateway-made JSON error response.
-    fn assert_gateway_error(&self, status: u16, error: &str) {
-        assert_eq!(self.status, status, "{self:?}");
-        assert_eq!(self.header("cache-control"), Some("no-store"), "{self:?}");
-        assert_eq!(self.header("content-type"), Some("application/json"));
-        let body = self.json();
-        assert_eq!(body["error"], error, "{body}");
-        assert!(body["error_description"].is_string(), "{body}");
-    }
-}
-
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
-}
-
-/// Decodes a chunked body; `(body, saw_last_chunk)`.
-fn dechunk(mut data: &[u8]) -> (Vec<u8>, bool) {
-    let mut body = Vec::new();
-    loop {
-        let Some(eol) = find(data, b"\r\n") else {
-            return (body, false);
-        };
-        let size_text = String::from_utf8_lossy(&data[..eol]);
-        let size_text = size_text.split(';').next().unwrap_or("").trim();
-        let Ok(size) = usize::from_str_radix(size_text, 16) else {
-            return (body, false);
-        };
-        let start = eol + 2;
-        if size == 0 {
-            return (body, true);
-        }
-        if data.len() < start + size + 2 {
-            body.extend_from_slice(&data[start..data.len().min(start + size)]);
-            return (body, false);
-        }
-        body.extend_from_slice(&data[start..start + size]);
-        data = &data[start + size + 2..];
-    }
-}
-
-/// Parses `buf` as one response; `None` until the head is complete.
-fn parse_response(buf: &[u8], eof: bool) -> Option<RawResponse> {
-    let head_end = find(buf, b"\r\n\r\n")?;
-    let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
-    let mut lines = head.split("\r\n");
-    let status_line = lines.next().unwrap_or_default();
-    let status: u16 = status_line
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("bad status line {status_line:?}"));
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
-        .collect();
-    let rest = &buf[head_end + 4..];
-    let get = |name: &str| headers.iter().find(|(n, _)| n == name).map(|(_, v)| v);
-    let (body, complete) = if let Some(len) = get("content-length") {
-        let len: usize = len.parse().unwrap();
-        (rest[..rest.len().min(len)].to_vec(), rest.len() >= len)
-    } else if get("transfer-encoding").is_some_and(|te| te.contains("chunked")) {
-        dechunk(rest)
-    } else {
-        (rest.to_vec(), eof)
-    };
-    Some(RawResponse { status, headers, body, complete })
-}
-
-/// Reads one response: until its body is complete, or the connection ends (a read error,
-/// such as a TCP reset or a missing TLS close_notify, counts as the end). `None` when the
-/// connection ended before a whole response head arrived. Panics after 10 s.
-async fn read_response(stream: &mut (impl AsyncRead + Unpin)) -> Option<RawResponse> {
-    let read = async {
-        let mut buf = Vec::new();
-        let mut chunk = [0u8; 8192];
-        loop {
-            if let Some(response) = parse_response(&buf, false) {
-                if response.complete {
-                    return Some(response);
-                }
-            }
-            match stream.read(&mut chunk).await {
-                Ok(0) | Err(_) => return parse_response(&buf, true),
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            }
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(10), read).await.expect("the gateway answers or closes within 10 s")
-}
-
-/// Sends `request` on a fresh raw connection and reads the answer.
-async fn raw_exchange(env: &Env, request: &[u8]) -> Option<RawResponse> {
-    let mut tls = raw_connect(env).await;
-    tls.write_all(request).await.unwrap();
-    tls.flush().await.unwrap();
-    read_response(&mut tls).await
-}
-
-/// `GET path` on a fresh raw HTTP/1.1 connection with `Host: gateway.test`.
-async fn raw_get(env: &Env, path: &str) -> RawResponse {
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {GATEWAY_HOST}\r\n\r\n");
-    raw_exchange(env, request.as_bytes()).await.unwrap_or_else(|| panic!("no response to GET {path}"))
 }
 
 fn der_header(der: &[u8]) -> String {
@@ -568,16 +364,7 @@ async fn body_crossing_the_limit_after_the_upstream_answered_is_cut_off() {
     // The rest takes the body to 2048 bytes; the gateway may stop reading part-way.
     let _ = tls.write_all(rest).await;
     let _ = tls.flush().await;
-    tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            match tls.read(&mut chunk).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            }
-        }
-    })
-    .await
-    .expect("the gateway ends the connection");
+    read_until_close(&mut tls, &mut buf).await;
     let response = parse_response(&buf, true).unwrap();
     assert!(!response.complete, "a complete 200 for an oversized body ({} bytes)", response.body.len());
     assert!(response.body.len() <= 1024, "{} bytes echoed", response.body.len());
@@ -694,20 +481,6 @@ async fn oversized_request_head_is_431_over_http2() {
 
 fn short_header_timeout() -> Options {
     Options { limits: "  max_body_bytes: 1024\n  header_read_timeout: 1s\n".into(), ..Default::default() }
-}
-
-/// Waits (at most 5 s) for the gateway to end a connection; fails if it is still open.
-async fn assert_closed_by_gateway(tls: &mut Tls) {
-    let mut buf = [0u8; 1024];
-    let read = tls.read(&mut buf);
-    let outcome = tokio::time::timeout(Duration::from_secs(5), read)
-        .await
-        .expect("the gateway must close a stalled connection within 5 s");
-    // Closing is the expected answer; anything said first must be an error status (408).
-    if let Ok(n @ 1..) = outcome {
-        let text = String::from_utf8_lossy(&buf[..n]);
-        assert!(text.starts_with("HTTP/1.1 408"), "{text}");
-    }
 }
 
 #[tokio::test]

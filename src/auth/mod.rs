@@ -36,6 +36,8 @@ pub struct DpopRuntime {
     /// Proof keys already parsed, by proof header.
     pub keys: dpop::ProofKeyCache,
     pub replay: Arc<dyn ReplayStore>,
+    /// The Redis store behind `replay`, when replay state is shared (for readiness checks).
+    pub shared_replay: Option<Arc<dpop::replay_redis::RedisReplayStore>>,
 }
 
 /// What the authentication step reads from a request.

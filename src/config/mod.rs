@@ -16,7 +16,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use raw::{Binding, ClientAuth, ForwardToken, NonceMode, ReplayStoreKind};
+pub use raw::{Binding, ClientAuth, ForwardToken, NonceMode, ReplayOnError};
 
 use crate::jose::Alg;
 
@@ -42,7 +42,7 @@ pub struct DpopSettings {
     pub algs_challenge: String,
     pub max_age: Duration,
     pub max_future: Duration,
-    pub replay_store: ReplayStoreKind,
+    pub replay_store: ReplayBackend,
     pub replay_max_entries: usize,
     pub nonce: NonceMode,
     pub nonce_secret: NonceSecret,
@@ -59,13 +59,32 @@ impl Default for DpopSettings {
             algorithms,
             max_age: Duration::from_secs(60),
             max_future: Duration::from_secs(10),
-            replay_store: ReplayStoreKind::Memory,
+            replay_store: ReplayBackend::Memory,
             replay_max_entries: 1_000_000,
             nonce: NonceMode::Off,
             nonce_secret: NonceSecret::Random,
             nonce_step: Duration::from_secs(30),
             nonce_window: 1,
         }
+    }
+}
+
+/// Where DPoP replay state lives.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ReplayBackend {
+    /// This instance's fail-closed in-memory store.
+    Memory,
+    /// Shared by every instance through Redis.
+    Redis { url: SecretUrl, key_prefix: String, timeout: Duration, on_error: ReplayOnError },
+}
+
+/// A URL that may carry a password: `Debug` shows it without credentials.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretUrl(pub String);
+
+impl std::fmt::Debug for SecretUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&crate::auth::dpop::replay_redis::redact(&self.0))
     }
 }
 

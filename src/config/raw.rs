@@ -54,16 +54,36 @@ pub struct RawDpop {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawReplay {
-    /// Only `memory` in this version.
+    /// `memory` (default) or `redis`.
     pub store: Option<ReplayStoreKind>,
     /// Defaults to 1 000 000 remembered proofs; when full, new proofs are refused (503).
+    /// With `redis`: the size of the local fallback store.
     pub max_entries: Option<usize>,
+    /// `redis://[user:password@]host:port/db` or `rediss://…` (TLS). Required with `redis`.
+    pub url: Option<String>,
+    /// Defaults to `fapi-gateway:dpop:`.
+    pub key_prefix: Option<String>,
+    /// Defaults to 250 ms: a Redis reply slower than this counts as a failure.
+    pub timeout: Option<HumanDuration>,
+    /// Defaults to `fail`: refuse DPoP requests (503) while Redis cannot answer. `local`
+    /// falls back to the in-memory store (replays across instances become possible).
+    pub on_error: Option<ReplayOnError>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ReplayStoreKind {
     Memory,
+    Redis,
+}
+
+/// What the Redis replay store does when Redis cannot answer.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReplayOnError {
+    #[default]
+    Fail,
+    Local,
 }
 
 /// Whether DPoP proofs must carry a server-provided nonce (RFC 9449 §9).

@@ -203,6 +203,27 @@ fn dpop_section_defaults_and_validation() {
 }
 
 #[test]
+fn redis_replay_store_settings() {
+    let text = format!("{BASE}dpop:\n  replay:\n    store: redis\n    url: rediss://gw:s3cret@redis.internal:6380/1\n");
+    let c = parse(&text).unwrap();
+    match &c.dpop.replay_store {
+        ReplayBackend::Redis { url, key_prefix, timeout, on_error } => {
+            assert_eq!(format!("{url:?}"), "rediss://redis.internal:6380/1", "Debug never shows the password");
+            assert_eq!(key_prefix, "fapi-gateway:dpop:");
+            assert_eq!(*timeout, Duration::from_millis(250));
+            assert_eq!(*on_error, ReplayOnError::Fail);
+        }
+        other => panic!("{other:?}"),
+    }
+    let missing = format!("{BASE}dpop:\n  replay:\n    store: redis\n");
+    assert!(error(&missing).contains("dpop.replay.url"));
+    let wrong = format!("{BASE}dpop:\n  replay:\n    store: redis\n    url: http://x\n");
+    assert!(error(&wrong).contains("redis://"));
+    let stray = format!("{BASE}dpop:\n  replay:\n    url: redis://x\n");
+    assert!(error(&stray).contains("only used with `store: redis`"));
+}
+
+#[test]
 fn route_public_url_must_be_an_https_origin() {
     let text = BASE.replace("    auth: none", "    auth: none\n    public_url: http://api.test");
     assert!(error(&text).contains("routes[1].public_url"), "{}", error(&text));

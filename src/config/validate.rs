@@ -15,6 +15,7 @@ use super::{
     Config, ConfigError, DpopSettings, Issuer, JwksCacheSettings, KeySource, Limits, Listener, NonceSecret, Route,
     RoutePolicy, ServerTls, TokenCacheSettings,
 };
+use super::{ReplayBackend, SecretUrl};
 use crate::auth::dpop::htu;
 use crate::jose::Alg;
 
@@ -439,13 +440,38 @@ fn dpop(ctx: &Ctx<'_>, spanned: Option<Spanned<RawDpop>>) -> Result<DpopSettings
     if nonce_step < Duration::from_secs(1) {
         return Err(err("nonce_step", "must be at least 1s"));
     }
+    let replay_store = match raw.replay.store.unwrap_or(ReplayStoreKind::Memory) {
+        ReplayStoreKind::Memory => {
+            if raw.replay.url.is_some() {
+                return Err(err("replay.url", "only used with `store: redis`"));
+            }
+            ReplayBackend::Memory
+        }
+        ReplayStoreKind::Redis => {
+            let url =
+                raw.replay.url.ok_or_else(|| err("replay.url", "`store: redis` needs a redis:// or rediss:// URL"))?;
+            if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+                return Err(err("replay.url", "must start with redis:// or rediss://"));
+            }
+            let timeout = dur(raw.replay.timeout, Duration::from_millis(250));
+            if timeout.is_zero() {
+                return Err(err("replay.timeout", "must be longer than 0s"));
+            }
+            ReplayBackend::Redis {
+                url: SecretUrl(url),
+                key_prefix: raw.replay.key_prefix.unwrap_or_else(|| "fapi-gateway:dpop:".to_string()),
+                timeout,
+                on_error: raw.replay.on_error.unwrap_or_default(),
+            }
+        }
+    };
     let algs_challenge = algorithms.iter().map(|a| a.name()).collect::<Vec<_>>().join(" ");
     Ok(DpopSettings {
         algorithms,
         algs_challenge,
         max_age,
         max_future,
-        replay_store: raw.replay.store.unwrap_or(ReplayStoreKind::Memory),
+        replay_store,
         replay_max_entries: raw.replay.max_entries.unwrap_or(1_000_000).max(1),
         nonce: raw.nonce.unwrap_or_default(),
         nonce_secret,

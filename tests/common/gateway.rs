@@ -53,6 +53,8 @@ pub struct Env {
     pub signer: Signer,
     pub gateway: Option<GatewayHandle>,
     pub addr: SocketAddr,
+    /// The configuration the gateway was started with.
+    pub yaml: String,
 }
 
 impl Env {
@@ -70,7 +72,25 @@ impl Env {
         let config = Config::from_yaml(&yaml, "test.yaml", pki.dir()).unwrap_or_else(|e| panic!("{e}\n{yaml}"));
         let gateway = fapi_gateway::start(config).await.expect("gateway starts");
         let addr = gateway.local_addr();
-        Env { pki, jwks, upstream, signer, gateway: Some(gateway), addr }
+        Env { pki, jwks, upstream, signer, gateway: Some(gateway), addr, yaml }
+    }
+
+    /// A second gateway instance from the same configuration (same issuer, upstream,
+    /// certificates), as behind a load balancer.
+    pub async fn start_twin(&self) -> GatewayHandle {
+        let config = Config::from_yaml(&self.yaml, "test.yaml", self.pki.dir()).expect("config");
+        fapi_gateway::start(config).await.expect("twin starts")
+    }
+
+    /// Like [`Env::send_dpop`] but to another instance at `addr`.
+    pub async fn send_dpop_to(&self, addr: SocketAddr, path: &str, token: &str, proof: &str) -> reqwest::Response {
+        client(&self.pki, addr, None, false)
+            .get(gateway_url(addr, path))
+            .header("authorization", format!("DPoP {token}"))
+            .header("dpop", proof)
+            .send()
+            .await
+            .expect("request completes")
     }
 
     pub fn issuer(&self) -> String {

@@ -5,6 +5,8 @@
 //! - [`Signer`], [`claims`], [`now`]: JWT / DPoP minting with aws-lc-rs.
 //! - [`JwksServer`]: HTTPS JWKS + authorization-server metadata with knobs and counters.
 //! - [`Upstream`]: recording plain-HTTP/1.1 upstream.
+//! - [`raw`]: raw HTTP/1.1 over TLS ([`RawResponse`], [`raw_exchange`], [`raw_request`], …) for
+//!   requests a client library would not send as written, and connection-level tests.
 //! - [`client`], [`gateway_url`]: a reqwest client that trusts only the test CA and
 //!   resolves `gateway.test` to the gateway under test.
 //!
@@ -14,6 +16,8 @@
 pub mod gateway;
 pub mod jwt;
 pub mod pki;
+pub mod raw;
+pub mod redis;
 pub mod servers;
 
 use std::net::SocketAddr;
@@ -24,6 +28,7 @@ pub use gateway::{
 };
 pub use jwt::{Signer, b64, claims, now, random_id};
 pub use pki::{ClientCert, GATEWAY_HOST, TestPki};
+pub use raw::{RawResponse, Tls, raw_connect, raw_exchange, raw_get, raw_request, read_response};
 pub use servers::{JwksServer, Recorded, Upstream};
 
 /// Installs the aws-lc-rs rustls provider as the process default (once; an already

@@ -10,6 +10,7 @@
 pub mod htu;
 pub mod nonce;
 pub mod replay;
+pub mod replay_redis;
 
 use crate::config::DpopSettings;
 use crate::jose::{self, Alg, JwsError, PublicKey};

@@ -1,0 +1,194 @@
+//! The shared DPoP replay store: Redis (or Valkey), so that a proof accepted by one gateway
+//! instance is refused by every other.
+//!
+//! One round trip per proof: `SET <prefix><hex key> 1 NX PX <window ms>` — atomic, so of two
+//! instances racing with the same proof exactly one sees `OK`. The connection is
+//! multiplexed and reconnects by itself (`ConnectionManager`); it is opened lazily, so the
+//! gateway starts while Redis is down. Any error or a reply slower than `timeout` fails
+//! closed ([`ReplayError::Unavailable`]: the request gets 503) unless `on_error: local`,
+//! which falls back to this instance's in-memory store — weaker, since a proof could then be
+//! replayed against another instance. The URL's password never appears in logs or errors.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use tokio::sync::Mutex;
+
+use super::replay::{Freshness, MemoryReplayStore, ReplayError, ReplayFuture, ReplayStore};
+
+/// Why the Redis store could not be configured.
+#[derive(Debug, thiserror::Error)]
+pub enum RedisConfigError {
+    #[error("dpop.replay.url `{url}` is not a usable redis:// or rediss:// URL: {reason}")]
+    BadUrl { url: String, reason: String },
+}
+
+/// A replay store shared through Redis.
+pub struct RedisReplayStore {
+    client: redis::Client,
+    /// The URL without credentials, for logs.
+    redacted_url: String,
+    key_prefix: String,
+    window: Duration,
+    timeout: Duration,
+    connection: Mutex<Option<ConnectionManager>>,
+    /// With `on_error: local`: where proofs go while Redis cannot answer.
+    fallback: Option<Arc<MemoryReplayStore>>,
+    errors: AtomicU64,
+}
+
+impl RedisReplayStore {
+    pub fn new(
+        url: &str,
+        key_prefix: &str,
+        window: Duration,
+        timeout: Duration,
+        fallback: Option<Arc<MemoryReplayStore>>,
+    ) -> Result<Self, RedisConfigError> {
+        let redacted_url = redact(url);
+        let client = redis::Client::open(url)
+            .map_err(|e| RedisConfigError::BadUrl { url: redacted_url.clone(), reason: e.to_string() })?;
+        Ok(RedisReplayStore {
+            client,
+            redacted_url,
+            key_prefix: key_prefix.to_string(),
+            window,
+            timeout,
+            connection: Mutex::new(None),
+            fallback,
+            errors: AtomicU64::new(0),
+        })
+    }
+
+    /// The URL without credentials.
+    pub fn redacted_url(&self) -> &str {
+        &self.redacted_url
+    }
+
+    /// Failed or timed-out round trips since start.
+    pub fn errors(&self) -> u64 {
+        self.errors.load(Ordering::Relaxed)
+    }
+
+    /// Whether Redis answers a `PING` within the timeout (for readiness checks).
+    pub async fn is_reachable(&self) -> bool {
+        let Ok(mut connection) = self.connection().await else {
+            return false;
+        };
+        let command = redis::cmd("PING");
+        let ping = command.query_async::<String>(&mut connection);
+        matches!(tokio::time::timeout(self.timeout, ping).await, Ok(Ok(_)))
+    }
+
+    async fn connection(&self) -> Result<ConnectionManager, ReplayError> {
+        let mut slot = self.connection.lock().await;
+        if let Some(connection) = slot.as_ref() {
+            return Ok(connection.clone());
+        }
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(self.timeout))
+            .set_response_timeout(Some(self.timeout))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_secs(1));
+        let connection =
+            tokio::time::timeout(self.timeout, ConnectionManager::new_with_config(self.client.clone(), config))
+                .await
+                .map_err(|_| ReplayError::Unavailable)?
+                .map_err(|e| {
+                    tracing::warn!(url = %self.redacted_url, error = %e, "cannot connect to the DPoP replay store");
+                    ReplayError::Unavailable
+                })?;
+        *slot = Some(connection.clone());
+        Ok(connection)
+    }
+
+    async fn insert_remote(&self, key: &[u8; 32]) -> Result<Freshness, ReplayError> {
+        let mut connection = self.connection().await?;
+        let mut name = String::with_capacity(self.key_prefix.len() + 64);
+        name.push_str(&self.key_prefix);
+        for b in key {
+            let _ = write!(name, "{b:02x}");
+        }
+        let window_ms = u64::try_from(self.window.as_millis()).unwrap_or(u64::MAX).max(1);
+        let mut command = redis::cmd("SET");
+        command.arg(&name).arg(1).arg("NX").arg("PX").arg(window_ms);
+        let set = command.query_async::<Option<String>>(&mut connection);
+        match tokio::time::timeout(self.timeout, set).await {
+            Ok(Ok(Some(_))) => Ok(Freshness::Fresh),
+            Ok(Ok(None)) => Ok(Freshness::Replayed),
+            Ok(Err(e)) => {
+                tracing::warn!(url = %self.redacted_url, error = %e, "DPoP replay store error");
+                Err(ReplayError::Unavailable)
+            }
+            Err(_) => {
+                tracing::warn!(url = %self.redacted_url, timeout_ms = self.timeout.as_millis() as u64, "DPoP replay store timed out");
+                Err(ReplayError::Unavailable)
+            }
+        }
+    }
+}
+
+impl ReplayStore for RedisReplayStore {
+    fn insert_if_absent(&self, key: [u8; 32], now: Instant) -> ReplayFuture<'_> {
+        Box::pin(async move {
+            match self.insert_remote(&key).await {
+                Ok(freshness) => Ok(freshness),
+                Err(e) => {
+                    self.errors.fetch_add(1, Ordering::Relaxed);
+                    match &self.fallback {
+                        Some(local) => local.insert(key, now),
+                        None => Err(e),
+                    }
+                }
+            }
+        })
+    }
+
+    /// Entries live in Redis; only the local fallback's are counted here.
+    fn len(&self) -> usize {
+        self.fallback.as_ref().map_or(0, |f| f.len())
+    }
+}
+
+/// `redis://user:secret@host:6379/0` → `redis://host:6379/0`.
+pub fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return "<invalid URL>".to_string();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(authority_end);
+    let host = authority.rsplit_once('@').map_or(authority, |(_, host)| host);
+    format!("{scheme}://{host}{path}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_are_redacted() {
+        assert_eq!(redact("redis://127.0.0.1:6379/0"), "redis://127.0.0.1:6379/0");
+        assert_eq!(redact("rediss://gateway:s3cr3t@redis.internal:6380/2"), "rediss://redis.internal:6380/2");
+        assert_eq!(redact("redis://:p@ss@host"), "redis://host");
+        assert_eq!(redact("nonsense"), "<invalid URL>");
+    }
+
+    #[test]
+    fn bad_urls_do_not_leak_the_secret() {
+        let e = RedisReplayStore::new(
+            "http://user:s3cr3t@host",
+            "p:",
+            Duration::from_secs(1),
+            Duration::from_secs(1),
+            None,
+        )
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+        assert!(e.contains("http://host"), "{e}");
+        assert!(!e.contains("s3cr3t"), "{e}");
+    }
+}

@@ -1,0 +1,176 @@
+//! Several gateway instances sharing DPoP replay state through a real `redis-server`:
+//! a proof accepted by one instance is refused by the others, races have exactly one
+//! winner, nonces travel between instances, and a Redis outage fails closed (or, with
+//! `on_error: local`, falls back as documented) and heals without a restart.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::redis::RedisServer;
+use common::*;
+
+struct Cluster {
+    env: Env,
+    twin: fapi_gateway::GatewayHandle,
+    redis: RedisServer,
+    key: Signer,
+    token: String,
+    _secret_dir: tempfile::TempDir,
+}
+
+async fn cluster(on_error: &str) -> Cluster {
+    let redis = RedisServer::start().await;
+    let secret_dir = tempfile::tempdir().unwrap();
+    let secret = secret_dir.path().join("nonce-secret");
+    std::fs::write(&secret, "a shared nonce secret of forty bytes......").unwrap();
+    let dpop = format!(
+        "dpop:\n  nonce_secret_file: {}\n  replay:\n    store: redis\n    url: {}\n    timeout: 300ms\n    on_error: {on_error}\n",
+        secret.display(),
+        redis.url()
+    );
+    let env = Env::start_with(Options { dpop, ..Default::default() }).await;
+    let twin = env.start_twin().await;
+    let key = Signer::es256("client-key");
+    let token = env.dpop_token(&key);
+    Cluster { env, twin, redis, key, token, _secret_dir: secret_dir }
+}
+
+impl Cluster {
+    fn proof(&self, path: &str) -> String {
+        self.key.dpop_proof("GET", &self.env.public_url(path), Some(&self.token))
+    }
+
+    async fn send_a(&self, path: &str, proof: &str) -> reqwest::Response {
+        self.env.send_dpop("GET", path, &self.token, proof).await
+    }
+
+    async fn send_b(&self, path: &str, proof: &str) -> reqwest::Response {
+        self.env.send_dpop_to(self.twin.local_addr(), path, &self.token, proof).await
+    }
+}
+
+fn replayed() -> String {
+    r#"DPoP error="invalid_dpop_proof", error_description="the DPoP proof was already used", algs="ES256 PS256 EdDSA""#
+        .to_string()
+}
+
+#[tokio::test]
+async fn a_proof_accepted_by_one_instance_is_refused_by_another() {
+    let c = cluster("fail").await;
+    let proof = c.proof("/dpop/x");
+    assert_eq!(c.send_a("/dpop/x", &proof).await.status(), 200);
+    assert_rejected(c.send_b("/dpop/x", &proof).await, 401, &replayed(), "invalid_dpop_proof").await;
+    assert_rejected(c.send_a("/dpop/x", &proof).await, 401, &replayed(), "invalid_dpop_proof").await;
+    assert_eq!(c.env.upstream.hits(), 1);
+}
+
+#[tokio::test]
+async fn the_same_proof_raced_to_two_instances_passes_once() {
+    let c = Arc::new(cluster("fail").await);
+    for round in 0..10 {
+        let proof = c.proof("/dpop/race");
+        let barrier = Arc::new(tokio::sync::Barrier::new(2));
+        let mut tasks = Vec::new();
+        for to_twin in [false, true] {
+            let (c, proof, barrier) = (c.clone(), proof.clone(), barrier.clone());
+            tasks.push(tokio::spawn(async move {
+                barrier.wait().await;
+                let response =
+                    if to_twin { c.send_b("/dpop/race", &proof).await } else { c.send_a("/dpop/race", &proof).await };
+                response.status().as_u16()
+            }));
+        }
+        let mut statuses = Vec::new();
+        for task in tasks {
+            statuses.push(task.await.unwrap());
+        }
+        statuses.sort();
+        assert_eq!(statuses, vec![200, 401], "round {round}");
+    }
+    assert_eq!(c.env.upstream.hits(), 10);
+}
+
+#[tokio::test]
+async fn a_nonce_issued_by_one_instance_is_accepted_by_another() {
+    let c = cluster("fail").await;
+    let response = c.send_a("/nonce/x", &c.proof("/nonce/x")).await;
+    assert_eq!(response.status(), 401);
+    let nonce = response.headers()["dpop-nonce"].to_str().unwrap().to_string();
+    let header = serde_json::json!({"typ": "dpop+jwt", "alg": "ES256", "jwk": c.key.bare_public_jwk()});
+    let mut claims = serde_json::json!({
+        "jti": random_id(), "htm": "GET", "htu": c.env.public_url("/nonce/x"), "iat": now(), "nonce": nonce,
+    });
+    claims["ath"] = serde_json::json!(b64(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, c.token.as_bytes())));
+    let proof = c.key.sign_compact(&header, &claims);
+    assert_eq!(c.send_b("/nonce/x", &proof).await.status(), 200);
+}
+
+#[tokio::test]
+async fn redis_down_fails_closed_and_recovers_without_a_restart() {
+    let mut c = cluster("fail").await;
+    assert_eq!(c.send_a("/dpop/x", &c.proof("/dpop/x")).await.status(), 200);
+    assert!(c.twin.replay_store_reachable().await);
+
+    c.redis.kill();
+    let response = c.send_a("/dpop/x", &c.proof("/dpop/x")).await;
+    assert_eq!(response.status(), 503);
+    assert_eq!(response.headers()["retry-after"], "5");
+    let body: serde_json::Value = serde_json::from_str(&response.text().await.unwrap()).unwrap();
+    assert_eq!(body["error"], "temporarily_unavailable");
+    assert_eq!(c.send_b("/dpop/x", &c.proof("/dpop/x")).await.status(), 503);
+    assert!(!c.twin.replay_store_reachable().await);
+    assert_eq!(c.env.upstream.hits(), 1, "nothing passes while replay cannot be checked");
+    // Routes without DPoP are unaffected.
+    assert_eq!(c.env.get("/public/x", None, None).await.status(), 200);
+
+    c.redis.restart().await;
+    let mut recovered = false;
+    for _ in 0..50 {
+        if c.send_a("/dpop/x", &c.proof("/dpop/x")).await.status() == 200 {
+            recovered = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(recovered, "the gateway must reconnect to Redis by itself");
+    let proof = c.proof("/dpop/x");
+    assert_eq!(c.send_b("/dpop/x", &proof).await.status(), 200);
+    assert_eq!(c.send_a("/dpop/x", &proof).await.status(), 401, "replay protection is shared again");
+}
+
+#[tokio::test]
+async fn local_fallback_keeps_serving_and_still_refuses_local_replays() {
+    let mut c = cluster("local").await;
+    c.redis.kill();
+    let proof = c.proof("/dpop/x");
+    assert_eq!(c.send_a("/dpop/x", &proof).await.status(), 200);
+    // The same instance remembers it…
+    assert_rejected(c.send_a("/dpop/x", &proof).await, 401, &replayed(), "invalid_dpop_proof").await;
+    // …but another instance cannot know: the documented weakness of `on_error: local`.
+    assert_eq!(c.send_b("/dpop/x", &proof).await.status(), 200);
+}
+
+#[tokio::test]
+async fn the_gateway_starts_while_redis_is_down() {
+    let mut redis = RedisServer::start().await;
+    let url = redis.url();
+    redis.kill();
+    let dpop = format!("dpop:\n  replay:\n    store: redis\n    url: {url}\n    timeout: 200ms\n");
+    let env = Env::start_with(Options { dpop, ..Default::default() }).await;
+    let key = Signer::es256("k");
+    let token = env.dpop_token(&key);
+    assert_eq!(env.dpop_request("GET", "/dpop/x", &key, &token).await.status(), 503);
+    redis.restart().await;
+    let mut ok = false;
+    for _ in 0..50 {
+        if env.dpop_request("GET", "/dpop/x", &key, &token).await.status() == 200 {
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(ok, "first connection made once Redis is up");
+}
