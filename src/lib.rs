@@ -17,6 +17,7 @@
 //!
 //! Every refusal is a [`rejection::Rejection`], turned into a response in one place.
 
+pub mod admin;
 pub mod auth;
 pub mod body;
 pub mod config;
@@ -110,12 +111,18 @@ fn dpop_runtime(config: &Config) -> Result<auth::DpopRuntime, StartError> {
 /// A running gateway.
 pub struct GatewayHandle {
     local_addr: SocketAddr,
+    admin_addr: Option<SocketAddr>,
     shutdown: watch::Sender<bool>,
     task: JoinHandle<()>,
     state: Arc<GatewayState>,
 }
 
 impl GatewayHandle {
+    /// The address the admin listener is bound to, if configured.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
+    }
+
     /// The address the TLS listener is bound to (useful with port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
@@ -126,12 +133,14 @@ impl GatewayHandle {
         self.state.validator.issuer_keys().all(|k| k.is_loaded())
     }
 
+    /// What `/readyz` would report now.
+    pub async fn readiness(&self) -> admin::Readiness {
+        admin::readiness(&self.state).await
+    }
+
     /// Whether the shared DPoP replay store (if configured) answers now.
     pub async fn replay_store_reachable(&self) -> bool {
-        match &self.state.dpop.shared_replay {
-            Some(store) => store.is_reachable().await,
-            None => true,
-        }
+        self.readiness().await.replay_store_reachable
     }
 
     /// Stops accepting, drains in-flight requests up to the grace period, and returns.
@@ -162,7 +171,8 @@ pub async fn start(config: Config) -> Result<GatewayHandle, StartError> {
             keys.prefetch().await.map_err(|source| StartError::Issuer { issuer: issuer.issuer.clone(), source })?;
         }
     }
-    // Remote issuers may be briefly down: start anyway and retry on demand.
+    // Remote issuers may be briefly down: start anyway, retry on demand and in the background
+    // until loaded (a not-ready instance gets no traffic, so it cannot wait for requests).
     let prefetches = issuers.iter().filter(|(i, _)| !matches!(i.keys, config::KeySource::File(_))).map(|(issuer, keys)| {
         let keys = keys.clone();
         let name = issuer.issuer.clone();
@@ -173,6 +183,18 @@ pub async fn start(config: Config) -> Result<GatewayHandle, StartError> {
         }
     });
     futures_join_all(prefetches).await;
+    for (issuer, keys) in &issuers {
+        if !keys.is_loaded() {
+            let keys = keys.clone();
+            let interval = issuer.jwks_cache.refetch_interval;
+            tokio::spawn(async move {
+                while !keys.is_loaded() && Arc::strong_count(&keys) > 1 {
+                    tokio::time::sleep(interval).await;
+                    let _ = keys.prefetch().await;
+                }
+            });
+        }
+    }
     let validator = TokenValidator::new(issuers, &config.token_cache);
     let mut upstreams = Vec::with_capacity(config.routes.len());
     for route in &config.routes {
@@ -199,6 +221,10 @@ pub async fn start(config: Config) -> Result<GatewayHandle, StartError> {
     let listener =
         tokio::net::TcpListener::bind(address).await.map_err(|source| StartError::Bind { address, source })?;
     let local_addr = listener.local_addr().map_err(|source| StartError::Bind { address, source })?;
+    let admin_listener = match config.admin {
+        Some(address) => Some(admin::bind(address).await.map_err(|source| StartError::Bind { address, source })?),
+        None => None,
+    };
     let settings = ServerSettings {
         handshake_timeout: config.listen.handshake_timeout,
         header_read_timeout: config.limits.header_read_timeout,
@@ -224,9 +250,18 @@ pub async fn start(config: Config) -> Result<GatewayHandle, StartError> {
     let state = Arc::new(GatewayState { dpop, router: Router::new(&config.routes), config, validator, upstreams });
     let (shutdown, receiver) = watch::channel(false);
     let acceptor = tokio_rustls::TlsAcceptor::from(server_tls);
+    let admin_addr = match admin_listener {
+        Some(admin) => {
+            let addr = admin.local_addr().ok();
+            tokio::spawn(admin::serve(admin, state.clone(), receiver.clone()));
+            tracing::info!(admin = ?addr, "admin listener: /healthz /readyz");
+            addr
+        }
+        None => None,
+    };
     let task = tokio::spawn(server::serve(listener, acceptor, state.clone(), settings, receiver));
     tracing::info!(%local_addr, "gateway listening");
-    Ok(GatewayHandle { local_addr, shutdown, task, state })
+    Ok(GatewayHandle { local_addr, admin_addr, shutdown, task, state })
 }
 
 /// Runs futures concurrently and waits for all (a tiny join_all without another crate).

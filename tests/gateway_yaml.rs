@@ -11,6 +11,7 @@ fn bundled_gateway_yaml_loads() {
     assert_eq!(config.listen.public_url, "https://localhost:8443/");
     assert!(config.listen.tls.cert.ends_with("certs/server.pem"));
     assert_eq!(config.issuers.len(), 1);
+    assert_eq!(config.admin, Some("127.0.0.1:9901".parse().unwrap()));
     let accounts = config.routes.iter().find(|r| r.name == "accounts").expect("accounts route");
     assert_eq!(
         accounts.policy,

@@ -30,6 +30,8 @@ pub struct Options {
     pub dpop: String,
     /// Extra keys of the `listen` mapping (indented by 2 spaces).
     pub listen_extra: String,
+    /// Start the admin listener on an ephemeral loopback port.
+    pub admin: bool,
 }
 
 impl Default for Options {
@@ -42,6 +44,7 @@ impl Default for Options {
             key_source: None,
             dpop: String::new(),
             listen_extra: String::new(),
+            admin: false,
         }
     }
 }
@@ -217,7 +220,7 @@ listen:
     key: {key}
     client_auth: {client_auth}
 {tls_extra}
-limits:
+{admin}limits:
 {limits}
 issuers:
   - issuer: {issuer}
@@ -324,6 +327,7 @@ routes:
         issuer_extra = o.issuer_extra,
         dpop = o.dpop,
         listen_extra = o.listen_extra,
+        admin = if o.admin { "admin:\n  address: 127.0.0.1:0\n" } else { "" },
     )
 }
 

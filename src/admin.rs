@@ -1,0 +1,100 @@
+//! The admin listener (`admin.address`, plain HTTP, meant for loopback or a private
+//! network): `/healthz` answers 200 while the process serves; `/readyz` answers 200 only
+//! when every issuer's keys have been loaded and the shared DPoP replay store (if any)
+//! answers, else 503 with the reasons, so a load balancer sends traffic only to instances
+//! that can decide requests.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use http::header::{CACHE_CONTROL, CONTENT_TYPE};
+use http::{HeaderValue, Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::body::{ProxyBody, full};
+use crate::gateway::GatewayState;
+
+/// What `/readyz` found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Readiness {
+    pub keys_loaded: bool,
+    pub replay_store_reachable: bool,
+}
+
+impl Readiness {
+    pub fn ready(&self) -> bool {
+        self.keys_loaded && self.replay_store_reachable
+    }
+}
+
+/// Checks what a ready instance needs.
+pub async fn readiness(state: &GatewayState) -> Readiness {
+    let keys_loaded = state.validator.issuer_keys().all(|k| k.is_loaded());
+    let replay_store_reachable = match &state.dpop.shared_replay {
+        Some(store) => store.is_reachable().await,
+        None => true,
+    };
+    Readiness { keys_loaded, replay_store_reachable }
+}
+
+/// Serves the admin endpoints until `shutdown` turns true.
+pub async fn serve(listener: TcpListener, state: Arc<GatewayState>, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        let (tcp, _) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(_) => continue,
+            },
+            _ = shutdown.changed() => return,
+        };
+        let state = state.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |request| {
+                let state = state.clone();
+                async move { Ok::<_, Infallible>(handle(&state, request).await) }
+            });
+            let _ = auto::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(tcp), service).await;
+        });
+    }
+}
+
+async fn handle(state: &GatewayState, request: Request<Incoming>) -> Response<ProxyBody> {
+    if request.method() != Method::GET && request.method() != Method::HEAD {
+        return text(StatusCode::METHOD_NOT_ALLOWED, "GET only\n".to_string());
+    }
+    match request.uri().path() {
+        "/healthz" => text(StatusCode::OK, "ok\n".to_string()),
+        "/readyz" => {
+            let r = readiness(state).await;
+            let status = if r.ready() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+            let body = serde_json::json!({
+                "ready": r.ready(),
+                "keys_loaded": r.keys_loaded,
+                "replay_store_reachable": r.replay_store_reachable,
+            });
+            let mut response = text(status, format!("{body}\n"));
+            response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            response
+        }
+        _ => text(StatusCode::NOT_FOUND, "not found\n".to_string()),
+    }
+}
+
+fn text(status: StatusCode, body: String) -> Response<ProxyBody> {
+    let mut response = Response::new(full(body));
+    *response.status_mut() = status;
+    response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    response.headers_mut().insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+/// Binds the admin listener.
+pub async fn bind(address: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(address).await
+}
