@@ -22,6 +22,9 @@ struct Cli {
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Pretty, global = true)]
     log_format: LogFormat,
+    /// Worker threads (default: one per CPU core).
+    #[arg(long, env = "FAPI_GATEWAY_WORKERS")]
+    workers: Option<usize>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -46,7 +49,7 @@ fn main() -> ExitCode {
     init_tracing(cli.log_format);
     match cli.command {
         Some(Command::CheckConfig { file }) => check_config(&file.unwrap_or(cli.config)),
-        None => run(&cli.config),
+        None => run(&cli.config, cli.workers),
     }
 }
 
@@ -144,12 +147,16 @@ fn check_config(path: &std::path::Path) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-fn run(path: &std::path::Path) -> ExitCode {
+fn run(path: &std::path::Path, workers: Option<usize>) -> ExitCode {
     let config = match load(path) {
         Ok(c) => c,
         Err(code) => return code,
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(workers) = workers {
+        builder.worker_threads(workers.max(1));
+    }
+    let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

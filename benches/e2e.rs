@@ -1,0 +1,431 @@
+//! End-to-end load benchmark: real TLS, keep-alive connections, a client certificate, DPoP
+//! proofs generated before the timed phase. In one run it measures
+//!   (a) the upstream directly (proves the load generator is not the bottleneck),
+//!   (c) the gateway on an mTLS-bound route (warm token cache),
+//!   (d) the gateway on a DPoP route with the in-memory replay store,
+//!   (d') the same with the Redis replay store (when `redis-server` is installed),
+//!   (e) the single-core ES256 verify rate,
+//! and prints requests/s, p50/p99/p99.9 and the ratios between them.
+//!
+//! The gateway runs as its own process (the release binary, one worker thread), pinned to
+//! CPU 0 with `taskset` when available; this process (load generator and upstream) pins
+//! itself to CPU 1.
+//!
+//! Run: `cargo bench --bench e2e`. Knobs: `E2E_SECONDS` (default 5 per scenario),
+//! `E2E_CONNECTIONS` (default 32).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use aws_lc_rs::rand::SystemRandom;
+use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair};
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
+use serde_json::json;
+use tokio::net::{TcpListener, TcpStream};
+
+const HOST: &str = "gateway.test";
+
+fn now() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() as i64
+}
+
+fn sha256(data: &[u8]) -> Vec<u8> {
+    aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, data).as_ref().to_vec()
+}
+
+struct Es256 {
+    pair: EcdsaKeyPair,
+    rng: SystemRandom,
+}
+
+impl Es256 {
+    fn new() -> Self {
+        let rng = SystemRandom::new();
+        let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
+        Es256 { pair: EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref()).unwrap(), rng }
+    }
+
+    fn jwk(&self) -> serde_json::Value {
+        let p = self.pair.public_key().as_ref();
+        json!({"kty": "EC", "crv": "P-256", "x": B64.encode(&p[1..33]), "y": B64.encode(&p[33..65])})
+    }
+
+    fn thumbprint(&self) -> String {
+        let jwk = self.jwk();
+        B64.encode(sha256(format!(r#"{{"crv":"P-256","kty":"EC","x":{},"y":{}}}"#, jwk["x"], jwk["y"]).as_bytes()))
+    }
+
+    fn sign(&self, header: &serde_json::Value, claims: &serde_json::Value) -> String {
+        let input = format!("{}.{}", B64.encode(header.to_string()), B64.encode(claims.to_string()));
+        let sig = self.pair.sign(&self.rng, input.as_bytes()).unwrap();
+        format!("{input}.{}", B64.encode(sig.as_ref()))
+    }
+}
+
+/// Certificates, keys and tokens for one run, written to a temp dir.
+struct Fixture {
+    dir: tempfile::TempDir,
+    ca_der: CertificateDer<'static>,
+    client_cert: CertificateDer<'static>,
+    client_key: PrivateKeyDer<'static>,
+    mtls_token: String,
+    dpop_token: String,
+    dpop_key: Es256,
+}
+
+fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).unwrap();
+    let server_key = rcgen::KeyPair::generate().unwrap();
+    let server = rcgen::CertificateParams::new(vec![HOST.to_string()]).unwrap().signed_by(&server_key, &ca).unwrap();
+    std::fs::write(dir.path().join("server.pem"), server.pem()).unwrap();
+    std::fs::write(dir.path().join("server.key"), server_key.serialize_pem()).unwrap();
+    let client_key = rcgen::KeyPair::generate().unwrap();
+    let client = rcgen::CertificateParams::new(vec!["client".to_string()]).unwrap().self_signed(&client_key).unwrap();
+    let issuer = Es256::new();
+    let mut jwk = issuer.jwk();
+    jwk["kid"] = json!("k1");
+    std::fs::write(dir.path().join("jwks.json"), json!({"keys": [jwk]}).to_string()).unwrap();
+    let claims = |cnf: serde_json::Value| {
+        json!({"iss": "https://as.bench", "aud": "https://api.bench", "sub": "u", "client_id": "c", "iat": now(),
+               "exp": now() + 3600, "jti": "j", "scope": "accounts:read", "cnf": cnf})
+    };
+    let header = json!({"alg": "ES256", "typ": "at+jwt", "kid": "k1"});
+    let x5t = B64.encode(sha256(client.der()));
+    let dpop_key = Es256::new();
+    Fixture {
+        ca_der: ca.der().clone(),
+        client_cert: client.der().clone(),
+        client_key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(client_key.serialize_der())),
+        mtls_token: issuer.sign(&header, &claims(json!({"x5t#S256": x5t}))),
+        dpop_token: issuer.sign(&header, &claims(json!({"jkt": dpop_key.thumbprint()}))),
+        dpop_key,
+        dir,
+    }
+}
+
+fn write_config(fx: &Fixture, upstream: SocketAddr, port: u16, replay: &str) -> PathBuf {
+    let yaml = format!(
+        "listen:\n  address: 127.0.0.1:{port}\n  public_url: https://{HOST}\n  tls: {{ cert: server.pem, key: server.key }}\n\
+         issuers:\n  - {{ issuer: https://as.bench, jwks_file: jwks.json, audiences: [https://api.bench] }}\n\
+         dpop:\n  replay: {replay}\n\
+         routes:\n\
+         \x20 - {{ name: mtls, match: {{ path_prefix: /mtls }}, upstream: http://{upstream}, binding: mtls }}\n\
+         \x20 - {{ name: dpop, match: {{ path_prefix: /dpop }}, upstream: http://{upstream}, binding: dpop }}\n"
+    );
+    let path = fx.dir.path().join(format!("gateway-{port}.yaml"));
+    std::fs::write(&path, yaml).unwrap();
+    path
+}
+
+fn has(program: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {program}")])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// `program` pinned to `cpu` when `taskset` is available.
+fn pinned(cpu: &str, program: &str) -> Command {
+    if has("taskset") {
+        let mut c = Command::new("taskset");
+        c.args(["-c", cpu, program]);
+        c
+    } else {
+        Command::new(program)
+    }
+}
+
+/// The gateway binary on CPU 0 with one worker thread.
+fn start_gateway(config: &Path, port: u16) -> Child {
+    let child = pinned("0", env!("CARGO_BIN_EXE_fapi-gateway"))
+        .args(["--config", config.to_str().unwrap(), "--workers", "1"])
+        .env("FAPI_GATEWAY_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    wait_for_port(port);
+    child
+}
+
+fn wait_for_port(port: u16) {
+    for _ in 0..200 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    panic!("nothing listens on port {port}");
+}
+
+async fn start_upstream() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else { continue };
+            let _ = tcp.set_nodelay(true);
+            tokio::spawn(async move {
+                let service = service_fn(|_req| async {
+                    Ok::<_, Infallible>(hyper::Response::new(Full::new(Bytes::from_static(b"ok"))))
+                });
+                let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tcp), service).await;
+            });
+        }
+    });
+    addr
+}
+
+/// How one scenario's requests are made.
+#[derive(Clone)]
+enum Load {
+    /// Plain HTTP to the upstream.
+    Upstream,
+    /// TLS with the client certificate, `Authorization: Bearer`.
+    Mtls { token: String },
+    /// TLS, `Authorization: DPoP` and one pre-generated proof per request.
+    Dpop { token: String, proofs: Arc<Vec<String>>, next: Arc<std::sync::atomic::AtomicUsize> },
+}
+
+struct Outcome {
+    requests: usize,
+    errors: usize,
+    elapsed: Duration,
+    latencies_us: Vec<u32>,
+}
+
+impl Outcome {
+    fn rps(&self) -> f64 {
+        self.requests as f64 / self.elapsed.as_secs_f64()
+    }
+
+    fn percentile(&self, p: f64) -> f64 {
+        if self.latencies_us.is_empty() {
+            return 0.0;
+        }
+        let i = ((self.latencies_us.len() as f64 - 1.0) * p).round() as usize;
+        f64::from(self.latencies_us[i]) / 1000.0
+    }
+}
+
+fn tls_connector(fx: &Fixture) -> tokio_rustls::TlsConnector {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(fx.ca_der.clone()).unwrap();
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_client_auth_cert(vec![fx.client_cert.clone()], fx.client_key.clone_key())
+        .unwrap();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+}
+
+async fn run(fx: &Fixture, addr: SocketAddr, load: Load, connections: usize, duration: Duration) -> Outcome {
+    let connector = tls_connector(fx);
+    let deadline = Instant::now() + duration;
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..connections {
+        let (connector, load) = (connector.clone(), load.clone());
+        tasks.push(tokio::spawn(async move {
+            let tcp = TcpStream::connect(addr).await.unwrap();
+            tcp.set_nodelay(true).unwrap();
+            let mut sender = match &load {
+                Load::Upstream => {
+                    let (s, c) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await.unwrap();
+                    tokio::spawn(c);
+                    s
+                }
+                _ => {
+                    let tls = connector.connect(ServerName::try_from(HOST).unwrap(), tcp).await.unwrap();
+                    let (s, c) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await.unwrap();
+                    tokio::spawn(c);
+                    s
+                }
+            };
+            let (mut ok, mut errors, mut latencies) = (0usize, 0usize, Vec::with_capacity(100_000));
+            while Instant::now() < deadline {
+                let builder = hyper::Request::get(match &load {
+                    Load::Dpop { .. } => "/dpop/x",
+                    _ => "/mtls/x",
+                })
+                .header("host", HOST);
+                let request = match &load {
+                    Load::Upstream => builder,
+                    Load::Mtls { token } => builder.header("authorization", format!("Bearer {token}")),
+                    Load::Dpop { token, proofs, next } => {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some(proof) = proofs.get(i) else { break };
+                        builder.header("authorization", format!("DPoP {token}")).header("dpop", proof.as_str())
+                    }
+                }
+                .body(Empty::<Bytes>::new())
+                .unwrap();
+                let t = Instant::now();
+                match sender.send_request(request).await {
+                    Ok(response) => {
+                        let good = response.status() == 200;
+                        let _ = response.into_body().collect().await;
+                        if good {
+                            ok += 1;
+                            latencies.push(u32::try_from(t.elapsed().as_micros()).unwrap_or(u32::MAX));
+                        } else {
+                            errors += 1;
+                        }
+                    }
+                    Err(_) => {
+                        errors += 1;
+                        break;
+                    }
+                }
+            }
+            (ok, errors, latencies)
+        }));
+    }
+    let mut outcome = Outcome { requests: 0, errors: 0, elapsed: Duration::ZERO, latencies_us: Vec::new() };
+    for task in tasks {
+        let (ok, errors, latencies) = task.await.unwrap();
+        outcome.requests += ok;
+        outcome.errors += errors;
+        outcome.latencies_us.extend(latencies);
+    }
+    outcome.elapsed = started.elapsed().min(duration.max(Duration::from_millis(1)));
+    outcome.latencies_us.sort_unstable();
+    outcome
+}
+
+fn proofs(fx: &Fixture, count: usize) -> Vec<String> {
+    let header = json!({"typ": "dpop+jwt", "alg": "ES256", "jwk": fx.dpop_key.jwk()});
+    let ath = B64.encode(sha256(fx.dpop_token.as_bytes()));
+    let iat = now();
+    (0..count)
+        .map(|i| {
+            fx.dpop_key.sign(
+                &header,
+                &json!({"jti": format!("{i:x}-{iat}"), "htm": "GET", "htu": format!("https://{HOST}/dpop/x"), "iat": iat, "ath": ath}),
+            )
+        })
+        .collect()
+}
+
+fn es256_verify_rate() -> f64 {
+    let key = Es256::new();
+    let message = b"eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJ1In0";
+    let signature = key.pair.sign(&key.rng, message).unwrap();
+    let public = aws_lc_rs::signature::ParsedPublicKey::new(
+        &aws_lc_rs::signature::ECDSA_P256_SHA256_FIXED,
+        key.pair.public_key().as_ref(),
+    )
+    .unwrap();
+    let n = 20_000;
+    let t = Instant::now();
+    for _ in 0..n {
+        public.verify_sig(message, signature.as_ref()).unwrap();
+    }
+    f64::from(n) / t.elapsed().as_secs_f64()
+}
+
+fn report(name: &str, o: &Outcome) {
+    println!(
+        "{name:<28} {:>10.0} req/s  p50 {:>6.2} ms  p99 {:>6.2} ms  p99.9 {:>6.2} ms  ({} ok, {} errors)",
+        o.rps(),
+        o.percentile(0.50),
+        o.percentile(0.99),
+        o.percentile(0.999),
+        o.requests,
+        o.errors
+    );
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; this harness takes no arguments.
+    let seconds: u64 = std::env::var("E2E_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(5);
+    let connections: usize = std::env::var("E2E_CONNECTIONS").ok().and_then(|s| s.parse().ok()).unwrap_or(32);
+    let duration = Duration::from_secs(seconds);
+    if has("taskset") {
+        let _ =
+            Command::new("taskset").args(["-pc", "1", &std::process::id().to_string()]).stdout(Stdio::null()).status();
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    runtime.block_on(async move {
+        let fx = fixture();
+        let upstream = start_upstream().await;
+        println!("e2e: {connections} keep-alive connections, {seconds} s per scenario; gateway: 1 worker on CPU 0");
+
+        let direct = run(&fx, upstream, Load::Upstream, connections, duration).await;
+        report("(a) upstream direct", &direct);
+
+        let port = free_port();
+        let mut gateway = start_gateway(&write_config(&fx, upstream, port, "{ store: memory }"), port);
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let mtls = run(&fx, addr, Load::Mtls { token: fx.mtls_token.clone() }, connections, duration).await;
+        report("(c) gateway mTLS route", &mtls);
+        let pool = Arc::new(proofs(&fx, 20_000 * seconds as usize));
+        let dpop_load = |pool: &Arc<Vec<String>>| Load::Dpop {
+            token: fx.dpop_token.clone(),
+            proofs: pool.clone(),
+            next: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
+        };
+        let dpop = run(&fx, addr, dpop_load(&pool), connections, duration).await;
+        report("(d) gateway DPoP, memory", &dpop);
+        let _ = gateway.kill();
+        let _ = gateway.wait();
+
+        let mut redis_outcome = None;
+        if has("redis-server") {
+            let redis_port = free_port();
+            let mut redis = pinned("1", "redis-server")
+                .args(["--port", &redis_port.to_string(), "--save", "", "--appendonly", "no"])
+                .stdout(Stdio::null())
+                .spawn()
+                .unwrap();
+            wait_for_port(redis_port);
+            let port = free_port();
+            let replay = format!("{{ store: redis, url: \"redis://127.0.0.1:{redis_port}/0\" }}");
+            let mut gateway = start_gateway(&write_config(&fx, upstream, port, &replay), port);
+            let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+            let pool = Arc::new(proofs(&fx, 20_000 * seconds as usize));
+            let outcome = run(&fx, addr, dpop_load(&pool), connections, duration).await;
+            report("(d') gateway DPoP, Redis", &outcome);
+            let _ = gateway.kill();
+            let _ = gateway.wait();
+            let _ = redis.kill();
+            let _ = redis.wait();
+            redis_outcome = Some(outcome);
+        } else {
+            println!("(d') skipped: redis-server is not installed (apt-get install -y redis-server)");
+        }
+
+        let verify_rate = es256_verify_rate();
+        println!("(e) ES256 verifies, one core  {verify_rate:>10.0} /s");
+        let limit = 1.0 / (1.0 / mtls.rps() + 1.0 / verify_rate);
+        println!();
+        println!("upstream direct / gateway mTLS      {:>6.2} x  (load generator headroom)", direct.rps() / mtls.rps());
+        println!("DPoP / limit(mTLS rate, ES256 rate) {:>6.2} x  (limit {limit:.0} req/s)", dpop.rps() / limit);
+        if let Some(redis) = redis_outcome {
+            println!("DPoP Redis / DPoP memory            {:>6.2} x  (target >= 0.85)", redis.rps() / dpop.rps());
+        }
+    });
+}
