@@ -92,9 +92,9 @@ fn dpop_runtime(config: &Config) -> Result<auth::DpopRuntime, StartError> {
     let memory = || Arc::new(MemoryReplayStore::new(window, settings.replay_max_entries, std::time::Instant::now()));
     let (replay, shared): (Arc<dyn ReplayStore>, _) = match &settings.replay_store {
         config::ReplayBackend::Memory => (memory(), None),
-        config::ReplayBackend::Redis { url, key_prefix, timeout, on_error } => {
+        config::ReplayBackend::Redis { url, ca, key_prefix, timeout, on_error } => {
             let fallback = (*on_error == config::ReplayOnError::Local).then(memory);
-            let store = Arc::new(RedisReplayStore::new(&url.0, key_prefix, window, *timeout, fallback)?);
+            let store = Arc::new(RedisReplayStore::new(&url.0, ca.as_deref(), key_prefix, window, *timeout, fallback)?);
             (store.clone(), Some(store))
         }
     };

@@ -174,3 +174,61 @@ async fn the_gateway_starts_while_redis_is_down() {
     }
     assert!(ok, "first connection made once Redis is up");
 }
+
+#[tokio::test]
+async fn tls_and_password_in_the_url_work_and_a_wrong_password_fails_closed() {
+    init();
+    capture_logs();
+    // The server uses a certificate of the test CA for `localhost` and demands a password.
+    let ca_holder = TestPki::new();
+    let redis = RedisServer::start_tls(&ca_holder, "s3cr3t-pass").await;
+    let ca = ca_holder.ca_pem_path().display().to_string();
+    let good = format!(
+        "dpop:\n  replay:\n    store: redis\n    url: rediss://:s3cr3t-pass@localhost:{}/0\n    ca: {ca}\n    timeout: 500ms\n",
+        redis.port
+    );
+    let env = Env::start_with(Options { dpop: good, ..Default::default() }).await;
+    let key = Signer::es256("k");
+    let token = env.dpop_token(&key);
+    let proof = key.dpop_proof("GET", &env.public_url("/dpop/x"), Some(&token));
+    assert_eq!(env.send_dpop("GET", "/dpop/x", &token, &proof).await.status(), 200);
+    let twin = env.start_twin().await;
+    assert_eq!(env.send_dpop_to(twin.local_addr(), "/dpop/x", &token, &proof).await.status(), 401, "shared over TLS");
+
+    let wrong = format!(
+        "dpop:\n  replay:\n    store: redis\n    url: rediss://:wrong-pass@localhost:{}/0\n    ca: {ca}\n    timeout: 500ms\n",
+        redis.port
+    );
+    let env = Env::start_with(Options { dpop: wrong, ..Default::default() }).await;
+    let token = env.dpop_token(&key);
+    assert_eq!(env.dpop_request("GET", "/dpop/x", &key, &token).await.status(), 503);
+    let logs = String::from_utf8(LOGS.lock().unwrap().clone()).unwrap();
+    assert!(logs.contains("DPoP replay"), "the failure is logged: {logs}");
+    assert!(logs.contains(&format!("rediss://localhost:{}/0", redis.port)), "with the redacted URL: {logs}");
+    assert!(!logs.contains("s3cr3t-pass") && !logs.contains("wrong-pass"), "a password reached the logs: {logs}");
+}
+
+/// Everything the gateway logged in this test binary.
+static LOGS: std::sync::Mutex<Vec<u8>> = std::sync::Mutex::new(Vec::new());
+
+struct Capture;
+
+impl std::io::Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        LOGS.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn capture_logs() {
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(|| Capture)
+        .with_ansi(false)
+        .with_max_level(tracing::Level::DEBUG)
+        .finish();
+    let _ = tracing::subscriber::set_global_default(subscriber);
+}

@@ -75,7 +75,7 @@ pub enum ReplayBackend {
     /// This instance's fail-closed in-memory store.
     Memory,
     /// Shared by every instance through Redis.
-    Redis { url: SecretUrl, key_prefix: String, timeout: Duration, on_error: ReplayOnError },
+    Redis { url: SecretUrl, ca: Option<PathBuf>, key_prefix: String, timeout: Duration, on_error: ReplayOnError },
 }
 
 /// A URL that may carry a password: `Debug` shows it without credentials.

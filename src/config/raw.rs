@@ -61,6 +61,8 @@ pub struct RawReplay {
     pub max_entries: Option<usize>,
     /// `redis://[user:password@]host:port/db` or `rediss://…` (TLS). Required with `redis`.
     pub url: Option<String>,
+    /// Extra trust anchors (PEM) for a `rediss://` server; without it the system roots.
+    pub ca: Option<PathBuf>,
     /// Defaults to `fapi-gateway:dpop:`.
     pub key_prefix: Option<String>,
     /// Defaults to 250 ms: a Redis reply slower than this counts as a failure.

@@ -207,7 +207,7 @@ fn redis_replay_store_settings() {
     let text = format!("{BASE}dpop:\n  replay:\n    store: redis\n    url: rediss://gw:s3cret@redis.internal:6380/1\n");
     let c = parse(&text).unwrap();
     match &c.dpop.replay_store {
-        ReplayBackend::Redis { url, key_prefix, timeout, on_error } => {
+        ReplayBackend::Redis { url, key_prefix, timeout, on_error, ca: None } => {
             assert_eq!(format!("{url:?}"), "rediss://redis.internal:6380/1", "Debug never shows the password");
             assert_eq!(key_prefix, "fapi-gateway:dpop:");
             assert_eq!(*timeout, Duration::from_millis(250));

@@ -457,8 +457,12 @@ fn dpop(ctx: &Ctx<'_>, spanned: Option<Spanned<RawDpop>>) -> Result<DpopSettings
             if timeout.is_zero() {
                 return Err(err("replay.timeout", "must be longer than 0s"));
             }
+            if raw.replay.ca.is_some() && !url.starts_with("rediss://") {
+                return Err(err("replay.ca", "only used with a rediss:// (TLS) URL"));
+            }
             ReplayBackend::Redis {
                 url: SecretUrl(url),
+                ca: raw.replay.ca.map(|p| ctx.path(p)),
                 key_prefix: raw.replay.key_prefix.unwrap_or_else(|| "fapi-gateway:dpop:".to_string()),
                 timeout,
                 on_error: raw.replay.on_error.unwrap_or_default(),

@@ -8,13 +8,39 @@ use std::time::Duration;
 pub struct RedisServer {
     pub port: u16,
     child: Option<Child>,
+    /// Extra `redis-server` arguments (TLS, password).
+    extra: Vec<String>,
+    tls: bool,
 }
 
 impl RedisServer {
     /// Starts a server on a free port and waits until it answers.
     pub async fn start() -> RedisServer {
         let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let mut server = RedisServer { port, child: None };
+        let mut server = RedisServer { port, child: None, extra: Vec::new(), tls: false };
+        server.restart().await;
+        server
+    }
+
+    /// A TLS-only server (certificate of `pki`, for `localhost`) that demands `password`.
+    pub async fn start_tls(pki: &super::TestPki, password: &str) -> RedisServer {
+        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let path = |p: std::path::PathBuf| p.display().to_string();
+        let extra = vec![
+            "--tls-port".into(),
+            port.to_string(),
+            "--tls-cert-file".into(),
+            path(pki.server_cert_path()),
+            "--tls-key-file".into(),
+            path(pki.server_key_path()),
+            "--tls-ca-cert-file".into(),
+            path(pki.ca_pem_path()),
+            "--tls-auth-clients".into(),
+            "no".into(),
+            "--requirepass".into(),
+            password.to_string(),
+        ];
+        let mut server = RedisServer { port, child: None, extra, tls: true };
         server.restart().await;
         server
     }
@@ -34,8 +60,10 @@ impl RedisServer {
     /// Starts it again on the same port (empty: no persistence).
     pub async fn restart(&mut self) {
         self.kill();
+        let plain_port = if self.tls { "0".to_string() } else { self.port.to_string() };
         let child = Command::new(binary())
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(["--port", &plain_port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

@@ -24,6 +24,8 @@ use super::replay::{Freshness, MemoryReplayStore, ReplayError, ReplayFuture, Rep
 pub enum RedisConfigError {
     #[error("dpop.replay.url `{url}` is not a usable redis:// or rediss:// URL: {reason}")]
     BadUrl { url: String, reason: String },
+    #[error("dpop.replay.ca: cannot read {path}: {reason}")]
+    Ca { path: String, reason: String },
 }
 
 /// A replay store shared through Redis.
@@ -43,14 +45,24 @@ pub struct RedisReplayStore {
 impl RedisReplayStore {
     pub fn new(
         url: &str,
+        ca: Option<&std::path::Path>,
         key_prefix: &str,
         window: Duration,
         timeout: Duration,
         fallback: Option<Arc<MemoryReplayStore>>,
     ) -> Result<Self, RedisConfigError> {
         let redacted_url = redact(url);
-        let client = redis::Client::open(url)
-            .map_err(|e| RedisConfigError::BadUrl { url: redacted_url.clone(), reason: e.to_string() })?;
+        let bad_url =
+            |e: redis::RedisError| RedisConfigError::BadUrl { url: redacted_url.clone(), reason: e.to_string() };
+        let client = match ca {
+            None => redis::Client::open(url).map_err(bad_url)?,
+            Some(path) => {
+                let pem = std::fs::read(path)
+                    .map_err(|e| RedisConfigError::Ca { path: path.display().to_string(), reason: e.to_string() })?;
+                let certificates = redis::TlsCertificates { client_tls: None, root_cert: Some(pem) };
+                redis::Client::build_with_tls(url, certificates).map_err(bad_url)?
+            }
+        };
         Ok(RedisReplayStore {
             client,
             redacted_url,
@@ -180,6 +192,7 @@ mod tests {
     fn bad_urls_do_not_leak_the_secret() {
         let e = RedisReplayStore::new(
             "http://user:s3cr3t@host",
+            None,
             "p:",
             Duration::from_secs(1),
             Duration::from_secs(1),
