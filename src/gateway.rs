@@ -12,7 +12,7 @@
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use http::header::{ACCESS_CONTROL_EXPOSE_HEADERS, CACHE_CONTROL, CONTENT_LENGTH};
+use http::header::{ACCESS_CONTROL_EXPOSE_HEADERS, AUTHORIZATION, CACHE_CONTROL, CONTENT_LENGTH, HeaderName};
 use http::{HeaderValue, Request, Response};
 use hyper::body::Incoming;
 
@@ -36,23 +36,52 @@ pub struct GatewayState {
 }
 
 impl GatewayState {
-    /// Handles one request. Never fails: rejections become responses.
-    pub async fn handle(self: Arc<Self>, request: Request<Incoming>, conn: Arc<ConnectionInfo>) -> Response<ProxyBody> {
+    /// Handles one request. Never fails: rejections become responses. Writes one access-log
+    /// line per request (target `access`): request id, route, method, path (no query),
+    /// status, reason code, latency, peer, a prefix of the client-certificate thumbprint and
+    /// the token's `jti` (or a short fingerprint) — never a token, proof or key.
+    pub async fn handle(
+        self: Arc<Self>,
+        mut request: Request<Incoming>,
+        conn: Arc<ConnectionInfo>,
+    ) -> Response<ProxyBody> {
         let started = Instant::now();
+        let request_id = request_id(request.headers());
+        request.headers_mut().insert(X_REQUEST_ID, request_id.clone());
         let method = request.method().clone();
-        let path = request.uri().path().to_string();
+        let path = request.uri().path().to_owned();
+        let credential = request.headers().get(AUTHORIZATION).cloned();
         let (route, result) = self.handle_inner(request, &conn).await;
-        let route_name = route.map_or("-", |i| self.config.routes[i].name.as_str());
-        match result {
-            Ok(response) => {
-                tracing::info!(route = route_name, %method, path, status = response.status().as_u16(), reason = "ok", latency_us = started.elapsed().as_micros() as u64, peer = %conn.peer, "request");
-                response
-            }
+        let (mut response, reason) = match result {
+            Ok(response) => (response, "ok"),
             Err(rejection) => {
-                tracing::info!(route = route_name, %method, path, status = rejection.status().as_u16(), reason = rejection.reason(), latency_us = started.elapsed().as_micros() as u64, peer = %conn.peer, "request");
-                rejection.into_response()
+                let reason = rejection.reason();
+                (rejection.into_response(), reason)
             }
+        };
+        let token = response.extensions_mut().remove::<TokenLog>().map(|t| t.0).or_else(|| credential.map(fingerprint));
+        if tracing::enabled!(target: "access", tracing::Level::INFO) {
+            let cert = conn.client_cert.as_ref().map(|c| crate::jose::b64url_encode(&c.thumbprint[..6]));
+            tracing::info!(
+                target: "access",
+                request_id = request_id.to_str().unwrap_or("-"),
+                route = route.map_or("-", |i| self.config.routes[i].name.as_str()),
+                %method,
+                path,
+                status = response.status().as_u16(),
+                reason,
+                latency_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+                peer = %conn.peer,
+                cert = cert.as_deref().unwrap_or("-"),
+                token = token.as_deref().unwrap_or("-"),
+                "request"
+            );
         }
+        // The upstream got the same id; if it answers with its own, that one stands.
+        if !response.headers().contains_key(X_REQUEST_ID) {
+            response.headers_mut().insert(X_REQUEST_ID, request_id);
+        }
+        response
     }
 
     async fn handle_inner(
@@ -130,12 +159,55 @@ impl GatewayState {
             dpop_jkt,
             max_body_bytes: limits.max_body_bytes,
         };
+        let log = token
+            .map(|t| TokenLog(t.jti.as_ref().map_or_else(|| "no-jti".to_string(), |j| format!("jti:{}", sanitize(j)))));
         let mut result = self.upstreams[index].forward(request, route, ctx).await;
-        if let (Some(nonce), Ok(response)) = (fresh_nonce, result.as_mut()) {
-            attach_nonce(response, &nonce);
+        if let Ok(response) = result.as_mut() {
+            if let Some(nonce) = fresh_nonce {
+                attach_nonce(response, &nonce);
+            }
+            if let Some(log) = log {
+                response.extensions_mut().insert(log);
+            }
         }
         (Some(index), result)
     }
+}
+
+/// `X-Request-Id`: taken from the client when it is a sane identifier, else generated;
+/// passed upstream and returned to the client.
+pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// How the access log names the token of an authorised request.
+#[derive(Clone)]
+struct TokenLog(String);
+
+fn request_id(headers: &http::HeaderMap) -> HeaderValue {
+    let sane = |v: &&HeaderValue| {
+        let b = v.as_bytes();
+        (1..=128).contains(&b.len())
+            && b.iter().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.' | b':'))
+    };
+    if let Some(v) = headers.get(X_REQUEST_ID).filter(sane) {
+        return v.clone();
+    }
+    let mut bytes = [0u8; 16];
+    let _ = aws_lc_rs::rand::fill(&mut bytes);
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    HeaderValue::from_str(&hex).unwrap_or(HeaderValue::from_static("-"))
+}
+
+/// A short, non-reversible name for the credential of a refused request: `fp:` and the first
+/// 8 hex digits of the token's SHA-256. Never the token itself.
+fn fingerprint(authorization: HeaderValue) -> String {
+    let token = authorization.as_bytes().splitn(2, |&b| b == b' ').nth(1).unwrap_or_default();
+    let digest = crate::jose::sha256(token);
+    format!("fp:{:02x}{:02x}{:02x}{:02x}", digest[0], digest[1], digest[2], digest[3])
+}
+
+/// A `jti` made safe for a log line (printable ASCII, at most 64 characters).
+fn sanitize(value: &str) -> String {
+    value.chars().filter(|c| c.is_ascii_graphic()).take(64).collect()
 }
 
 /// RFC 9449 §8.2: a new nonce on a successful response; such a response must not be cached.

@@ -1,0 +1,121 @@
+//! What the gateway writes to its logs: one access line per request with a request id,
+//! and never a token, a proof, a key or a secret — whatever the request carried.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::sync::Mutex;
+
+use common::*;
+
+static LOGS: Mutex<Vec<u8>> = Mutex::new(Vec::new());
+
+struct Capture;
+
+impl std::io::Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        LOGS.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn capture() {
+    let subscriber =
+        tracing_subscriber::fmt().json().with_writer(|| Capture).with_max_level(tracing::Level::TRACE).finish();
+    let _ = tracing::subscriber::set_global_default(subscriber);
+}
+
+fn logs() -> String {
+    String::from_utf8(LOGS.lock().unwrap().clone()).unwrap()
+}
+
+#[tokio::test]
+async fn logs_never_contain_tokens_proofs_keys_or_secrets() {
+    capture();
+    let secret_dir = tempfile::tempdir().unwrap();
+    let secret = "a-nonce-secret-that-must-never-be-logged-0123456789";
+    let secret_path = secret_dir.path().join("nonce");
+    std::fs::write(&secret_path, secret).unwrap();
+    let env = Env::start_with(Options {
+        dpop: format!("dpop:\n  nonce_secret_file: {}\n", secret_path.display()),
+        ..Default::default()
+    })
+    .await;
+    let cert = env.pki.self_signed_client("c");
+    let mtls_token = env.bound_token(&cert);
+    assert_eq!(env.get("/mtls/a", Some(&cert), Some(&mtls_token)).await.status(), 200);
+    let thief = env.pki.self_signed_client("thief");
+    assert_eq!(env.get("/mtls/a", Some(&thief), Some(&mtls_token)).await.status(), 401);
+    let key = Signer::es256("dpop");
+    let dpop_token = env.dpop_token(&key);
+    let proof = key.dpop_proof("GET", &env.public_url("/dpop/x"), Some(&dpop_token));
+    assert_eq!(env.send_dpop("GET", "/dpop/x", &dpop_token, &proof).await.status(), 200);
+    assert_eq!(env.send_dpop("GET", "/dpop/x", &dpop_token, &proof).await.status(), 401, "replay");
+    let nonce_response = env.dpop_request("GET", "/nonce/x", &key, &dpop_token).await;
+    let nonce = nonce_response.headers()["dpop-nonce"].to_str().unwrap().to_string();
+    let garbage = "eyJhbGciOiJub25lIn0.eyJzdWIiOiJ4In0.c2lnbmF0dXJl";
+    assert_eq!(env.get("/bearer/x", None, Some(garbage)).await.status(), 401);
+
+    let logs = logs();
+    let forbidden = [
+        ("mTLS access token", mtls_token.as_str()),
+        ("DPoP access token", dpop_token.as_str()),
+        ("DPoP proof", proof.as_str()),
+        ("garbage token", garbage),
+        ("nonce secret", secret),
+        ("issued nonce", nonce.as_str()),
+    ];
+    for (what, value) in forbidden {
+        assert!(!logs.contains(value), "the {what} reached the logs");
+        // Not even a large piece of it (e.g. a token's signature part).
+        let tail = &value[value.len().saturating_sub(24)..];
+        assert!(!logs.contains(tail), "part of the {what} reached the logs");
+    }
+    let jwk = key.public_jwk();
+    for member in ["x", "y"] {
+        assert!(!logs.contains(jwk[member].as_str().unwrap()), "a DPoP key coordinate reached the logs");
+    }
+    let issuer_jwk = env.signer.public_jwk();
+    assert!(!logs.contains(issuer_jwk["x"].as_str().unwrap()), "the issuer's key reached the logs");
+
+    // The access lines are there, with what an operator needs.
+    let access: Vec<serde_json::Value> = logs
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["target"] == "access")
+        .collect();
+    assert!(access.len() >= 6, "{} access lines", access.len());
+    let replayed = access.iter().find(|v| v["fields"]["reason"] == "dpop_replayed").expect("replay logged");
+    assert_eq!(replayed["fields"]["status"], 401);
+    assert_eq!(replayed["fields"]["route"], "dpop");
+    assert!(replayed["fields"]["token"].as_str().unwrap().starts_with("fp:"), "{replayed}");
+    let ok = access.iter().find(|v| v["fields"]["route"] == "mtls" && v["fields"]["status"] == 200).unwrap();
+    assert!(ok["fields"]["token"].as_str().unwrap().starts_with("jti:"), "{ok}");
+    assert_eq!(ok["fields"]["cert"].as_str().unwrap().len(), 8);
+    assert_eq!(ok["fields"]["request_id"].as_str().unwrap().len(), 32);
+}
+
+#[tokio::test]
+async fn request_ids_are_propagated_or_generated() {
+    let env = Env::start().await;
+    let response =
+        env.client(None).get(env.url("/public/x")).header("x-request-id", "trace-abc-123").send().await.unwrap();
+    assert_eq!(response.headers()["x-request-id"], "trace-abc-123");
+    assert_eq!(env.upstream.last().unwrap().headers["x-request-id"], "trace-abc-123");
+
+    let response =
+        env.client(None).get(env.url("/public/x")).header("x-request-id", "bad id with spaces").send().await.unwrap();
+    let generated = response.headers()["x-request-id"].to_str().unwrap().to_string();
+    assert_eq!(generated.len(), 32);
+    assert!(generated.bytes().all(|b| b.is_ascii_hexdigit()));
+    assert_eq!(env.upstream.last().unwrap().headers["x-request-id"], generated.as_str());
+
+    // Gateway-made answers carry it too.
+    let response = env.get("/mtls/x", None, None).await;
+    assert_eq!(response.status(), 401);
+    assert_eq!(response.headers()["x-request-id"].len(), 32);
+}
