@@ -1,5 +1,6 @@
 //! The admin listener (`admin.address`, plain HTTP, meant for loopback or a private
-//! network): `/healthz` answers 200 while the process serves; `/readyz` answers 200 only
+//! network): `/metrics` in the Prometheus/OpenMetrics text format (see [`crate::metrics`]);
+//! `/healthz` answers 200 while the process serves; `/readyz` answers 200 only
 //! when every issuer's keys have been loaded and the shared DPoP replay store (if any)
 //! answers, else 503 with the reasons, so a load balancer sends traffic only to instances
 //! that can decide requests.
@@ -70,6 +71,15 @@ async fn handle(state: &GatewayState, request: Request<Incoming>) -> Response<Pr
     }
     match request.uri().path() {
         "/healthz" => text(StatusCode::OK, "ok\n".to_string()),
+        "/metrics" => {
+            state.metrics.replay_entries.set(i64::try_from(state.dpop.replay.len()).unwrap_or(i64::MAX));
+            let mut response = text(StatusCode::OK, state.metrics.render());
+            response.headers_mut().insert(
+                CONTENT_TYPE,
+                HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+            );
+            response
+        }
         "/readyz" => {
             let r = readiness(state).await;
             let status = if r.ready() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };

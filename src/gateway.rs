@@ -10,7 +10,7 @@
 //! 5. the request is forwarded and the response streamed back (502/504 on failure).
 
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use http::header::{ACCESS_CONTROL_EXPOSE_HEADERS, AUTHORIZATION, CACHE_CONTROL, CONTENT_LENGTH, HeaderName};
 use http::{HeaderValue, Request, Response};
@@ -20,7 +20,8 @@ use crate::auth::token::TokenValidator;
 use crate::auth::{self, DpopRuntime, Outcome, RequestFacts};
 use crate::body::ProxyBody;
 use crate::config::Config;
-use crate::proxy::{ForwardContext, Upstream, request_host};
+use crate::metrics::{Metrics, RequestLabels, RouteLabels};
+use crate::proxy::{ForwardContext, Upstream, UpstreamTime, request_host};
 use crate::rejection::{DPOP_NONCE, Rejection};
 use crate::router::{Router, check_path};
 use crate::server::ConnectionInfo;
@@ -33,6 +34,7 @@ pub struct GatewayState {
     pub dpop: DpopRuntime,
     /// One upstream client per route, same index as `config.routes`.
     pub upstreams: Vec<Upstream>,
+    pub metrics: Arc<Metrics>,
 }
 
 impl GatewayState {
@@ -60,6 +62,8 @@ impl GatewayState {
             }
         };
         let token = response.extensions_mut().remove::<TokenLog>().map(|t| t.0).or_else(|| credential.map(fingerprint));
+        let upstream_time = response.extensions_mut().remove::<UpstreamTime>().map(|t| t.0);
+        self.record(route, response.status().as_u16(), reason, started.elapsed(), upstream_time);
         if tracing::enabled!(target: "access", tracing::Level::INFO) {
             let cert = conn.client_cert.as_ref().map(|c| crate::jose::b64url_encode(&c.thumbprint[..6]));
             tracing::info!(
@@ -171,6 +175,32 @@ impl GatewayState {
             }
         }
         (Some(index), result)
+    }
+}
+
+impl GatewayState {
+    /// Counts the request and its latencies.
+    fn record(
+        &self,
+        route: Option<usize>,
+        status: u16,
+        reason: &'static str,
+        total: Duration,
+        upstream: Option<Duration>,
+    ) {
+        let route = route.map_or("-", |i| self.config.routes[i].name.as_str()).to_string();
+        let m = &self.metrics;
+        m.requests.get_or_create(&RequestLabels { route: route.clone(), status, reason }).inc();
+        if matches!(reason, "upstream_unavailable" | "upstream_timeout" | "body_too_large") {
+            m.upstream_errors.get_or_create(&RequestLabels { route: route.clone(), status, reason }).inc();
+        }
+        let labels = RouteLabels { route };
+        if let Some(upstream) = upstream {
+            m.upstream_seconds.get_or_create(&labels).observe(upstream.as_secs_f64());
+        }
+        m.gateway_seconds
+            .get_or_create(&labels)
+            .observe(total.saturating_sub(upstream.unwrap_or_default()).as_secs_f64());
     }
 }
 

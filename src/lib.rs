@@ -24,6 +24,7 @@ pub mod config;
 pub mod diagnostics;
 pub mod gateway;
 pub mod jose;
+pub mod metrics;
 pub mod proxy;
 pub mod rejection;
 pub mod router;
@@ -78,13 +79,13 @@ pub fn check_files(config: &Config) -> Result<(), StartError> {
     for route in &config.routes {
         Upstream::new(route).map_err(|source| StartError::Upstream { route: route.name.clone(), source })?;
     }
-    dpop_runtime(config)?;
+    dpop_runtime(config, &metrics::Metrics::new())?;
     Ok(())
 }
 
 /// The DPoP runtime of a configuration: nonce keys and a fresh replay store that remembers
 /// proofs for the whole `iat` acceptance window.
-fn dpop_runtime(config: &Config) -> Result<auth::DpopRuntime, StartError> {
+fn dpop_runtime(config: &Config, metrics: &metrics::Metrics) -> Result<auth::DpopRuntime, StartError> {
     use auth::dpop::replay::{MemoryReplayStore, ReplayStore};
     use auth::dpop::replay_redis::RedisReplayStore;
     let settings = config.dpop.clone();
@@ -104,6 +105,7 @@ fn dpop_runtime(config: &Config) -> Result<auth::DpopRuntime, StartError> {
         keys: auth::dpop::ProofKeyCache::new(10_000),
         replay,
         shared_replay: shared,
+        replay_refusals: metrics.replay_refusals.clone(),
         settings,
     })
 }
@@ -159,10 +161,12 @@ impl GatewayHandle {
 /// requests retry), binds the listener and starts serving.
 pub async fn start(config: Config) -> Result<GatewayHandle, StartError> {
     let server_tls = tls::server_config(&config.listen.tls)?;
+    let metrics = Arc::new(metrics::Metrics::new());
     let mut issuers = Vec::with_capacity(config.issuers.len());
     for issuer in &config.issuers {
-        let keys =
-            IssuerKeys::new(issuer).map_err(|source| StartError::Issuer { issuer: issuer.issuer.clone(), source })?;
+        let keys = IssuerKeys::new(issuer)
+            .map_err(|source| StartError::Issuer { issuer: issuer.issuer.clone(), source })?
+            .counting(metrics.jwks_fetches.clone());
         issuers.push((issuer.clone(), Arc::new(keys)));
     }
     // A key file is local configuration: unreadable means the config is wrong.
@@ -195,7 +199,7 @@ pub async fn start(config: Config) -> Result<GatewayHandle, StartError> {
             });
         }
     }
-    let validator = TokenValidator::new(issuers, &config.token_cache);
+    let validator = TokenValidator::new(issuers, &config.token_cache).counting(metrics.token_cache.clone());
     let mut upstreams = Vec::with_capacity(config.routes.len());
     for route in &config.routes {
         let upstream =
@@ -233,7 +237,7 @@ pub async fn start(config: Config) -> Result<GatewayHandle, StartError> {
         idle_timeout: config.limits.idle_timeout,
         max_connections: config.limits.max_connections,
     };
-    let dpop = dpop_runtime(&config)?;
+    let dpop = dpop_runtime(&config, &metrics)?;
     match &dpop.shared_replay {
         Some(store) => {
             tracing::info!(url = %store.redacted_url(), "DPoP replay state shared through Redis");
@@ -247,7 +251,8 @@ pub async fn start(config: Config) -> Result<GatewayHandle, StartError> {
         }
         None => tracing::debug!("DPoP replay state kept in memory (one instance)"),
     }
-    let state = Arc::new(GatewayState { dpop, router: Router::new(&config.routes), config, validator, upstreams });
+    let state =
+        Arc::new(GatewayState { dpop, router: Router::new(&config.routes), config, validator, upstreams, metrics });
     let (shutdown, receiver) = watch::channel(false);
     let acceptor = tokio_rustls::TlsAcceptor::from(server_tls);
     let admin_addr = match admin_listener {

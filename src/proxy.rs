@@ -55,6 +55,10 @@ pub struct Upstream {
     timeout: Duration,
 }
 
+/// How long the upstream took to answer with its response head (a response extension).
+#[derive(Clone, Copy, Debug)]
+pub struct UpstreamTime(pub Duration);
+
 /// What the connection and the authentication step contribute to the forwarded request.
 pub struct ForwardContext<'a> {
     pub peer: SocketAddr,
@@ -137,6 +141,7 @@ impl Upstream {
             .map_err(BoxError::from)
             .boxed();
         let request = Request::from_parts(parts, body);
+        let sent = std::time::Instant::now();
         let response = match tokio::time::timeout(self.timeout, self.client.request(request)).await {
             Err(_) => return Err(Rejection::UpstreamTimeout),
             Ok(Err(e)) if is_body_limit(&e) => return Err(Rejection::PayloadTooLarge),
@@ -147,6 +152,7 @@ impl Upstream {
             Ok(Ok(response)) => response,
         };
         let (mut parts, body) = response.into_parts();
+        parts.extensions.insert(UpstreamTime(sent.elapsed()));
         strip_hop_by_hop(&mut parts.headers);
         Ok(Response::from_parts(parts, body.map_err(BoxError::from).boxed()))
     }

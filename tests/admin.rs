@@ -107,3 +107,39 @@ async fn not_ready_while_the_shared_replay_store_is_down() {
     }
     assert!(ready);
 }
+
+#[tokio::test]
+async fn metrics_count_requests_caches_fetches_and_replays() {
+    let env = Env::start_with(Options { admin: true, ..Default::default() }).await;
+    let token = env.bearer_token();
+    assert_eq!(env.get("/bearer/x", None, Some(&token)).await.status(), 200);
+    assert_eq!(env.get("/bearer/x", None, Some(&token)).await.status(), 200);
+    assert_eq!(env.get("/mtls/x", None, None).await.status(), 401);
+    assert_eq!(env.get("/refused/x", None, None).await.status(), 502);
+    let key = Signer::es256("k");
+    let dpop_token = env.dpop_token(&key);
+    let proof = key.dpop_proof("GET", &env.public_url("/dpop/x"), Some(&dpop_token));
+    assert_eq!(env.send_dpop("GET", "/dpop/x", &dpop_token, &proof).await.status(), 200);
+    assert_eq!(env.send_dpop("GET", "/dpop/x", &dpop_token, &proof).await.status(), 401);
+
+    let (status, text) = admin_get(&env, "/metrics").await;
+    assert_eq!(status, 200);
+    let issuer = env.issuer();
+    for line in [
+        r#"fapi_gateway_requests_total{route="bearer",status="200",reason="ok"} 2"#.to_string(),
+        r#"fapi_gateway_requests_total{route="mtls",status="401",reason="no_credentials"} 1"#.to_string(),
+        r#"fapi_gateway_requests_total{route="refused",status="502",reason="upstream_unavailable"} 1"#.to_string(),
+        r#"fapi_gateway_requests_total{route="dpop",status="401",reason="dpop_replayed"} 1"#.to_string(),
+        r#"fapi_gateway_upstream_errors_total{route="refused",status="502",reason="upstream_unavailable"} 1"#
+            .to_string(),
+        r#"fapi_gateway_token_cache_lookups_total{result="hit"} 2"#.to_string(),
+        r#"fapi_gateway_token_cache_lookups_total{result="miss"} 2"#.to_string(),
+        format!(r#"fapi_gateway_jwks_fetches_total{{issuer="{issuer}",result="ok"}} 1"#),
+        r#"fapi_gateway_dpop_replay_refusals_total{reason="replayed"} 1"#.to_string(),
+        "fapi_gateway_dpop_replay_entries 1".to_string(),
+        r#"fapi_gateway_upstream_duration_seconds_count{route="bearer"} 2"#.to_string(),
+        r#"fapi_gateway_gateway_duration_seconds_count{route="mtls"} 1"#.to_string(),
+    ] {
+        assert!(text.lines().any(|l| l == line), "missing `{line}` in:\n{text}");
+    }
+}

@@ -16,6 +16,9 @@ use tokio::sync::Mutex;
 use super::jwks_fetch::{FetchError, Fetched, KeyFetcher, read_jwks_file};
 use crate::config::{Issuer, JwksCacheSettings, KeySource};
 use crate::jose::{Alg, PublicKey};
+use crate::metrics::FetchLabels;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 
 /// Stand-in for "never expires" that cannot overflow an `Instant`.
 const FAR_FUTURE: Duration = Duration::from_secs(10 * 365 * 86_400);
@@ -68,6 +71,7 @@ pub struct IssuerKeys {
     state: Mutex<FetchState>,
     /// A background refresh is running.
     refreshing: AtomicBool,
+    fetches: Family<FetchLabels, Counter>,
 }
 
 impl IssuerKeys {
@@ -84,7 +88,14 @@ impl IssuerKeys {
             current: ArcSwapOption::empty(),
             state: Mutex::new(FetchState { last_attempt: None, last_finished: None, discovered_jwks_uri: None }),
             refreshing: AtomicBool::new(false),
+            fetches: Family::default(),
         })
+    }
+
+    /// Counts fetches (by issuer and result) into `family`.
+    pub fn counting(mut self, family: Family<FetchLabels, Counter>) -> Self {
+        self.fetches = family;
+        self
     }
 
     /// Whether keys have been loaded at least once.
@@ -165,6 +176,8 @@ impl IssuerKeys {
         state.last_attempt = Some(Instant::now());
         let result = self.fetch(state).await;
         state.last_finished = Some(Instant::now());
+        let outcome = if result.is_ok() { "ok" } else { "error" };
+        self.fetches.get_or_create(&FetchLabels { issuer: self.issuer.clone(), result: outcome }).inc();
         let fetched = result?;
         if fetched.keys.is_empty() {
             // A reachable issuer that publishes no usable key has withdrawn its keys: honour it.

@@ -18,6 +18,7 @@ use http::{HeaderMap, Method};
 
 use crate::config::{Binding, DpopSettings, Route, RoutePolicy};
 use crate::jose;
+use crate::metrics::ReasonLabels;
 use crate::rejection::Rejection;
 use binding::BindingCheck;
 use challenge::{AuthDenial, AuthErrorCode};
@@ -25,6 +26,8 @@ use credentials::Credential;
 use dpop::nonce::{NonceIssuer, NonceStatus};
 use dpop::replay::{Freshness, ReplayStore, replay_key};
 use dpop::{ProofRequest, VerifiedProof};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use token::{TokenError, TokenValidator, ValidatedToken};
 
 /// DPoP state shared by all requests: settings, nonce keys and the replay store.
@@ -38,6 +41,8 @@ pub struct DpopRuntime {
     pub replay: Arc<dyn ReplayStore>,
     /// The Redis store behind `replay`, when replay state is shared (for readiness checks).
     pub shared_replay: Option<Arc<dpop::replay_redis::RedisReplayStore>>,
+    /// Counts proofs refused by the replay store, by reason.
+    pub replay_refusals: Family<ReasonLabels, Counter>,
 }
 
 /// What the authentication step reads from a request.
@@ -157,10 +162,16 @@ async fn check_dpop(
     match dpop.replay.insert_if_absent(replay_key(&verified.jkt, &verified.jti), Instant::now()).await {
         Ok(Freshness::Fresh) => Ok((verified, fresh_nonce)),
         Ok(Freshness::Replayed) => {
+            dpop.replay_refusals.get_or_create(&ReasonLabels { reason: "replayed" }).inc();
             Err(AuthDenial::dpop(AuthErrorCode::InvalidDpopProof, "dpop_replayed", "the DPoP proof was already used")
                 .into())
         }
         Err(e) => {
+            let reason = match e {
+                dpop::replay::ReplayError::Full => "full",
+                dpop::replay::ReplayError::Unavailable => "unavailable",
+            };
+            dpop.replay_refusals.get_or_create(&ReasonLabels { reason }).inc();
             tracing::warn!(error = %e, "DPoP replay store refused an insert; failing closed");
             Err(Rejection::ReplayStoreUnavailable)
         }

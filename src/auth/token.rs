@@ -14,11 +14,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use moka::sync::Cache;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use serde::Deserialize;
 
 use super::jwks::{IssuerKeys, KeyError};
 use crate::config::{Issuer, TokenCacheSettings, normalise_typ};
 use crate::jose::{self, CompactJws, JwsError};
+use crate::metrics::ResultLabels;
 
 /// Access tokens longer than this are refused before any decoding.
 pub const MAX_TOKEN_BYTES: usize = 12 * 1024;
@@ -148,6 +151,7 @@ pub struct TokenValidator {
     issuers: HashMap<String, (Issuer, Arc<IssuerKeys>)>,
     cache: Cache<[u8; 32], Cached>,
     max_ttl: Duration,
+    lookups: Family<ResultLabels, Counter>,
 }
 
 impl TokenValidator {
@@ -157,7 +161,14 @@ impl TokenValidator {
             issuers: issuers.into_iter().map(|(i, k)| (i.issuer.clone(), (i, k))).collect(),
             cache,
             max_ttl: settings.max_ttl,
+            lookups: Family::default(),
         }
+    }
+
+    /// Counts cache look-ups (hit or miss) into `family`.
+    pub fn counting(mut self, family: Family<ResultLabels, Counter>) -> Self {
+        self.lookups = family;
+        self
     }
 
     /// The key caches of all issuers.
@@ -187,9 +198,11 @@ impl TokenValidator {
         }
         if let Some(hit) = self.cache.get(&key) {
             if now < hit.token.expires_at {
+                self.lookups.get_or_create(&ResultLabels { result: "hit" }).inc();
                 return Ok(hit.token);
             }
         }
+        self.lookups.get_or_create(&ResultLabels { result: "miss" }).inc();
         let validated = Arc::new(self.validate_uncached(token, now).await?);
         let remaining = u64::try_from(validated.expires_at.saturating_sub(now)).unwrap_or(0);
         let ttl = Duration::from_secs(remaining).min(self.max_ttl);
