@@ -35,6 +35,9 @@ pub struct GatewayState {
     /// One upstream client per route, same index as `config.routes`.
     pub upstreams: Vec<Upstream>,
     pub metrics: Arc<Metrics>,
+    /// Route names as metric labels (cheap to clone), same index as `config.routes`; the
+    /// last entry is `-` for requests that matched no route.
+    pub route_labels: Vec<Arc<str>>,
 }
 
 impl GatewayState {
@@ -51,7 +54,8 @@ impl GatewayState {
         let request_id = request_id(request.headers());
         request.headers_mut().insert(X_REQUEST_ID, request_id.clone());
         let method = request.method().clone();
-        let path = request.uri().path().to_owned();
+        let logging = tracing::enabled!(target: "access", tracing::Level::INFO);
+        let path = if logging { request.uri().path().to_owned() } else { String::new() };
         let credential = request.headers().get(AUTHORIZATION).cloned();
         let (route, result) = self.handle_inner(request, &conn).await;
         let (mut response, reason) = match result {
@@ -64,7 +68,7 @@ impl GatewayState {
         let token = response.extensions_mut().remove::<TokenLog>().map(|t| t.0).or_else(|| credential.map(fingerprint));
         let upstream_time = response.extensions_mut().remove::<UpstreamTime>().map(|t| t.0);
         self.record(route, response.status().as_u16(), reason, started.elapsed(), upstream_time);
-        if tracing::enabled!(target: "access", tracing::Level::INFO) {
+        if logging {
             let cert = conn.client_cert.as_ref().map(|c| crate::jose::b64url_encode(&c.thumbprint[..6]));
             tracing::info!(
                 target: "access",
@@ -188,7 +192,7 @@ impl GatewayState {
         total: Duration,
         upstream: Option<Duration>,
     ) {
-        let route = route.map_or("-", |i| self.config.routes[i].name.as_str()).to_string();
+        let route = self.route_labels[route.unwrap_or(self.route_labels.len() - 1)].clone();
         let m = &self.metrics;
         m.requests.get_or_create(&RequestLabels { route: route.clone(), status, reason }).inc();
         if matches!(reason, "upstream_unavailable" | "upstream_timeout" | "body_too_large") {
@@ -221,10 +225,15 @@ fn request_id(headers: &http::HeaderMap) -> HeaderValue {
     if let Some(v) = headers.get(X_REQUEST_ID).filter(sane) {
         return v.clone();
     }
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut bytes = [0u8; 16];
     let _ = aws_lc_rs::rand::fill(&mut bytes);
-    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    HeaderValue::from_str(&hex).unwrap_or(HeaderValue::from_static("-"))
+    let mut hex = [0u8; 32];
+    for (i, b) in bytes.iter().enumerate() {
+        hex[2 * i] = HEX[usize::from(b >> 4)];
+        hex[2 * i + 1] = HEX[usize::from(b & 0x0f)];
+    }
+    HeaderValue::from_bytes(&hex).unwrap_or(HeaderValue::from_static("-"))
 }
 
 /// A short, non-reversible name for the credential of a refused request: `fp:` and the first

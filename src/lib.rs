@@ -251,8 +251,17 @@ pub async fn start(config: Config) -> Result<GatewayHandle, StartError> {
         }
         None => tracing::debug!("DPoP replay state kept in memory (one instance)"),
     }
-    let state =
-        Arc::new(GatewayState { dpop, router: Router::new(&config.routes), config, validator, upstreams, metrics });
+    let route_labels =
+        config.routes.iter().map(|r| Arc::from(r.name.as_str())).chain(std::iter::once(Arc::from("-"))).collect();
+    let state = Arc::new(GatewayState {
+        dpop,
+        router: Router::new(&config.routes),
+        config,
+        validator,
+        upstreams,
+        metrics,
+        route_labels,
+    });
     let (shutdown, receiver) = watch::channel(false);
     let acceptor = tokio_rustls::TlsAcceptor::from(server_tls);
     let admin_addr = match admin_listener {
