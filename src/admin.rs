@@ -19,7 +19,8 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::body::{ProxyBody, full};
-use crate::gateway::GatewayState;
+use crate::gateway::{GatewayState, Live};
+use arc_swap::ArcSwap;
 
 /// What `/readyz` found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,7 +46,7 @@ pub async fn readiness(state: &GatewayState) -> Readiness {
 }
 
 /// Serves the admin endpoints until `shutdown` turns true.
-pub async fn serve(listener: TcpListener, state: Arc<GatewayState>, mut shutdown: watch::Receiver<bool>) {
+pub async fn serve(listener: TcpListener, live: Arc<ArcSwap<Live>>, mut shutdown: watch::Receiver<bool>) {
     loop {
         let (tcp, _) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -54,10 +55,10 @@ pub async fn serve(listener: TcpListener, state: Arc<GatewayState>, mut shutdown
             },
             _ = shutdown.changed() => return,
         };
-        let state = state.clone();
+        let live = live.clone();
         tokio::spawn(async move {
             let service = service_fn(move |request| {
-                let state = state.clone();
+                let state = live.load().state.clone();
                 async move { Ok::<_, Infallible>(handle(&state, request).await) }
             });
             let _ = auto::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(tcp), service).await;

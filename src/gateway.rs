@@ -26,6 +26,13 @@ use crate::rejection::{DPOP_NONCE, Rejection};
 use crate::router::{Router, check_path};
 use crate::server::ConnectionInfo;
 
+/// What serves requests now; replaced whole by a configuration reload.
+pub struct Live {
+    pub state: Arc<GatewayState>,
+    /// TLS for new connections (the certificate rotates on reload).
+    pub acceptor: tokio_rustls::TlsAcceptor,
+}
+
 /// Everything compiled from one configuration that requests read.
 pub struct GatewayState {
     pub config: Config,

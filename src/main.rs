@@ -171,31 +171,36 @@ fn run(path: &std::path::Path, workers: Option<usize>) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        wait_for_signal().await;
+        serve_until_stopped(&handle, path).await;
         tracing::info!("shutting down: draining in-flight requests");
         handle.shutdown().await;
         ExitCode::SUCCESS
     })
 }
 
-async fn wait_for_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => {
-                let _ = ctrl_c.await;
-                return;
-            }
-        };
+/// Waits for SIGTERM or SIGINT; on SIGHUP re-reads `path` and reloads it (an invalid file
+/// is logged and the running configuration keeps serving).
+async fn serve_until_stopped(handle: &fapi_gateway::GatewayHandle, path: &std::path::Path) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut hup)) = (signal(SignalKind::terminate()), signal(SignalKind::hangup())) else {
+        let _ = tokio::signal::ctrl_c().await;
+        return;
+    };
+    loop {
         tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => return,
+            _ = term.recv() => return,
+            _ = hup.recv() => {
+                tracing::info!(file = %path.display(), "SIGHUP: reloading the configuration");
+                match Config::load(path) {
+                    Err(e) => tracing::error!(error = %e, "reload refused: the configuration is invalid; the running one keeps serving"),
+                    Ok(config) => {
+                        if let Err(e) = handle.reload(config).await {
+                            tracing::error!(error = %e, "reload refused; the running configuration keeps serving");
+                        }
+                    }
+                }
+            }
         }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = ctrl_c.await;
     }
 }

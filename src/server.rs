@@ -24,10 +24,10 @@ use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
-use tokio_rustls::TlsAcceptor;
 
-use crate::gateway::GatewayState;
+use crate::gateway::Live;
 use crate::tls;
+use arc_swap::ArcSwap;
 
 /// The verified client certificate of a connection.
 #[derive(Debug)]
@@ -47,7 +47,7 @@ pub struct ConnectionInfo {
 }
 
 /// Server settings the accept loop needs.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServerSettings {
     pub handshake_timeout: Duration,
     pub header_read_timeout: Duration,
@@ -92,8 +92,7 @@ impl Builders {
 /// its in-flight requests; whatever still runs after `shutdown_grace` is aborted.
 pub async fn serve(
     listener: TcpListener,
-    acceptor: TlsAcceptor,
-    state: Arc<GatewayState>,
+    live: Arc<ArcSwap<Live>>,
     settings: ServerSettings,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -124,8 +123,7 @@ pub async fn serve(
         };
         let _ = tcp.set_nodelay(true);
         let task = ConnectionTask {
-            acceptor: acceptor.clone(),
-            state: state.clone(),
+            live: live.clone(),
             builders: builders.clone(),
             settings: settings.clone(),
             shutdown: shutdown.clone(),
@@ -149,8 +147,7 @@ pub async fn serve(
 
 /// One accepted TCP connection, from TLS handshake to close.
 struct ConnectionTask {
-    acceptor: TlsAcceptor,
-    state: Arc<GatewayState>,
+    live: Arc<ArcSwap<Live>>,
     builders: Arc<Builders>,
     settings: ServerSettings,
     shutdown: watch::Receiver<bool>,
@@ -158,7 +155,10 @@ struct ConnectionTask {
 
 impl ConnectionTask {
     async fn run(mut self, tcp: tokio::net::TcpStream, peer: SocketAddr) {
-        let tls = match tokio::time::timeout(self.settings.handshake_timeout, self.acceptor.accept(tcp)).await {
+        // The certificate of the configuration current at accept time; requests then use the
+        // configuration current when each arrives (a reload applies to open connections).
+        let acceptor = self.live.load().acceptor.clone();
+        let tls = match tokio::time::timeout(self.settings.handshake_timeout, acceptor.accept(tcp)).await {
             Ok(Ok(tls)) => tls,
             Ok(Err(e)) => {
                 tracing::debug!(%peer, error = %e, "TLS handshake failed");
@@ -182,10 +182,10 @@ impl ConnectionTask {
         };
         let activity = Arc::new(Activity::new());
         let service = {
-            let state = self.state.clone();
+            let live = self.live.clone();
             let activity = activity.clone();
             service_fn(move |request| {
-                let state = state.clone();
+                let state = live.load().state.clone();
                 let info = info.clone();
                 let activity = activity.clone();
                 async move {

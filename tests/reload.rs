@@ -1,0 +1,173 @@
+//! Configuration reload: new routes served, certificates rotated, invalid files refused
+//! with the old configuration kept, in-flight requests unaffected — in-process through
+//! `GatewayHandle::reload` and end to end through SIGHUP to the binary.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+use fapi_gateway::config::Config;
+use fapi_gateway::lifecycle::ReloadError;
+
+fn with_route(yaml: &str, name: &str, prefix: &str, upstream: &str) -> String {
+    format!("{yaml}  - {{ name: {name}, match: {{ path_prefix: {prefix} }}, upstream: {upstream}, auth: none }}\n")
+}
+
+#[tokio::test]
+async fn a_reload_adds_routes_and_keeps_in_flight_requests() {
+    let env = Env::start().await;
+    assert_eq!(env.get("/added/x", None, None).await.status(), 404);
+    // A request already at the upstream when the reload happens finishes on the old
+    // configuration (the slow route answers 504 after its 1 s timeout).
+    let client = env.client(None);
+    let url = env.url("/slow/x");
+    let in_flight = tokio::spawn(async move { client.get(url).send().await.map(|r| r.status().as_u16()) });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let yaml = with_route(&env.yaml, "added", "/added", &env.upstream.url());
+    let config = Config::from_yaml(&yaml, "reloaded.yaml", env.pki.dir()).unwrap();
+    env.gateway.as_ref().unwrap().reload(config).await.unwrap();
+
+    assert_eq!(env.get("/added/x", None, None).await.status(), 200);
+    assert_eq!(in_flight.await.unwrap().unwrap(), 504);
+    // Old routes still work, and the keep-alive connection of `env.client` picked up the new
+    // configuration without reconnecting.
+    assert_eq!(env.get("/public/x", None, None).await.status(), 200);
+}
+
+#[tokio::test]
+async fn a_reload_that_changes_the_listen_address_is_refused() {
+    let env = Env::start().await;
+    let yaml = env.yaml.replace("address: 127.0.0.1:0", "address: 127.0.0.1:1");
+    let config = Config::from_yaml(&yaml, "t.yaml", env.pki.dir()).unwrap();
+    let error = env.gateway.as_ref().unwrap().reload(config).await.unwrap_err();
+    assert!(matches!(error, ReloadError::NeedsRestart("listen.address")), "{error}");
+    assert_eq!(env.get("/public/x", None, None).await.status(), 200);
+}
+
+#[tokio::test]
+async fn a_reload_with_unreadable_files_changes_nothing() {
+    let env = Env::start().await;
+    let yaml = with_route(&env.yaml, "added", "/added", &env.upstream.url())
+        .replace(&env.pki.server_key_path().display().to_string(), "/nonexistent/server.key");
+    let config = Config::from_yaml(&yaml, "t.yaml", env.pki.dir()).unwrap();
+    let error = env.gateway.as_ref().unwrap().reload(config).await.unwrap_err();
+    assert!(error.to_string().contains("/nonexistent/server.key"), "{error}");
+    assert_eq!(env.get("/added/x", None, None).await.status(), 404, "the new route was not applied");
+    assert_eq!(env.get("/public/x", None, None).await.status(), 200);
+}
+
+#[tokio::test]
+async fn the_server_certificate_rotates_on_reload() {
+    let env = Env::start().await;
+    let next = TestPki::new();
+    // A client that trusts only the next CA cannot talk to the gateway yet…
+    let next_client = client(&next, env.addr, None, false);
+    assert!(next_client.get(env.url("/public/x")).send().await.is_err());
+    // …the operator replaces the certificate files in place and reloads…
+    std::fs::copy(next.server_cert_path(), env.pki.server_cert_path()).unwrap();
+    std::fs::copy(next.server_key_path(), env.pki.server_key_path()).unwrap();
+    let config = Config::from_yaml(&env.yaml, "t.yaml", env.pki.dir()).unwrap();
+    env.gateway.as_ref().unwrap().reload(config).await.unwrap();
+    // …and new handshakes present the new certificate.
+    let fresh = client(&next, env.addr, None, false);
+    assert_eq!(fresh.get(env.url("/public/x")).send().await.unwrap().status(), 200);
+}
+
+struct Process {
+    child: Child,
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn signal(process: &Process, name: &str) {
+    let status = Command::new("kill").args([&format!("-{name}"), &process.child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+}
+
+async fn status_of(client: &reqwest::Client, url: &str) -> Option<u16> {
+    client.get(url).send().await.ok().map(|r| r.status().as_u16())
+}
+
+async fn eventually(client: &reqwest::Client, url: &str, want: u16) -> bool {
+    for _ in 0..100 {
+        if status_of(client, url).await == Some(want) {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
+
+#[tokio::test]
+async fn sighup_reloads_the_file_and_refuses_an_invalid_one() {
+    init();
+    let pki = TestPki::new();
+    let upstream = Upstream::start().await;
+    let jwks = serde_json::json!({ "keys": [Signer::es256("k").public_jwk()] });
+    let jwks_path = write_file(pki.dir(), "jwks.json", &jwks.to_string());
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let base = format!(
+        "listen:\n  address: 127.0.0.1:{port}\n  public_url: https://gateway.test\n  tls: {{ cert: {}, key: {} }}\n\
+         issuers:\n  - {{ issuer: https://as.test, jwks_file: {}, audiences: [https://api.test] }}\n\
+         routes:\n  - {{ name: public, match: {{ path_prefix: /public }}, upstream: {}, auth: none }}\n",
+        pki.server_cert_path().display(),
+        pki.server_key_path().display(),
+        jwks_path.display(),
+        upstream.url()
+    );
+    let path = write_file(pki.dir(), "gateway.yaml", &base);
+    let mut process = Process {
+        child: Command::new(env!("CARGO_BIN_EXE_fapi-gateway"))
+            .args(["--config", path.to_str().unwrap(), "--log-format", "json"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    };
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let http = client(&pki, addr, None, false);
+    let added = gateway_url(addr, "/added/x");
+    assert!(eventually(&http, &gateway_url(addr, "/public/x"), 200).await, "gateway up");
+    assert_eq!(status_of(&http, &added).await, Some(404));
+
+    // An invalid file: refused, the old configuration keeps serving.
+    std::fs::write(&path, format!("{base}  - {{ name: broken, bindng: mtls }}\n")).unwrap();
+    signal(&process, "HUP");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(status_of(&http, &gateway_url(addr, "/public/x")).await, Some(200));
+
+    // A valid file with a new route: served after SIGHUP.
+    std::fs::write(&path, with_route(&base, "added", "/added", &upstream.url())).unwrap();
+    signal(&process, "HUP");
+    assert!(eventually(&http, &added, 200).await, "the new route is served after SIGHUP");
+
+    signal(&process, "TERM");
+    let output = tokio::task::spawn_blocking(move || process.child.wait_with_output_taken()).await.unwrap();
+    assert!(output.contains("reload refused"), "the invalid file is reported: {output}");
+    assert!(output.contains("configuration reloaded"), "{output}");
+}
+
+trait TakeOutput {
+    fn wait_with_output_taken(&mut self) -> String;
+}
+
+impl TakeOutput for Child {
+    fn wait_with_output_taken(&mut self) -> String {
+        use std::io::Read;
+        let mut text = String::new();
+        if let Some(mut stderr) = self.stderr.take() {
+            let _ = stderr.read_to_string(&mut text);
+        }
+        let _ = self.wait();
+        text
+    }
+}
