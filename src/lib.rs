@@ -22,6 +22,7 @@ pub mod admin;
 pub mod auth;
 pub mod body;
 pub mod config;
+pub mod demo;
 pub mod diagnostics;
 pub mod gateway;
 pub mod jose;

@@ -36,6 +36,13 @@ enum Command {
         /// The file to check (defaults to --config).
         file: Option<PathBuf>,
     },
+    /// Start a development authorization server, an echo upstream and the gateway on the
+    /// bundled gateway.yaml and certs/, play the stolen-token scenarios, then keep running.
+    Demo {
+        /// Exit after the scenarios (non-zero if any ended unexpectedly).
+        #[arg(long)]
+        once: bool,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -49,6 +56,7 @@ fn main() -> ExitCode {
     init_tracing(cli.log_format);
     match cli.command {
         Some(Command::CheckConfig { file }) => check_config(&file.unwrap_or(cli.config)),
+        Some(Command::Demo { once }) => demo(&cli.config, once),
         None => run(&cli.config, cli.workers),
     }
 }
@@ -145,6 +153,24 @@ fn check_config(path: &std::path::Path) -> ExitCode {
         );
     }
     ExitCode::SUCCESS
+}
+
+fn demo(path: &std::path::Path, once: bool) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(fapi_gateway::demo::run(path, once)) {
+        Ok(played) if played.iter().all(|s| s.expected == s.got) => ExitCode::SUCCESS,
+        Ok(_) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn run(path: &std::path::Path, workers: Option<usize>) -> ExitCode {
