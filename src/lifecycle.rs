@@ -53,17 +53,42 @@ pub fn check_files(config: &Config) -> Result<(), StartError> {
     for route in &config.routes {
         Upstream::new(route).map_err(|source| StartError::Upstream { route: route.name.clone(), source })?;
     }
-    dpop_runtime(config, &metrics::Metrics::new())?;
+    dpop_runtime(config, &metrics::Metrics::new(), None)?;
     Ok(())
 }
 
 /// The DPoP runtime of a configuration: nonce keys and a fresh replay store that remembers
 /// proofs for the whole `iat` acceptance window.
-fn dpop_runtime(config: &Config, metrics: &metrics::Metrics) -> Result<auth::DpopRuntime, StartError> {
+///
+/// On a reload, `previous` is the running runtime: its replay store is kept (forgetting it
+/// would make every proof of the last window acceptable again; [`GatewayHandle::reload`]
+/// refuses changes to the replay settings), and so is its nonce key when the nonce
+/// settings did not change (issued nonces stay valid). The proof-header cache is always new,
+/// since it depends on the algorithm list.
+fn dpop_runtime(
+    config: &Config,
+    metrics: &metrics::Metrics,
+    previous: Option<&auth::DpopRuntime>,
+) -> Result<auth::DpopRuntime, StartError> {
     use auth::dpop::replay::{MemoryReplayStore, ReplayStore};
     use auth::dpop::replay_redis::RedisReplayStore;
     let settings = config.dpop.clone();
-    let window = settings.max_age + settings.max_future;
+    let nonces = match previous {
+        Some(p) if same_nonce_settings(&p.settings, &settings) => p.nonces.clone(),
+        _ => Arc::new(auth::dpop::nonce::NonceIssuer::from_settings(&settings)?),
+    };
+    if let Some(p) = previous {
+        return Ok(auth::DpopRuntime {
+            algs: Arc::from(settings.algs_challenge.as_str()),
+            nonces,
+            keys: auth::dpop::ProofKeyCache::new(10_000),
+            replay: p.replay.clone(),
+            shared_replay: p.shared_replay.clone(),
+            replay_refusals: metrics.replay_refusals.clone(),
+            settings,
+        });
+    }
+    let window = replay_window(&settings);
     let memory = || Arc::new(MemoryReplayStore::new(window, settings.replay_max_entries, std::time::Instant::now()));
     let (replay, shared): (Arc<dyn ReplayStore>, _) = match &settings.replay_store {
         config::ReplayBackend::Memory => (memory(), None),
@@ -75,13 +100,31 @@ fn dpop_runtime(config: &Config, metrics: &metrics::Metrics) -> Result<auth::Dpo
     };
     Ok(auth::DpopRuntime {
         algs: Arc::from(settings.algs_challenge.as_str()),
-        nonces: auth::dpop::nonce::NonceIssuer::from_settings(&settings)?,
+        nonces,
         keys: auth::dpop::ProofKeyCache::new(10_000),
         replay,
         shared_replay: shared,
         replay_refusals: metrics.replay_refusals.clone(),
         settings,
     })
+}
+
+/// How long a proof's (`jkt`, `jti`) must be remembered: the whole `iat` acceptance window,
+/// plus a margin for whole-second rounding of `iat` and clock differences between
+/// instances (a proof stays acceptable until `iat + max_age` seen by the slowest clock).
+pub fn replay_window(settings: &config::DpopSettings) -> std::time::Duration {
+    settings.max_age + settings.max_future + std::time::Duration::from_secs(5)
+}
+
+fn same_nonce_settings(a: &config::DpopSettings, b: &config::DpopSettings) -> bool {
+    a.nonce_secret == b.nonce_secret && a.nonce_step == b.nonce_step && a.nonce_window == b.nonce_window
+}
+
+fn same_replay_settings(a: &config::DpopSettings, b: &config::DpopSettings) -> bool {
+    a.replay_store == b.replay_store
+        && a.replay_max_entries == b.replay_max_entries
+        && a.max_age == b.max_age
+        && a.max_future == b.max_future
 }
 
 /// A running gateway.
@@ -156,7 +199,11 @@ impl GatewayHandle {
         if bound.settings != self.bound.settings {
             return Err(ReloadError::NeedsRestart("limits or listen.handshake_timeout"));
         }
-        let live = build(config, self.metrics.clone()).await?;
+        let current = self.live.load_full();
+        if !same_replay_settings(&current.state.dpop.settings, &config.dpop) {
+            return Err(ReloadError::NeedsRestart("dpop.replay, dpop.max_age or dpop.max_future"));
+        }
+        let live = build(config, self.metrics.clone(), Some(&current.state)).await?;
         self.live.store(Arc::new(live));
         tracing::info!("configuration reloaded");
         Ok(())
@@ -177,7 +224,11 @@ impl GatewayHandle {
 /// Compiles `config`, loads certificates, fetches every issuer's keys (failures are logged;
 /// requests retry), binds the listener and starts serving.
 /// Builds everything a configuration needs to serve, without binding anything.
-async fn build(config: Config, metrics: Arc<metrics::Metrics>) -> Result<Live, StartError> {
+async fn build(
+    config: Config,
+    metrics: Arc<metrics::Metrics>,
+    previous: Option<&GatewayState>,
+) -> Result<Live, StartError> {
     let server_tls = tls::server_config(&config.listen.tls)?;
     let mut issuers = Vec::with_capacity(config.issuers.len());
     for issuer in &config.issuers {
@@ -238,7 +289,7 @@ async fn build(config: Config, metrics: Arc<metrics::Metrics>) -> Result<Live, S
             "listen.tls.client_auth is `none`: certificate-bound tokens can never be honoured, so every `binding: mtls` route will refuse them"
         );
     }
-    let dpop = dpop_runtime(&config, &metrics)?;
+    let dpop = dpop_runtime(&config, &metrics, previous.map(|p| &p.dpop))?;
     match &dpop.shared_replay {
         Some(store) => {
             tracing::info!(url = %store.redacted_url(), "DPoP replay state shared through Redis");
@@ -272,7 +323,7 @@ async fn build(config: Config, metrics: Arc<metrics::Metrics>) -> Result<Live, S
 pub async fn start(config: Config) -> Result<GatewayHandle, StartError> {
     let metrics = Arc::new(metrics::Metrics::new());
     let bound = Bound { address: config.listen.address, admin: config.admin, settings: server_settings(&config) };
-    let live = Arc::new(ArcSwap::from_pointee(build(config, metrics.clone()).await?));
+    let live = Arc::new(ArcSwap::from_pointee(build(config, metrics.clone(), None).await?));
     let address = bound.address;
     let listener =
         tokio::net::TcpListener::bind(address).await.map_err(|source| StartError::Bind { address, source })?;

@@ -171,3 +171,33 @@ impl TakeOutput for Child {
         text
     }
 }
+
+#[tokio::test]
+async fn replay_state_and_nonces_survive_a_reload() {
+    let env = Env::start().await;
+    let key = Signer::es256("k");
+    let token = env.dpop_token(&key);
+    let proof = key.dpop_proof("GET", &env.public_url("/dpop/x"), Some(&token));
+    assert_eq!(env.send_dpop("GET", "/dpop/x", &token, &proof).await.status(), 200);
+    let challenge = env.dpop_request("GET", "/nonce/x", &key, &token).await;
+    let nonce = challenge.headers()["dpop-nonce"].to_str().unwrap().to_string();
+
+    let config = Config::from_yaml(&env.yaml, "t.yaml", env.pki.dir()).unwrap();
+    env.gateway.as_ref().unwrap().reload(config).await.unwrap();
+
+    // The proof accepted before the reload is still remembered…
+    assert_eq!(env.send_dpop("GET", "/dpop/x", &token, &proof).await.status(), 401);
+    // …and the nonce issued before it (random secret) is still valid.
+    let header = serde_json::json!({"typ": "dpop+jwt", "alg": "ES256", "jwk": key.bare_public_jwk()});
+    let claims = serde_json::json!({
+        "jti": random_id(), "htm": "GET", "htu": env.public_url("/nonce/x"), "iat": now(), "nonce": nonce,
+        "ath": b64(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes())),
+    });
+    assert_eq!(env.send_dpop("GET", "/nonce/x", &token, &key.sign_compact(&header, &claims)).await.status(), 200);
+
+    // Changing the replay window would need a new store: refused.
+    let yaml = format!("{}dpop:\n  max_age: 30s\n", env.yaml);
+    let config = Config::from_yaml(&yaml, "t.yaml", env.pki.dir()).unwrap();
+    let error = env.gateway.as_ref().unwrap().reload(config).await.unwrap_err();
+    assert!(matches!(error, ReloadError::NeedsRestart(_)), "{error}");
+}

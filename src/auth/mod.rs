@@ -35,7 +35,7 @@ pub struct DpopRuntime {
     pub settings: DpopSettings,
     /// The `algs` challenge parameter.
     pub algs: Arc<str>,
-    pub nonces: NonceIssuer,
+    pub nonces: Arc<NonceIssuer>,
     /// Proof keys already parsed, by proof header.
     pub keys: dpop::ProofKeyCache,
     pub replay: Arc<dyn ReplayStore>,
