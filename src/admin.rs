@@ -38,9 +38,10 @@ impl Readiness {
 /// Checks what a ready instance needs.
 pub async fn readiness(state: &GatewayState) -> Readiness {
     let keys_loaded = state.validator.issuer_keys().all(|k| k.is_loaded());
+    // With `on_error: local` the instance still decides DPoP requests while Redis is down.
     let replay_store_reachable = match &state.dpop.shared_replay {
-        Some(store) => store.is_reachable().await,
-        None => true,
+        Some(store) if store.fails_closed() => store.is_reachable().await,
+        _ => true,
     };
     Readiness { keys_loaded, replay_store_reachable }
 }

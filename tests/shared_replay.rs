@@ -144,13 +144,67 @@ async fn redis_down_fails_closed_and_recovers_without_a_restart() {
 #[tokio::test]
 async fn local_fallback_keeps_serving_and_still_refuses_local_replays() {
     let mut c = cluster("local").await;
+    let before = c.proof("/dpop/x");
+    assert_eq!(c.send_a("/dpop/x", &before).await.status(), 200, "accepted through Redis");
     c.redis.kill();
-    let proof = c.proof("/dpop/x");
-    assert_eq!(c.send_a("/dpop/x", &proof).await.status(), 200);
-    // The same instance remembers it…
-    assert_rejected(c.send_a("/dpop/x", &proof).await, 401, &replayed(), "invalid_dpop_proof").await;
-    // …but another instance cannot know: the documented weakness of `on_error: local`.
-    assert_eq!(c.send_b("/dpop/x", &proof).await.status(), 200);
+    // A proof this instance accepted through Redis is still refused here while Redis is down.
+    assert_rejected(c.send_a("/dpop/x", &before).await, 401, &replayed(), "invalid_dpop_proof").await;
+    let during = c.proof("/dpop/x");
+    assert_eq!(c.send_a("/dpop/x", &during).await.status(), 200, "served from the local fallback");
+    assert_rejected(c.send_a("/dpop/x", &during).await, 401, &replayed(), "invalid_dpop_proof").await;
+    // Another instance cannot know it: the documented weakness of `on_error: local`.
+    assert_eq!(c.send_b("/dpop/x", &during).await.status(), 200);
+    // After Redis returns, a proof accepted locally during the outage stays refused here.
+    c.redis.restart().await;
+    let mut back = false;
+    for _ in 0..50 {
+        if c.twin.readiness().await.replay_store_reachable
+            && c.send_a("/dpop/x", &c.proof("/dpop/x")).await.status() == 200
+        {
+            back = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(back);
+    assert_rejected(c.send_a("/dpop/x", &during).await, 401, &replayed(), "invalid_dpop_proof").await;
+}
+
+#[tokio::test]
+async fn a_redis_that_accepts_but_never_answers_fails_closed() {
+    init();
+    // A black hole: connections are accepted, nothing is ever answered.
+    let hole = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = hole.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = hole.accept().await {
+            held.push(socket);
+        }
+    });
+    let dpop = format!(
+        "dpop:
+  replay:
+    store: redis
+    url: redis://127.0.0.1:{port}/0
+    timeout: 200ms
+"
+    );
+    let env = Arc::new(Env::start_with(Options { dpop, ..Default::default() }).await);
+    let key = Arc::new(Signer::es256("k"));
+    let token = Arc::new(env.dpop_token(&key));
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let (env, key, token) = (env.clone(), key.clone(), token.clone());
+        tasks.push(tokio::spawn(async move {
+            let response = env.dpop_request("GET", "/dpop/x", &key, &token).await;
+            (response.status().as_u16(), response.headers().get("retry-after").is_some())
+        }));
+    }
+    for task in tasks {
+        assert_eq!(task.await.unwrap(), (503, true));
+    }
+    assert_eq!(env.upstream.hits(), 0);
 }
 
 #[tokio::test]

@@ -15,7 +15,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use tokio::sync::Mutex;
 
 use super::replay::{Freshness, MemoryReplayStore, ReplayError, ReplayFuture, ReplayStore};
 
@@ -36,7 +35,9 @@ pub struct RedisReplayStore {
     key_prefix: String,
     window: Duration,
     timeout: Duration,
-    connection: Mutex<Option<ConnectionManager>>,
+    /// Created on first use (it needs a running tokio runtime), then shared; it connects
+    /// and reconnects by itself, so no request ever waits on another's connection attempt.
+    connection: std::sync::Mutex<Option<ConnectionManager>>,
     /// With `on_error: local`: where proofs go while Redis cannot answer.
     fallback: Option<Arc<MemoryReplayStore>>,
     errors: AtomicU64,
@@ -69,7 +70,7 @@ impl RedisReplayStore {
             key_prefix: key_prefix.to_string(),
             window,
             timeout,
-            connection: Mutex::new(None),
+            connection: std::sync::Mutex::new(None),
             fallback,
             errors: AtomicU64::new(0),
         })
@@ -80,6 +81,11 @@ impl RedisReplayStore {
         &self.redacted_url
     }
 
+    /// Whether a Redis failure refuses DPoP requests (no local fallback).
+    pub fn fails_closed(&self) -> bool {
+        self.fallback.is_none()
+    }
+
     /// Failed or timed-out round trips since start.
     pub fn errors(&self) -> u64 {
         self.errors.load(Ordering::Relaxed)
@@ -87,7 +93,7 @@ impl RedisReplayStore {
 
     /// Whether Redis answers a `PING` within the timeout (for readiness checks).
     pub async fn is_reachable(&self) -> bool {
-        let Ok(mut connection) = self.connection().await else {
+        let Ok(mut connection) = self.connection() else {
             return false;
         };
         let command = redis::cmd("PING");
@@ -95,8 +101,8 @@ impl RedisReplayStore {
         matches!(tokio::time::timeout(self.timeout, ping).await, Ok(Ok(_)))
     }
 
-    async fn connection(&self) -> Result<ConnectionManager, ReplayError> {
-        let mut slot = self.connection.lock().await;
+    fn connection(&self) -> Result<ConnectionManager, ReplayError> {
+        let mut slot = self.connection.lock().map_err(|_| ReplayError::Unavailable)?;
         if let Some(connection) = slot.as_ref() {
             return Ok(connection.clone());
         }
@@ -105,20 +111,16 @@ impl RedisReplayStore {
             .set_response_timeout(Some(self.timeout))
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_secs(1));
-        let connection =
-            tokio::time::timeout(self.timeout, ConnectionManager::new_with_config(self.client.clone(), config))
-                .await
-                .map_err(|_| ReplayError::Unavailable)?
-                .map_err(|e| {
-                    tracing::warn!(url = %self.redacted_url, error = %e, "cannot connect to the DPoP replay store");
-                    ReplayError::Unavailable
-                })?;
+        let connection = ConnectionManager::new_lazy_with_config(self.client.clone(), config).map_err(|e| {
+            tracing::warn!(url = %self.redacted_url, error = %e, "cannot set up the DPoP replay store connection");
+            ReplayError::Unavailable
+        })?;
         *slot = Some(connection.clone());
         Ok(connection)
     }
 
     async fn insert_remote(&self, key: &[u8; 32]) -> Result<Freshness, ReplayError> {
-        let mut connection = self.connection().await?;
+        let mut connection = self.connection()?;
         let mut name = String::with_capacity(self.key_prefix.len() + 64);
         name.push_str(&self.key_prefix);
         for b in key {
@@ -144,17 +146,21 @@ impl RedisReplayStore {
 }
 
 impl ReplayStore for RedisReplayStore {
+    /// With a local fallback, every proof is also remembered locally, so that while Redis
+    /// is down this instance still refuses replays of proofs it accepted through Redis, and
+    /// after it comes back, of proofs it accepted alone.
     fn insert_if_absent(&self, key: [u8; 32], now: Instant) -> ReplayFuture<'_> {
         Box::pin(async move {
-            match self.insert_remote(&key).await {
-                Ok(freshness) => Ok(freshness),
-                Err(e) => {
-                    self.errors.fetch_add(1, Ordering::Relaxed);
-                    match &self.fallback {
-                        Some(local) => local.insert(key, now),
-                        None => Err(e),
-                    }
-                }
+            let local = self.fallback.as_ref().map(|store| store.insert(key, now));
+            let remote = self.insert_remote(&key).await;
+            if remote.is_err() {
+                self.errors.fetch_add(1, Ordering::Relaxed);
+            }
+            match (remote, local) {
+                (_, Some(Ok(Freshness::Replayed))) => Ok(Freshness::Replayed),
+                (Ok(freshness), _) => Ok(freshness),
+                (Err(_), Some(local)) => local,
+                (Err(e), None) => Err(e),
             }
         })
     }
@@ -170,10 +176,9 @@ pub fn redact(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return "<invalid URL>".to_string();
     };
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    let (authority, path) = rest.split_at(authority_end);
-    let host = authority.rsplit_once('@').map_or(authority, |(_, host)| host);
-    format!("{scheme}://{host}{path}")
+    // Credentials end at the last `@`, even if an unencoded password contains `/` or `@`.
+    let after_credentials = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
+    format!("{scheme}://{after_credentials}")
 }
 
 #[cfg(test)]
@@ -186,6 +191,8 @@ mod tests {
         assert_eq!(redact("rediss://gateway:s3cr3t@redis.internal:6380/2"), "rediss://redis.internal:6380/2");
         assert_eq!(redact("redis://:p@ss@host"), "redis://host");
         assert_eq!(redact("nonsense"), "<invalid URL>");
+        assert_eq!(redact("redis://gateway:s3cr/3t@redis.internal:6379/0"), "redis://redis.internal:6379/0");
+        assert_eq!(redact("redis://u:a@b/c@host:1/0"), "redis://host:1/0");
     }
 
     #[test]
