@@ -303,6 +303,14 @@ async fn build(
         }
         None => tracing::debug!("DPoP replay state kept in memory (one instance)"),
     }
+    if dpop.shared_replay.is_some()
+        && config.dpop.nonce_secret == config::NonceSecret::Random
+        && config.routes.iter().any(|r| r.nonce_required)
+    {
+        tracing::warn!(
+            "DPoP nonces use a random per-instance secret while replay state is shared: other instances will refuse this instance's nonces; set dpop.nonce_secret_file or nonce_secret_env on every instance"
+        );
+    }
     let route_labels =
         config.routes.iter().map(|r| Arc::from(r.name.as_str())).chain(std::iter::once(Arc::from("-"))).collect();
     let state = Arc::new(GatewayState {

@@ -75,7 +75,9 @@ pub fn extract<'a>(headers: &'a HeaderMap, query: Option<&str>) -> Result<Option
     }
     let token = token.trim_start_matches(' ');
     if !is_token68(token) {
-        return Err(malformed());
+        let denial = malformed();
+        // The error belongs on the challenge of the scheme the client used.
+        return Err(if bearer { denial } else { AuthDenial { scheme: Scheme::Dpop, ..denial } });
     }
     Ok(Some(if bearer { Credential::Bearer(token) } else { Credential::Dpop(token) }))
 }
@@ -192,6 +194,8 @@ mod tests {
         for v in ["Bearer", "Bearer ", "Bearer a b", "Bearer a,b", "Bearertoken"] {
             assert_eq!(extract(&headers(&[v]), None).unwrap_err().reason, "malformed_authorization", "{v}");
         }
+        assert_eq!(extract(&headers(&["DPoP a b"]), None).unwrap_err().scheme, Scheme::Dpop);
+        assert_eq!(extract(&headers(&["Bearer a b"]), None).unwrap_err().scheme, Scheme::Bearer);
         let e = extract(&headers(&["Basic dXNlcjpwYXNz"]), None).unwrap_err();
         assert_eq!((e.reason, e.code), ("unsupported_scheme", None));
         let e = extract(&headers(&["Digest username=\"a\", realm=\"b\""]), None).unwrap_err();

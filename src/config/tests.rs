@@ -196,6 +196,10 @@ fn dpop_section_defaults_and_validation() {
     assert_eq!(c.routes[0].public_origin, "https://gateway.test:8443");
     let text = format!("{BASE}dpop:\n  max_future: 2m\n");
     assert!(error(&text).contains("dpop.max_future"));
+    let text = format!("{BASE}dpop:\n  max_future: 5s\n");
+    assert!(error(&text).contains("between 10s and 60s"), "FAPI requires accepting 10 s ahead");
+    let text = format!("{BASE}dpop:\n  max_age: 1500ms\n");
+    assert!(error(&text).contains("whole seconds"));
     let text = format!("{BASE}dpop:\n  nonce_secret_file: a\n  nonce_secret_env: B\n");
     assert!(error(&text).contains("not both"));
     let text = format!("{BASE}dpop:\n  algorithms: [HS256]\n");

@@ -421,10 +421,16 @@ fn dpop(ctx: &Ctx<'_>, spanned: Option<Spanned<RawDpop>>) -> Result<DpopSettings
         return Err(err("algorithms", "must list at least one algorithm"));
     }
     let max_future = dur(raw.max_future, Duration::from_secs(10));
-    if max_future > MAX_FUTURE_CEILING {
-        return Err(err("max_future", "must be at most 60s (FAPI 2.0 §5.3.2.1-2.13)"));
+    if max_future > MAX_FUTURE_CEILING || max_future < Duration::from_secs(10) {
+        return Err(err(
+            "max_future",
+            "must be between 10s and 60s (FAPI 2.0 §5.3.2.1-2.13: accept up to 10 s ahead, never more than 60 s)",
+        ));
     }
     let max_age = dur(raw.max_age, Duration::from_secs(60));
+    if max_age.subsec_nanos() != 0 || max_future.subsec_nanos() != 0 {
+        return Err(err("max_age", "`max_age` and `max_future` are whole seconds (iat is in seconds)"));
+    }
     if max_age.is_zero() || max_age > Duration::from_secs(600) {
         return Err(err("max_age", "must be between 1s and 10m: proofs are meant to be fresh (RFC 9449 §11.1)"));
     }

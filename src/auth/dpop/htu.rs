@@ -51,7 +51,9 @@ fn normalise_authority(scheme: &str, authority: &str, default_port: &str) -> Res
         };
         (format!("[{}]", inside.to_ascii_lowercase()), port)
     } else {
-        match authority.rsplit_once(':') {
+        match authority.split_once(':') {
+            // One colon at most outside brackets: `a.test:8443:443` is not a URL.
+            Some((_, p)) if p.contains(':') => return Err(NotAUrl),
             Some((h, p)) => (h.to_ascii_lowercase(), Some(p)),
             None => (authority.to_ascii_lowercase(), None),
         }
@@ -98,6 +100,10 @@ fn normalise_path(path: &str) -> Result<String, NotAUrl> {
             i += 3;
         } else if b.is_ascii_control() || b == b' ' {
             return Err(NotAUrl);
+        } else if !b.is_ascii() {
+            // An IRI's UTF-8 bytes compare as their percent-encoding (RFC 3987 §3.1).
+            out.push_str(&format!("%{b:02X}"));
+            i += 1;
         } else {
             out.push(char::from(b));
             i += 1;
@@ -186,9 +192,16 @@ mod tests {
             "https://a.test:x/",
             "https://a.test/%zz",
             "https://a.test/a b",
+            "https://a.test:8443:443/x",
         ] {
             assert_eq!(normalise(url), Err(NotAUrl), "{url}");
         }
+    }
+
+    #[test]
+    fn non_ascii_compares_as_its_percent_encoding() {
+        assert_eq!(normalise("https://a.test/caf\u{e9}").unwrap(), "https://a.test/caf%C3%A9");
+        assert_eq!(normalise("https://a.test/caf%c3%a9").unwrap(), "https://a.test/caf%C3%A9");
     }
 
     #[test]

@@ -161,6 +161,10 @@ impl ProofKeyCache {
     fn header(&self, segment: &str, settings: &DpopSettings) -> Result<(Alg, PublicKey), ProofError> {
         let id = jose::sha256(segment.as_bytes());
         if let Some(hit) = self.headers.get(&id) {
+            // Re-checked on every hit, so the cache can never outlive a narrower allow-list.
+            if !settings.algorithms.contains(&hit.0) {
+                return Err(ProofError::AlgorithmNotAllowed);
+            }
             return Ok(hit);
         }
         let checked = check_header(segment, settings)?;

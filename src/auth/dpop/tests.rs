@@ -289,3 +289,24 @@ fn duplicate_claims_are_refused() {
     let proof = format!("{input}.{}", b64url_encode(sig.as_ref()));
     assert_eq!(check_as(key.jkt(), &proof), Err(ProofError::Malformed));
 }
+
+#[test]
+fn a_cached_header_is_held_to_the_current_allow_list() {
+    let cache = ProofKeyCache::new(16);
+    let key = Key::new();
+    let hash = jose::sha256(TOKEN.as_bytes());
+    let bound = key.jkt();
+    let request = ProofRequest { method: "GET", url: URL, token_hash: &hash, bound_jkt: &bound, now: NOW };
+    assert!(verify_proof(&key.sign(&key.header(), &claims()), &request, &settings(), &cache).is_ok());
+    let narrower = DpopSettings { algorithms: vec![crate::jose::Alg::Ps256], ..settings() };
+    let proof = key.sign(&key.header(), &claims());
+    assert_eq!(verify_proof(&proof, &request, &narrower, &cache), Err(ProofError::AlgorithmNotAllowed));
+}
+
+#[test]
+fn critical_header_parameters_are_refused() {
+    let key = Key::new();
+    let mut header = key.header();
+    header["crit"] = json!(["exp"]);
+    assert_eq!(check(&key, &header, &claims()), Err(ProofError::Malformed));
+}
