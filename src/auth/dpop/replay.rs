@@ -2,15 +2,15 @@
 //! a proof carrying it could still pass the `iat` window.
 //!
 //! [`MemoryReplayStore`] is a fail-closed bounded set. Keys are fixed-size SHA-256 hashes in
-//! two rotating time buckets per shard: a key is remembered for at least one window and at
-//! most two. When a shard is full, new proofs are **refused** (the caller answers 503) rather
+//! eight time slices per window per shard: a key is remembered for at least one window and
+//! at most one window and a slice. When a shard is full, new proofs are **refused** (the caller answers 503) rather
 //! than evicting live entries — an LRU or TinyLFU cache flooded with fresh proofs would
-//! forget unexpired keys and let a replay through. Old entries leave only by rotation, so
-//! the store recovers by itself one to two windows after a flood.
+//! forget unexpired keys and let a replay through. Old entries leave only with their slice,
+//! so the store recovers by itself about one window after a flood.
 //!
 //! The [`ReplayStore`] trait lets a shared store (Redis) replace it.
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::future::Future;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::pin::Pin;
@@ -71,45 +71,54 @@ pub struct MemoryReplayStore {
 
 type KeySet = HashSet<[u8; 32], BuildHasherDefault<PrefixHasher>>;
 
+/// One shard: time slices of `window / SLICES` each, newest last. A slice is dropped once
+/// every key in it has been remembered for a whole window, so live memory is about
+/// `rate × (window + window / SLICES)` — not two windows, as with two big buckets.
 struct Shard {
-    current: KeySet,
-    previous: KeySet,
-    current_started: Instant,
+    slices: VecDeque<(Instant, KeySet)>,
+    len: usize,
 }
+
+/// Slices per window.
+const SLICES: u32 = 8;
 
 impl MemoryReplayStore {
     /// A store remembering keys for at least `window`, holding at most about `max_entries`.
-    pub fn new(window: Duration, max_entries: usize, now: Instant) -> Self {
+    pub fn new(window: Duration, max_entries: usize, _now: Instant) -> Self {
         let per_shard_capacity = max_entries.div_ceil(SHARDS).max(1);
-        let shards = (0..SHARDS)
-            .map(|_| {
-                Mutex::new(Shard { current: KeySet::default(), previous: KeySet::default(), current_started: now })
-            })
-            .collect();
+        let shards = (0..SHARDS).map(|_| Mutex::new(Shard { slices: VecDeque::new(), len: 0 })).collect();
         MemoryReplayStore { shards, window, per_shard_capacity }
     }
 
     /// The synchronous insert behind [`ReplayStore::insert_if_absent`].
     pub fn insert(&self, key: [u8; 32], now: Instant) -> Result<Freshness, ReplayError> {
+        let slice = (self.window / SLICES).max(Duration::from_millis(1));
         let shard = &self.shards[usize::from(key[0]) % SHARDS];
         let mut shard = shard.lock().map_err(|_| ReplayError::Unavailable)?;
-        let age = now.saturating_duration_since(shard.current_started);
-        if age >= self.window {
-            if age >= self.window * 2 {
-                shard.previous.clear();
-                shard.current.clear();
-            } else {
-                shard.previous = std::mem::take(&mut shard.current);
+        // The newest key of the oldest slice arrived before `start + slice`: once a window
+        // has passed since then, the whole slice may go.
+        while let Some((start, keys)) = shard.slices.front() {
+            if now.saturating_duration_since(*start) < slice + self.window {
+                break;
             }
-            shard.current_started = now;
+            let dropped = keys.len();
+            shard.slices.pop_front();
+            shard.len -= dropped;
         }
-        if shard.current.contains(&key) || shard.previous.contains(&key) {
+        if shard.slices.iter().any(|(_, keys)| keys.contains(&key)) {
             return Ok(Freshness::Replayed);
         }
-        if shard.current.len() + shard.previous.len() >= self.per_shard_capacity {
+        if shard.len >= self.per_shard_capacity {
             return Err(ReplayError::Full);
         }
-        shard.current.insert(key);
+        let needs_slice = shard.slices.back().is_none_or(|(start, _)| now.saturating_duration_since(*start) >= slice);
+        if needs_slice {
+            shard.slices.push_back((now, KeySet::default()));
+        }
+        if let Some((_, keys)) = shard.slices.back_mut() {
+            keys.insert(key);
+            shard.len += 1;
+        }
         Ok(Freshness::Fresh)
     }
 }
@@ -120,7 +129,7 @@ impl ReplayStore for MemoryReplayStore {
     }
 
     fn len(&self) -> usize {
-        self.shards.iter().filter_map(|s| s.lock().ok().map(|s| s.current.len() + s.previous.len())).sum()
+        self.shards.iter().filter_map(|s| s.lock().ok().map(|s| s.len)).sum()
     }
 }
 
@@ -165,10 +174,23 @@ mod tests {
         let w = Duration::from_secs(60);
         let store = MemoryReplayStore::new(w, 1000, t0);
         store.insert(key(1), t0 + Duration::from_secs(59)).unwrap();
-        // Rotation at 60 s moves it to `previous`; still remembered just before 2 windows.
-        assert_eq!(store.insert(key(1), t0 + Duration::from_secs(118)), Ok(Freshness::Replayed));
-        // Two full windows later it is gone.
-        assert_eq!(store.insert(key(1), t0 + Duration::from_secs(240)), Ok(Freshness::Fresh));
+        // Still remembered a whole window after it arrived…
+        assert_eq!(store.insert(key(1), t0 + Duration::from_secs(59 + 60)), Ok(Freshness::Replayed));
+        // …and gone about a slice (7.5 s) later.
+        assert_eq!(store.insert(key(1), t0 + Duration::from_secs(59 + 60 + 8)), Ok(Freshness::Fresh));
+    }
+
+    #[test]
+    fn a_steady_rate_needs_about_one_window_of_capacity() {
+        // 100 keys/s for five windows into a store sized for 1.25 windows: never full.
+        let t0 = Instant::now();
+        let window = Duration::from_secs(60);
+        let store = MemoryReplayStore::new(window, 100 * 60 * 5 / 4 + SHARDS * 50, t0);
+        for i in 0..(100 * 60 * 5) {
+            let now = t0 + Duration::from_millis(u64::from(i) * 10);
+            assert_eq!(store.insert(key(i), now), Ok(Freshness::Fresh), "refused at {}s", i / 100);
+        }
+        assert!(store.len() <= 100 * 68, "{} entries", store.len());
     }
 
     #[test]
@@ -190,7 +212,7 @@ mod tests {
         for i in accepted {
             assert_eq!(store.insert(key(i), t0), Ok(Freshness::Replayed));
         }
-        // After two windows the store has room again.
-        assert_eq!(store.insert(key(99_999), t0 + Duration::from_secs(121)), Ok(Freshness::Fresh));
+        // A window and a slice later the store has room again.
+        assert_eq!(store.insert(key(99_999), t0 + Duration::from_secs(68)), Ok(Freshness::Fresh));
     }
 }
