@@ -36,6 +36,13 @@ enum Command {
         /// The file to check (defaults to --config).
         file: Option<PathBuf>,
     },
+    /// Exit 0 when the admin listener's /healthz answers 200 (for container health checks,
+    /// where no curl is installed).
+    Healthcheck {
+        /// The admin listener's address.
+        #[arg(long, default_value = "127.0.0.1:9901")]
+        address: std::net::SocketAddr,
+    },
     /// Start a development authorization server, an echo upstream and the gateway on the
     /// bundled gateway.yaml and certs/, play the stolen-token scenarios, then keep running.
     Demo {
@@ -57,6 +64,7 @@ fn main() -> ExitCode {
     match cli.command {
         Some(Command::CheckConfig { file }) => check_config(&file.unwrap_or(cli.config)),
         Some(Command::Demo { once }) => demo(&cli.config, once),
+        Some(Command::Healthcheck { address }) => healthcheck(address),
         None => run(&cli.config, cli.workers),
     }
 }
@@ -153,6 +161,30 @@ fn check_config(path: &std::path::Path) -> ExitCode {
         );
     }
     ExitCode::SUCCESS
+}
+
+fn healthcheck(address: std::net::SocketAddr) -> ExitCode {
+    use std::io::{Read, Write};
+    let attempt = || -> std::io::Result<bool> {
+        let timeout = std::time::Duration::from_secs(2);
+        let mut stream = std::net::TcpStream::connect_timeout(&address, timeout)?;
+        stream.set_read_timeout(Some(timeout))?;
+        stream.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")?;
+        let mut head = [0u8; 12];
+        stream.read_exact(&mut head)?;
+        Ok(head.starts_with(b"HTTP/1.1 200"))
+    };
+    match attempt() {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => {
+            eprintln!("unhealthy: {address}/healthz did not answer 200");
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("unhealthy: {address}: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn demo(path: &std::path::Path, once: bool) -> ExitCode {

@@ -303,3 +303,60 @@ fn demo_once_plays_every_scenario_as_expected() {
         "{out}"
     );
 }
+
+#[test]
+fn a_port_in_use_is_named_in_one_line() {
+    let pki = TestPki::new();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let file = write_valid_config(&pki, port);
+    let output = run_with_config(&file);
+    assert_eq!(output.status.code(), Some(1));
+    let err = stderr(&output);
+    let line = err.lines().find(|l| l.starts_with("error:")).expect("an error line");
+    assert!(line.contains(&format!("127.0.0.1:{port}")) && line.contains("another process"), "{err}");
+}
+
+#[test]
+fn a_certificate_and_key_that_do_not_match_are_named() {
+    let pki = TestPki::new();
+    let port = free_port();
+    let file = write_valid_config(&pki, port);
+    let other = pki.self_signed_client("other");
+    let other_key = write_file(pki.dir(), "other.key", &other.key_pem);
+    let text = std::fs::read_to_string(&file)
+        .unwrap()
+        .replace(&pki.server_key_path().display().to_string(), &other_key.display().to_string());
+    std::fs::write(&file, text).unwrap();
+    let output = run_with_config(&file);
+    assert_eq!(output.status.code(), Some(1));
+    let err = stderr(&output);
+    assert!(err.contains("cannot be used together") && err.contains("other.key"), "{err}");
+    assert_port_free(port);
+}
+
+#[test]
+fn healthcheck_reports_the_admin_listener() {
+    let pki = TestPki::new();
+    let port = free_port();
+    let admin = free_port();
+    let file = write_valid_config(&pki, port);
+    let text = std::fs::read_to_string(&file).unwrap();
+    std::fs::write(&file, format!("{text}admin:\n  address: 127.0.0.1:{admin}\n")).unwrap();
+    // Nothing listens yet: unhealthy.
+    let down = gateway().args(["healthcheck", "--address", &format!("127.0.0.1:{admin}")]).output().unwrap();
+    assert_eq!(down.status.code(), Some(1));
+    let mut child = gateway().arg("--config").arg(&file).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let mut healthy = false;
+    for _ in 0..100 {
+        let up = gateway().args(["healthcheck", "--address", &format!("127.0.0.1:{admin}")]).output().unwrap();
+        if up.status.success() {
+            healthy = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(healthy, "healthcheck must succeed once the gateway serves /healthz");
+}
