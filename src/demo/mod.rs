@@ -8,6 +8,7 @@
 //! Ctrl-C. Development only.
 
 pub mod dev_as;
+pub mod dev_certs;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -158,6 +159,10 @@ async fn start_echo(address: SocketAddr) -> Result<(), DemoError> {
 pub async fn run(config_path: &Path, once: bool) -> Result<Vec<Scenario>, DemoError> {
     let base = config_path.parent().map_or_else(|| PathBuf::from("."), Path::to_path_buf);
     let certs = base.join("certs");
+    let generated = dev_certs::ensure(&certs)?;
+    if !generated.is_empty() {
+        println!("generated development certificates in {}: {}", certs.display(), generated.join(", "));
+    }
     let config = Config::load(config_path)?;
     let origin = config.listen.public_url.to_string().trim_end_matches('/').to_string();
     let audience = config.issuers.first().and_then(|i| i.audiences.first()).cloned().unwrap_or_else(|| origin.clone());
