@@ -4,38 +4,11 @@
 
 mod common;
 
-use std::sync::Mutex;
-
 use common::*;
-
-static LOGS: Mutex<Vec<u8>> = Mutex::new(Vec::new());
-
-struct Capture;
-
-impl std::io::Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        LOGS.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-fn capture() {
-    let subscriber =
-        tracing_subscriber::fmt().json().with_writer(|| Capture).with_max_level(tracing::Level::TRACE).finish();
-    let _ = tracing::subscriber::set_global_default(subscriber);
-}
-
-fn logs() -> String {
-    String::from_utf8(LOGS.lock().unwrap().clone()).unwrap()
-}
 
 #[tokio::test]
 async fn logs_never_contain_tokens_proofs_keys_or_secrets() {
-    capture();
+    capture_logs();
     let secret_dir = tempfile::tempdir().unwrap();
     let secret = "a-nonce-secret-that-must-never-be-logged-0123456789";
     let secret_path = secret_dir.path().join("nonce");
@@ -60,7 +33,7 @@ async fn logs_never_contain_tokens_proofs_keys_or_secrets() {
     let garbage = "eyJhbGciOiJub25lIn0.eyJzdWIiOiJ4In0.c2lnbmF0dXJl";
     assert_eq!(env.get("/bearer/x", None, Some(garbage)).await.status(), 401);
 
-    let logs = logs();
+    let logs = captured_logs();
     let forbidden = [
         ("mTLS access token", mtls_token.as_str()),
         ("DPoP access token", dpop_token.as_str()),

@@ -256,33 +256,8 @@ async fn tls_and_password_in_the_url_work_and_a_wrong_password_fails_closed() {
     let env = Env::start_with(Options { dpop: wrong, ..Default::default() }).await;
     let token = env.dpop_token(&key);
     assert_eq!(env.dpop_request("GET", "/dpop/x", &key, &token).await.status(), 503);
-    let logs = String::from_utf8(LOGS.lock().unwrap().clone()).unwrap();
+    let logs = captured_logs();
     assert!(logs.contains("DPoP replay"), "the failure is logged: {logs}");
     assert!(logs.contains(&format!("rediss://localhost:{}/0", redis.port)), "with the redacted URL: {logs}");
     assert!(!logs.contains("s3cr3t-pass") && !logs.contains("wrong-pass"), "a password reached the logs: {logs}");
-}
-
-/// Everything the gateway logged in this test binary.
-static LOGS: std::sync::Mutex<Vec<u8>> = std::sync::Mutex::new(Vec::new());
-
-struct Capture;
-
-impl std::io::Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        LOGS.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-fn capture_logs() {
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(|| Capture)
-        .with_ansi(false)
-        .with_max_level(tracing::Level::DEBUG)
-        .finish();
-    let _ = tracing::subscriber::set_global_default(subscriber);
 }

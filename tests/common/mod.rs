@@ -15,6 +15,7 @@
 
 pub mod gateway;
 pub mod jwt;
+pub mod logs;
 pub mod pki;
 pub mod raw;
 pub mod redis;
@@ -27,6 +28,7 @@ pub use gateway::{
     AUDIENCE, Env, Options, assert_rejected, assert_rejected_with, challenge, challenges, start_minimal, write_file,
 };
 pub use jwt::{Signer, b64, claims, now, random_id};
+pub use logs::{capture_logs, captured_logs};
 pub use pki::{ClientCert, GATEWAY_HOST, TestPki};
 pub use raw::{RawResponse, Tls, raw_connect, raw_exchange, raw_get, raw_request, read_response};
 pub use servers::{JwksServer, Recorded, Upstream};
