@@ -1,4 +1,5 @@
-//! The `fapi-gateway` command: run the gateway (default), or `check-config FILE`.
+//! The `fapi-gateway` command: run the gateway (default; SIGHUP reloads, SIGTERM/SIGINT
+//! drain and stop), `check-config FILE`, `demo [--once]`, or `healthcheck --address ADDR`.
 //!
 //! Exit codes: 0 success; 1 the gateway failed to start or stopped with an error; 2 the
 //! configuration is invalid.
@@ -124,12 +125,17 @@ fn check_config(path: &std::path::Path) -> ExitCode {
         );
     }
     let dpop = &config.dpop;
+    let store = match &dpop.replay_store {
+        fapi_gateway::config::ReplayBackend::Memory => format!("memory ({} entries)", dpop.replay_max_entries),
+        fapi_gateway::config::ReplayBackend::Redis { url, on_error, .. } => {
+            format!("redis {url:?} (on error: {})", format!("{on_error:?}").to_lowercase())
+        }
+    };
     println!(
-        "dpop      algorithms {}; iat window -{}s/+{}s; replay store memory ({} entries)",
+        "dpop      algorithms {}; iat window -{}s/+{}s; replay store {store}",
         dpop.algs_challenge,
         dpop.max_age.as_secs(),
         dpop.max_future.as_secs(),
-        dpop.replay_max_entries
     );
     for route in &config.routes {
         let methods = route

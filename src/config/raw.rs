@@ -263,7 +263,7 @@ pub enum RouteAuth {
     None,
 }
 
-/// How the access token must be bound to the caller on a route (see design.md).
+/// How the access token must be bound to the caller on a route (README, "What it enforces").
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Binding {
