@@ -13,8 +13,9 @@
 //! with one worker, each pinned to CPU 0 with `taskset` when available; this process (load
 //! generator and upstream) pins itself to CPU 1.
 //!
-//! Run: `cargo bench --bench e2e`. Knobs: `E2E_SECONDS` (default 5 per scenario),
-//! `E2E_CONNECTIONS` (default 32).
+//! Run: `cargo bench --bench e2e`. Knobs: `E2E_SECONDS` (default 4 per scenario),
+//! `E2E_CONNECTIONS` (default 32), `E2E_ROUNDS` (default 3): the scenarios run interleaved,
+//! round after round, and the summary reports medians and the median of per-round ratios.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::convert::Infallible;
@@ -196,6 +197,16 @@ fn start_nginx(fx: &Fixture, upstream: SocketAddr, port: u16) -> Option<Child> {
     Some(child)
 }
 
+/// Stops a child with SIGTERM and waits for it. nginx's master process only takes its
+/// workers down on a signal it can handle; SIGKILL would leave them orphaned and running.
+fn stop(mut child: Child) {
+    let terminated = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().is_ok_and(|s| s.success());
+    if !terminated {
+        let _ = child.kill();
+    }
+    let _ = child.wait();
+}
+
 fn wait_for_port(port: u16) {
     for _ in 0..200 {
         if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
@@ -240,6 +251,26 @@ struct Outcome {
     errors: usize,
     elapsed: Duration,
     latencies_us: Vec<u32>,
+    /// The serving process's CPU time per request, user and system, in µs.
+    cpu_us: Option<(f64, f64)>,
+}
+
+/// User and system CPU time of a process (all its threads) in clock ticks (1/100 s).
+fn cpu_ticks(pid: u32) -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the `(comm)`: state is field 3; utime and stime are fields 14 and 15.
+    let mut fields = stat.rsplit_once(')')?.1.split_whitespace().skip(11);
+    Some((fields.next()?.parse().ok()?, fields.next()?.parse().ok()?))
+}
+
+/// nginx's worker: the only child of its master process.
+fn nginx_worker(master: u32) -> Option<u32> {
+    std::fs::read_to_string(format!("/proc/{master}/task/{master}/children"))
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }
 
 impl Outcome {
@@ -270,8 +301,18 @@ fn tls_connector(fx: &Fixture) -> tokio_rustls::TlsConnector {
     tokio_rustls::TlsConnector::from(Arc::new(config))
 }
 
-async fn run(fx: &Fixture, addr: SocketAddr, load: Load, connections: usize, duration: Duration) -> Outcome {
+/// Drives `addr` with `connections` keep-alive connections for `duration`; `server` is the
+/// serving process, whose CPU time per request is reported when given.
+async fn run(
+    fx: &Fixture,
+    addr: SocketAddr,
+    server: Option<u32>,
+    load: Load,
+    connections: usize,
+    duration: Duration,
+) -> Outcome {
     let connector = tls_connector(fx);
+    let cpu_before = server.and_then(cpu_ticks);
     let deadline = Instant::now() + duration;
     let started = Instant::now();
     let mut tasks = Vec::new();
@@ -332,7 +373,8 @@ async fn run(fx: &Fixture, addr: SocketAddr, load: Load, connections: usize, dur
             (ok, errors, latencies)
         }));
     }
-    let mut outcome = Outcome { requests: 0, errors: 0, elapsed: Duration::ZERO, latencies_us: Vec::new() };
+    let mut outcome =
+        Outcome { requests: 0, errors: 0, elapsed: Duration::ZERO, latencies_us: Vec::new(), cpu_us: None };
     for task in tasks {
         let (ok, errors, latencies) = task.await.unwrap();
         outcome.requests += ok;
@@ -340,6 +382,11 @@ async fn run(fx: &Fixture, addr: SocketAddr, load: Load, connections: usize, dur
         outcome.latencies_us.extend(latencies);
     }
     outcome.elapsed = started.elapsed().min(duration.max(Duration::from_millis(1)));
+    if let (Some(before), Some(after)) = (cpu_before, server.and_then(cpu_ticks)) {
+        // One tick is 10 ms; per request in µs.
+        let per_request = |ticks: u64| ticks as f64 * 10_000.0 / outcome.requests.max(1) as f64;
+        outcome.cpu_us = Some((per_request(after.0 - before.0), per_request(after.1 - before.1)));
+    }
     outcome.latencies_us.sort_unstable();
     outcome
 }
@@ -376,8 +423,9 @@ fn es256_verify_rate() -> f64 {
 }
 
 fn report(name: &str, o: &Outcome) {
+    let cpu = o.cpu_us.map_or(String::new(), |(user, sys)| format!("  cpu/req {user:.1} us user + {sys:.1} us sys"));
     println!(
-        "{name:<28} {:>10.0} req/s  p50 {:>6.2} ms  p99 {:>6.2} ms  p99.9 {:>6.2} ms  ({} ok, {} errors)",
+        "  {name:<26} {:>10.0} req/s  p50 {:>6.2} ms  p99 {:>6.2} ms  p99.9 {:>6.2} ms  ({} ok, {} errors){cpu}",
         o.rps(),
         o.percentile(0.50),
         o.percentile(0.99),
@@ -387,10 +435,63 @@ fn report(name: &str, o: &Outcome) {
     );
 }
 
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    match values.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => values[n / 2],
+        n => (values[n / 2 - 1] + values[n / 2]) / 2.0,
+    }
+}
+
+/// One scenario's outcomes over the rounds.
+#[derive(Default)]
+struct Series(Vec<Outcome>);
+
+impl Series {
+    fn rps(&self) -> f64 {
+        median(self.0.iter().map(Outcome::rps).collect())
+    }
+
+    fn p(&self, q: f64) -> f64 {
+        median(self.0.iter().map(|o| o.percentile(q)).collect())
+    }
+
+    /// The median over rounds of this scenario's rate divided by `other`'s in the same round:
+    /// adjacent measurements share the machine's mood, so the ratio moves less than the rates.
+    fn ratio(&self, other: &Series) -> f64 {
+        median(self.0.iter().zip(&other.0).map(|(a, b)| a.rps() / b.rps()).collect())
+    }
+
+    fn summary(&self, name: &str) {
+        let cpu: Vec<(f64, f64)> = self.0.iter().filter_map(|o| o.cpu_us).collect();
+        let cpu = if cpu.is_empty() {
+            String::new()
+        } else {
+            let user = median(cpu.iter().map(|c| c.0).collect());
+            let sys = median(cpu.iter().map(|c| c.1).collect());
+            format!("  cpu/req {user:.1} us user + {sys:.1} us sys")
+        };
+        println!(
+            "{name:<28} {:>10.0} req/s  p50 {:>6.2} ms  p99 {:>6.2} ms  p99.9 {:>6.2} ms  (median of {}){cpu}",
+            self.rps(),
+            self.p(0.50),
+            self.p(0.99),
+            self.p(0.999),
+            self.0.len()
+        );
+    }
+}
+
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name).ok().and_then(|s| s.parse().ok()).unwrap_or(default)
+}
+
 fn main() {
     // `cargo bench` passes `--bench`; this harness takes no arguments.
-    let seconds: u64 = std::env::var("E2E_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(5);
-    let connections: usize = std::env::var("E2E_CONNECTIONS").ok().and_then(|s| s.parse().ok()).unwrap_or(32);
+    let seconds: u64 = env_or("E2E_SECONDS", 4);
+    let connections: usize = env_or("E2E_CONNECTIONS", 32);
+    let rounds: usize = env_or("E2E_ROUNDS", 3).max(1);
     let duration = Duration::from_secs(seconds);
     if has("taskset") {
         let _ =
@@ -400,47 +501,20 @@ fn main() {
     runtime.block_on(async move {
         let fx = fixture();
         let upstream = start_upstream().await;
-        println!("e2e: {connections} keep-alive connections, {seconds} s per scenario; gateway: 1 worker on CPU 0");
-
-        let direct = run(&fx, upstream, Load::Upstream, connections, duration).await;
-        report("(a) upstream direct", &direct);
-
+        println!(
+            "e2e: {connections} keep-alive connections, {seconds} s per scenario, {rounds} interleaved rounds; \
+             gateway and nginx: 1 worker on CPU 0"
+        );
         let nginx_port = free_port();
-        let nginx = match start_nginx(&fx, upstream, nginx_port) {
-            Some(mut child) => {
-                let addr: SocketAddr = format!("127.0.0.1:{nginx_port}").parse().unwrap();
-                let outcome = run(&fx, addr, Load::Mtls { token: fx.mtls_token.clone() }, connections, duration).await;
-                report("(b) nginx mTLS proxy", &outcome);
-                let _ = child.kill();
-                let _ = child.wait();
-                Some(outcome)
-            }
-            None => {
-                println!("(b) skipped: nginx is not installed (apt-get install -y nginx)");
-                None
-            }
-        };
-
+        let nginx = start_nginx(&fx, upstream, nginx_port);
+        if nginx.is_none() {
+            println!("(b) skipped: nginx is not installed (apt-get install -y nginx)");
+        }
         let port = free_port();
-        let mut gateway = start_gateway(&write_config(&fx, upstream, port, "{ store: memory }"), port);
-        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        let mtls = run(&fx, addr, Load::Mtls { token: fx.mtls_token.clone() }, connections, duration).await;
-        report("(c) gateway mTLS route", &mtls);
-        let pool = Arc::new(proofs(&fx, 20_000 * seconds as usize));
-        let dpop_load = |pool: &Arc<Vec<String>>| Load::Dpop {
-            token: fx.dpop_token.clone(),
-            proofs: pool.clone(),
-            next: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
-        };
-        let dpop = run(&fx, addr, dpop_load(&pool), connections, duration).await;
-        report("(d) gateway DPoP, memory", &dpop);
-        let _ = gateway.kill();
-        let _ = gateway.wait();
-
-        let mut redis_outcome = None;
-        if has("redis-server") {
+        let gateway = start_gateway(&write_config(&fx, upstream, port, "{ store: memory }"), port);
+        let redis = if has("redis-server") {
             let redis_port = free_port();
-            let mut redis = pinned("1", "redis-server")
+            let redis = pinned("1", "redis-server")
                 .args(["--port", &redis_port.to_string(), "--save", "", "--appendonly", "no"])
                 .stdout(Stdio::null())
                 .spawn()
@@ -448,49 +522,92 @@ fn main() {
             wait_for_port(redis_port);
             let port = free_port();
             let replay = format!("{{ store: redis, url: \"redis://127.0.0.1:{redis_port}/0\" }}");
-            let mut gateway = start_gateway(&write_config(&fx, upstream, port, &replay), port);
-            let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-            let pool = Arc::new(proofs(&fx, 20_000 * seconds as usize));
-            let outcome = run(&fx, addr, dpop_load(&pool), connections, duration).await;
-            report("(d') gateway DPoP, Redis", &outcome);
-            let _ = gateway.kill();
-            let _ = gateway.wait();
-            let _ = redis.kill();
-            let _ = redis.wait();
-            redis_outcome = Some(outcome);
+            let gateway = start_gateway(&write_config(&fx, upstream, port, &replay), port);
+            Some((redis, gateway, port))
         } else {
             println!("(d') skipped: redis-server is not installed (apt-get install -y redis-server)");
+            None
+        };
+        let at = |port: u16| -> SocketAddr { format!("127.0.0.1:{port}").parse().unwrap() };
+        let mtls_load = || Load::Mtls { token: fx.mtls_token.clone() };
+        // Proofs carry `iat`, so each round signs its own just before it runs (off the clock).
+        let dpop_load = || Load::Dpop {
+            token: fx.dpop_token.clone(),
+            proofs: Arc::new(proofs(&fx, 25_000 * seconds as usize)),
+            next: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
+        };
+        let (mut direct, mut via_nginx, mut mtls, mut dpop, mut dpop_redis) =
+            (Series::default(), Series::default(), Series::default(), Series::default(), Series::default());
+        for round in 1..=rounds {
+            println!("round {round}/{rounds}");
+            let o = run(&fx, upstream, None, Load::Upstream, connections, duration).await;
+            report("(a) upstream direct", &o);
+            direct.0.push(o);
+            if let Some(child) = &nginx {
+                let o = run(&fx, at(nginx_port), nginx_worker(child.id()), mtls_load(), connections, duration).await;
+                report("(b) nginx mTLS proxy", &o);
+                via_nginx.0.push(o);
+            }
+            let o = run(&fx, at(port), Some(gateway.id()), mtls_load(), connections, duration).await;
+            report("(c) gateway mTLS route", &o);
+            mtls.0.push(o);
+            let o = run(&fx, at(port), Some(gateway.id()), dpop_load(), connections, duration).await;
+            report("(d) gateway DPoP, memory", &o);
+            dpop.0.push(o);
+            if let Some((_, redis_gateway, redis_gateway_port)) = &redis {
+                let o = run(&fx, at(*redis_gateway_port), Some(redis_gateway.id()), dpop_load(), connections, duration)
+                    .await;
+                report("(d') gateway DPoP, Redis", &o);
+                dpop_redis.0.push(o);
+            }
+        }
+        if let Some(child) = nginx {
+            stop(child);
+        }
+        stop(gateway);
+        if let Some((redis, gateway, _)) = redis {
+            stop(gateway);
+            stop(redis);
         }
 
-        let verify_rate = es256_verify_rate();
+        let verify_rate = median((0..rounds).map(|_| es256_verify_rate()).collect());
+        println!();
+        direct.summary("(a) upstream direct");
+        if !via_nginx.0.is_empty() {
+            via_nginx.summary("(b) nginx mTLS proxy");
+        }
+        mtls.summary("(c) gateway mTLS route");
+        dpop.summary("(d) gateway DPoP, memory");
+        if !dpop_redis.0.is_empty() {
+            dpop_redis.summary("(d') gateway DPoP, Redis");
+        }
         println!("(e) ES256 verifies, one core  {verify_rate:>10.0} /s");
         // The physical limit of a DPoP request: nginx's proxying plus one signature verify
         // (the gateway's own mTLS rate stands in when nginx is not installed).
-        let base = nginx.as_ref().map_or(mtls.rps(), Outcome::rps);
-        let limit = 1.0 / (1.0 / base + 1.0 / verify_rate);
+        let base = if via_nginx.0.is_empty() { &mtls } else { &via_nginx };
+        let limits: Vec<f64> = base.0.iter().map(|o| 1.0 / (1.0 / o.rps() + 1.0 / verify_rate)).collect();
+        let dpop_vs_limit = median(dpop.0.iter().zip(&limits).map(|(o, limit)| o.rps() / limit).collect());
         println!();
-        if let Some(nginx) = &nginx {
-            println!(
-                "upstream direct / nginx             {:>6.2} x  (load generator headroom)",
-                direct.rps() / nginx.rps()
-            );
-            println!("gateway mTLS / nginx                {:>6.2} x  (target >= 0.95)", mtls.rps() / nginx.rps());
-            println!(
-                "p99 gateway mTLS - nginx            {:>+6.2} ms (target <= +0.5)",
-                mtls.percentile(0.99) - nginx.percentile(0.99)
-            );
+        println!("ratios (median over rounds of the ratio within each round):");
+        if via_nginx.0.is_empty() {
+            println!("upstream direct / gateway mTLS      {:>6.2} x  (load generator headroom)", direct.ratio(&mtls));
         } else {
             println!(
-                "upstream direct / gateway mTLS      {:>6.2} x  (load generator headroom)",
-                direct.rps() / mtls.rps()
+                "upstream direct / nginx             {:>6.2} x  (load generator headroom)",
+                direct.ratio(&via_nginx)
+            );
+            println!("gateway mTLS / nginx                {:>6.2} x  (target >= 0.95)", mtls.ratio(&via_nginx));
+            println!(
+                "p99 gateway mTLS - nginx            {:>+6.2} ms (target <= +0.5)",
+                median(mtls.0.iter().zip(&via_nginx.0).map(|(g, n)| g.percentile(0.99) - n.percentile(0.99)).collect())
             );
         }
         println!(
-            "DPoP / limit                        {:>6.2} x  (limit {limit:.0} req/s; target >= 0.90)",
-            dpop.rps() / limit
+            "DPoP / limit                        {dpop_vs_limit:>6.2} x  (limit {:.0} req/s; target >= 0.90)",
+            median(limits)
         );
-        if let Some(redis) = redis_outcome {
-            println!("DPoP Redis / DPoP memory            {:>6.2} x  (target >= 0.85)", redis.rps() / dpop.rps());
+        if !dpop_redis.0.is_empty() {
+            println!("DPoP Redis / DPoP memory            {:>6.2} x  (target >= 0.85)", dpop_redis.ratio(&dpop));
         }
     });
 }
