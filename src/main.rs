@@ -10,6 +10,13 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 use fapi_gateway::config::{Config, KeySource, RoutePolicy};
 
+/// mimalloc instead of the system allocator: a request allocates and frees many small
+/// buffers (header maps, TLS records, futures), and glibc's malloc/free/consolidate cost a
+/// measurable share of each request (see BENCHMARKS.md). Only the binary sets it; the
+/// library leaves the choice to whoever embeds it.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "fapi-gateway",
