@@ -166,7 +166,7 @@ impl GatewayState {
             Outcome::Public => (None, None, None),
         };
         let ctx = ForwardContext {
-            peer: conn.peer,
+            forwarded: &conn.forwarded,
             client_cert_der: conn.client_cert.as_ref().map(|c| c.der.as_slice()),
             client_cert_trusted: self.config.listen.tls.client_ca.is_some()
                 || token.is_some_and(|t| t.cnf.x5t_s256.is_some()),

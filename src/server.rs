@@ -44,6 +44,8 @@ pub struct ConnectionInfo {
     /// The TLS server name the client asked for (absent when it connected by IP address).
     pub sni: Option<String>,
     pub client_cert: Option<ClientCertificate>,
+    /// The forwarding headers of this connection's requests, formatted once.
+    pub forwarded: crate::proxy::ForwardedHeaders,
 }
 
 /// Server settings the accept loop needs.
@@ -177,7 +179,12 @@ impl ConnectionTask {
                     thumbprint: tls::certificate_thumbprint(leaf.as_ref()),
                     der: leaf.as_ref().to_vec(),
                 });
-            let info = ConnectionInfo { peer, sni: session.server_name().map(str::to_string), client_cert };
+            let info = ConnectionInfo {
+                peer,
+                sni: session.server_name().map(str::to_string),
+                client_cert,
+                forwarded: crate::proxy::ForwardedHeaders::new(peer),
+            };
             (Arc::new(info), h2)
         };
         let activity = Arc::new(Activity::new());

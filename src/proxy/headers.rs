@@ -1,0 +1,249 @@
+//! Header hygiene for forwarded requests and returned responses (RFC 9110 §7.6.1, RFC 9440
+//! §2.4, RFC 9700 §4.13).
+//!
+//! Requests: hop-by-hop headers (the fixed set, every `Proxy-*`, whatever `Connection`
+//! lists) go; headers only the gateway may set (`Client-Cert*`, `X-Fapi-*`), the
+//! forwarding headers (`X-Forwarded-*`, `X-Real-Ip`, `Forwarded`) and `Host` go too — also
+//! when spelled with `_` for `-`, which CGI-style upstreams read as the same header — and
+//! the gateway sets its own forwarding headers. Responses lose their hop-by-hop headers.
+//!
+//! Built for the hot path: one pass over the header names decides what goes (a typical
+//! request has nothing to remove, so nothing is hashed or allocated for it), and the
+//! forwarding values of a connection are formatted once, on its first request.
+
+use std::net::SocketAddr;
+use std::sync::OnceLock;
+
+use http::HeaderMap;
+use http::header::{self, HeaderName, HeaderValue};
+
+pub const CLIENT_CERT: HeaderName = HeaderName::from_static("client-cert");
+pub const CLIENT_CERT_CHAIN: HeaderName = HeaderName::from_static("client-cert-chain");
+pub const X_FAPI_SUBJECT: HeaderName = HeaderName::from_static("x-fapi-subject");
+pub const X_FAPI_CLIENT_ID: HeaderName = HeaderName::from_static("x-fapi-client-id");
+pub const X_FAPI_SCOPES: HeaderName = HeaderName::from_static("x-fapi-scopes");
+pub const X_FAPI_DPOP_JKT: HeaderName = HeaderName::from_static("x-fapi-dpop-jkt");
+pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+pub const FORWARDED: HeaderName = HeaderName::from_static("forwarded");
+
+/// What [`prepare_request`] does with a request header, by name alone.
+fn request_header_goes(name: &str) -> bool {
+    hop_by_hop(name) || gateway_owned(name) || name == "host" || name.contains('_') && underscore_spoof(name)
+}
+
+/// Hop-by-hop by name (RFC 9110 §7.6.1), plus every `Proxy-*` header.
+fn hop_by_hop(name: &str) -> bool {
+    matches!(name, "connection" | "keep-alive" | "te" | "trailer" | "transfer-encoding" | "upgrade")
+        || name.starts_with("proxy-")
+}
+
+/// Set by the gateway alone: identity, client certificate and forwarding headers.
+fn gateway_owned(name: &str) -> bool {
+    matches!(
+        name,
+        "client-cert"
+            | "client-cert-chain"
+            | "x-fapi-subject"
+            | "x-fapi-client-id"
+            | "x-fapi-scopes"
+            | "x-fapi-dpop-jkt"
+            | "forwarded"
+            | "x-real-ip"
+    ) || name.starts_with("x-forwarded-")
+}
+
+/// `x_fapi_subject`, `x_forwarded_for`, `proxy_authorization`, …: an `_` spelling of a
+/// header the gateway removes or controls.
+fn underscore_spoof(name: &str) -> bool {
+    let dashed = name.replace('_', "-");
+    gateway_owned(&dashed) || hop_by_hop(&dashed) || matches!(dashed.as_str(), "authorization" | "dpop" | "host")
+}
+
+/// Removes every header [`request_header_goes`] names and every header `Connection` lists.
+pub fn prepare_request(headers: &mut HeaderMap) {
+    remove_where(headers, request_header_goes);
+}
+
+/// Removes the response's hop-by-hop headers and those its `Connection` lists.
+pub fn prepare_response(headers: &mut HeaderMap) {
+    remove_where(headers, hop_by_hop);
+}
+
+fn remove_where(headers: &mut HeaderMap, goes: fn(&str) -> bool) {
+    // The common case — nothing to remove — costs one pass over the names and no allocation.
+    let mut doomed: Vec<HeaderName> = Vec::new();
+    for name in headers.keys() {
+        if goes(name.as_str()) {
+            doomed.push(name.clone());
+        }
+    }
+    if doomed.contains(&header::CONNECTION) {
+        let listed = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok());
+        doomed.extend(listed);
+    }
+    for name in doomed {
+        headers.remove(name);
+    }
+}
+
+/// The forwarding headers of one connection, formatted once: `X-Forwarded-For` from the
+/// peer address, and `X-Forwarded-Host` / `Forwarded` for the host its first request named
+/// (a connection's requests name the host of its TLS server name, so they all share it).
+#[derive(Debug)]
+pub struct ForwardedHeaders {
+    x_forwarded_for: Option<HeaderValue>,
+    /// `for=…;proto=https`, the start of every `Forwarded` value.
+    forwarded_base: String,
+    for_host: OnceLock<HostValues>,
+}
+
+#[derive(Debug)]
+struct HostValues {
+    host: Box<str>,
+    x_forwarded_host: HeaderValue,
+    forwarded: HeaderValue,
+}
+
+impl ForwardedHeaders {
+    pub fn new(peer: SocketAddr) -> Self {
+        let ip = peer.ip().to_string();
+        let for_value = if peer.is_ipv6() { format!("\"[{ip}]\"") } else { ip.clone() };
+        ForwardedHeaders {
+            x_forwarded_for: HeaderValue::from_str(&ip).ok(),
+            forwarded_base: format!("for={for_value};proto=https"),
+            for_host: OnceLock::new(),
+        }
+    }
+
+    /// Sets `X-Forwarded-For`, `-Proto`, `-Host` and `Forwarded` (RFC 7239). `host` must
+    /// already be validated as a plain host name (see [`super::request_host`]).
+    pub fn apply(&self, headers: &mut HeaderMap, host: Option<&str>) {
+        if let Some(v) = &self.x_forwarded_for {
+            headers.insert(X_FORWARDED_FOR, v.clone());
+        }
+        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("https"));
+        let Some(host) = host else {
+            match HeaderValue::from_str(&self.forwarded_base) {
+                Ok(v) => headers.insert(FORWARDED, v),
+                Err(_) => headers.remove(FORWARDED),
+            };
+            return;
+        };
+        let cached = self.for_host.get_or_init(|| self.host_values(host));
+        let fresh;
+        let values = if *cached.host == *host {
+            cached
+        } else {
+            fresh = self.host_values(host);
+            &fresh
+        };
+        headers.insert(X_FORWARDED_HOST, values.x_forwarded_host.clone());
+        headers.insert(FORWARDED, values.forwarded.clone());
+    }
+
+    fn host_values(&self, host: &str) -> HostValues {
+        let invalid = HeaderValue::from_static("invalid");
+        HostValues {
+            host: host.into(),
+            x_forwarded_host: HeaderValue::from_str(host).unwrap_or_else(|_| invalid.clone()),
+            forwarded: HeaderValue::from_str(&format!("{};host=\"{host}\"", self.forwarded_base)).unwrap_or(invalid),
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_and_connection_listed_ones_go() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("close, x-secret"));
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        h.insert("proxy-authorization", HeaderValue::from_static("Basic x"));
+        h.insert("proxy-anything", HeaderValue::from_static("x"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        prepare_response(&mut h);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn requests_lose_host_forwarding_and_gateway_headers() {
+        let mut h = HeaderMap::new();
+        for name in [
+            "host",
+            "x-forwarded-for",
+            "x-forwarded-port",
+            "x-forwarded-prefix",
+            "x-real-ip",
+            "forwarded",
+            "client-cert",
+            "client-cert-chain",
+            "x-fapi-subject",
+            "x-fapi-dpop-jkt",
+            "transfer-encoding",
+            "proxy-connection",
+        ] {
+            h.insert(HeaderName::from_bytes(name.as_bytes()).unwrap(), HeaderValue::from_static("spoofed"));
+        }
+        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer t"));
+        h.insert("x-custom", HeaderValue::from_static("kept"));
+        prepare_request(&mut h);
+        let mut left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+        left.sort_unstable();
+        assert_eq!(left, ["authorization", "x-custom"]);
+    }
+
+    #[test]
+    fn forwarded_headers_replace_client_values() {
+        let forwarded = ForwardedHeaders::new("127.0.0.1:5000".parse().unwrap());
+        let mut h = HeaderMap::new();
+        h.insert(X_FORWARDED_FOR, HeaderValue::from_static("6.6.6.6"));
+        prepare_request(&mut h);
+        forwarded.apply(&mut h, Some("api.test"));
+        assert_eq!(h[X_FORWARDED_FOR], "127.0.0.1");
+        assert_eq!(h[X_FORWARDED_PROTO], "https");
+        assert_eq!(h[X_FORWARDED_HOST], "api.test");
+        assert_eq!(h[FORWARDED], "for=127.0.0.1;proto=https;host=\"api.test\"");
+        // A later request naming another host gets its own values, not the cached ones.
+        forwarded.apply(&mut h, Some("other.test"));
+        assert_eq!(h[X_FORWARDED_HOST], "other.test");
+        assert_eq!(h[FORWARDED], "for=127.0.0.1;proto=https;host=\"other.test\"");
+        let mut h = HeaderMap::new();
+        ForwardedHeaders::new("[::1]:5000".parse().unwrap()).apply(&mut h, None);
+        assert_eq!(h[FORWARDED], "for=\"[::1]\";proto=https");
+        assert_eq!(h[X_FORWARDED_FOR], "::1");
+        assert!(!h.contains_key(X_FORWARDED_HOST));
+    }
+
+    #[test]
+    fn underscore_spellings_of_controlled_headers_are_removed() {
+        let mut h = HeaderMap::new();
+        for name in [
+            "x_fapi_subject",
+            "client_cert",
+            "x_forwarded_for",
+            "x_real_ip",
+            "proxy_authorization",
+            "transfer_encoding",
+            "x_custom",
+        ] {
+            h.insert(HeaderName::from_bytes(name.as_bytes()).unwrap(), HeaderValue::from_static("spoofed"));
+        }
+        h.insert(X_FAPI_SUBJECT, HeaderValue::from_static("spoofed"));
+        prepare_request(&mut h);
+        assert_eq!(h.keys().map(|k| k.as_str()).collect::<Vec<_>>(), vec!["x_custom"]);
+    }
+}

@@ -1,0 +1,310 @@
+//! Keep-alive HTTP/1.1 connections to one upstream, driven with hyper's connection API.
+//!
+//! A request takes the most recently used idle connection (LIFO keeps few connections
+//! warm), or opens one (TCP, then TLS for `https://` upstreams, within the connect
+//! timeout). The connection goes back to the pool when the response body has been read to
+//! its end; a response abandoned half-way (the client went away) closes it instead, since
+//! the rest of that body would still be on the wire. A request that hyper hands back unsent
+//! — the pooled connection was closed by the upstream just before it was used — is sent
+//! once more on a new connection. Idle connections are closed after [`IDLE_TIMEOUT`] by a
+//! reaper task that ends with the pool (a configuration reload drops the old pool, and with
+//! it the idle connections).
+//!
+//! Upstream connections speak HTTP/1.1 only, as nginx's and most proxies' do by default.
+
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::header::{HOST, HeaderValue};
+use http::{Request, Response};
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
+use rustls::pki_types::ServerName;
+use tokio::net::TcpStream;
+
+use crate::body::ProxyBody;
+
+/// Idle connections older than this are closed.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+/// At most this many idle connections are kept per upstream; beyond, they are closed.
+const MAX_IDLE: usize = 1024;
+/// How often the reaper looks for connections idle longer than [`IDLE_TIMEOUT`].
+const REAP_INTERVAL: Duration = Duration::from_secs(10);
+/// How long a pooled connection may take to finish its previous exchange before a request
+/// uses another one.
+const READY_WAIT: Duration = Duration::from_millis(50);
+
+/// Why a request could not be sent.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    #[error("connecting to the upstream timed out")]
+    ConnectTimeout,
+    #[error("connecting to the upstream failed")]
+    Connect(#[source] std::io::Error),
+    #[error("TLS with the upstream failed")]
+    Tls(#[source] std::io::Error),
+    #[error("HTTP/1.1 handshake with the upstream failed")]
+    Handshake(#[source] hyper::Error),
+    #[error("the upstream exchange failed")]
+    Http(#[source] hyper::Error),
+}
+
+/// Where connections go.
+struct Target {
+    /// Host name or IP address (IPv6 without brackets), for connecting and TLS.
+    host: String,
+    port: u16,
+    tls: Option<(tokio_rustls::TlsConnector, ServerName<'static>)>,
+}
+
+/// The connection pool of one upstream.
+pub struct ConnectionPool {
+    inner: Arc<PoolInner>,
+    /// `Host` for every request: the upstream URL's host and port.
+    host_header: HeaderValue,
+}
+
+struct PoolInner {
+    target: Target,
+    connect_timeout: Duration,
+    idle: Mutex<Vec<IdleConnection>>,
+    reaper_started: std::sync::atomic::AtomicBool,
+}
+
+struct IdleConnection {
+    sender: http1::SendRequest<ProxyBody>,
+    since: Instant,
+}
+
+/// The TLS settings of an `https://` upstream.
+pub struct UpstreamTls {
+    pub config: Arc<rustls::ClientConfig>,
+}
+
+impl ConnectionPool {
+    /// A pool for `uri` (`http://` or `https://`, with a host); `tls` for `https://`.
+    pub fn new(uri: &http::Uri, tls: Option<UpstreamTls>, connect_timeout: Duration) -> Result<Self, String> {
+        let host = uri.host().filter(|h| !h.is_empty()).ok_or("the upstream URL has no host")?;
+        let https = uri.scheme_str() == Some("https");
+        let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
+        let host_header = match uri.port_u16() {
+            Some(port) => format!("{host}:{port}"),
+            None => host.to_string(),
+        };
+        let host_header =
+            HeaderValue::from_str(&host_header).map_err(|_| "the upstream URL's host is not a valid Host header")?;
+        let bare_host = host.trim_start_matches('[').trim_end_matches(']').to_string();
+        let tls = match (https, tls) {
+            (false, _) => None,
+            (true, None) => return Err("an https:// upstream needs TLS settings".into()),
+            (true, Some(tls)) => {
+                let name = ServerName::try_from(bare_host.clone())
+                    .map_err(|_| format!("`{bare_host}` is not a valid TLS server name"))?;
+                Some((tokio_rustls::TlsConnector::from(tls.config), name))
+            }
+        };
+        Ok(ConnectionPool {
+            inner: Arc::new(PoolInner {
+                target: Target { host: bare_host, port, tls },
+                connect_timeout,
+                idle: Mutex::new(Vec::new()),
+                reaper_started: std::sync::atomic::AtomicBool::new(false),
+            }),
+            host_header,
+        })
+    }
+
+    /// Sends `request` (origin-form URI; its `Host` is set here) and returns the response,
+    /// whose body hands the connection back to the pool when it ends.
+    pub async fn send(&self, mut request: Request<ProxyBody>) -> Result<Response<ProxyBody>, SendError> {
+        request.headers_mut().insert(HOST, self.host_header.clone());
+        let mut fresh_only = false;
+        loop {
+            let mut sender = match self.inner.checkout(fresh_only).await {
+                Some(sender) => sender,
+                None => self.inner.connect().await?,
+            };
+            match sender.try_send_request(request).await {
+                Ok(response) => return Ok(self.inner.clone().wrap(response, sender)),
+                Err(mut e) => match e.take_message() {
+                    // Never written: the connection closed before it could take the request.
+                    // Once more, on a new connection.
+                    Some(unsent) if !fresh_only => {
+                        tracing::debug!(error = %e.error(), "pooled upstream connection was closed; retrying");
+                        request = unsent;
+                        fresh_only = true;
+                    }
+                    _ => return Err(SendError::Http(e.into_error())),
+                },
+            }
+        }
+    }
+
+    /// Idle connections right now (for tests and diagnostics).
+    pub fn idle_connections(&self) -> usize {
+        lock(&self.inner.idle).len()
+    }
+}
+
+fn lock(idle: &Mutex<Vec<IdleConnection>>) -> MutexGuard<'_, Vec<IdleConnection>> {
+    // A panic while holding the lock cannot leave the Vec inconsistent.
+    idle.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl PoolInner {
+    /// The most recently used idle connection that is still open, if any (none when
+    /// `fresh_only`).
+    async fn checkout(&self, fresh_only: bool) -> Option<http1::SendRequest<ProxyBody>> {
+        if fresh_only {
+            return None;
+        }
+        loop {
+            let IdleConnection { mut sender, .. } = lock(&self.idle).pop()?;
+            if sender.is_closed() {
+                continue;
+            }
+            if sender.is_ready() {
+                return Some(sender);
+            }
+            // Returned the moment its last response body ended; the connection task may
+            // not have caught up yet.
+            if let Ok(Ok(())) = tokio::time::timeout(READY_WAIT, sender.ready()).await {
+                return Some(sender);
+            }
+        }
+    }
+
+    async fn connect(&self) -> Result<http1::SendRequest<ProxyBody>, SendError> {
+        match tokio::time::timeout(self.connect_timeout, self.open()).await {
+            Ok(result) => result,
+            Err(_) => Err(SendError::ConnectTimeout),
+        }
+    }
+
+    async fn open(&self) -> Result<http1::SendRequest<ProxyBody>, SendError> {
+        let target = &self.target;
+        let tcp = TcpStream::connect((target.host.as_str(), target.port)).await.map_err(SendError::Connect)?;
+        // Requests and responses are small writes; do not wait to coalesce them.
+        let _ = tcp.set_nodelay(true);
+        match &target.tls {
+            None => handshake(tcp).await,
+            Some((connector, name)) => {
+                let tls = connector.connect(name.clone(), tcp).await.map_err(SendError::Tls)?;
+                handshake(tls).await
+            }
+        }
+    }
+
+    /// The response with a body that returns `sender` to the pool when it ends.
+    fn wrap(
+        self: Arc<Self>,
+        response: Response<Incoming>,
+        sender: http1::SendRequest<ProxyBody>,
+    ) -> Response<ProxyBody> {
+        let (parts, body) = response.into_parts();
+        let mut body = PooledBody { inner: body, lease: Some(Lease { pool: self, sender }) };
+        // A body that is empty from the start (204, 304, HEAD, `content-length: 0`) may
+        // never be polled.
+        body.release_if_done();
+        Response::from_parts(parts, http_body_util::BodyExt::boxed(body))
+    }
+
+    fn put(self: &Arc<Self>, sender: http1::SendRequest<ProxyBody>) {
+        if sender.is_closed() {
+            return;
+        }
+        {
+            let mut idle = lock(&self.idle);
+            if idle.len() >= MAX_IDLE {
+                return;
+            }
+            idle.push(IdleConnection { sender, since: Instant::now() });
+        }
+        if !self.reaper_started.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            tokio::spawn(reap(Arc::downgrade(self)));
+        }
+    }
+}
+
+/// Closes connections idle for longer than [`IDLE_TIMEOUT`]; ends when the pool is gone.
+async fn reap(pool: Weak<PoolInner>) {
+    loop {
+        tokio::time::sleep(REAP_INTERVAL).await;
+        let Some(pool) = pool.upgrade() else { return };
+        // Oldest first: the Vec is in order of return.
+        let mut idle = lock(&pool.idle);
+        let expired = idle.iter().take_while(|c| c.since.elapsed() >= IDLE_TIMEOUT).count();
+        idle.drain(..expired);
+        idle.retain(|c| !c.sender.is_closed());
+    }
+}
+
+async fn handshake<T>(io: T) -> Result<http1::SendRequest<ProxyBody>, SendError>
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, connection) = http1::handshake(TokioIo::new(io)).await.map_err(SendError::Handshake)?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!(error = %e, "upstream connection closed with an error");
+        }
+    });
+    Ok(sender)
+}
+
+/// A connection lent to one response.
+struct Lease {
+    pool: Arc<PoolInner>,
+    sender: http1::SendRequest<ProxyBody>,
+}
+
+/// The upstream's response body; gives the connection back when it has been read to its end.
+struct PooledBody {
+    inner: Incoming,
+    lease: Option<Lease>,
+}
+
+impl PooledBody {
+    fn release_if_done(&mut self) {
+        if self.inner.is_end_stream() {
+            if let Some(Lease { pool, sender }) = self.lease.take() {
+                pool.put(sender);
+            }
+        }
+    }
+}
+
+impl Body for PooledBody {
+    type Data = Bytes;
+    type Error = crate::body::BoxError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(None) => {
+                if let Some(Lease { pool, sender }) = this.lease.take() {
+                    pool.put(sender);
+                }
+            }
+            Poll::Ready(Some(Ok(_))) => this.release_if_done(),
+            // The exchange failed: the connection is not reusable.
+            Poll::Ready(Some(Err(_))) => this.lease = None,
+            Poll::Pending => {}
+        }
+        polled.map_err(Into::into)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

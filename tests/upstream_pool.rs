@@ -1,0 +1,188 @@
+//! Upstream keep-alive connections: reuse, bodies read to their end before a connection is
+//! reused, abandoned responses not reused, upstreams that close idle connections, and
+//! parallel requests. The upstreams here count the TCP connections they accept.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::raw::{connect, find};
+use common::*;
+use fapi_gateway::GatewayHandle;
+use http_body_util::Full;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::TcpListener;
+
+/// A hyper upstream counting accepted connections. `/bytes/N` answers N bytes, `/empty`
+/// 204, `/wait` after 200 ms, anything else `ok`.
+async fn counting_upstream() -> (SocketAddr, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let connections = Arc::new(AtomicUsize::new(0));
+    let count = connections.clone();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let service = service_fn(|request: hyper::Request<hyper::body::Incoming>| async move {
+                    let path = request.uri().path().to_string();
+                    let mut response = hyper::Response::new(Full::new(Bytes::from_static(b"ok")));
+                    if let Some(n) = path.strip_prefix("/bytes/").and_then(|n| n.parse::<usize>().ok()) {
+                        *response.body_mut() = Full::new(Bytes::from(vec![b'x'; n]));
+                    } else if path == "/empty" {
+                        *response.status_mut() = hyper::StatusCode::NO_CONTENT;
+                        *response.body_mut() = Full::new(Bytes::new());
+                    } else if path == "/wait" {
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                    Ok::<_, Infallible>(response)
+                });
+                let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tcp), service).await;
+            });
+        }
+    });
+    (addr, connections)
+}
+
+/// An upstream that answers one request per connection and then closes it without saying
+/// so (no `Connection: close`): every pooled connection is stale by the next request.
+async fn closing_upstream() -> (SocketAddr, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let connections = Arc::new(AtomicUsize::new(0));
+    let count = connections.clone();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                while find(&head, b"\r\n\r\n").is_none() {
+                    match tcp.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = tcp.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 6\r\n\r\nclosed").await;
+                let _ = tcp.shutdown().await;
+            });
+        }
+    });
+    (addr, connections)
+}
+
+async fn gateway_to(pki: &TestPki, upstream: SocketAddr) -> GatewayHandle {
+    init();
+    let yaml = format!(
+        "listen: {{ address: 127.0.0.1:0, public_url: https://gateway.test, tls: {{ cert: {}, key: {} }} }}\n\
+         routes:\n  - {{ name: r, match: {{ path_prefix: / }}, upstream: http://{upstream}, auth: none }}\n",
+        pki.server_cert_path().display(),
+        pki.server_key_path().display(),
+    );
+    let config = fapi_gateway::config::Config::from_yaml(&yaml, "t.yaml", pki.dir()).unwrap();
+    fapi_gateway::start(config).await.unwrap()
+}
+
+async fn get_text(client: &reqwest::Client, gateway: &GatewayHandle, path: &str) -> (u16, String) {
+    let response = client.get(gateway_url(gateway.local_addr(), path)).send().await.unwrap();
+    (response.status().as_u16(), response.text().await.unwrap())
+}
+
+#[tokio::test]
+async fn sequential_requests_share_one_upstream_connection() {
+    let pki = TestPki::new();
+    let (upstream, connections) = counting_upstream().await;
+    let gateway = gateway_to(&pki, upstream).await;
+    let http = client(&pki, gateway.local_addr(), None, false);
+    for _ in 0..20 {
+        assert_eq!(get_text(&http, &gateway, "/x").await, (200, "ok".to_string()));
+    }
+    // A second client connection to the gateway still uses the same upstream connection.
+    let other = client(&pki, gateway.local_addr(), None, false);
+    assert_eq!(get_text(&other, &gateway, "/y").await, (200, "ok".to_string()));
+    assert_eq!(connections.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn responses_without_a_body_give_the_connection_back() {
+    let pki = TestPki::new();
+    let (upstream, connections) = counting_upstream().await;
+    let gateway = gateway_to(&pki, upstream).await;
+    let http = client(&pki, gateway.local_addr(), None, false);
+    for _ in 0..5 {
+        assert_eq!(get_text(&http, &gateway, "/empty").await, (204, String::new()));
+        let head = http.head(gateway_url(gateway.local_addr(), "/bytes/100")).send().await.unwrap();
+        assert_eq!(head.status(), 200);
+        assert_eq!(head.headers()["content-length"], "100");
+        // The HEAD response's announced body was never sent: the next answer is whole.
+        assert_eq!(get_text(&http, &gateway, "/bytes/100").await, (200, "x".repeat(100)));
+    }
+    assert_eq!(connections.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn a_response_abandoned_half_way_is_not_reused() {
+    let pki = TestPki::new();
+    let (upstream, connections) = counting_upstream().await;
+    let gateway = gateway_to(&pki, upstream).await;
+    // Ask for 4 MiB, read the first bytes and go away.
+    let mut tls = connect(&pki, gateway.local_addr(), None).await;
+    tls.write_all(b"GET /bytes/4194304 HTTP/1.1\r\nhost: gateway.test\r\n\r\n").await.unwrap();
+    let mut buf = [0u8; 1024];
+    let n = tls.read(&mut buf).await.unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+    drop(tls);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The rest of that body is never taken for the next response.
+    let http = client(&pki, gateway.local_addr(), None, false);
+    for _ in 0..5 {
+        assert_eq!(get_text(&http, &gateway, "/bytes/10").await, (200, "x".repeat(10)));
+    }
+    assert_eq!(connections.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn an_upstream_closing_idle_connections_costs_no_request() {
+    let pki = TestPki::new();
+    let (upstream, connections) = closing_upstream().await;
+    let gateway = gateway_to(&pki, upstream).await;
+    let http = client(&pki, gateway.local_addr(), None, false);
+    for _ in 0..20 {
+        assert_eq!(get_text(&http, &gateway, "/x").await, (200, "closed".to_string()));
+    }
+    assert_eq!(connections.load(Ordering::SeqCst), 20);
+}
+
+#[tokio::test]
+async fn parallel_requests_open_connections_that_later_requests_reuse() {
+    let pki = TestPki::new();
+    let (upstream, connections) = counting_upstream().await;
+    let gateway = Arc::new(gateway_to(&pki, upstream).await);
+    let batch = || {
+        let handles: Vec<_> = (0..6)
+            .map(|_| {
+                let http = client(&pki, gateway.local_addr(), None, false);
+                let gateway = gateway.clone();
+                tokio::spawn(async move { get_text(&http, &gateway, "/wait").await })
+            })
+            .collect();
+        async move {
+            for handle in handles {
+                assert_eq!(handle.await.unwrap(), (200, "ok".to_string()));
+            }
+        }
+    };
+    batch().await;
+    let opened = connections.load(Ordering::SeqCst);
+    assert!((2..=6).contains(&opened), "6 requests at once opened {opened} upstream connections");
+    batch().await;
+    assert_eq!(connections.load(Ordering::SeqCst), opened, "the second batch reused the idle connections");
+}
