@@ -180,7 +180,7 @@ fn start_nginx(fx: &Fixture, upstream: SocketAddr, port: u16) -> Option<Child> {
     let dir = fx.dir.path();
     let conf = format!(
         "worker_processes 1;\ndaemon off;\npid {d}/nginx.pid;\nerror_log {d}/nginx-error.log warn;\n\
-         events {{ worker_connections 4096; }}\n\
+         worker_rlimit_nofile 30000;\nevents {{ worker_connections 20000; }}\n\
          http {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
            fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
            upstream up {{ server {upstream}; keepalive 64; }}\n\
@@ -263,14 +263,16 @@ fn cpu_ticks(pid: u32) -> Option<(u64, u64)> {
     Some((fields.next()?.parse().ok()?, fields.next()?.parse().ok()?))
 }
 
-/// nginx's worker: the only child of its master process.
+/// nginx's worker: the only child of its master process (waits for it to be forked).
 fn nginx_worker(master: u32) -> Option<u32> {
-    std::fs::read_to_string(format!("/proc/{master}/task/{master}/children"))
-        .ok()?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
+    for _ in 0..100 {
+        let children = std::fs::read_to_string(format!("/proc/{master}/task/{master}/children")).ok()?;
+        if let Some(worker) = children.split_whitespace().next() {
+            return worker.parse().ok();
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    None
 }
 
 impl Outcome {
@@ -389,6 +391,76 @@ async fn run(
     }
     outcome.latencies_us.sort_unstable();
     outcome
+}
+
+/// Resident set size of a process, in KiB.
+fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?.trim().trim_end_matches("kB").trim().parse().ok()
+}
+
+/// How many connections this process may hold open: the soft descriptor limit, less room
+/// for everything else.
+fn descriptor_budget() -> usize {
+    let limits = std::fs::read_to_string("/proc/self/limits").unwrap_or_default();
+    let soft = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .and_then(|l| l.split_whitespace().nth(3))
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(1024);
+    soft.saturating_sub(512)
+}
+
+/// (f) Memory with idle keep-alive connections: `count` TLS connections with the client
+/// certificate, each makes one mTLS request and then stays open, idle. Returns the serving
+/// process's resident size before and with them, in KiB, and how many were open.
+async fn idle_connections_rss(fx: &Fixture, addr: SocketAddr, pid: u32, count: usize) -> (u64, u64, usize) {
+    let connector = tls_connector(fx);
+    let token = fx.mtls_token.clone();
+    let before = rss_kib(pid).unwrap_or(0);
+    let mut open = Vec::with_capacity(count);
+    let mut started = 0;
+    while started < count {
+        let batch = (count - started).min(256);
+        started += batch;
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..batch {
+            let (connector, token) = (connector.clone(), token.clone());
+            tasks.spawn(async move {
+                let tcp = TcpStream::connect(addr).await.ok()?;
+                let tls = connector.connect(ServerName::try_from(HOST).unwrap(), tcp).await.ok()?;
+                let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await.ok()?;
+                tokio::spawn(connection);
+                let request = hyper::Request::get("/mtls/x")
+                    .header("host", HOST)
+                    .header("authorization", format!("Bearer {token}"))
+                    .body(Empty::<Bytes>::new())
+                    .unwrap();
+                let response = sender.send_request(request).await.ok()?;
+                let ok = response.status() == 200;
+                response.into_body().collect().await.ok()?;
+                ok.then_some(sender)
+            });
+        }
+        while let Some(joined) = tasks.join_next().await {
+            if let Ok(Some(sender)) = joined {
+                open.push(sender);
+            }
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let with = rss_kib(pid).unwrap_or(0);
+    (before, with, open.len())
+}
+
+fn report_memory(name: &str, (before, with, open): (u64, u64, usize)) {
+    println!(
+        "{name:<28} {:>7.1} MiB with {open} idle connections ({:.1} MiB before them; {:.1} KiB per connection)",
+        with as f64 / 1024.0,
+        before as f64 / 1024.0,
+        with.saturating_sub(before) as f64 / open.max(1) as f64
+    );
 }
 
 fn proofs(fx: &Fixture, count: usize) -> Vec<String> {
@@ -570,6 +642,23 @@ fn main() {
             stop(redis);
         }
 
+        // (f) Memory: a fresh gateway (no replay or token entries from the load above), then
+        // nginx, each holding the same number of idle keep-alive connections.
+        let idle_count = env_or("E2E_IDLE_CONNECTIONS", 10_000).min(descriptor_budget());
+        let port = free_port();
+        let fresh = start_gateway(&write_config(&fx, upstream, port, "{ store: memory }"), port);
+        let gateway_memory = idle_connections_rss(&fx, at(port), fresh.id(), idle_count).await;
+        stop(fresh);
+        let nginx_memory = match start_nginx(&fx, upstream, nginx_port) {
+            Some(child) => {
+                let worker = nginx_worker(child.id()).unwrap_or(child.id());
+                let memory = idle_connections_rss(&fx, at(nginx_port), worker, idle_count).await;
+                stop(child);
+                Some(memory)
+            }
+            None => None,
+        };
+
         let verify_rate = median((0..rounds).map(|_| es256_verify_rate()).collect());
         println!();
         direct.summary("(a) upstream direct");
@@ -582,6 +671,10 @@ fn main() {
             dpop_redis.summary("(d') gateway DPoP, Redis");
         }
         println!("(e) ES256 verifies, one core  {verify_rate:>10.0} /s");
+        report_memory("(f) gateway resident size", gateway_memory);
+        if let Some(memory) = nginx_memory {
+            report_memory("(f) nginx worker resident", memory);
+        }
         // The physical limit of a DPoP request: nginx's proxying plus one signature verify
         // (the gateway's own mTLS rate stands in when nginx is not installed).
         let base = if via_nginx.0.is_empty() { &mtls } else { &via_nginx };
@@ -609,5 +702,10 @@ fn main() {
         if !dpop_redis.0.is_empty() {
             println!("DPoP Redis / DPoP memory            {:>6.2} x  (target >= 0.85)", dpop_redis.ratio(&dpop));
         }
+        println!(
+            "gateway RSS, {} idle connections  {:>6.1} MiB (target <= 64)",
+            gateway_memory.2,
+            gateway_memory.1 as f64 / 1024.0
+        );
     });
 }

@@ -20,7 +20,7 @@ use crate::auth::token::TokenValidator;
 use crate::auth::{self, DpopRuntime, Outcome, RequestFacts};
 use crate::body::ProxyBody;
 use crate::config::Config;
-use crate::metrics::{Metrics, RequestLabels, RouteLabels};
+use crate::metrics::{Metrics, RequestLabels, RouteMetrics};
 use crate::proxy::{ForwardContext, Upstream, UpstreamTime, request_host};
 use crate::rejection::{DPOP_NONCE, Rejection};
 use crate::router::{Router, check_path};
@@ -42,9 +42,9 @@ pub struct GatewayState {
     /// One upstream client per route, same index as `config.routes`.
     pub upstreams: Vec<Upstream>,
     pub metrics: Arc<Metrics>,
-    /// Route names as metric labels (cheap to clone), same index as `config.routes`; the
-    /// last entry is `-` for requests that matched no route.
-    pub route_labels: Vec<Arc<str>>,
+    /// Each route's metric handles, same index as `config.routes`; the last entry is `-`
+    /// for requests that matched no route.
+    pub route_metrics: Vec<RouteMetrics>,
 }
 
 impl GatewayState {
@@ -199,19 +199,20 @@ impl GatewayState {
         total: Duration,
         upstream: Option<Duration>,
     ) {
-        let route = self.route_labels[route.unwrap_or(self.route_labels.len() - 1)].clone();
+        let handles = &self.route_metrics[route.unwrap_or(self.route_metrics.len() - 1)];
         let m = &self.metrics;
-        m.requests.get_or_create(&RequestLabels { route: route.clone(), status, reason }).inc();
+        if status == 200 && reason == "ok" {
+            handles.ok.inc();
+        } else {
+            m.requests.get_or_create(&RequestLabels { route: handles.label.clone(), status, reason }).inc();
+        }
         if matches!(reason, "upstream_unavailable" | "upstream_timeout" | "body_too_large") {
-            m.upstream_errors.get_or_create(&RequestLabels { route: route.clone(), status, reason }).inc();
+            m.upstream_errors.get_or_create(&RequestLabels { route: handles.label.clone(), status, reason }).inc();
         }
-        let labels = RouteLabels { route };
         if let Some(upstream) = upstream {
-            m.upstream_seconds.get_or_create(&labels).observe(upstream.as_secs_f64());
+            handles.upstream_seconds.observe(upstream.as_secs_f64());
         }
-        m.gateway_seconds
-            .get_or_create(&labels)
-            .observe(total.saturating_sub(upstream.unwrap_or_default()).as_secs_f64());
+        handles.gateway_seconds.observe(total.saturating_sub(upstream.unwrap_or_default()).as_secs_f64());
     }
 }
 
@@ -232,15 +233,29 @@ fn request_id(headers: &http::HeaderMap) -> HeaderValue {
     if let Some(v) = headers.get(X_REQUEST_ID).filter(sane) {
         return v.clone();
     }
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut bytes = [0u8; 16];
-    let _ = aws_lc_rs::rand::fill(&mut bytes);
-    let mut hex = [0u8; 32];
-    for (i, b) in bytes.iter().enumerate() {
-        hex[2 * i] = HEX[usize::from(b >> 4)];
-        hex[2 * i + 1] = HEX[usize::from(b & 0x0f)];
-    }
-    HeaderValue::from_bytes(&hex).unwrap_or(HeaderValue::from_static("-"))
+    generated_request_id()
+}
+
+/// 32 hex digits: a random 64-bit prefix drawn once per process, then a counter passed
+/// through a keyed bijection (SplitMix64's finaliser), so ids are unique per process and,
+/// through the prefix, across instances, and do not show clients how many requests an
+/// instance serves — without a random draw per request (the system RNG cost a visible
+/// share of each request, see BENCHMARKS.md). Not secrets: nothing trusts them.
+fn generated_request_id() -> HeaderValue {
+    static SEED: std::sync::OnceLock<(u64, u64)> = std::sync::OnceLock::new();
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let (prefix, key) = *SEED.get_or_init(|| {
+        let mut bytes = [0u8; 16];
+        let _ = aws_lc_rs::rand::fill(&mut bytes);
+        let (prefix, key) = bytes.split_at(8);
+        let word = |b: &[u8]| u64::from_le_bytes(b.try_into().unwrap_or_default());
+        (word(prefix), word(key))
+    });
+    let mut x = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed) ^ key;
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^= x >> 31;
+    HeaderValue::from_str(&format!("{prefix:016x}{x:016x}")).unwrap_or(HeaderValue::from_static("-"))
 }
 
 /// A short, non-reversible name for the credential of a refused request: `fp:` and the first
@@ -269,4 +284,21 @@ fn attach_nonce(response: &mut Response<ProxyBody>, nonce: &str) {
 /// Seconds since the Unix epoch.
 pub fn unix_now() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_request_ids_are_unique_hex_with_one_prefix() {
+        let ids: Vec<String> =
+            (0..10_000).map(|_| generated_request_id().to_str().unwrap_or_default().to_string()).collect();
+        assert!(ids.iter().all(|id| id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit())));
+        assert!(ids.iter().all(|id| id[..16] == ids[0][..16]));
+        let distinct: std::collections::HashSet<&String> = ids.iter().collect();
+        assert_eq!(distinct.len(), ids.len());
+        // Consecutive ids do not count up.
+        assert!(ids.windows(2).any(|w| w[0][16..] > w[1][16..]));
+    }
 }

@@ -311,8 +311,8 @@ async fn build(
             "DPoP nonces use a random per-instance secret while replay state is shared: other instances will refuse this instance's nonces; set dpop.nonce_secret_file or nonce_secret_env on every instance"
         );
     }
-    let route_labels =
-        config.routes.iter().map(|r| Arc::from(r.name.as_str())).chain(std::iter::once(Arc::from("-"))).collect();
+    let route_metrics =
+        config.routes.iter().map(|r| r.name.as_str()).chain(std::iter::once("-")).map(|r| metrics.route(r)).collect();
     let state = Arc::new(GatewayState {
         dpop,
         router: Router::new(&config.routes),
@@ -320,7 +320,7 @@ async fn build(
         validator,
         upstreams,
         metrics,
-        route_labels,
+        route_metrics,
     });
     Ok(Live { state, acceptor: tokio_rustls::TlsAcceptor::from(server_tls) })
 }

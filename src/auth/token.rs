@@ -151,7 +151,9 @@ pub struct TokenValidator {
     issuers: HashMap<String, (Issuer, Arc<IssuerKeys>)>,
     cache: Cache<[u8; 32], Cached>,
     max_ttl: Duration,
-    lookups: Family<ResultLabels, Counter>,
+    /// `token_cache_lookups{result="hit"|"miss"}`, looked up once.
+    hits: Counter,
+    misses: Counter,
 }
 
 impl TokenValidator {
@@ -161,13 +163,15 @@ impl TokenValidator {
             issuers: issuers.into_iter().map(|(i, k)| (i.issuer.clone(), (i, k))).collect(),
             cache,
             max_ttl: settings.max_ttl,
-            lookups: Family::default(),
+            hits: Counter::default(),
+            misses: Counter::default(),
         }
     }
 
     /// Counts cache look-ups (hit or miss) into `family`.
     pub fn counting(mut self, family: Family<ResultLabels, Counter>) -> Self {
-        self.lookups = family;
+        self.hits = family.get_or_create(&ResultLabels { result: "hit" }).clone();
+        self.misses = family.get_or_create(&ResultLabels { result: "miss" }).clone();
         self
     }
 
@@ -198,11 +202,11 @@ impl TokenValidator {
         }
         if let Some(hit) = self.cache.get(&key) {
             if now < hit.token.expires_at {
-                self.lookups.get_or_create(&ResultLabels { result: "hit" }).inc();
+                self.hits.inc();
                 return Ok(hit.token);
             }
         }
-        self.lookups.get_or_create(&ResultLabels { result: "miss" }).inc();
+        self.misses.inc();
         let validated = Arc::new(self.validate_uncached(token, now).await?);
         let remaining = u64::try_from(validated.expires_at.saturating_sub(now)).unwrap_or(0);
         let ttl = Duration::from_secs(remaining).min(self.max_ttl);
