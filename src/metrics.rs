@@ -36,6 +36,11 @@ pub struct ResultLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabels {
+    pub state: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabels {
     pub reason: &'static str,
 }
@@ -62,6 +67,10 @@ pub struct Metrics {
     pub token_cache: Family<ResultLabels, Counter>,
     pub replay_refusals: Family<ReasonLabels, Counter>,
     pub replay_entries: Gauge,
+    /// Client connections past the TLS handshake: `active` (an HTTP connection is being
+    /// served) and `parked` (idle HTTP/1.1 keep-alive, only the TLS stream held).
+    pub connections_active: Gauge,
+    pub connections_parked: Gauge,
 }
 
 fn latency_histogram() -> Histogram {
@@ -110,8 +119,18 @@ impl Metrics {
             "Proofs remembered by the in-memory replay store",
             replay_entries.clone(),
         );
+        let connections = Family::<StateLabels, Gauge>::default();
+        registry.register(
+            "connections",
+            "Client connections by state: active (being served) or parked (idle keep-alive)",
+            connections.clone(),
+        );
+        let connections_active = connections.get_or_create(&StateLabels { state: "active" }).clone();
+        let connections_parked = connections.get_or_create(&StateLabels { state: "parked" }).clone();
         Metrics {
             registry,
+            connections_active,
+            connections_parked,
             requests,
             gateway_seconds,
             upstream_seconds,

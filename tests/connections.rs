@@ -7,6 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::raw::{closed_within, read_until_close, tls_config, try_connect};
+use common::read_response;
 use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -111,4 +112,67 @@ async fn connections_beyond_the_limit_wait_for_a_free_slot() {
     let third =
         tokio::time::timeout(Duration::from_secs(5), connect(&env, &[b"http/1.1"], &[&rustls::version::TLS13])).await;
     assert!(matches!(third, Ok(Ok(_))), "a freed slot is taken by the next client");
+}
+
+/// `fapi_gateway_connections{state="…"}` from the admin listener.
+async fn connections_in_state(env: &Env, state: &str) -> i64 {
+    let addr = env.gateway.as_ref().unwrap().admin_addr().expect("admin listener");
+    let text = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .unwrap()
+        .get(format!("http://{addr}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let prefix = format!("fapi_gateway_connections{{state=\"{state}\"}} ");
+    text.lines().find_map(|l| l.strip_prefix(&prefix)).and_then(|v| v.trim().parse().ok()).unwrap_or(-1)
+}
+
+#[tokio::test]
+async fn idle_http1_connection_is_parked_and_serves_its_next_requests() {
+    let env = Env::start_with(Options { admin: true, ..Default::default() }).await;
+    let mut tls = connect(&env, &[b"http/1.1"], &[&rustls::version::TLS13]).await.unwrap();
+    tls.write_all(b"GET /public/a HTTP/1.1\r\nHost: gateway.test\r\n\r\n").await.unwrap();
+    assert_eq!(read_response(&mut tls).await.unwrap().status, 200);
+    assert_eq!(connections_in_state(&env, "active").await, 1);
+    // Idle for longer than the park delay (1 s): only the TLS stream is kept.
+    tokio::time::sleep(Duration::from_millis(1600)).await;
+    assert_eq!((connections_in_state(&env, "active").await, connections_in_state(&env, "parked").await), (0, 1));
+    tls.write_all(b"GET /public/b HTTP/1.1\r\nHost: gateway.test\r\n\r\n").await.unwrap();
+    let second = read_response(&mut tls).await.unwrap();
+    assert_eq!(second.status, 200);
+    assert_eq!(second.header("connection"), None, "the parked connection stays a keep-alive one");
+    tokio::time::sleep(Duration::from_millis(1600)).await;
+    // Two pipelined requests arriving at a parked connection: both answered, in order.
+    tls.write_all(
+        b"GET /public/c HTTP/1.1\r\nHost: gateway.test\r\n\r\n\
+          GET /public/d HTTP/1.1\r\nHost: gateway.test\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut all = Vec::new();
+    read_until_close(&mut tls, &mut all).await;
+    assert_eq!(String::from_utf8_lossy(&all).matches("HTTP/1.1 200 OK").count(), 2);
+    let paths: Vec<String> = env.upstream.requests().iter().map(|r| r.uri.clone()).collect();
+    assert_eq!(paths, ["/public/a", "/public/b", "/public/c", "/public/d"]);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!((connections_in_state(&env, "active").await, connections_in_state(&env, "parked").await), (0, 0));
+}
+
+#[tokio::test]
+async fn parked_connections_close_at_once_on_shutdown() {
+    let mut env = Env::start().await;
+    let mut tls = connect(&env, &[b"http/1.1"], &[&rustls::version::TLS13]).await.unwrap();
+    tls.write_all(b"GET /public/a HTTP/1.1\r\nHost: gateway.test\r\n\r\n").await.unwrap();
+    assert_eq!(read_response(&mut tls).await.unwrap().status, 200);
+    tokio::time::sleep(Duration::from_millis(1600)).await;
+    let started = std::time::Instant::now();
+    env.gateway.take().unwrap().shutdown().await;
+    assert!(closed_within(&mut tls, Duration::from_secs(2)).await, "the parked connection is closed");
+    // Nothing was in flight: the drain did not wait for the grace period (30 s).
+    assert!(started.elapsed() < Duration::from_secs(10));
 }

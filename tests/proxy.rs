@@ -495,12 +495,31 @@ async fn stalled_request_head_is_cut_off() {
 
 #[tokio::test]
 async fn idle_keep_alive_connection_is_cut_off() {
-    // After a complete exchange, waiting for the next request head is bounded as well.
-    let env = Env::start_with(short_header_timeout()).await;
+    // After a complete exchange, waiting for the next request is bounded by `idle_timeout`
+    // (the connection is parked meanwhile; `header_read_timeout` starts with the next head).
+    let env = Env::start_with(Options {
+        limits: "  max_body_bytes: 1024\n  header_read_timeout: 1s\n  idle_timeout: 2s\n".into(),
+        ..Default::default()
+    })
+    .await;
     let mut tls = raw_connect(&env).await;
     tls.write_all(format!("GET /public/x HTTP/1.1\r\nHost: {GATEWAY_HOST}\r\n\r\n").as_bytes()).await.unwrap();
     let response = read_response(&mut tls).await.unwrap();
     assert_eq!(response.status, 200);
+    assert_closed_by_gateway(&mut tls).await;
+    assert_eq!(env.upstream.hits(), 1);
+}
+
+#[tokio::test]
+async fn stalled_head_after_an_idle_pause_is_cut_off() {
+    // The next request head starts after the connection was parked, then stalls.
+    let env = Env::start_with(short_header_timeout()).await;
+    let mut tls = raw_connect(&env).await;
+    tls.write_all(format!("GET /public/x HTTP/1.1\r\nHost: {GATEWAY_HOST}\r\n\r\n").as_bytes()).await.unwrap();
+    assert_eq!(read_response(&mut tls).await.unwrap().status, 200);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    tls.write_all(format!("GET /public/y HTTP/1.1\r\nHost: {GATEWAY_HOST}\r\n").as_bytes()).await.unwrap();
+    tls.flush().await.unwrap();
     assert_closed_by_gateway(&mut tls).await;
     assert_eq!(env.upstream.hits(), 1);
 }

@@ -1,0 +1,508 @@
+//! The accept loop: TCP, then TLS (with a handshake deadline), then HTTP/1.1 or HTTP/2 as
+//! ALPN decided, each connection in its own task. Facts about the connection — peer
+//! address, SNI, the client certificate and its SHA-256 thumbprint — are computed once,
+//! right after the handshake, and shared by every request on it.
+//!
+//! Deadlines: TLS handshake (`handshake_timeout`); the first request (`header_read_timeout`,
+//! for HTTP/2 too, where hyper has no such timer); idle connections (`idle_timeout`, closed
+//! gracefully); HTTP/1.1 request heads (hyper's `header_read_timeout`). At most
+//! `max_connections` connections are served at once.
+//!
+//! Idle HTTP/1.1 keep-alive connections are *parked*: once a connection has had no request
+//! in flight for [`PARK_AFTER`], its HTTP state (hyper's read and write buffers, about 20 KiB)
+//! is dropped and only the TLS stream is kept; the next request's first bytes start a new
+//! HTTP/1.1 connection on the same stream (see [`rewind`]). This is what nginx does with its
+//! keep-alive connections, and what keeps 10 000 idle clients affordable (BENCHMARKS.md).
+//! Connections that have not sent their first request yet are parked from the start.
+//!
+//! Shutdown: the listener stops accepting, every connection is told to finish its
+//! in-flight requests (HTTP/2 GOAWAY, HTTP/1.1 `Connection: close`; parked connections
+//! close at once), and whatever is still running after the grace period is aborted.
+
+mod rewind;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinSet;
+use tokio_rustls::server::TlsStream;
+
+use crate::gateway::Live;
+use crate::tls;
+use arc_swap::ArcSwap;
+use rewind::Rewind;
+
+/// The verified client certificate of a connection.
+#[derive(Debug)]
+pub struct ClientCertificate {
+    /// SHA-256 of the DER: what RFC 8705 `x5t#S256` binds to.
+    pub thumbprint: [u8; 32],
+    pub der: Vec<u8>,
+}
+
+/// What the gateway knows about a connection, computed once after the handshake.
+#[derive(Debug)]
+pub struct ConnectionInfo {
+    pub peer: SocketAddr,
+    /// The TLS server name the client asked for (absent when it connected by IP address).
+    pub sni: Option<String>,
+    pub client_cert: Option<ClientCertificate>,
+    /// The forwarding headers of this connection's requests, formatted once.
+    pub forwarded: crate::proxy::ForwardedHeaders,
+}
+
+/// Server settings the accept loop needs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServerSettings {
+    pub handshake_timeout: Duration,
+    pub header_read_timeout: Duration,
+    pub max_header_bytes: usize,
+    pub shutdown_grace: Duration,
+    /// A connection with no request in flight for this long is closed gracefully.
+    pub idle_timeout: Duration,
+    /// Connections served at once; beyond it the listener stops accepting.
+    pub max_connections: usize,
+}
+
+/// One connection builder per protocol, configured once.
+struct Builders {
+    h1: hyper::server::conn::http1::Builder,
+    h2: auto::Builder<TokioExecutor>,
+}
+
+impl Builders {
+    fn new(settings: &ServerSettings) -> Self {
+        let mut h1 = hyper::server::conn::http1::Builder::new();
+        h1.timer(TokioTimer::new())
+            .header_read_timeout(settings.header_read_timeout)
+            .max_buf_size(settings.max_header_bytes.max(8192));
+        let mut h2 = auto::Builder::new(TokioExecutor::new()).http2_only();
+        h2.http2()
+            .timer(TokioTimer::new())
+            .max_header_list_size(u32::try_from(settings.max_header_bytes).unwrap_or(u32::MAX))
+            .keep_alive_interval(Some(Duration::from_secs(30)))
+            .keep_alive_timeout(Duration::from_secs(10));
+        Builders { h1, h2 }
+    }
+}
+
+/// An HTTP/1.1 keep-alive connection with no request in flight for this long is parked.
+pub const PARK_AFTER: Duration = Duration::from_secs(1);
+
+/// Accepts connections until `shutdown` turns true, then drains: every connection finishes
+/// its in-flight requests; whatever still runs after `shutdown_grace` is aborted.
+pub async fn serve(
+    listener: TcpListener,
+    live: Arc<ArcSwap<Live>>,
+    settings: ServerSettings,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let builders = Arc::new(Builders::new(&settings));
+    let slots = Arc::new(Semaphore::new(settings.max_connections));
+    let mut connections = JoinSet::new();
+    loop {
+        while connections.try_join_next().is_some() {}
+        // At the connection limit, stop accepting (the kernel backlog holds new clients)
+        // until a connection ends.
+        let permit = tokio::select! {
+            permit = slots.clone().acquire_owned() => match permit {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+            _ = shutdown.changed() => break,
+        };
+        let (tcp, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.changed() => break,
+        };
+        let _ = tcp.set_nodelay(true);
+        let task = ConnectionTask {
+            live: live.clone(),
+            builders: builders.clone(),
+            settings: settings.clone(),
+            shutdown: shutdown.clone(),
+        };
+        connections.spawn(async move {
+            task.run(tcp, peer).await;
+            drop(permit);
+        });
+    }
+    drop(listener);
+    let drained =
+        tokio::time::timeout(settings.shutdown_grace, async { while connections.join_next().await.is_some() {} }).await;
+    match drained {
+        Ok(()) => tracing::info!("all connections drained"),
+        Err(_) => {
+            tracing::warn!(open = connections.len(), "shutdown grace period over; closing open connections");
+            connections.shutdown().await;
+        }
+    }
+}
+
+/// One accepted TCP connection, from TLS handshake to close.
+struct ConnectionTask {
+    live: Arc<ArcSwap<Live>>,
+    builders: Arc<Builders>,
+    settings: ServerSettings,
+    shutdown: watch::Receiver<bool>,
+}
+
+impl ConnectionTask {
+    async fn run(mut self, tcp: tokio::net::TcpStream, peer: SocketAddr) {
+        // The certificate of the configuration current at accept time; requests then use the
+        // configuration current when each arrives (a reload applies to open connections).
+        let acceptor = self.live.load().acceptor.clone();
+        let tls = match tokio::time::timeout(self.settings.handshake_timeout, acceptor.accept(tcp)).await {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(e)) => {
+                tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(%peer, "TLS handshake timed out");
+                return;
+            }
+        };
+        let (info, h2) = {
+            let session = tls.get_ref().1;
+            let h2 = session.alpn_protocol() == Some(b"h2");
+            let client_cert =
+                session.peer_certificates().and_then(|chain| chain.first()).map(|leaf| ClientCertificate {
+                    thumbprint: tls::certificate_thumbprint(leaf.as_ref()),
+                    der: leaf.as_ref().to_vec(),
+                });
+            let info = ConnectionInfo {
+                peer,
+                sni: session.server_name().map(str::to_string),
+                client_cert,
+                forwarded: crate::proxy::ForwardedHeaders::new(peer),
+            };
+            (Arc::new(info), h2)
+        };
+        let mut gauge = ConnectionGauge::new(self.live.load().state.metrics.clone());
+        let activity = Arc::new(Activity::new());
+        let service = {
+            let live = self.live.clone();
+            let activity = activity.clone();
+            service_fn(move |request| {
+                let state = live.load().state.clone();
+                let info = info.clone();
+                let activity = activity.clone();
+                // Boxed: hyper's `poll_without_shutdown`, which parking needs, wants an
+                // `Unpin` future.
+                Box::pin(async move {
+                    activity.begin();
+                    let response = state.handle(request, info).await;
+                    activity.end();
+                    Ok::<_, Infallible>(response)
+                })
+            })
+        };
+        // ALPN already chose the protocol: no sniffing, so the deadlines run from the first
+        // byte the client owes us.
+        if h2 {
+            gauge.set(Some(true));
+            self.serve_h2(tls, service, &activity, peer).await;
+        } else {
+            self.serve_h1(tls, service, &activity, peer, &mut gauge).await;
+        }
+    }
+
+    async fn serve_h2<S>(&mut self, tls: TlsStream<TcpStream>, service: S, activity: &Activity, peer: SocketAddr)
+    where
+        S: hyper::service::Service<
+                http::Request<hyper::body::Incoming>,
+                Response = http::Response<crate::body::ProxyBody>,
+                Error = Infallible,
+            > + Clone
+            + Send
+            + 'static,
+        S::Future: Send + 'static,
+    {
+        let mut connection = std::pin::pin!(self.builders.h2.serve_connection(TokioIo::new(tls), service));
+        let mut closing = false;
+        loop {
+            let deadline = activity.deadline(&self.settings, None);
+            tokio::select! {
+                result = connection.as_mut() => {
+                    if let Err(e) = result {
+                        tracing::debug!(%peer, error = %e, "connection ended with an error");
+                    }
+                    return;
+                }
+                _ = self.shutdown.changed(), if !closing => {
+                    connection.as_mut().graceful_shutdown();
+                    closing = true;
+                }
+                _ = tokio::time::sleep_until(deadline), if !closing => {
+                    match activity.verdict(&self.settings, None) {
+                        Verdict::Active | Verdict::Park => {}
+                        Verdict::Silent => {
+                            tracing::debug!(%peer, "no request within header_read_timeout; closing");
+                            return;
+                        }
+                        Verdict::Idle => {
+                            connection.as_mut().graceful_shutdown();
+                            closing = true;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// HTTP/1.1: parked (only the TLS stream held) until request bytes arrive, then served
+    /// by a hyper connection until it has been idle for [`PARK_AFTER`], then parked again.
+    async fn serve_h1<S>(
+        &mut self,
+        tls: TlsStream<TcpStream>,
+        service: S,
+        activity: &Activity,
+        peer: SocketAddr,
+        gauge: &mut ConnectionGauge,
+    ) where
+        S: hyper::service::HttpService<hyper::body::Incoming, ResBody = crate::body::ProxyBody> + Clone + Unpin,
+        S::Future: Unpin,
+        S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let park_after = PARK_AFTER.min(self.settings.idle_timeout);
+        let mut stream = tls;
+        let mut pending = Bytes::new();
+        loop {
+            if pending.is_empty() {
+                gauge.set(Some(false));
+                match self.await_request(&mut stream, activity).await {
+                    Some(first_bytes) => pending = first_bytes,
+                    None => {
+                        close(stream).await;
+                        return;
+                    }
+                }
+            }
+            gauge.set(Some(true));
+            let io = TokioIo::new(Rewind::new(stream, std::mem::take(&mut pending)));
+            // Boxed, so that parking frees it whole.
+            let mut connection = Box::new(self.builders.h1.serve_connection(io, service.clone()));
+            let (mut parking, mut closing) = (false, false);
+            let result = loop {
+                let deadline = activity.deadline(&self.settings, Some(park_after));
+                tokio::select! {
+                    result = std::future::poll_fn(|cx| connection.poll_without_shutdown(cx)) => break result,
+                    _ = self.shutdown.changed(), if !closing => {
+                        std::pin::Pin::new(&mut *connection).graceful_shutdown();
+                        closing = true;
+                    }
+                    _ = tokio::time::sleep_until(deadline), if !closing && !parking => {
+                        match activity.verdict(&self.settings, Some(park_after)) {
+                            Verdict::Active | Verdict::Silent => {}
+                            Verdict::Park => {
+                                // Idle: hyper closes its side at once and hands the stream
+                                // back. (A client that has begun its next request head by
+                                // now gets it answered with `Connection: close`.)
+                                std::pin::Pin::new(&mut *connection).graceful_shutdown();
+                                parking = true;
+                            }
+                            Verdict::Idle => {
+                                std::pin::Pin::new(&mut *connection).graceful_shutdown();
+                                closing = true;
+                            }
+                        }
+                    }
+                }
+            };
+            if let Err(e) = result {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+                return;
+            }
+            let parts = connection.into_parts();
+            let (tls, unread) = parts.io.into_inner().into_parts();
+            if closing || !parking {
+                // Keep-alive over (the client closed, asked to, or we are shutting down).
+                close(tls).await;
+                return;
+            }
+            stream = tls;
+            // Bytes hyper read but did not use (a pipelined request), then any it never saw.
+            pending = if unread.is_empty() {
+                parts.read_buf
+            } else {
+                let mut joined = BytesMut::from(parts.read_buf.as_ref());
+                joined.extend_from_slice(&unread);
+                joined.freeze()
+            };
+        }
+    }
+
+    /// Waits, holding nothing but the TLS stream, for the next request's first bytes:
+    /// `None` when the client closes, when it stays silent past the first-request or idle
+    /// deadline, or when the gateway shuts down.
+    async fn await_request(&mut self, stream: &mut TlsStream<TcpStream>, activity: &Activity) -> Option<Bytes> {
+        let deadline = activity.deadline(&self.settings, None);
+        tokio::select! {
+            bytes = next_bytes(stream) => bytes,
+            _ = self.shutdown.changed() => None,
+            _ = tokio::time::sleep_until(deadline) => None,
+        }
+    }
+}
+
+/// Keeps `fapi_gateway_connections{state}` in step with one connection; the drop takes
+/// the connection out.
+struct ConnectionGauge {
+    metrics: Arc<crate::metrics::Metrics>,
+    /// `Some(true)` active, `Some(false)` parked, `None` not counted yet.
+    active: Option<bool>,
+}
+
+impl ConnectionGauge {
+    fn new(metrics: Arc<crate::metrics::Metrics>) -> Self {
+        ConnectionGauge { metrics, active: None }
+    }
+
+    fn gauge(&self, active: bool) -> &prometheus_client::metrics::gauge::Gauge {
+        if active { &self.metrics.connections_active } else { &self.metrics.connections_parked }
+    }
+
+    fn set(&mut self, active: Option<bool>) {
+        if self.active == active {
+            return;
+        }
+        if let Some(previous) = self.active {
+            self.gauge(previous).dec();
+        }
+        if let Some(now) = active {
+            self.gauge(now).inc();
+        }
+        self.active = active;
+    }
+}
+
+impl Drop for ConnectionGauge {
+    fn drop(&mut self) {
+        self.set(None);
+    }
+}
+
+/// The next decrypted bytes of `stream`. While rustls holds no plaintext, waits for the
+/// socket without allocating a buffer.
+async fn next_bytes(stream: &mut TlsStream<TcpStream>) -> Option<Bytes> {
+    let (tcp, session) = stream.get_ref();
+    if session.wants_read() {
+        tcp.readable().await.ok()?;
+    }
+    let mut buf = BytesMut::with_capacity(4096);
+    match stream.read_buf(&mut buf).await {
+        Ok(0) | Err(_) => None,
+        Ok(_) => Some(buf.freeze()),
+    }
+}
+
+/// Ends a connection the way hyper would have: TLS `close_notify`, then FIN (bounded, the
+/// client may be gone).
+async fn close(mut stream: TlsStream<TcpStream>) {
+    let _ = tokio::time::timeout(Duration::from_secs(1), stream.shutdown()).await;
+}
+
+/// Request activity on one connection, for the deadlines hyper does not enforce itself
+/// (HTTP/2 preface and idle connections).
+struct Activity {
+    started: Instant,
+    in_flight: AtomicUsize,
+    requests: AtomicU64,
+    /// Milliseconds after `started` of the last request start or end.
+    last_change_ms: AtomicU64,
+}
+
+enum Verdict {
+    Active,
+    /// Connected, but never sent a request: a slowloris or a dead client.
+    Silent,
+    /// No request in flight for the park delay: drop the HTTP state, keep the stream.
+    Park,
+    /// No request in flight for `idle_timeout`.
+    Idle,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Activity {
+            started: Instant::now(),
+            in_flight: AtomicUsize::new(0),
+            requests: AtomicU64::new(0),
+            last_change_ms: AtomicU64::new(0),
+        }
+    }
+
+    fn touch(&self) {
+        let ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_change_ms.store(ms, Ordering::Relaxed);
+    }
+
+    fn begin(&self) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.touch();
+    }
+
+    fn end(&self) {
+        self.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.touch();
+    }
+
+    /// When the next verdict is due. `park_after` is given while an HTTP/1.1 connection is
+    /// being served (it may be parked); otherwise the idle deadline applies.
+    fn deadline(&self, settings: &ServerSettings, park_after: Option<Duration>) -> tokio::time::Instant {
+        // Nothing wakes this timer when a request starts, so before the first request it also
+        // fires after `idle_timeout`, to move on to the idle deadline in time.
+        let at = if self.requests.load(Ordering::Relaxed) == 0 {
+            match park_after {
+                // Request bytes arrived (that is when an HTTP/1.1 connection is served);
+                // hyper's own header timer guards the head. Look again soon.
+                Some(park_after) => Instant::now() + park_after,
+                None => self.started + settings.header_read_timeout.min(settings.idle_timeout),
+            }
+        } else {
+            let quiet = park_after.map_or(settings.idle_timeout, |p| p.min(settings.idle_timeout));
+            self.started + Duration::from_millis(self.last_change_ms.load(Ordering::Relaxed)) + quiet
+        };
+        tokio::time::Instant::from_std(at)
+    }
+
+    fn verdict(&self, settings: &ServerSettings, park_after: Option<Duration>) -> Verdict {
+        if self.requests.load(Ordering::Relaxed) == 0 {
+            return if park_after.is_none() && self.started.elapsed() >= settings.header_read_timeout {
+                Verdict::Silent
+            } else {
+                Verdict::Active
+            };
+        }
+        if self.in_flight.load(Ordering::Relaxed) > 0 {
+            return Verdict::Active;
+        }
+        let idle = (self.started + Duration::from_millis(self.last_change_ms.load(Ordering::Relaxed))).elapsed();
+        if idle >= settings.idle_timeout {
+            Verdict::Idle
+        } else if park_after.is_some_and(|p| idle >= p) {
+            Verdict::Park
+        } else {
+            Verdict::Active
+        }
+    }
+}
