@@ -163,7 +163,7 @@ fn start_gateway(config: &Path, port: u16) -> Child {
     let binary = std::env::var("E2E_GATEWAY_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_fapi-gateway").to_string());
     let child = pinned("0", &binary)
         .args(["--config", config.to_str().unwrap(), "--workers", "1"])
-        .env("FAPI_GATEWAY_LOG", "warn")
+        .env("FAPI_GATEWAY_LOG", std::env::var("E2E_GATEWAY_LOG").unwrap_or_else(|_| "warn".into()))
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()
@@ -416,7 +416,13 @@ fn descriptor_budget() -> usize {
 /// (f) Memory with idle keep-alive connections: `count` TLS connections with the client
 /// certificate, each makes one mTLS request and then stays open, idle. Returns the serving
 /// process's resident size before and with them, in KiB, and how many were open.
-async fn idle_connections_rss(fx: &Fixture, addr: SocketAddr, pid: u32, count: usize) -> (u64, u64, usize) {
+async fn idle_connections_rss(
+    fx: &Fixture,
+    addr: SocketAddr,
+    pid: u32,
+    count: usize,
+    admin_port: Option<u16>,
+) -> (u64, u64, usize, String) {
     let connector = tls_connector(fx);
     let token = fx.mtls_token.clone();
     let before = rss_kib(pid).unwrap_or(0);
@@ -453,18 +459,45 @@ async fn idle_connections_rss(fx: &Fixture, addr: SocketAddr, pid: u32, count: u
             }
         }
     }
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Past the gateway's park delay (1 s), so idle connections are measured idle.
+    tokio::time::sleep(Duration::from_secs(3)).await;
     let with = rss_kib(pid).unwrap_or(0);
-    (before, with, open.len())
+    let still_open = open.iter().filter(|s| !s.is_closed()).count();
+    let states = match admin_port {
+        Some(port) => connection_states(port).await,
+        None => String::new(),
+    };
+    (before, with, still_open, states)
 }
 
-fn report_memory(name: &str, (before, with, open): (u64, u64, usize)) {
+/// `fapi_gateway_connections{state=…}` from the gateway's admin listener, as one line.
+async fn connection_states(admin_port: u16) -> String {
+    let Ok(tcp) = TcpStream::connect(("127.0.0.1", admin_port)).await else { return "admin unreachable".into() };
+    let Ok((mut sender, connection)) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await else {
+        return "admin unreachable".into();
+    };
+    tokio::spawn(connection);
+    let request = hyper::Request::get("/metrics").header("host", "admin").body(Empty::<Bytes>::new()).unwrap();
+    let Ok(response) = sender.send_request(request).await else { return "admin unreachable".into() };
+    let body = response.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    String::from_utf8_lossy(&body)
+        .lines()
+        .filter_map(|l| l.strip_prefix("fapi_gateway_connections{"))
+        .map(|l| l.replace("state=", "").replace(['"', '}'], ""))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn report_memory(name: &str, (before, with, open, states): &(u64, u64, usize, String)) {
     println!(
         "{name:<28} {:>7.1} MiB with {open} idle connections ({:.1} MiB before them; {:.1} KiB per connection)",
-        with as f64 / 1024.0,
-        before as f64 / 1024.0,
-        with.saturating_sub(before) as f64 / open.max(1) as f64
+        *with as f64 / 1024.0,
+        *before as f64 / 1024.0,
+        with.saturating_sub(*before) as f64 / (*open).max(1) as f64
     );
+    if !states.is_empty() {
+        println!("{:<28} connections by state then: {states}", "");
+    }
 }
 
 fn proofs(fx: &Fixture, count: usize) -> Vec<String> {
@@ -650,13 +683,17 @@ fn main() {
         // nginx, each holding the same number of idle keep-alive connections.
         let idle_count = env_or("E2E_IDLE_CONNECTIONS", 10_000).min(descriptor_budget());
         let port = free_port();
-        let fresh = start_gateway(&write_config(&fx, upstream, port, "{ store: memory }"), port);
-        let gateway_memory = idle_connections_rss(&fx, at(port), fresh.id(), idle_count).await;
+        let admin_port = free_port();
+        let config = write_config(&fx, upstream, port, "{ store: memory }");
+        let yaml = std::fs::read_to_string(&config).unwrap();
+        std::fs::write(&config, format!("{yaml}admin:\n  address: 127.0.0.1:{admin_port}\n")).unwrap();
+        let fresh = start_gateway(&config, port);
+        let gateway_memory = idle_connections_rss(&fx, at(port), fresh.id(), idle_count, Some(admin_port)).await;
         stop(fresh);
         let nginx_memory = match start_nginx(&fx, upstream, nginx_port) {
             Some(child) => {
                 let worker = nginx_worker(child.id()).unwrap_or(child.id());
-                let memory = idle_connections_rss(&fx, at(nginx_port), worker, idle_count).await;
+                let memory = idle_connections_rss(&fx, at(nginx_port), worker, idle_count, None).await;
                 stop(child);
                 Some(memory)
             }
@@ -675,9 +712,9 @@ fn main() {
             dpop_redis.summary("(d') gateway DPoP, Redis");
         }
         println!("(e) ES256 verifies, one core  {verify_rate:>10.0} /s");
-        report_memory("(f) gateway resident size", gateway_memory);
+        report_memory("(f) gateway resident size", &gateway_memory);
         if let Some(memory) = nginx_memory {
-            report_memory("(f) nginx worker resident", memory);
+            report_memory("(f) nginx worker resident", &memory);
         }
         // The physical limit of a DPoP request: nginx's proxying plus one signature verify
         // (the gateway's own mTLS rate stands in when nginx is not installed).

@@ -176,3 +176,32 @@ async fn parked_connections_close_at_once_on_shutdown() {
     // Nothing was in flight: the drain did not wait for the grace period (30 s).
     assert!(started.elapsed() < Duration::from_secs(10));
 }
+
+#[tokio::test]
+async fn with_many_connections_open_an_answered_connection_parks_at_once() {
+    // More than max_connections / 20 open: connections park right after each response.
+    let env = Env::start_with(Options {
+        admin: true,
+        limits: "  max_body_bytes: 1024\n  max_connections: 20\n".into(),
+        ..Default::default()
+    })
+    .await;
+    let mut first = connect(&env, &[b"http/1.1"], &[&rustls::version::TLS13]).await.unwrap();
+    let mut second = connect(&env, &[b"http/1.1"], &[&rustls::version::TLS13]).await.unwrap();
+    for round in 0..3 {
+        for tls in [&mut first, &mut second] {
+            tls.write_all(b"GET /public/a HTTP/1.1\r\nHost: gateway.test\r\n\r\n").await.unwrap();
+            let response = read_response(tls).await.unwrap();
+            assert_eq!(response.status, 200, "round {round}");
+            assert_eq!(response.header("connection"), None);
+        }
+        // Well within the 1 s park delay that applies with few connections open.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(
+            (connections_in_state(&env, "active").await, connections_in_state(&env, "parked").await),
+            (0, 2),
+            "round {round}"
+        );
+    }
+    assert_eq!(env.upstream.hits(), 6);
+}

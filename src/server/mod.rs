@@ -98,6 +98,11 @@ impl Builders {
 
 /// An HTTP/1.1 keep-alive connection with no request in flight for this long is parked.
 pub const PARK_AFTER: Duration = Duration::from_secs(1);
+/// With more than this share (1/20) of `max_connections` open — 1 000 of the default
+/// 20 000 — HTTP/1.1 connections park as soon as their request is answered: memory then
+/// matters more than the few hundred nanoseconds it costs to set up hyper's connection
+/// state again for the next request.
+pub const PARK_AT_ONCE_DIVISOR: usize = 20;
 
 /// Accepts connections until `shutdown` turns true, then drains: every connection finishes
 /// its in-flight requests; whatever still runs after `shutdown_grace` is aborted.
@@ -138,6 +143,7 @@ pub async fn serve(
             builders: builders.clone(),
             settings: settings.clone(),
             shutdown: shutdown.clone(),
+            slots: slots.clone(),
         };
         connections.spawn(async move {
             task.run(tcp, peer).await;
@@ -162,6 +168,8 @@ struct ConnectionTask {
     builders: Arc<Builders>,
     settings: ServerSettings,
     shutdown: watch::Receiver<bool>,
+    /// The connection slots; how many are taken tells how many connections are open.
+    slots: Arc<Semaphore>,
 }
 
 impl ConnectionTask {
@@ -169,8 +177,12 @@ impl ConnectionTask {
         // The certificate of the configuration current at accept time; requests then use the
         // configuration current when each arrives (a reload applies to open connections).
         let acceptor = self.live.load().acceptor.clone();
-        let tls = match tokio::time::timeout(self.settings.handshake_timeout, acceptor.accept(tcp)).await {
-            Ok(Ok(tls)) => tls,
+        // Boxed, like the HTTP/2 connection below: a task's allocation is as large as its
+        // largest state, and an idle connection should not pay for the handshake's.
+        let handshake = Box::pin(acceptor.accept(tcp));
+        let tls = match tokio::time::timeout(self.settings.handshake_timeout, handshake).await {
+            // Boxed: moved between the serving and parked states, and 1.2 KB.
+            Ok(Ok(tls)) => Box::new(tls),
             Ok(Err(e)) => {
                 tracing::debug!(%peer, error = %e, "TLS handshake failed");
                 return;
@@ -225,7 +237,7 @@ impl ConnectionTask {
         }
     }
 
-    async fn serve_h2<S>(&mut self, tls: TlsStream<TcpStream>, service: S, activity: &Activity, peer: SocketAddr)
+    async fn serve_h2<S>(&mut self, tls: Box<TlsStream<TcpStream>>, service: S, activity: &Activity, peer: SocketAddr)
     where
         S: hyper::service::Service<
                 http::Request<hyper::body::Incoming>,
@@ -236,7 +248,7 @@ impl ConnectionTask {
             + 'static,
         S::Future: Send + 'static,
     {
-        let mut connection = std::pin::pin!(self.builders.h2.serve_connection(TokioIo::new(tls), service));
+        let mut connection = Box::pin(self.builders.h2.serve_connection(TokioIo::new(tls), service));
         let mut closing = false;
         loop {
             let deadline = activity.deadline(&self.settings, None);
@@ -272,7 +284,7 @@ impl ConnectionTask {
     /// by a hyper connection until it has been idle for [`PARK_AFTER`], then parked again.
     async fn serve_h1<S>(
         &mut self,
-        tls: TlsStream<TcpStream>,
+        tls: Box<TlsStream<TcpStream>>,
         service: S,
         activity: &Activity,
         peer: SocketAddr,
@@ -303,8 +315,20 @@ impl ConnectionTask {
             let (mut parking, mut closing) = (false, false);
             let result = loop {
                 let deadline = activity.deadline(&self.settings, Some(park_after));
+                let open = self.settings.max_connections.saturating_sub(self.slots.available_permits());
+                let at_once = open > self.settings.max_connections / PARK_AT_ONCE_DIVISOR;
                 tokio::select! {
                     result = std::future::poll_fn(|cx| connection.poll_without_shutdown(cx)) => break result,
+                    _ = activity.answered.notified(), if at_once && !closing && !parking => {
+                        // The response head is written by now (hyper writes it in the same
+                        // poll that finishes the request), so this only stops keep-alive
+                        // after the body: hyper hands the stream back, the client notices
+                        // nothing.
+                        if activity.in_flight.load(Ordering::Relaxed) == 0 {
+                            std::pin::Pin::new(&mut *connection).graceful_shutdown();
+                            parking = true;
+                        }
+                    }
                     _ = self.shutdown.changed(), if !closing => {
                         std::pin::Pin::new(&mut *connection).graceful_shutdown();
                         closing = true;
@@ -339,11 +363,14 @@ impl ConnectionTask {
                 return;
             }
             stream = tls;
-            // Bytes hyper read but did not use (a pipelined request), then any it never saw.
-            pending = if unread.is_empty() {
-                parts.read_buf
+            // Bytes hyper read but did not use (a pipelined request), then any it never saw —
+            // copied out: `read_buf` is a view of hyper's whole read buffer, which would
+            // otherwise stay allocated while the connection is parked.
+            pending = if parts.read_buf.is_empty() && unread.is_empty() {
+                Bytes::new()
             } else {
-                let mut joined = BytesMut::from(parts.read_buf.as_ref());
+                let mut joined = BytesMut::with_capacity(parts.read_buf.len() + unread.len());
+                joined.extend_from_slice(&parts.read_buf);
                 joined.extend_from_slice(&unread);
                 joined.freeze()
             };
@@ -353,7 +380,7 @@ impl ConnectionTask {
     /// Waits, holding nothing but the TLS stream, for the next request's first bytes:
     /// `None` when the client closes, when it stays silent past the first-request or idle
     /// deadline, or when the gateway shuts down.
-    async fn await_request(&mut self, stream: &mut TlsStream<TcpStream>, activity: &Activity) -> Option<Bytes> {
+    async fn await_request(&mut self, stream: &mut Box<TlsStream<TcpStream>>, activity: &Activity) -> Option<Bytes> {
         let deadline = activity.deadline(&self.settings, None);
         tokio::select! {
             bytes = next_bytes(stream) => bytes,
@@ -416,7 +443,7 @@ async fn next_bytes(stream: &mut TlsStream<TcpStream>) -> Option<Bytes> {
 
 /// Ends a connection the way hyper would have: TLS `close_notify`, then FIN (bounded, the
 /// client may be gone).
-async fn close(mut stream: TlsStream<TcpStream>) {
+async fn close(mut stream: Box<TlsStream<TcpStream>>) {
     let _ = tokio::time::timeout(Duration::from_secs(1), stream.shutdown()).await;
 }
 
@@ -428,6 +455,8 @@ struct Activity {
     requests: AtomicU64,
     /// Milliseconds after `started` of the last request start or end.
     last_change_ms: AtomicU64,
+    /// Signalled when the last request in flight has been answered.
+    answered: tokio::sync::Notify,
 }
 
 enum Verdict {
@@ -447,6 +476,7 @@ impl Activity {
             in_flight: AtomicUsize::new(0),
             requests: AtomicU64::new(0),
             last_change_ms: AtomicU64::new(0),
+            answered: tokio::sync::Notify::new(),
         }
     }
 
@@ -462,8 +492,11 @@ impl Activity {
     }
 
     fn end(&self) {
-        self.in_flight.fetch_sub(1, Ordering::Relaxed);
+        let before = self.in_flight.fetch_sub(1, Ordering::Relaxed);
         self.touch();
+        if before == 1 {
+            self.answered.notify_one();
+        }
     }
 
     /// When the next verdict is due. `park_after` is given while an HTTP/1.1 connection is
