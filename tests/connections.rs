@@ -205,3 +205,27 @@ async fn with_many_connections_open_an_answered_connection_parks_at_once() {
     }
     assert_eq!(env.upstream.hits(), 6);
 }
+
+#[tokio::test]
+async fn an_unread_request_body_is_never_taken_for_the_next_request() {
+    // Parking at once (many connections open) after a refusal that leaves the body unread:
+    // the body — here itself a request — must not be served as the connection's next one.
+    let env = Env::start_with(Options {
+        admin: true,
+        limits: "  max_body_bytes: 1024\n  max_connections: 20\n".into(),
+        ..Default::default()
+    })
+    .await;
+    let _other = connect(&env, &[b"http/1.1"], &[&rustls::version::TLS13]).await.unwrap();
+    let mut tls = connect(&env, &[b"http/1.1"], &[&rustls::version::TLS13]).await.unwrap();
+    let smuggled = b"GET /public/smuggled HTTP/1.1\r\nHost: gateway.test\r\n\r\n";
+    let head = format!("POST /mtls/x HTTP/1.1\r\nHost: gateway.test\r\nContent-Length: {}\r\n\r\n", smuggled.len());
+    tls.write_all(head.as_bytes()).await.unwrap();
+    tls.write_all(smuggled).await.unwrap();
+    let mut all = Vec::new();
+    read_until_close(&mut tls, &mut all).await;
+    let text = String::from_utf8_lossy(&all);
+    assert!(text.starts_with("HTTP/1.1 401"), "{text}");
+    assert_eq!(text.matches("HTTP/1.1 ").count(), 1, "{text}");
+    assert!(env.upstream.requests().iter().all(|r| !r.uri.contains("smuggled")));
+}

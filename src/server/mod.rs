@@ -220,7 +220,7 @@ impl ConnectionTask {
                 // Boxed: hyper's `poll_without_shutdown`, which parking needs, wants an
                 // `Unpin` future.
                 Box::pin(async move {
-                    activity.begin();
+                    activity.begin_request(&request);
                     let response = state.handle(request, info).await;
                     activity.end();
                     Ok::<_, Infallible>(response)
@@ -309,6 +309,11 @@ impl ConnectionTask {
                 }
             }
             gauge.set(Some(true));
+            // The idle clock restarts with the new bytes, and only requests served by this
+            // hyper connection can make it park (a stale timer or `answered` signal must not
+            // park a connection that has not served its first request yet).
+            activity.touch();
+            let served_before = activity.requests.load(Ordering::Relaxed);
             let io = TokioIo::new(Rewind::new(stream, std::mem::take(&mut pending)));
             // Boxed, so that parking frees it whole.
             let mut connection = Box::new(self.builders.h1.serve_connection(io, service.clone()));
@@ -317,14 +322,19 @@ impl ConnectionTask {
                 let deadline = activity.deadline(&self.settings, Some(park_after));
                 let open = self.settings.max_connections.saturating_sub(self.slots.available_permits());
                 let at_once = open > self.settings.max_connections / PARK_AT_ONCE_DIVISOR;
+                let may_park = || {
+                    activity.requests.load(Ordering::Relaxed) > served_before
+                        && activity.in_flight.load(Ordering::Relaxed) == 0
+                };
                 tokio::select! {
+                    biased;
                     result = std::future::poll_fn(|cx| connection.poll_without_shutdown(cx)) => break result,
                     _ = activity.answered.notified(), if at_once && !closing && !parking => {
                         // The response head is written by now (hyper writes it in the same
                         // poll that finishes the request), so this only stops keep-alive
                         // after the body: hyper hands the stream back, the client notices
                         // nothing.
-                        if activity.in_flight.load(Ordering::Relaxed) == 0 {
+                        if may_park() {
                             std::pin::Pin::new(&mut *connection).graceful_shutdown();
                             parking = true;
                         }
@@ -336,13 +346,16 @@ impl ConnectionTask {
                     _ = tokio::time::sleep_until(deadline), if !closing && !parking => {
                         match activity.verdict(&self.settings, Some(park_after)) {
                             Verdict::Active | Verdict::Silent => {}
-                            Verdict::Park => {
+                            Verdict::Park if may_park() => {
                                 // Idle: hyper closes its side at once and hands the stream
                                 // back. (A client that has begun its next request head by
                                 // now gets it answered with `Connection: close`.)
                                 std::pin::Pin::new(&mut *connection).graceful_shutdown();
                                 parking = true;
                             }
+                            // Bytes came but no request has started: a slow head, which
+                            // hyper's header timer bounds. Count it as activity.
+                            Verdict::Park => activity.touch(),
                             Verdict::Idle => {
                                 std::pin::Pin::new(&mut *connection).graceful_shutdown();
                                 closing = true;
@@ -357,7 +370,10 @@ impl ConnectionTask {
             }
             let parts = connection.into_parts();
             let (tls, unread) = parts.io.into_inner().into_parts();
-            if closing || !parking {
+            // hyper also ends a connection on its own — `Connection: close`, HTTP/1.0, a
+            // request body left unread — and then the stream must close, never park: parking
+            // would read the rest of an unread body as the next request.
+            if closing || !parking || !activity.last_request_allows_reuse.load(Ordering::Relaxed) {
                 // Keep-alive over (the client closed, asked to, or we are shutting down).
                 close(tls).await;
                 return;
@@ -388,6 +404,19 @@ impl ConnectionTask {
             _ = tokio::time::sleep_until(deadline) => None,
         }
     }
+}
+
+/// Whether a new HTTP/1.1 connection may continue on this stream after `request`: see
+/// [`Activity::last_request_allows_reuse`].
+fn allows_reuse<B>(request: &http::Request<B>) -> bool {
+    let headers = request.headers();
+    let closes = headers
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .any(|v| v.to_str().map_or(true, |v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("close"))));
+    let has_body = headers.contains_key(http::header::TRANSFER_ENCODING)
+        || headers.get(http::header::CONTENT_LENGTH).is_some_and(|v| v.as_bytes() != b"0");
+    request.version() == http::Version::HTTP_11 && !closes && !has_body
 }
 
 /// Keeps `fapi_gateway_connections{state}` in step with one connection; the drop takes
@@ -457,6 +486,10 @@ struct Activity {
     last_change_ms: AtomicU64,
     /// Signalled when the last request in flight has been answered.
     answered: tokio::sync::Notify,
+    /// Whether the latest request leaves the connection reusable by a new HTTP/1.1
+    /// connection: HTTP/1.1, no `Connection: close`, no request body (whose unread rest
+    /// would otherwise be parsed as a request).
+    last_request_allows_reuse: std::sync::atomic::AtomicBool,
 }
 
 enum Verdict {
@@ -477,12 +510,18 @@ impl Activity {
             requests: AtomicU64::new(0),
             last_change_ms: AtomicU64::new(0),
             answered: tokio::sync::Notify::new(),
+            last_request_allows_reuse: std::sync::atomic::AtomicBool::new(true),
         }
     }
 
     fn touch(&self) {
         let ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
         self.last_change_ms.store(ms, Ordering::Relaxed);
+    }
+
+    fn begin_request<B>(&self, request: &http::Request<B>) {
+        self.last_request_allows_reuse.store(allows_reuse(request), Ordering::Relaxed);
+        self.begin();
     }
 
     fn begin(&self) {
@@ -499,23 +538,35 @@ impl Activity {
         }
     }
 
-    /// When the next verdict is due. `park_after` is given while an HTTP/1.1 connection is
+    /// When the next verdict is due: always a moment at which [`Activity::verdict`] acts,
+    /// or one in the future (a deadline in the past that the verdict ignores would spin the
+    /// connection's select loop). `park_after` is given while an HTTP/1.1 connection is
     /// being served (it may be parked); otherwise the idle deadline applies.
     fn deadline(&self, settings: &ServerSettings, park_after: Option<Duration>) -> tokio::time::Instant {
-        // Nothing wakes this timer when a request starts, so before the first request it also
-        // fires after `idle_timeout`, to move on to the idle deadline in time.
+        let now = Instant::now();
+        let quiet = park_after.map_or(settings.idle_timeout, |p| p.min(settings.idle_timeout));
         let at = if self.requests.load(Ordering::Relaxed) == 0 {
             match park_after {
                 // Request bytes arrived (that is when an HTTP/1.1 connection is served);
-                // hyper's own header timer guards the head. Look again soon.
-                Some(park_after) => Instant::now() + park_after,
-                None => self.started + settings.header_read_timeout.min(settings.idle_timeout),
+                // hyper's own header timer guards the head. Look again later.
+                Some(park_after) => now + park_after,
+                // Nothing wakes this timer when the first request starts, so it looks once
+                // at `idle_timeout` (to move on to the idle deadline of a connection whose
+                // first request came and went), then at `header_read_timeout`, when the
+                // first-request verdict is due.
+                None => {
+                    let first_look = self.started + settings.idle_timeout.min(settings.header_read_timeout);
+                    if first_look > now { first_look } else { self.started + settings.header_read_timeout }
+                }
             }
+        } else if self.in_flight.load(Ordering::Relaxed) > 0 {
+            // Busy: nothing to decide until the request ends; look again later.
+            now + quiet
         } else {
-            let quiet = park_after.map_or(settings.idle_timeout, |p| p.min(settings.idle_timeout));
             self.started + Duration::from_millis(self.last_change_ms.load(Ordering::Relaxed)) + quiet
         };
-        tokio::time::Instant::from_std(at)
+        // A floor against any arithmetic edge (millisecond truncation, clock steps).
+        tokio::time::Instant::from_std(at.max(now + Duration::from_millis(5)))
     }
 
     fn verdict(&self, settings: &ServerSettings, park_after: Option<Duration>) -> Verdict {
@@ -537,5 +588,69 @@ impl Activity {
         } else {
             Verdict::Active
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings() -> ServerSettings {
+        ServerSettings {
+            handshake_timeout: Duration::from_secs(10),
+            header_read_timeout: Duration::from_secs(10),
+            max_header_bytes: 16384,
+            shutdown_grace: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(2),
+            max_connections: 100,
+        }
+    }
+
+    /// An activity record as if the connection had opened `ago` and its last request had
+    /// started right then.
+    fn activity_since(ago: Duration, in_flight: usize, requests: u64) -> Activity {
+        let activity = Activity::new();
+        let activity = Activity { started: Instant::now() - ago, ..activity };
+        activity.in_flight.store(in_flight, Ordering::Relaxed);
+        activity.requests.store(requests, Ordering::Relaxed);
+        activity
+    }
+
+    #[test]
+    fn deadlines_are_never_in_the_past_while_the_verdict_waits() {
+        let now = tokio::time::Instant::now();
+        let s = settings();
+        // A request in flight for longer than the park delay and the idle timeout.
+        let busy = activity_since(Duration::from_secs(5), 1, 1);
+        for park_after in [Some(Duration::from_secs(1)), None] {
+            assert!(matches!(busy.verdict(&s, park_after), Verdict::Active));
+            assert!(busy.deadline(&s, park_after) > now, "{park_after:?}");
+        }
+        // No request yet, idle_timeout shorter than header_read_timeout: the first verdict
+        // is due at header_read_timeout, not before.
+        let fresh = activity_since(Duration::from_secs(3), 0, 0);
+        assert!(matches!(fresh.verdict(&s, None), Verdict::Active));
+        assert!(fresh.deadline(&s, None) > now + Duration::from_secs(6));
+        // Idle past the park delay: the deadline is due and the verdict acts on it.
+        let idle = activity_since(Duration::from_millis(1500), 0, 1);
+        assert!(matches!(idle.verdict(&s, Some(Duration::from_secs(1))), Verdict::Park));
+        assert!(matches!(idle.verdict(&s, None), Verdict::Active));
+    }
+
+    #[test]
+    fn only_plain_keep_alive_requests_allow_reuse_after_parking() {
+        let request = |version, headers: &[(&str, &str)]| {
+            let mut builder = http::Request::get("/").version(version);
+            for (k, v) in headers {
+                builder = builder.header(*k, *v);
+            }
+            builder.body(()).unwrap_or_default()
+        };
+        assert!(allows_reuse(&request(http::Version::HTTP_11, &[])));
+        assert!(allows_reuse(&request(http::Version::HTTP_11, &[("content-length", "0")])));
+        assert!(!allows_reuse(&request(http::Version::HTTP_10, &[])));
+        assert!(!allows_reuse(&request(http::Version::HTTP_11, &[("connection", "keep-alive, Close")])));
+        assert!(!allows_reuse(&request(http::Version::HTTP_11, &[("content-length", "12")])));
+        assert!(!allows_reuse(&request(http::Version::HTTP_11, &[("transfer-encoding", "chunked")])));
     }
 }
