@@ -154,6 +154,7 @@ impl GatewayState {
             headers: request.headers(),
             client_cert: conn.client_cert.as_ref().map(|c| &c.thumbprint),
             now: unix_now(),
+            token_memo: Some(&conn.token_memo),
         };
         let outcome = match auth::authorize(&self.validator, &self.dpop, route, facts).await {
             Ok(outcome) => outcome,

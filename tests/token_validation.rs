@@ -1,6 +1,7 @@
 //! RFC 9068 access-token validation through the running gateway: one test per rejection
 //! path, each asserting the status, the exact `WWW-Authenticate` challenge, the JSON error
 //! and that the upstream was not reached.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
 
@@ -357,4 +358,47 @@ async fn percent_encoded_token_parameter_in_the_query_is_refused() {
     let response = env.get("/bearer/x?access%5Ftoken=stolen", None, Some(&token)).await;
     assert_eq!(response.status(), 400);
     assert_eq!(env.upstream.hits(), 0);
+}
+
+// ---------------------------------------------------------------------------------------
+// The per-connection memo of the last validated token
+// ---------------------------------------------------------------------------------------
+
+async fn bearer_get(client: &reqwest::Client, env: &Env, token: &str) -> reqwest::Response {
+    client.get(env.url("/bearer/x")).header("authorization", format!("Bearer {token}")).send().await.unwrap()
+}
+
+#[tokio::test]
+async fn a_connection_remembers_only_the_exact_token_it_validated() {
+    let env = Env::start().await;
+    let token = env.bearer_token();
+    let client = env.client(None);
+    for _ in 0..3 {
+        assert_eq!(bearer_get(&client, &env, &token).await.status(), 200);
+    }
+    // The same connection with the signature's last character changed: validated afresh.
+    let mut tampered = token.clone();
+    let last = tampered.pop().unwrap();
+    tampered.push(if last == 'A' { 'B' } else { 'A' });
+    let response = bearer_get(&client, &env, &tampered).await;
+    assert_eq!(response.status(), 401);
+    assert_eq!(bearer_get(&client, &env, &token).await.status(), 200);
+    assert_eq!(env.upstream.hits(), 4);
+}
+
+#[tokio::test]
+async fn a_reload_forgets_tokens_remembered_by_open_connections() {
+    let env = Env::start().await;
+    let token = env.bearer_token();
+    let client = env.client(None);
+    assert_eq!(bearer_get(&client, &env, &token).await.status(), 200);
+    // The new configuration no longer accepts the token's audience; the connection that
+    // just used the token is still open.
+    let yaml = env.yaml.replace(&format!("audiences: [{AUDIENCE}]"), "audiences: [https://another.test]");
+    assert_ne!(yaml, env.yaml);
+    let config = fapi_gateway::config::Config::from_yaml(&yaml, "reloaded.yaml", env.pki.dir()).unwrap();
+    env.gateway.as_ref().unwrap().reload(config).await.unwrap();
+    let response = bearer_get(&client, &env, &token).await;
+    assert_eq!(response.status(), 401);
+    assert_eq!(env.upstream.hits(), 1);
 }

@@ -17,7 +17,6 @@ use std::time::Instant;
 use http::{HeaderMap, Method};
 
 use crate::config::{Binding, DpopSettings, Route, RoutePolicy};
-use crate::jose;
 use crate::metrics::ReasonLabels;
 use crate::rejection::Rejection;
 use binding::BindingCheck;
@@ -57,6 +56,8 @@ pub struct RequestFacts<'a> {
     pub client_cert: Option<&'a [u8; 32]>,
     /// Unix seconds.
     pub now: i64,
+    /// The connection's memo of its last validated token, if it keeps one.
+    pub token_memo: Option<&'a token::TokenMemo>,
 }
 
 /// What a request proved about its caller.
@@ -89,9 +90,8 @@ pub async fn authorize(
     let credential = credentials::extract(request.headers, request.query)
         .map_err(deny)?
         .ok_or_else(|| deny(AuthDenial::missing_credentials()))?;
-    let token_hash = jose::sha256(credential.token().as_bytes());
-    let token = validator
-        .validate_hashed(credential.token(), token_hash, request.now)
+    let (token, token_hash) = validator
+        .validate_remembered(credential.token(), request.token_memo, request.now)
         .await
         .map_err(|e| token_rejection(e, &credential, binding, &dpop.algs))?;
     let check = binding::check_binding(binding, &token.cnf, &credential, request.client_cert).map_err(deny)?;

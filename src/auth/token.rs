@@ -130,7 +130,51 @@ impl TokenError {
 struct Cached {
     token: Arc<ValidatedToken>,
     ttl: Duration,
+    /// Unix seconds at which the entry expires (insertion time + `ttl`).
+    valid_until: i64,
 }
+
+/// The last access token one connection presented and what validating it gave, so that the
+/// next request with the very same token skips hashing it and the cache look-up. It never
+/// outlives the validated-token cache entry it came from (same expiry), belongs to one
+/// compiled configuration (`generation`: a reload starts afresh), and is matched by
+/// comparing the whole token, so it can only ever answer for a token that was validated.
+/// (The comparison is not constant-time: both sides came from this one connection.)
+#[derive(Debug, Default)]
+pub struct TokenMemo(std::sync::Mutex<Option<Memo>>);
+
+#[derive(Debug)]
+struct Memo {
+    generation: u64,
+    token: Box<str>,
+    hash: [u8; 32],
+    validated: Arc<ValidatedToken>,
+    valid_until: i64,
+}
+
+impl TokenMemo {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Memo>> {
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Forgets the token (an idle, parked connection should not hold it).
+    pub fn clear(&self) {
+        *self.lock() = None;
+    }
+
+    fn recall(&self, generation: u64, token: &str, now: i64) -> Option<(Arc<ValidatedToken>, [u8; 32])> {
+        let memo = self.lock();
+        let memo = memo.as_ref()?;
+        (memo.generation == generation
+            && now < memo.valid_until
+            && now < memo.validated.expires_at
+            && *memo.token == *token)
+            .then(|| (memo.validated.clone(), memo.hash))
+    }
+}
+
+/// Validator generations: each compiled configuration gets its own.
+static GENERATIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 /// Moka expiry: each entry lives for the TTL computed at insertion.
 struct PerEntryTtl;
@@ -154,6 +198,8 @@ pub struct TokenValidator {
     /// `token_cache_lookups{result="hit"|"miss"}`, looked up once.
     hits: Counter,
     misses: Counter,
+    /// Which [`TokenMemo`]s belong to this validator.
+    generation: u64,
 }
 
 impl TokenValidator {
@@ -165,6 +211,7 @@ impl TokenValidator {
             max_ttl: settings.max_ttl,
             hits: Counter::default(),
             misses: Counter::default(),
+            generation: GENERATIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         }
     }
 
@@ -197,23 +244,65 @@ impl TokenValidator {
         key: [u8; 32],
         now: i64,
     ) -> Result<Arc<ValidatedToken>, TokenError> {
+        self.validate_hashed_until(token, key, now).await.map(|(token, _)| token)
+    }
+
+    /// [`TokenValidator::validate_hashed`], and until when (Unix seconds) the result may be
+    /// reused: the cache entry's expiry.
+    async fn validate_hashed_until(
+        &self,
+        token: &str,
+        key: [u8; 32],
+        now: i64,
+    ) -> Result<(Arc<ValidatedToken>, i64), TokenError> {
         if token.len() > MAX_TOKEN_BYTES {
             return Err(TokenError::TooLarge);
         }
         if let Some(hit) = self.cache.get(&key) {
             if now < hit.token.expires_at {
                 self.hits.inc();
-                return Ok(hit.token);
+                return Ok((hit.token, hit.valid_until));
             }
         }
         self.misses.inc();
         let validated = Arc::new(self.validate_uncached(token, now).await?);
         let remaining = u64::try_from(validated.expires_at.saturating_sub(now)).unwrap_or(0);
         let ttl = Duration::from_secs(remaining).min(self.max_ttl);
+        let valid_until = now.saturating_add(i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX));
         if !ttl.is_zero() {
-            self.cache.insert(key, Cached { token: validated.clone(), ttl });
+            self.cache.insert(key, Cached { token: validated.clone(), ttl, valid_until });
         }
-        Ok(validated)
+        Ok((validated, valid_until))
+    }
+
+    /// Validates `token` for a request on a connection whose [`TokenMemo`] is `memo`:
+    /// the same token as the connection's previous request is answered from the memo.
+    /// Returns the validated token and the token's SHA-256 (DPoP's `ath` needs it).
+    pub async fn validate_remembered(
+        &self,
+        token: &str,
+        memo: Option<&TokenMemo>,
+        now: i64,
+    ) -> Result<(Arc<ValidatedToken>, [u8; 32]), TokenError> {
+        if let Some(hit) = memo.and_then(|m| m.recall(self.generation, token, now)) {
+            self.hits.inc();
+            return Ok(hit);
+        }
+        if token.len() > MAX_TOKEN_BYTES {
+            return Err(TokenError::TooLarge);
+        }
+        let hash = jose::sha256(token.as_bytes());
+        let (validated, valid_until) = self.validate_hashed_until(token, hash, now).await?;
+        if let Some(memo) = memo {
+            *memo.lock() = Some(Memo {
+                generation: self.generation,
+                token: token.into(),
+                hash,
+                validated: validated.clone(),
+                valid_until,
+            });
+        }
+        Ok((validated, hash))
     }
 
     /// Full validation (signature and claims) without the cache: what a cache miss costs.

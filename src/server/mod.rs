@@ -59,6 +59,8 @@ pub struct ConnectionInfo {
     pub client_cert: Option<ClientCertificate>,
     /// The forwarding headers of this connection's requests, formatted once.
     pub forwarded: crate::proxy::ForwardedHeaders,
+    /// The last access token validated on this connection (cleared when it parks).
+    pub token_memo: crate::auth::token::TokenMemo,
 }
 
 /// Server settings the accept loop needs.
@@ -205,11 +207,13 @@ impl ConnectionTask {
                 sni: session.server_name().map(str::to_string),
                 client_cert,
                 forwarded: crate::proxy::ForwardedHeaders::new(peer),
+                token_memo: Default::default(),
             };
             (Arc::new(info), h2)
         };
         let mut gauge = ConnectionGauge::new(self.live.load().state.metrics.clone());
         let activity = Arc::new(Activity::new());
+        let token_memo_owner = info.clone();
         let service = {
             let live = self.live.clone();
             let activity = activity.clone();
@@ -233,7 +237,7 @@ impl ConnectionTask {
             gauge.set(Some(true));
             self.serve_h2(tls, service, &activity, peer).await;
         } else {
-            self.serve_h1(tls, service, &activity, peer, &mut gauge).await;
+            self.serve_h1(tls, service, &activity, peer, &mut gauge, &token_memo_owner.token_memo).await;
         }
     }
 
@@ -289,6 +293,7 @@ impl ConnectionTask {
         activity: &Activity,
         peer: SocketAddr,
         gauge: &mut ConnectionGauge,
+        token_memo: &crate::auth::token::TokenMemo,
     ) where
         S: hyper::service::HttpService<hyper::body::Incoming, ResBody = crate::body::ProxyBody> + Clone + Unpin,
         S::Future: Unpin,
@@ -379,6 +384,7 @@ impl ConnectionTask {
                 return;
             }
             stream = tls;
+            token_memo.clear();
             // Bytes hyper read but did not use (a pipelined request), then any it never saw —
             // copied out: `read_buf` is a view of hyper's whole read buffer, which would
             // otherwise stay allocated while the connection is parked.
