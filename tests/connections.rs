@@ -114,6 +114,12 @@ async fn connections_beyond_the_limit_wait_for_a_free_slot() {
     assert!(matches!(third, Ok(Ok(_))), "a freed slot is taken by the next client");
 }
 
+/// `GET path` on an open HTTP/1.1 connection, and its response.
+async fn get_on(tls: &mut Tls, path: &str) -> RawResponse {
+    tls.write_all(format!("GET {path} HTTP/1.1\r\nHost: gateway.test\r\n\r\n").as_bytes()).await.unwrap();
+    read_response(tls).await.unwrap()
+}
+
 /// `fapi_gateway_connections{state="…"}` from the admin listener.
 async fn connections_in_state(env: &Env, state: &str) -> i64 {
     let addr = env.gateway.as_ref().unwrap().admin_addr().expect("admin listener");
@@ -136,14 +142,12 @@ async fn connections_in_state(env: &Env, state: &str) -> i64 {
 async fn idle_http1_connection_is_parked_and_serves_its_next_requests() {
     let env = Env::start_with(Options { admin: true, ..Default::default() }).await;
     let mut tls = connect(&env, &[b"http/1.1"], &[&rustls::version::TLS13]).await.unwrap();
-    tls.write_all(b"GET /public/a HTTP/1.1\r\nHost: gateway.test\r\n\r\n").await.unwrap();
-    assert_eq!(read_response(&mut tls).await.unwrap().status, 200);
+    assert_eq!(get_on(&mut tls, "/public/a").await.status, 200);
     assert_eq!(connections_in_state(&env, "active").await, 1);
     // Idle for longer than the park delay (1 s): only the TLS stream is kept.
     tokio::time::sleep(Duration::from_millis(1600)).await;
     assert_eq!((connections_in_state(&env, "active").await, connections_in_state(&env, "parked").await), (0, 1));
-    tls.write_all(b"GET /public/b HTTP/1.1\r\nHost: gateway.test\r\n\r\n").await.unwrap();
-    let second = read_response(&mut tls).await.unwrap();
+    let second = get_on(&mut tls, "/public/b").await;
     assert_eq!(second.status, 200);
     assert_eq!(second.header("connection"), None, "the parked connection stays a keep-alive one");
     tokio::time::sleep(Duration::from_millis(1600)).await;
@@ -167,8 +171,7 @@ async fn idle_http1_connection_is_parked_and_serves_its_next_requests() {
 async fn parked_connections_close_at_once_on_shutdown() {
     let mut env = Env::start().await;
     let mut tls = connect(&env, &[b"http/1.1"], &[&rustls::version::TLS13]).await.unwrap();
-    tls.write_all(b"GET /public/a HTTP/1.1\r\nHost: gateway.test\r\n\r\n").await.unwrap();
-    assert_eq!(read_response(&mut tls).await.unwrap().status, 200);
+    assert_eq!(get_on(&mut tls, "/public/a").await.status, 200);
     tokio::time::sleep(Duration::from_millis(1600)).await;
     let started = std::time::Instant::now();
     env.gateway.take().unwrap().shutdown().await;
@@ -190,8 +193,7 @@ async fn with_many_connections_open_an_answered_connection_parks_at_once() {
     let mut second = connect(&env, &[b"http/1.1"], &[&rustls::version::TLS13]).await.unwrap();
     for round in 0..3 {
         for tls in [&mut first, &mut second] {
-            tls.write_all(b"GET /public/a HTTP/1.1\r\nHost: gateway.test\r\n\r\n").await.unwrap();
-            let response = read_response(tls).await.unwrap();
+            let response = get_on(tls, "/public/a").await;
             assert_eq!(response.status, 200, "round {round}");
             assert_eq!(response.header("connection"), None);
         }

@@ -91,6 +91,14 @@ async fn gateway_to(pki: &TestPki, upstream: SocketAddr) -> GatewayHandle {
     fapi_gateway::start(config).await.unwrap()
 }
 
+/// A test PKI, a gateway in front of `upstream` and an HTTP/1.1-or-h2 client for it.
+async fn setup(upstream: SocketAddr) -> (TestPki, GatewayHandle, reqwest::Client) {
+    let pki = TestPki::new();
+    let gateway = gateway_to(&pki, upstream).await;
+    let http = client(&pki, gateway.local_addr(), None, false);
+    (pki, gateway, http)
+}
+
 async fn get_text(client: &reqwest::Client, gateway: &GatewayHandle, path: &str) -> (u16, String) {
     let response = client.get(gateway_url(gateway.local_addr(), path)).send().await.unwrap();
     (response.status().as_u16(), response.text().await.unwrap())
@@ -98,10 +106,8 @@ async fn get_text(client: &reqwest::Client, gateway: &GatewayHandle, path: &str)
 
 #[tokio::test]
 async fn sequential_requests_share_one_upstream_connection() {
-    let pki = TestPki::new();
     let (upstream, connections) = counting_upstream().await;
-    let gateway = gateway_to(&pki, upstream).await;
-    let http = client(&pki, gateway.local_addr(), None, false);
+    let (pki, gateway, http) = setup(upstream).await;
     for _ in 0..20 {
         assert_eq!(get_text(&http, &gateway, "/x").await, (200, "ok".to_string()));
     }
@@ -113,10 +119,8 @@ async fn sequential_requests_share_one_upstream_connection() {
 
 #[tokio::test]
 async fn responses_without_a_body_give_the_connection_back() {
-    let pki = TestPki::new();
     let (upstream, connections) = counting_upstream().await;
-    let gateway = gateway_to(&pki, upstream).await;
-    let http = client(&pki, gateway.local_addr(), None, false);
+    let (_pki, gateway, http) = setup(upstream).await;
     for _ in 0..5 {
         assert_eq!(get_text(&http, &gateway, "/empty").await, (204, String::new()));
         let head = http.head(gateway_url(gateway.local_addr(), "/bytes/100")).send().await.unwrap();
@@ -151,10 +155,8 @@ async fn a_response_abandoned_half_way_is_not_reused() {
 
 #[tokio::test]
 async fn an_upstream_closing_idle_connections_costs_no_request() {
-    let pki = TestPki::new();
     let (upstream, connections) = closing_upstream().await;
-    let gateway = gateway_to(&pki, upstream).await;
-    let http = client(&pki, gateway.local_addr(), None, false);
+    let (_pki, gateway, http) = setup(upstream).await;
     for _ in 0..20 {
         assert_eq!(get_text(&http, &gateway, "/x").await, (200, "closed".to_string()));
     }
