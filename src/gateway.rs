@@ -30,7 +30,7 @@ use crate::server::ConnectionInfo;
 pub struct Live {
     pub state: Arc<GatewayState>,
     /// TLS for new connections (the certificate rotates on reload).
-    pub acceptor: tokio_rustls::TlsAcceptor,
+    pub server_tls: Arc<rustls::ServerConfig>,
 }
 
 /// Everything compiled from one configuration that requests read.

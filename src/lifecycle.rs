@@ -322,7 +322,7 @@ async fn build(
         metrics,
         route_metrics,
     });
-    Ok(Live { state, acceptor: tokio_rustls::TlsAcceptor::from(server_tls) })
+    Ok(Live { state, server_tls })
 }
 
 /// Compiles `config`, loads certificates, fetches every issuer's keys (failures are logged;

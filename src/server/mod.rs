@@ -1,4 +1,4 @@
-//! The accept loop: TCP, then TLS (with a handshake deadline), then HTTP/1.1 or HTTP/2 as
+//! The accept loop: TCP, then TLS ([`tls_stream`], with a handshake deadline), then HTTP/1.1 or HTTP/2 as
 //! ALPN decided, each connection in its own task. Facts about the connection — peer
 //! address, SNI, the client certificate and its SHA-256 thumbprint — are computed once,
 //! right after the handshake, and shared by every request on it.
@@ -10,7 +10,7 @@
 //!
 //! Idle HTTP/1.1 keep-alive connections are *parked*: once a connection has had no request
 //! in flight for [`PARK_AFTER`], its HTTP state (hyper's read and write buffers, about 20 KiB)
-//! is dropped and only the TLS stream is kept; the next request's first bytes start a new
+//! is dropped and only the TLS stream is kept, its buffers released; the next request's first bytes start a new
 //! HTTP/1.1 connection on the same stream (see [`rewind`]). This is what nginx does with its
 //! keep-alive connections, and what keeps 10 000 idle clients affordable (BENCHMARKS.md).
 //! Connections that have not sent their first request yet are parked from the start.
@@ -20,6 +20,7 @@
 //! close at once), and whatever is still running after the grace period is aborted.
 
 mod rewind;
+pub mod tls_stream;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -32,15 +33,15 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
-use tokio_rustls::server::TlsStream;
 
 use crate::gateway::Live;
 use crate::tls;
 use arc_swap::ArcSwap;
 use rewind::Rewind;
+use tls_stream::ServerTlsStream;
 
 /// The verified client certificate of a connection.
 #[derive(Debug)]
@@ -178,10 +179,10 @@ impl ConnectionTask {
     async fn run(mut self, tcp: tokio::net::TcpStream, peer: SocketAddr) {
         // The certificate of the configuration current at accept time; requests then use the
         // configuration current when each arrives (a reload applies to open connections).
-        let acceptor = self.live.load().acceptor.clone();
+        let server_tls = self.live.load().server_tls.clone();
         // Boxed, like the HTTP/2 connection below: a task's allocation is as large as its
         // largest state, and an idle connection should not pay for the handshake's.
-        let handshake = Box::pin(acceptor.accept(tcp));
+        let handshake = Box::pin(ServerTlsStream::accept(tcp, server_tls));
         let tls = match tokio::time::timeout(self.settings.handshake_timeout, handshake).await {
             // Boxed: moved between the serving and parked states, and 1.2 KB.
             Ok(Ok(tls)) => Box::new(tls),
@@ -195,16 +196,14 @@ impl ConnectionTask {
             }
         };
         let (info, h2) = {
-            let session = tls.get_ref().1;
-            let h2 = session.alpn_protocol() == Some(b"h2");
-            let client_cert =
-                session.peer_certificates().and_then(|chain| chain.first()).map(|leaf| ClientCertificate {
-                    thumbprint: tls::certificate_thumbprint(leaf.as_ref()),
-                    der: leaf.as_ref().to_vec(),
-                });
+            let h2 = tls.alpn_protocol() == Some(b"h2");
+            let client_cert = tls.peer_certificates().and_then(|chain| chain.first()).map(|leaf| ClientCertificate {
+                thumbprint: tls::certificate_thumbprint(leaf.as_ref()),
+                der: leaf.as_ref().to_vec(),
+            });
             let info = ConnectionInfo {
                 peer,
-                sni: session.server_name().map(str::to_string),
+                sni: tls.sni().map(str::to_string),
                 client_cert,
                 forwarded: crate::proxy::ForwardedHeaders::new(peer),
                 token_memo: Default::default(),
@@ -241,7 +240,7 @@ impl ConnectionTask {
         }
     }
 
-    async fn serve_h2<S>(&mut self, tls: Box<TlsStream<TcpStream>>, service: S, activity: &Activity, peer: SocketAddr)
+    async fn serve_h2<S>(&mut self, tls: Box<ServerTlsStream>, service: S, activity: &Activity, peer: SocketAddr)
     where
         S: hyper::service::Service<
                 http::Request<hyper::body::Incoming>,
@@ -288,7 +287,7 @@ impl ConnectionTask {
     /// by a hyper connection until it has been idle for [`PARK_AFTER`], then parked again.
     async fn serve_h1<S>(
         &mut self,
-        tls: Box<TlsStream<TcpStream>>,
+        tls: Box<ServerTlsStream>,
         service: S,
         activity: &Activity,
         peer: SocketAddr,
@@ -385,6 +384,7 @@ impl ConnectionTask {
             }
             stream = tls;
             token_memo.clear();
+            stream.release_buffers();
             // Bytes hyper read but did not use (a pipelined request), then any it never saw —
             // copied out: `read_buf` is a view of hyper's whole read buffer, which would
             // otherwise stay allocated while the connection is parked.
@@ -402,7 +402,7 @@ impl ConnectionTask {
     /// Waits, holding nothing but the TLS stream, for the next request's first bytes:
     /// `None` when the client closes, when it stays silent past the first-request or idle
     /// deadline, or when the gateway shuts down.
-    async fn await_request(&mut self, stream: &mut Box<TlsStream<TcpStream>>, activity: &Activity) -> Option<Bytes> {
+    async fn await_request(&mut self, stream: &mut Box<ServerTlsStream>, activity: &Activity) -> Option<Bytes> {
         let deadline = activity.deadline(&self.settings, None);
         tokio::select! {
             bytes = next_bytes(stream) => bytes,
@@ -464,10 +464,9 @@ impl Drop for ConnectionGauge {
 
 /// The next decrypted bytes of `stream`. While rustls holds no plaintext, waits for the
 /// socket without allocating a buffer.
-async fn next_bytes(stream: &mut TlsStream<TcpStream>) -> Option<Bytes> {
-    let (tcp, session) = stream.get_ref();
-    if session.wants_read() {
-        tcp.readable().await.ok()?;
+async fn next_bytes(stream: &mut ServerTlsStream) -> Option<Bytes> {
+    if !stream.has_buffered_input() {
+        stream.tcp().readable().await.ok()?;
     }
     let mut buf = BytesMut::with_capacity(4096);
     match stream.read_buf(&mut buf).await {
@@ -478,7 +477,7 @@ async fn next_bytes(stream: &mut TlsStream<TcpStream>) -> Option<Bytes> {
 
 /// Ends a connection the way hyper would have: TLS `close_notify`, then FIN (bounded, the
 /// client may be gone).
-async fn close(mut stream: Box<TlsStream<TcpStream>>) {
+async fn close(mut stream: Box<ServerTlsStream>) {
     let _ = tokio::time::timeout(Duration::from_secs(1), stream.shutdown()).await;
 }
 

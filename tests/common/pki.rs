@@ -188,6 +188,11 @@ impl TestPki {
     /// TLS acceptor with the server certificate (ALPN `h2`, `http/1.1`), for in-test
     /// HTTPS servers such as the JWKS server.
     pub fn server_tls_acceptor(&self) -> tokio_rustls::TlsAcceptor {
+        tokio_rustls::TlsAcceptor::from(self.server_config())
+    }
+
+    /// The rustls server configuration behind [`TestPki::server_tls_acceptor`].
+    pub fn server_config(&self) -> Arc<rustls::ServerConfig> {
         let chain = vec![CertificateDer::from_pem_slice(self.server_cert_pem.as_bytes()).expect("server cert")];
         let key = PrivateKeyDer::from_pem_slice(self.server_key_pem.as_bytes()).expect("key");
         let mut config = rustls::ServerConfig::builder_with_provider(Self::provider())
@@ -197,7 +202,7 @@ impl TestPki {
             .with_single_cert(chain, key)
             .expect("server TLS config");
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-        tokio_rustls::TlsAcceptor::from(Arc::new(config))
+        Arc::new(config)
     }
 
     /// A rustls client config trusting only the test CA, presenting `identity` when

@@ -1,0 +1,540 @@
+//! Server-side TLS on rustls's unbuffered API: the stream owns every buffer, and frees them
+//! while the connection idles.
+//!
+//! tokio-rustls drives rustls's buffered connection, which keeps a 4 KiB receive buffer for
+//! as long as a connection lives — 40 MiB for 10 000 idle keep-alive clients. Here the
+//! stream keeps three buffers of its own — TLS bytes read but not yet processed, decrypted
+//! bytes not yet read, encrypted bytes not yet written — each sized to what is in flight and
+//! released by [`ServerTlsStream::release_buffers`] when the connection parks.
+//!
+//! Writes are buffered until `poll_flush` (hyper flushes after each response), so one
+//! response is normally one TLS record and one `write`. Our handshake and post-handshake
+//! messages (session tickets, key updates, alerts) go out before the stream waits for input.
+//!
+//! rustls's unbuffered connection does not expose the client's SNI, so it is read from the
+//! ClientHello here ([`client_hello_sni`]) — the same bytes rustls then accepts; a
+//! ClientHello split over several records (which no mainstream client sends) counts as one
+//! without SNI, which a client may send anyway.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+
+use rustls::server::UnbufferedServerConnection;
+use rustls::unbuffered::{ConnectionState, EncodeError, EncryptError, UnbufferedStatus};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+
+/// Bytes asked of the socket per read (more when a record needs it).
+const READ_CHUNK: usize = 8 * 1024;
+/// The most TLS bytes held unprocessed: a handshake message may take 64 KiB (rustls's own
+/// limit for its buffered API), plus one record.
+const MAX_INCOMING: usize = 64 * 1024 + 16 * 1024 + 512;
+/// Encrypted bytes held before `poll_write` waits for the socket.
+const MAX_OUTGOING: usize = 64 * 1024;
+
+/// A TLS server connection over TCP; see the module docs.
+pub struct ServerTlsStream {
+    tcp: TcpStream,
+    conn: UnbufferedServerConnection,
+    /// TLS bytes read from the socket that rustls has not consumed yet.
+    incoming: Vec<u8>,
+    /// Decrypted application data not yet read, from `plaintext_at`.
+    plaintext: Vec<u8>,
+    plaintext_at: usize,
+    /// Encrypted bytes not yet written to the socket, from `outgoing_at`.
+    outgoing: Vec<u8>,
+    outgoing_at: usize,
+    /// The client sent `close_notify` or closed its side.
+    read_closed: bool,
+    /// We queued our `close_notify`.
+    write_closed: bool,
+    sni: Option<String>,
+    /// The first record (the ClientHello) has been looked at for SNI.
+    hello_checked: bool,
+}
+
+/// What one run of rustls over the buffered input came to.
+enum Step {
+    /// New plaintext is buffered.
+    Plaintext,
+    /// rustls needs more TLS bytes from the client.
+    NeedInput,
+    /// This many plaintext bytes were encrypted into the outgoing buffer.
+    Encrypted(usize),
+    /// The connection is closed in both directions.
+    Closed,
+}
+
+/// What the caller wants from [`ServerTlsStream::process`].
+#[derive(Clone, Copy)]
+enum Intent<'a> {
+    Read,
+    Write(&'a [u8]),
+    CloseNotify,
+}
+
+fn tls_error(error: rustls::Error) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, error)
+}
+
+impl ServerTlsStream {
+    /// Runs the TLS handshake on `tcp`. The caller bounds it in time.
+    pub async fn accept(tcp: TcpStream, config: Arc<rustls::ServerConfig>) -> io::Result<Self> {
+        let conn = UnbufferedServerConnection::new(config).map_err(tls_error)?;
+        let mut stream = ServerTlsStream {
+            tcp,
+            conn,
+            incoming: Vec::new(),
+            plaintext: Vec::new(),
+            plaintext_at: 0,
+            outgoing: Vec::new(),
+            outgoing_at: 0,
+            read_closed: false,
+            write_closed: false,
+            sni: None,
+            hello_checked: false,
+        };
+        std::future::poll_fn(|cx| stream.poll_handshake(cx)).await?;
+        Ok(stream)
+    }
+
+    /// The server name the client asked for, when it sent one (a DNS name; an IP address
+    /// in SNI is ignored, as rustls does).
+    pub fn sni(&self) -> Option<&str> {
+        self.sni.as_deref()
+    }
+
+    /// The negotiated ALPN protocol.
+    pub fn alpn_protocol(&self) -> Option<&[u8]> {
+        self.conn.alpn_protocol()
+    }
+
+    /// The client's certificate chain, leaf first, when it presented one.
+    pub fn peer_certificates(&self) -> Option<&[rustls::pki_types::CertificateDer<'static>]> {
+        self.conn.peer_certificates()
+    }
+
+    /// Whether decrypted or undecrypted client bytes are already buffered (a read would not
+    /// wait for the socket).
+    pub fn has_buffered_input(&self) -> bool {
+        self.plaintext_at < self.plaintext.len() || !self.incoming.is_empty()
+    }
+
+    /// The underlying socket (to wait for readability without reading).
+    pub fn tcp(&self) -> &TcpStream {
+        &self.tcp
+    }
+
+    /// Bytes of buffer memory the stream holds now (for tests and diagnostics).
+    pub fn buffer_capacity(&self) -> usize {
+        self.incoming.capacity() + self.plaintext.capacity() + self.outgoing.capacity()
+    }
+
+    /// Frees the buffers that hold nothing, for a connection about to idle.
+    pub fn release_buffers(&mut self) {
+        if self.incoming.is_empty() {
+            self.incoming = Vec::new();
+        }
+        if self.plaintext_at >= self.plaintext.len() {
+            self.plaintext = Vec::new();
+            self.plaintext_at = 0;
+        }
+        if self.outgoing_at >= self.outgoing.len() {
+            self.outgoing = Vec::new();
+            self.outgoing_at = 0;
+        }
+    }
+
+    fn poll_handshake(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        loop {
+            if !self.conn.is_handshaking() {
+                return self.poll_flush_outgoing(cx);
+            }
+            match self.process(Intent::Read) {
+                // The client's Finished was the last input the handshake needed.
+                Ok(Step::NeedInput) if !self.conn.is_handshaking() => {}
+                Ok(Step::NeedInput) if self.read_closed => {
+                    return Poll::Ready(Err(io::ErrorKind::UnexpectedEof.into()));
+                }
+                Ok(Step::NeedInput) => {
+                    if let Poll::Ready(Err(e)) = self.poll_flush_outgoing(cx) {
+                        return Poll::Ready(Err(e));
+                    }
+                    if ready!(self.poll_fill(cx))? == 0 {
+                        return Poll::Ready(Err(io::ErrorKind::UnexpectedEof.into()));
+                    }
+                }
+                Ok(Step::Plaintext | Step::Encrypted(_)) => {}
+                Ok(Step::Closed) => return Poll::Ready(Err(io::ErrorKind::UnexpectedEof.into())),
+                Err(e) => {
+                    self.send_alert_best_effort();
+                    return Poll::Ready(Err(e));
+                }
+            }
+        }
+    }
+
+    /// Runs rustls over the buffered TLS bytes until it has something for `intent` or
+    /// needs more input.
+    fn process(&mut self, intent: Intent<'_>) -> io::Result<Step> {
+        loop {
+            // Only the first record, before rustls consumes it: a ClientHello after a
+            // HelloRetryRequest must not change the name.
+            if !self.hello_checked && self.incoming.len() >= 5 {
+                let record = 5 + usize::from(u16::from_be_bytes([self.incoming[3], self.incoming[4]]));
+                if self.incoming.len() >= record {
+                    self.hello_checked = true;
+                    self.sni = client_hello_sni(&self.incoming);
+                }
+            }
+            let UnbufferedStatus { discard, state } = self.conn.process_tls_records(&mut self.incoming);
+            let step = match state {
+                Err(e) => {
+                    self.incoming.drain(..discard);
+                    return Err(tls_error(e));
+                }
+                Ok(ConnectionState::ReadTraffic(mut traffic)) => {
+                    while let Some(record) = traffic.next_record() {
+                        let record = record.map_err(tls_error)?;
+                        if self.plaintext_at >= self.plaintext.len() {
+                            self.plaintext.clear();
+                            self.plaintext_at = 0;
+                        }
+                        self.plaintext.extend_from_slice(record.payload);
+                    }
+                    match intent {
+                        Intent::Read => Some(Step::Plaintext),
+                        // Kept for the next read; the write goes on.
+                        Intent::Write(_) | Intent::CloseNotify => None,
+                    }
+                }
+                Ok(ConnectionState::EncodeTlsData(mut encode)) => {
+                    let start = self.outgoing.len();
+                    let mut room = 4096;
+                    loop {
+                        self.outgoing.resize(start + room, 0);
+                        match encode.encode(&mut self.outgoing[start..]) {
+                            Ok(written) => {
+                                self.outgoing.truncate(start + written);
+                                break;
+                            }
+                            Err(EncodeError::InsufficientSize(needed)) => room = needed.required_size,
+                            Err(EncodeError::AlreadyEncoded) => {
+                                self.outgoing.truncate(start);
+                                break;
+                            }
+                        }
+                    }
+                    None
+                }
+                // Sent before the stream next waits for input, or on flush.
+                Ok(ConnectionState::TransmitTlsData(transmit)) => {
+                    transmit.done();
+                    None
+                }
+                Ok(ConnectionState::BlockedHandshake) => Some(Step::NeedInput),
+                Ok(ConnectionState::PeerClosed) => {
+                    self.read_closed = true;
+                    None
+                }
+                Ok(ConnectionState::Closed) => {
+                    self.read_closed = true;
+                    Some(Step::Closed)
+                }
+                Ok(ConnectionState::WriteTraffic(mut traffic)) => match intent {
+                    Intent::Read => Some(Step::NeedInput),
+                    Intent::Write(data) => {
+                        let start = self.outgoing.len();
+                        // Per 16 KiB record: 5 bytes of header, a content type and the AEAD tag.
+                        let mut room = data.len() + (data.len() / 16384 + 1) * 64;
+                        loop {
+                            self.outgoing.resize(start + room, 0);
+                            match traffic.encrypt(data, &mut self.outgoing[start..]) {
+                                Ok(written) => {
+                                    self.outgoing.truncate(start + written);
+                                    break Some(Step::Encrypted(data.len()));
+                                }
+                                Err(EncryptError::InsufficientSize(needed)) => room = needed.required_size,
+                                Err(EncryptError::EncryptExhausted) => {
+                                    self.outgoing.truncate(start);
+                                    return Err(io::Error::other("TLS sequence numbers exhausted"));
+                                }
+                            }
+                        }
+                    }
+                    Intent::CloseNotify => {
+                        let start = self.outgoing.len();
+                        self.outgoing.resize(start + 64, 0);
+                        let written = traffic.queue_close_notify(&mut self.outgoing[start..]).unwrap_or(0);
+                        self.outgoing.truncate(start + written);
+                        Some(Step::Encrypted(0))
+                    }
+                },
+                // 0-RTT is not enabled (`max_early_data_size` is 0), so rustls never offers it.
+                Ok(ConnectionState::ReadEarlyData(_)) => {
+                    return Err(io::Error::new(io::ErrorKind::InvalidData, "unexpected TLS early data"));
+                }
+                Ok(_) => return Err(io::Error::other("unknown TLS connection state")),
+            };
+            self.incoming.drain(..discard);
+            if let Some(step) = step {
+                return Ok(step);
+            }
+        }
+    }
+
+    /// After a TLS error, rustls has queued an alert: encode it and try once to send it.
+    fn send_alert_best_effort(&mut self) {
+        let UnbufferedStatus { state, .. } = self.conn.process_tls_records(&mut []);
+        if let Ok(ConnectionState::EncodeTlsData(mut encode)) = state {
+            let start = self.outgoing.len();
+            self.outgoing.resize(start + 64, 0);
+            let written = encode.encode(&mut self.outgoing[start..]).unwrap_or(0);
+            self.outgoing.truncate(start + written);
+        }
+        if self.outgoing_at < self.outgoing.len() {
+            let _ = self.tcp.try_write(&self.outgoing[self.outgoing_at..]);
+        }
+        self.outgoing.clear();
+        self.outgoing_at = 0;
+    }
+
+    /// Reads more TLS bytes from the socket; `Ok(0)` at its end.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        if self.incoming.len() >= MAX_INCOMING {
+            return Poll::Ready(Err(io::Error::new(io::ErrorKind::InvalidData, "TLS message too large")));
+        }
+        loop {
+            ready!(self.tcp.poll_read_ready(cx))?;
+            if self.incoming.capacity() - self.incoming.len() < 1024 {
+                self.incoming.reserve(READ_CHUNK.min(MAX_INCOMING - self.incoming.len()).max(1024));
+            }
+            match self.tcp.try_read_buf(&mut self.incoming) {
+                Ok(read) => return Poll::Ready(Ok(read)),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+
+    /// Writes the outgoing buffer to the socket.
+    fn poll_flush_outgoing(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while self.outgoing_at < self.outgoing.len() {
+            let written = ready!(Pin::new(&mut self.tcp).poll_write(cx, &self.outgoing[self.outgoing_at..]))?;
+            if written == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.outgoing_at += written;
+        }
+        self.outgoing.clear();
+        self.outgoing_at = 0;
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncRead for ServerTlsStream {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        loop {
+            if this.plaintext_at < this.plaintext.len() {
+                let available = &this.plaintext[this.plaintext_at..];
+                let n = available.len().min(buf.remaining());
+                buf.put_slice(&available[..n]);
+                this.plaintext_at += n;
+                if this.plaintext_at == this.plaintext.len() {
+                    this.plaintext.clear();
+                    this.plaintext_at = 0;
+                }
+                return Poll::Ready(Ok(()));
+            }
+            if this.read_closed {
+                return Poll::Ready(Ok(()));
+            }
+            match this.process(Intent::Read) {
+                Ok(Step::Plaintext | Step::Encrypted(_)) => {}
+                Ok(Step::Closed) => this.read_closed = true,
+                // The client's `close_notify` came with this input.
+                Ok(Step::NeedInput) if this.read_closed => {}
+                Ok(Step::NeedInput) => {
+                    // Our replies (a key update, session tickets) go out before we wait.
+                    if let Poll::Ready(Err(e)) = this.poll_flush_outgoing(cx) {
+                        return Poll::Ready(Err(e));
+                    }
+                    if ready!(this.poll_fill(cx))? == 0 {
+                        if !this.incoming.is_empty() {
+                            return Poll::Ready(Err(io::Error::new(
+                                io::ErrorKind::UnexpectedEof,
+                                "the client closed the connection in the middle of a TLS record",
+                            )));
+                        }
+                        // The client closed TCP without `close_notify`: the end of the stream
+                        // all the same (HTTP framing tells a cut-off message).
+                        this.read_closed = true;
+                    }
+                }
+                Err(e) => {
+                    this.send_alert_best_effort();
+                    return Poll::Ready(Err(e));
+                }
+            }
+        }
+    }
+}
+
+impl AsyncWrite for ServerTlsStream {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        if this.write_closed {
+            return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
+        }
+        if buf.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
+        if this.outgoing.len() - this.outgoing_at >= MAX_OUTGOING {
+            ready!(this.poll_flush_outgoing(cx))?;
+        }
+        match this.process(Intent::Write(buf))? {
+            Step::Encrypted(n) => Poll::Ready(Ok(n)),
+            Step::Closed => Poll::Ready(Err(io::ErrorKind::BrokenPipe.into())),
+            // Only before the handshake has finished, which `accept` waits for.
+            Step::NeedInput | Step::Plaintext => Poll::Ready(Err(io::Error::other("TLS handshake not finished"))),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        ready!(this.poll_flush_outgoing(cx))?;
+        Pin::new(&mut this.tcp).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if !this.write_closed {
+            this.write_closed = true;
+            // Best effort: a connection already broken still gets its FIN.
+            let _ = this.process(Intent::CloseNotify);
+        }
+        ready!(this.poll_flush_outgoing(cx))?;
+        Pin::new(&mut this.tcp).poll_shutdown(cx)
+    }
+}
+
+/// The DNS name in the SNI extension of a ClientHello that begins `tls` and fits in its
+/// first record; `None` otherwise, or when the name is not a DNS name.
+pub fn client_hello_sni(tls: &[u8]) -> Option<String> {
+    let mut record = Reader(tls);
+    // Record: type 22 (handshake), legacy version, length.
+    if record.u8()? != 22 {
+        return None;
+    }
+    record.take(2)?;
+    let mut handshake = Reader(record.vec(2)?);
+    // Handshake: type 1 (ClientHello), 24-bit length.
+    if handshake.u8()? != 1 {
+        return None;
+    }
+    let length = usize::from(handshake.u8()?) << 16 | usize::from(handshake.u16()?);
+    let mut hello = Reader(handshake.take(length)?);
+    hello.take(2 + 32)?; // legacy_version, random
+    hello.vec(1)?; // legacy_session_id
+    hello.vec(2)?; // cipher_suites
+    hello.vec(1)?; // legacy_compression_methods
+    let mut extensions = Reader(hello.vec(2)?);
+    while !extensions.0.is_empty() {
+        let kind = extensions.u16()?;
+        let mut body = Reader(extensions.vec(2)?);
+        if kind != 0 {
+            continue;
+        }
+        let mut names = Reader(body.vec(2)?);
+        while !names.0.is_empty() {
+            let name_type = names.u8()?;
+            let name = names.vec(2)?;
+            if name_type == 0 {
+                let name = std::str::from_utf8(name).ok()?;
+                if name.parse::<std::net::IpAddr>().is_ok() {
+                    return None;
+                }
+                let dns = rustls::pki_types::DnsName::try_from(name).ok()?;
+                return Some(dns.as_ref().to_ascii_lowercase());
+            }
+        }
+        return None;
+    }
+    None
+}
+
+/// A cursor over bytes for [`client_hello_sni`].
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        if self.0.len() < n {
+            return None;
+        }
+        let (head, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Some(head)
+    }
+
+    fn u8(&mut self) -> Option<u8> {
+        self.take(1).map(|b| b[0])
+    }
+
+    fn u16(&mut self) -> Option<u16> {
+        self.take(2).map(|b| u16::from_be_bytes([b[0], b[1]]))
+    }
+
+    /// A vector with a `width`-byte (1 or 2) length prefix.
+    fn vec(&mut self, width: usize) -> Option<&'a [u8]> {
+        let n = if width == 1 { usize::from(self.u8()?) } else { usize::from(self.u16()?) };
+        self.take(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The first TLS bytes a rustls client sends to `server_name`.
+    fn client_hello(server_name: &str) -> Vec<u8> {
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth();
+        let name = rustls::pki_types::ServerName::try_from(server_name.to_string()).unwrap();
+        let mut client = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
+        let mut bytes = Vec::new();
+        client.write_tls(&mut bytes).unwrap();
+        bytes
+    }
+
+    #[test]
+    fn sni_is_read_from_a_client_hello() {
+        assert_eq!(client_hello_sni(&client_hello("API.Example.test")).as_deref(), Some("api.example.test"));
+        assert_eq!(client_hello_sni(&client_hello("192.0.2.7")), None, "no SNI is sent to an IP address");
+    }
+
+    #[test]
+    fn truncated_or_foreign_bytes_give_no_sni_and_no_panic() {
+        let hello = client_hello("gateway.test");
+        for end in 0..hello.len() {
+            assert_eq!(client_hello_sni(&hello[..end]), None, "prefix of {end} bytes");
+        }
+        assert_eq!(client_hello_sni(b"GET / HTTP/1.1\r\nHost: gateway.test\r\n\r\n"), None);
+        // A handshake record that is not a ClientHello (type 2, ServerHello).
+        let mut other = hello.clone();
+        other[5] = 2;
+        assert_eq!(client_hello_sni(&other), None);
+        // Every single-byte corruption is parsed without a panic.
+        for at in 0..hello.len() {
+            let mut bent = hello.clone();
+            bent[at] ^= 0xff;
+            let _ = client_hello_sni(&bent);
+        }
+    }
+}
