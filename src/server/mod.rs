@@ -10,8 +10,8 @@
 //!
 //! Idle HTTP/1.1 keep-alive connections are *parked*: once a connection has had no request
 //! in flight for [`PARK_AFTER`], its HTTP state (hyper's read and write buffers, about 20 KiB)
-//! is dropped and only the TLS stream is kept, its buffers released; the next request's first bytes start a new
-//! HTTP/1.1 connection on the same stream (see [`rewind`]). This is what nginx does with its
+//! is dropped and only the TLS stream is kept, its buffers released; the next request's
+//! first bytes start a new HTTP/1.1 connection on the same stream (see [`rewind`]). This is what nginx does with its
 //! keep-alive connections, and what keeps 10 000 idle clients affordable (BENCHMARKS.md).
 //! Connections that have not sent their first request yet are parked from the start.
 //!
@@ -384,7 +384,6 @@ impl ConnectionTask {
             }
             stream = tls;
             token_memo.clear();
-            stream.release_buffers();
             // Bytes hyper read but did not use (a pipelined request), then any it never saw —
             // copied out: `read_buf` is a view of hyper's whole read buffer, which would
             // otherwise stay allocated while the connection is parked.
@@ -403,6 +402,8 @@ impl ConnectionTask {
     /// `None` when the client closes, when it stays silent past the first-request or idle
     /// deadline, or when the gateway shuts down.
     async fn await_request(&mut self, stream: &mut Box<ServerTlsStream>, activity: &Activity) -> Option<Bytes> {
+        // Nothing is in flight: the handshake's or the last exchange's buffers can go.
+        stream.release_buffers();
         let deadline = activity.deadline(&self.settings, None);
         tokio::select! {
             bytes = next_bytes(stream) => bytes,

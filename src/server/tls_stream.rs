@@ -38,8 +38,11 @@ const MAX_OUTGOING: usize = 64 * 1024;
 pub struct ServerTlsStream {
     tcp: TcpStream,
     conn: UnbufferedServerConnection,
-    /// TLS bytes read from the socket that rustls has not consumed yet.
+    /// TLS bytes read from the socket that rustls has not consumed yet: the first
+    /// `incoming_len` bytes of `incoming` (initialised memory, so the socket can read
+    /// into it without `unsafe`).
     incoming: Vec<u8>,
+    incoming_len: usize,
     /// Decrypted application data not yet read, from `plaintext_at`.
     plaintext: Vec<u8>,
     plaintext_at: usize,
@@ -87,6 +90,7 @@ impl ServerTlsStream {
             tcp,
             conn,
             incoming: Vec::new(),
+            incoming_len: 0,
             plaintext: Vec::new(),
             plaintext_at: 0,
             outgoing: Vec::new(),
@@ -119,7 +123,7 @@ impl ServerTlsStream {
     /// Whether decrypted or undecrypted client bytes are already buffered (a read would not
     /// wait for the socket).
     pub fn has_buffered_input(&self) -> bool {
-        self.plaintext_at < self.plaintext.len() || !self.incoming.is_empty()
+        self.plaintext_at < self.plaintext.len() || self.incoming_len > 0
     }
 
     /// The underlying socket (to wait for readability without reading).
@@ -134,7 +138,7 @@ impl ServerTlsStream {
 
     /// Frees the buffers that hold nothing, for a connection about to idle.
     pub fn release_buffers(&mut self) {
-        if self.incoming.is_empty() {
+        if self.incoming_len == 0 {
             self.incoming = Vec::new();
         }
         if self.plaintext_at >= self.plaintext.len() {
@@ -182,17 +186,18 @@ impl ServerTlsStream {
         loop {
             // Only the first record, before rustls consumes it: a ClientHello after a
             // HelloRetryRequest must not change the name.
-            if !self.hello_checked && self.incoming.len() >= 5 {
+            if !self.hello_checked && self.incoming_len >= 5 {
                 let record = 5 + usize::from(u16::from_be_bytes([self.incoming[3], self.incoming[4]]));
-                if self.incoming.len() >= record {
+                if self.incoming_len >= record {
                     self.hello_checked = true;
-                    self.sni = client_hello_sni(&self.incoming);
+                    self.sni = client_hello_sni(&self.incoming[..self.incoming_len]);
                 }
             }
-            let UnbufferedStatus { discard, state } = self.conn.process_tls_records(&mut self.incoming);
+            let UnbufferedStatus { discard, state } =
+                self.conn.process_tls_records(&mut self.incoming[..self.incoming_len]);
             let step = match state {
                 Err(e) => {
-                    self.incoming.drain(..discard);
+                    self.discard_incoming(discard);
                     return Err(tls_error(e));
                 }
                 Ok(ConnectionState::ReadTraffic(mut traffic)) => {
@@ -278,7 +283,7 @@ impl ServerTlsStream {
                 }
                 Ok(_) => return Err(io::Error::other("unknown TLS connection state")),
             };
-            self.incoming.drain(..discard);
+            self.discard_incoming(discard);
             if let Some(step) = step {
                 return Ok(step);
             }
@@ -303,19 +308,28 @@ impl ServerTlsStream {
 
     /// Reads more TLS bytes from the socket; `Ok(0)` at its end.
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        if self.incoming.len() >= MAX_INCOMING {
+        if self.incoming_len >= MAX_INCOMING {
             return Poll::Ready(Err(io::Error::new(io::ErrorKind::InvalidData, "TLS message too large")));
         }
-        loop {
-            ready!(self.tcp.poll_read_ready(cx))?;
-            if self.incoming.capacity() - self.incoming.len() < 1024 {
-                self.incoming.reserve(READ_CHUNK.min(MAX_INCOMING - self.incoming.len()).max(1024));
-            }
-            match self.tcp.try_read_buf(&mut self.incoming) {
-                Ok(read) => return Poll::Ready(Ok(read)),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) => return Poll::Ready(Err(e)),
-            }
+        if self.incoming.len() - self.incoming_len < 1024 {
+            let size = (self.incoming_len + READ_CHUNK).min(MAX_INCOMING);
+            self.incoming.resize(size, 0);
+        }
+        // `poll_read`, not `try_read`: tokio takes a short read as proof that the socket is
+        // drained, which spares an `EAGAIN` read per request.
+        let mut buf = ReadBuf::new(&mut self.incoming[self.incoming_len..]);
+        ready!(Pin::new(&mut self.tcp).poll_read(cx, &mut buf))?;
+        let read = buf.filled().len();
+        self.incoming_len += read;
+        Poll::Ready(Ok(read))
+    }
+
+    /// Drops the first `n` bytes of the buffered input (what rustls has consumed).
+    fn discard_incoming(&mut self, n: usize) {
+        let n = n.min(self.incoming_len);
+        if n > 0 {
+            self.incoming.copy_within(n..self.incoming_len, 0);
+            self.incoming_len -= n;
         }
     }
 
@@ -363,7 +377,7 @@ impl AsyncRead for ServerTlsStream {
                         return Poll::Ready(Err(e));
                     }
                     if ready!(this.poll_fill(cx))? == 0 {
-                        if !this.incoming.is_empty() {
+                        if this.incoming_len > 0 {
                             return Poll::Ready(Err(io::Error::new(
                                 io::ErrorKind::UnexpectedEof,
                                 "the client closed the connection in the middle of a TLS record",
