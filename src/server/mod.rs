@@ -234,7 +234,8 @@ impl ConnectionTask {
         // byte the client owes us.
         if h2 {
             gauge.set(Some(true));
-            self.serve_h2(tls, service, &activity, peer).await;
+            // Boxed, like the HTTP/1.1 serving state: the task stays small.
+            Box::pin(self.serve_h2(tls, service, &activity, peer)).await;
         } else {
             self.serve_h1(tls, service, &activity, peer, &mut gauge, &token_memo_owner.token_memo).await;
         }
@@ -313,89 +314,117 @@ impl ConnectionTask {
                 }
             }
             gauge.set(Some(true));
-            // The idle clock restarts with the new bytes, and only requests served by this
-            // hyper connection can make it park (a stale timer or `answered` signal must not
-            // park a connection that has not served its first request yet).
-            activity.touch();
-            let served_before = activity.requests.load(Ordering::Relaxed);
-            let io = TokioIo::new(Rewind::new(stream, std::mem::take(&mut pending)));
-            // Boxed, so that parking frees it whole.
-            let mut connection = Box::new(self.builders.h1.serve_connection(io, service.clone()));
-            let (mut parking, mut closing) = (false, false);
-            let result = loop {
-                let deadline = activity.deadline(&self.settings, Some(park_after));
-                let open = self.settings.max_connections.saturating_sub(self.slots.available_permits());
-                let at_once = open > self.settings.max_connections / PARK_AT_ONCE_DIVISOR;
-                let may_park = || {
-                    activity.requests.load(Ordering::Relaxed) > served_before
-                        && activity.in_flight.load(Ordering::Relaxed) == 0
-                };
-                tokio::select! {
-                    biased;
-                    result = std::future::poll_fn(|cx| connection.poll_without_shutdown(cx)) => break result,
-                    _ = activity.answered.notified(), if at_once && !closing && !parking => {
-                        // The response head is written by now (hyper writes it in the same
-                        // poll that finishes the request), so this only stops keep-alive
-                        // after the body: hyper hands the stream back, the client notices
-                        // nothing.
-                        if may_park() {
-                            std::pin::Pin::new(&mut *connection).graceful_shutdown();
+            // Boxed: the serving state (hyper's connection, its timers) is allocated only
+            // while the connection is active, and the task itself stays small.
+            match Box::pin(self.serve_until_parked(stream, pending, service.clone(), activity, peer, park_after)).await
+            {
+                Some((parked, unread)) => {
+                    stream = parked;
+                    pending = unread;
+                    token_memo.clear();
+                }
+                None => return,
+            }
+        }
+    }
+
+    /// Serves requests on `stream` (after the already-read `pending` bytes) with a new hyper
+    /// connection until it parks — then returns the stream and any bytes read but not
+    /// used — or closes.
+    async fn serve_until_parked<S>(
+        &mut self,
+        stream: Box<ServerTlsStream>,
+        pending: Bytes,
+        service: S,
+        activity: &Activity,
+        peer: SocketAddr,
+        park_after: Duration,
+    ) -> Option<(Box<ServerTlsStream>, Bytes)>
+    where
+        S: hyper::service::HttpService<hyper::body::Incoming, ResBody = crate::body::ProxyBody> + Unpin,
+        S::Future: Unpin,
+        S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        // The idle clock restarts with the new bytes, and only requests served by this
+        // hyper connection can make it park (a stale timer or `answered` signal must not
+        // park a connection that has not served its first request yet).
+        activity.touch();
+        let served_before = activity.requests.load(Ordering::Relaxed);
+        let io = TokioIo::new(Rewind::new(stream, pending));
+        let mut connection = self.builders.h1.serve_connection(io, service);
+        let (mut parking, mut closing) = (false, false);
+        let result = loop {
+            let deadline = activity.deadline(&self.settings, Some(park_after));
+            let open = self.settings.max_connections.saturating_sub(self.slots.available_permits());
+            let at_once = open > self.settings.max_connections / PARK_AT_ONCE_DIVISOR;
+            let may_park = || {
+                activity.requests.load(Ordering::Relaxed) > served_before
+                    && activity.in_flight.load(Ordering::Relaxed) == 0
+            };
+            tokio::select! {
+                biased;
+                result = std::future::poll_fn(|cx| connection.poll_without_shutdown(cx)) => break result,
+                _ = activity.answered.notified(), if at_once && !closing && !parking => {
+                    // The response head is written by now (hyper writes it in the same
+                    // poll that finishes the request), so this only stops keep-alive
+                    // after the body: hyper hands the stream back, the client notices
+                    // nothing.
+                    if may_park() {
+                        std::pin::Pin::new(&mut connection).graceful_shutdown();
+                        parking = true;
+                    }
+                }
+                _ = self.shutdown.changed(), if !closing => {
+                    std::pin::Pin::new(&mut connection).graceful_shutdown();
+                    closing = true;
+                }
+                _ = tokio::time::sleep_until(deadline), if !closing && !parking => {
+                    match activity.verdict(&self.settings, Some(park_after)) {
+                        Verdict::Active | Verdict::Silent => {}
+                        Verdict::Park if may_park() => {
+                            // Idle: hyper closes its side at once and hands the stream
+                            // back. (A client that has begun its next request head by
+                            // now gets it answered with `Connection: close`.)
+                            std::pin::Pin::new(&mut connection).graceful_shutdown();
                             parking = true;
                         }
-                    }
-                    _ = self.shutdown.changed(), if !closing => {
-                        std::pin::Pin::new(&mut *connection).graceful_shutdown();
-                        closing = true;
-                    }
-                    _ = tokio::time::sleep_until(deadline), if !closing && !parking => {
-                        match activity.verdict(&self.settings, Some(park_after)) {
-                            Verdict::Active | Verdict::Silent => {}
-                            Verdict::Park if may_park() => {
-                                // Idle: hyper closes its side at once and hands the stream
-                                // back. (A client that has begun its next request head by
-                                // now gets it answered with `Connection: close`.)
-                                std::pin::Pin::new(&mut *connection).graceful_shutdown();
-                                parking = true;
-                            }
-                            // Bytes came but no request has started: a slow head, which
-                            // hyper's header timer bounds. Count it as activity.
-                            Verdict::Park => activity.touch(),
-                            Verdict::Idle => {
-                                std::pin::Pin::new(&mut *connection).graceful_shutdown();
-                                closing = true;
-                            }
+                        // Bytes came but no request has started: a slow head, which
+                        // hyper's header timer bounds. Count it as activity.
+                        Verdict::Park => activity.touch(),
+                        Verdict::Idle => {
+                            std::pin::Pin::new(&mut connection).graceful_shutdown();
+                            closing = true;
                         }
                     }
                 }
-            };
-            if let Err(e) = result {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
-                return;
             }
-            let parts = connection.into_parts();
-            let (tls, unread) = parts.io.into_inner().into_parts();
-            // hyper also ends a connection on its own — `Connection: close`, HTTP/1.0, a
-            // request body left unread — and then the stream must close, never park: parking
-            // would read the rest of an unread body as the next request.
-            if closing || !parking || !activity.last_request_allows_reuse.load(Ordering::Relaxed) {
-                // Keep-alive over (the client closed, asked to, or we are shutting down).
-                close(tls).await;
-                return;
-            }
-            stream = tls;
-            token_memo.clear();
-            // Bytes hyper read but did not use (a pipelined request), then any it never saw —
-            // copied out: `read_buf` is a view of hyper's whole read buffer, which would
-            // otherwise stay allocated while the connection is parked.
-            pending = if parts.read_buf.is_empty() && unread.is_empty() {
-                Bytes::new()
-            } else {
-                let mut joined = BytesMut::with_capacity(parts.read_buf.len() + unread.len());
-                joined.extend_from_slice(&parts.read_buf);
-                joined.extend_from_slice(&unread);
-                joined.freeze()
-            };
+        };
+        if let Err(e) = result {
+            tracing::debug!(%peer, error = %e, "connection ended with an error");
+            return None;
         }
+        let parts = connection.into_parts();
+        let (tls, unread) = parts.io.into_inner().into_parts();
+        // hyper also ends a connection on its own — `Connection: close`, HTTP/1.0, a
+        // request body left unread — and then the stream must close, never park: parking
+        // would read the rest of an unread body as the next request.
+        if closing || !parking || !activity.last_request_allows_reuse.load(Ordering::Relaxed) {
+            // Keep-alive over (the client closed, asked to, or we are shutting down).
+            close(tls).await;
+            return None;
+        }
+        // Bytes hyper read but did not use (a pipelined request), then any it never saw —
+        // copied out: `read_buf` is a view of hyper's whole read buffer, which would
+        // otherwise stay allocated while the connection is parked.
+        let pending = if parts.read_buf.is_empty() && unread.is_empty() {
+            Bytes::new()
+        } else {
+            let mut joined = BytesMut::with_capacity(parts.read_buf.len() + unread.len());
+            joined.extend_from_slice(&parts.read_buf);
+            joined.extend_from_slice(&unread);
+            joined.freeze()
+        };
+        Some((tls, pending))
     }
 
     /// Waits, holding nothing but the TLS stream, for the next request's first bytes:
