@@ -16,6 +16,8 @@
 //! Run: `cargo bench --bench e2e`. Knobs: `E2E_SECONDS` (default 4 per scenario),
 //! `E2E_CONNECTIONS` (default 32), `E2E_ROUNDS` (default 3): the scenarios run interleaved,
 //! round after round, and the summary reports medians and the median of per-round ratios.
+//! `E2E_IDLE_CONNECTIONS` (default 10 000) for (f); `E2E_GATEWAY_BIN` runs another gateway
+//! binary (a profiling build); `E2E_PERF_DIR` records `perf` profiles of (c) and (d).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::convert::Infallible;
@@ -596,6 +598,31 @@ fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
     std::env::var(name).ok().and_then(|s| s.parse().ok()).unwrap_or(default)
 }
 
+/// With `E2E_PERF_DIR` set (and `perf` installed), records a CPU profile of the gateway
+/// during the first round of a scenario: `perf record -e cpu-clock -g` into
+/// `$E2E_PERF_DIR/<name>.data` (the cpu-clock event works on VMs without hardware counters).
+fn profile(pid: u32, name: &str, seconds: u64) -> Option<Child> {
+    let dir = std::env::var("E2E_PERF_DIR").ok()?;
+    if !has("perf") {
+        return None;
+    }
+    let output = Path::new(&dir).join(format!("{name}.data"));
+    Command::new("perf")
+        .args(["record", "-e", "cpu-clock", "-g", "-q", "-p", &pid.to_string(), "-o"])
+        .arg(&output)
+        .args(["--", "sleep", &seconds.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()
+}
+
+fn finish_profile(perf: Option<Child>) {
+    if let Some(mut child) = perf {
+        let _ = child.wait();
+    }
+}
+
 fn main() {
     // `cargo bench` passes `--bench`; this harness takes no arguments.
     let seconds: u64 = env_or("E2E_SECONDS", 4);
@@ -657,10 +684,14 @@ fn main() {
                 report("(b) nginx mTLS proxy", &o);
                 via_nginx.0.push(o);
             }
+            let perf = (round == 1).then(|| profile(gateway.id(), "mtls", seconds)).flatten();
             let o = run(&fx, at(port), Some(gateway.id()), mtls_load(), connections, duration).await;
+            finish_profile(perf);
             report("(c) gateway mTLS route", &o);
             mtls.0.push(o);
+            let perf = (round == 1).then(|| profile(gateway.id(), "dpop", seconds)).flatten();
             let o = run(&fx, at(port), Some(gateway.id()), dpop_load(), connections, duration).await;
+            finish_profile(perf);
             report("(d) gateway DPoP, memory", &o);
             dpop.0.push(o);
             if let Some((_, redis_gateway, redis_gateway_port)) = &redis {

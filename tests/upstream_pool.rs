@@ -1,6 +1,7 @@
 //! Upstream keep-alive connections: reuse, bodies read to their end before a connection is
 //! reused, abandoned responses not reused, upstreams that close idle connections, and
-//! parallel requests. The upstreams here count the TCP connections they accept.
+//! parallel requests, requests on a connection the upstream closes as they arrive. The
+//! upstreams here count the TCP connections they accept.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
@@ -77,6 +78,50 @@ async fn closing_upstream() -> (SocketAddr, Arc<AtomicUsize>) {
         }
     });
     (addr, connections)
+}
+
+/// An upstream whose first connection answers one request, then takes the next request and
+/// closes without an answer — what an upstream's keep-alive timeout does to a request that
+/// crosses its FIN. Later connections answer `again` to every request. Records
+/// `<connection> <method> <path>` for each request head it reads.
+async fn closing_on_second_request_upstream() -> (SocketAddr, Arc<AtomicUsize>, Arc<std::sync::Mutex<Vec<String>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let connections = Arc::new(AtomicUsize::new(0));
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (count, log) = (connections.clone(), seen.clone());
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            let index = count.fetch_add(1, Ordering::SeqCst) + 1;
+            let log = log.clone();
+            tokio::spawn(async move {
+                let mut pending = Vec::new();
+                for served in 0.. {
+                    let mut buf = [0u8; 4096];
+                    while find(&pending, b"\r\n\r\n").is_none() {
+                        match tcp.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => pending.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let end = find(&pending, b"\r\n\r\n").unwrap() + 4;
+                    let head = String::from_utf8_lossy(&pending[..end]).to_string();
+                    pending.drain(..end);
+                    let line = head.lines().next().unwrap_or_default().rsplit_once(' ').map(|(l, _)| l.to_string());
+                    log.lock().unwrap().push(format!("{index} {}", line.unwrap_or_default()));
+                    if index == 1 && served == 1 {
+                        let _ = tcp.shutdown().await;
+                        return;
+                    }
+                    let body: &[u8] = if index == 1 { b"first" } else { b"again" };
+                    let response = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n", body.len());
+                    let _ = tcp.write_all(&[response.as_bytes(), body].concat()).await;
+                    // Request bodies are not looked at: the tests send none, or give up.
+                }
+            });
+        }
+    });
+    (addr, connections, seen)
 }
 
 async fn gateway_to(pki: &TestPki, upstream: SocketAddr) -> GatewayHandle {
@@ -187,4 +232,28 @@ async fn parallel_requests_open_connections_that_later_requests_reuse() {
     assert!((2..=6).contains(&opened), "6 requests at once opened {opened} upstream connections");
     batch().await;
     assert_eq!(connections.load(Ordering::SeqCst), opened, "the second batch reused the idle connections");
+}
+
+#[tokio::test]
+async fn an_idempotent_request_on_a_connection_closed_while_idle_is_sent_again() {
+    let (upstream, connections, seen) = closing_on_second_request_upstream().await;
+    let (_pki, gateway, http) = setup(upstream).await;
+    assert_eq!(get_text(&http, &gateway, "/a").await, (200, "first".to_string()));
+    // Idle long enough for the pool to keep a copy of the next request.
+    tokio::time::sleep(fapi_gateway::proxy::pool::REPLAY_IF_IDLE_FOR + Duration::from_millis(200)).await;
+    assert_eq!(get_text(&http, &gateway, "/b").await, (200, "again".to_string()));
+    assert_eq!(*seen.lock().unwrap(), ["1 GET /a", "1 GET /b", "2 GET /b"]);
+    assert_eq!(connections.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn a_post_on_a_connection_closed_while_idle_is_not_sent_again() {
+    let (upstream, connections, seen) = closing_on_second_request_upstream().await;
+    let (_pki, gateway, http) = setup(upstream).await;
+    assert_eq!(get_text(&http, &gateway, "/a").await, (200, "first".to_string()));
+    tokio::time::sleep(fapi_gateway::proxy::pool::REPLAY_IF_IDLE_FOR + Duration::from_millis(200)).await;
+    let response = http.post(gateway_url(gateway.local_addr(), "/b")).body("payload").send().await.unwrap();
+    assert_eq!(response.status(), 502, "a request that is not idempotent is never sent twice");
+    assert_eq!(*seen.lock().unwrap(), ["1 GET /a", "1 POST /b"]);
+    assert_eq!(connections.load(Ordering::SeqCst), 1);
 }

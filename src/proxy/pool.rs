@@ -6,7 +6,11 @@
 //! its end; a response abandoned half-way (the client went away) closes it instead, since
 //! the rest of that body would still be on the wire. A request that hyper hands back unsent
 //! — the pooled connection was closed by the upstream just before it was used — is sent
-//! once more on a new connection. Idle connections are closed after [`IDLE_TIMEOUT`] by a
+//! once more on a new connection. So is an idempotent request without a body (GET, HEAD,
+//! OPTIONS, PUT, DELETE) that failed before any response on a connection that had been idle
+//! for [`REPLAY_IF_IDLE_FOR`] or longer: the upstream most likely closed it at its own
+//! keep-alive timeout while the request was on its way (nginx's `proxy_next_upstream error`
+//! does the same). Idle connections are closed after [`IDLE_TIMEOUT`] by a
 //! reaper task that ends with the pool (a configuration reload drops the old pool, and with
 //! it the idle connections).
 //!
@@ -38,6 +42,10 @@ const REAP_INTERVAL: Duration = Duration::from_secs(10);
 /// How long a pooled connection may take to finish its previous exchange before a request
 /// uses another one.
 const READY_WAIT: Duration = Duration::from_millis(50);
+/// A connection idle this long may have been closed by the upstream as a request was sent
+/// on it: idempotent requests without a body are then kept to be sent again. (Connections
+/// reused sooner — all of them under load — cost no copy.)
+pub const REPLAY_IF_IDLE_FOR: Duration = Duration::from_secs(1);
 
 /// Why a request could not be sent.
 #[derive(Debug, thiserror::Error)]
@@ -125,18 +133,25 @@ impl ConnectionPool {
         request.headers_mut().insert(HOST, self.host_header.clone());
         let mut fresh_only = false;
         loop {
-            let mut sender = match self.inner.checkout(fresh_only).await {
-                Some(sender) => sender,
-                None => self.inner.connect().await?,
+            let (mut sender, idle_for) = match self.inner.checkout(fresh_only).await {
+                Some(idle) => idle,
+                None => (self.inner.connect().await?, Duration::ZERO),
             };
+            let replay = if idle_for >= REPLAY_IF_IDLE_FOR { Replay::of(&request) } else { None };
             match sender.try_send_request(request).await {
                 Ok(response) => return Ok(self.inner.clone().wrap(response, sender)),
-                Err(mut e) => match e.take_message() {
+                Err(mut e) => match (e.take_message(), replay) {
                     // Never written: the connection closed before it could take the request.
                     // Once more, on a new connection.
-                    Some(unsent) if !fresh_only => {
+                    (Some(unsent), _) if !fresh_only => {
                         tracing::debug!(error = %e.error(), "pooled upstream connection was closed; retrying");
                         request = unsent;
+                        fresh_only = true;
+                    }
+                    // Written to a long-idle connection that failed before any response.
+                    (None, Some(replay)) if !fresh_only => {
+                        tracing::debug!(error = %e.error(), "idle upstream connection failed; sending the idempotent request again");
+                        request = replay.into_request();
                         fresh_only = true;
                     }
                     _ => return Err(SendError::Http(e.into_error())),
@@ -157,24 +172,24 @@ fn lock(idle: &Mutex<Vec<IdleConnection>>) -> MutexGuard<'_, Vec<IdleConnection>
 }
 
 impl PoolInner {
-    /// The most recently used idle connection that is still open, if any (none when
-    /// `fresh_only`).
-    async fn checkout(&self, fresh_only: bool) -> Option<http1::SendRequest<ProxyBody>> {
+    /// The most recently used idle connection that is still open, and how long it has been
+    /// idle, if any (none when `fresh_only`).
+    async fn checkout(&self, fresh_only: bool) -> Option<(http1::SendRequest<ProxyBody>, Duration)> {
         if fresh_only {
             return None;
         }
         loop {
-            let IdleConnection { mut sender, .. } = lock(&self.idle).pop()?;
+            let IdleConnection { mut sender, since } = lock(&self.idle).pop()?;
             if sender.is_closed() {
                 continue;
             }
             if sender.is_ready() {
-                return Some(sender);
+                return Some((sender, since.elapsed()));
             }
             // Returned the moment its last response body ended; the connection task may
             // not have caught up yet.
             if let Ok(Ok(())) = tokio::time::timeout(READY_WAIT, sender.ready()).await {
-                return Some(sender);
+                return Some((sender, since.elapsed()));
             }
         }
     }
@@ -255,6 +270,41 @@ where
         }
     });
     Ok(sender)
+}
+
+/// What it takes to send a request without a body again.
+struct Replay {
+    method: http::Method,
+    uri: http::Uri,
+    version: http::Version,
+    headers: http::HeaderMap,
+}
+
+impl Replay {
+    /// A copy of `request` when it may be sent twice: an idempotent method (RFC 9110
+    /// §9.2.2) and no body.
+    fn of(request: &Request<ProxyBody>) -> Option<Replay> {
+        use http::Method;
+        let idempotent = matches!(
+            *request.method(),
+            Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+        );
+        (idempotent && request.body().is_end_stream()).then(|| Replay {
+            method: request.method().clone(),
+            uri: request.uri().clone(),
+            version: request.version(),
+            headers: request.headers().clone(),
+        })
+    }
+
+    fn into_request(self) -> Request<ProxyBody> {
+        let mut request = Request::new(crate::body::full(Bytes::new()));
+        *request.method_mut() = self.method;
+        *request.uri_mut() = self.uri;
+        *request.version_mut() = self.version;
+        *request.headers_mut() = self.headers;
+        request
+    }
 }
 
 /// A connection lent to one response.
