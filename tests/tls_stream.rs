@@ -279,3 +279,103 @@ async fn server_config_from_the_gateway_is_accepted() {
     let chain = server.peer_certificates().expect("the client certificate");
     assert_eq!(chain[0].as_ref(), identity.cert_chain()[0].as_ref());
 }
+
+/// A relay between a client and `server` that hands the client's bytes to `tamper` (with
+/// the number of client reads so far) before passing them on.
+async fn tampering_relay(
+    server: SocketAddr,
+    tamper: impl Fn(usize, &mut Vec<u8>) + Send + 'static,
+) -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    let (relay, relay_addr) = listener().await;
+    let task = tokio::spawn(async move {
+        let (client, _) = relay.accept().await.unwrap();
+        let upstream = TcpStream::connect(server).await.unwrap();
+        let (mut client_read, mut client_write) = client.into_split();
+        let (mut server_read, mut server_write) = upstream.into_split();
+        let up = async move {
+            let mut buf = vec![0u8; 64 * 1024];
+            for reads in 0.. {
+                let n = client_read.read(&mut buf).await.unwrap_or(0);
+                if n == 0 {
+                    let _ = server_write.shutdown().await;
+                    return;
+                }
+                let mut bytes = buf[..n].to_vec();
+                tamper(reads, &mut bytes);
+                if server_write.write_all(&bytes).await.is_err() {
+                    return;
+                }
+            }
+        };
+        let down = async move {
+            let _ = tokio::io::copy(&mut server_read, &mut client_write).await;
+            let _ = client_write.shutdown().await;
+        };
+        tokio::join!(up, down);
+    });
+    (relay_addr, task)
+}
+
+#[tokio::test]
+async fn a_record_before_the_client_hello_fails_the_handshake() {
+    // rustls skips a warning alert there; the SNI read for the Host check must not be
+    // skipped with it, so the connection is refused.
+    let pki = TestPki::new();
+    let (listener, addr) = listener().await;
+    let (relay, _task) = tampering_relay(addr, |reads, bytes| {
+        if reads == 0 {
+            bytes.splice(0..0, [0x15, 0x03, 0x01, 0x00, 0x02, 0x01, 0x5a]);
+        }
+    })
+    .await;
+    let client = try_connect(relay, pki.rustls_client_config(None, &[b"http/1.1"]), "gateway.test");
+    let (client, server) = tokio::join!(client, accept(&listener, &pki));
+    assert!(client.is_err(), "the client's handshake cannot complete");
+    assert_eq!(server.err().expect("refused").kind(), std::io::ErrorKind::InvalidData);
+}
+
+#[tokio::test]
+async fn a_handshake_message_claiming_16_mib_is_refused() {
+    let pki = TestPki::new();
+    let (listener, addr) = listener().await;
+    let client = async {
+        let mut tcp = TcpStream::connect(addr).await.unwrap();
+        tcp.write_all(&[0x16, 0x03, 0x01, 0x00, 0x04, 0x01, 0xff, 0xff, 0xff]).await.unwrap();
+        tcp
+    };
+    let (_tcp, server) = tokio::join!(client, accept(&listener, &pki));
+    assert_eq!(server.err().expect("refused").kind(), std::io::ErrorKind::InvalidData);
+}
+
+#[tokio::test]
+async fn a_corrupted_record_fails_the_stream_for_good() {
+    let pki = TestPki::new();
+    let (listener, addr) = listener().await;
+    // The client's third read is its first application data: flip a bit of the ciphertext.
+    let (relay, _task) = tampering_relay(addr, |reads, bytes| {
+        if reads == 2 {
+            let last = bytes.len() - 1;
+            bytes[last] ^= 1;
+        }
+    })
+    .await;
+    let client = try_connect(relay, pki.rustls_client_config(None, &[b"http/1.1"]), "gateway.test");
+    let (client, server) = tokio::join!(client, accept(&listener, &pki));
+    let (mut client, mut server) = (client.unwrap(), server.unwrap());
+    // Make sure the client's Finished went through before the data (reads 0 and 1).
+    server.write_all(b"hello").await.unwrap();
+    server.flush().await.unwrap();
+    let mut hello = [0u8; 5];
+    client.read_exact(&mut hello).await.unwrap();
+    client.write_all(b"tampered").await.unwrap();
+    client.flush().await.unwrap();
+    let mut buf = [0u8; 64];
+    let error = server.read(&mut buf).await.expect_err("a record that fails authentication");
+    assert_eq!(error.kind(), std::io::ErrorKind::InvalidData);
+    // The error is final: no more reading, writing, or rustls.
+    assert_eq!(server.read(&mut buf).await.expect_err("still failed").kind(), std::io::ErrorKind::InvalidData);
+    assert!(server.write_all(b"more").await.is_err(), "no writes after a fatal error");
+    // The client hears why: a fatal alert, not a clean end.
+    let mut rest = Vec::new();
+    assert!(client.read_to_end(&mut rest).await.is_err(), "the client must see the alert");
+}

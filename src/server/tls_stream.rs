@@ -11,10 +11,14 @@
 //! response is normally one TLS record and one `write`. Our handshake and post-handshake
 //! messages (session tickets, key updates, alerts) go out before the stream waits for input.
 //!
-//! rustls's unbuffered connection does not expose the client's SNI, so it is read from the
-//! ClientHello here ([`client_hello_sni`]) — the same bytes rustls then accepts; a
-//! ClientHello split over several records (which no mainstream client sends) counts as one
-//! without SNI, which a client may send anyway.
+//! rustls's unbuffered connection does not expose the client's SNI, so it is read here from
+//! the ClientHello ([`scan_client_hello`]) before rustls sees any byte: the stream must
+//! begin with handshake records carrying a ClientHello (split over several records or not),
+//! or the connection is refused — so the name used for the gateway's Host check is the one
+//! rustls negotiates (a ClientHello retried after a HelloRetryRequest may not change it).
+//!
+//! The first error is final: every later read, write or flush reports it, and rustls (whose
+//! unbuffered connection does not remember record-layer errors) is not called again.
 
 use std::io;
 use std::pin::Pin;
@@ -54,8 +58,10 @@ pub struct ServerTlsStream {
     /// We queued our `close_notify`.
     write_closed: bool,
     sni: Option<String>,
-    /// The first record (the ClientHello) has been looked at for SNI.
+    /// The ClientHello has been read for its SNI (rustls gets no byte before).
     hello_checked: bool,
+    /// The first error; the stream is unusable after it.
+    failed: Option<io::ErrorKind>,
 }
 
 /// What one run of rustls over the buffered input came to.
@@ -99,6 +105,7 @@ impl ServerTlsStream {
             write_closed: false,
             sni: None,
             hello_checked: false,
+            failed: None,
         };
         std::future::poll_fn(|cx| stream.poll_handshake(cx)).await?;
         Ok(stream)
@@ -181,19 +188,36 @@ impl ServerTlsStream {
     }
 
     /// Runs rustls over the buffered TLS bytes until it has something for `intent` or
-    /// needs more input.
+    /// needs more input. The first error sticks.
     fn process(&mut self, intent: Intent<'_>) -> io::Result<Step> {
-        loop {
-            // Only the first record, before rustls consumes it: a ClientHello after a
-            // HelloRetryRequest must not change the name.
-            if !self.hello_checked && self.incoming_len >= 5 {
-                let record = 5 + usize::from(u16::from_be_bytes([self.incoming[3], self.incoming[4]]));
-                if self.incoming_len >= record {
+        if let Some(kind) = self.failed {
+            return Err(kind.into());
+        }
+        let step = self.process_records(intent);
+        if let Err(e) = &step {
+            self.failed = Some(e.kind());
+        }
+        step
+    }
+
+    fn process_records(&mut self, intent: Intent<'_>) -> io::Result<Step> {
+        if !self.hello_checked {
+            match scan_client_hello(&self.incoming[..self.incoming_len]) {
+                HelloScan::Incomplete => return Ok(Step::NeedInput),
+                HelloScan::NotAHello => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "the connection does not begin with a TLS ClientHello",
+                    ));
+                }
+                HelloScan::Hello(sni) => {
+                    self.sni = sni;
                     self.hello_checked = true;
-                    self.sni = client_hello_sni(&self.incoming[..self.incoming_len]);
                 }
             }
-            let UnbufferedStatus { discard, state } =
+        }
+        loop {
+            let UnbufferedStatus { mut discard, state } =
                 self.conn.process_tls_records(&mut self.incoming[..self.incoming_len]);
             let step = match state {
                 Err(e) => {
@@ -203,6 +227,7 @@ impl ServerTlsStream {
                 Ok(ConnectionState::ReadTraffic(mut traffic)) => {
                     while let Some(record) = traffic.next_record() {
                         let record = record.map_err(tls_error)?;
+                        discard += record.discard;
                         if self.plaintext_at >= self.plaintext.len() {
                             self.plaintext.clear();
                             self.plaintext_at = 0;
@@ -290,15 +315,23 @@ impl ServerTlsStream {
         }
     }
 
-    /// After a TLS error, rustls has queued an alert: encode it and try once to send it.
+    /// After a TLS error rustls may have queued an alert: encode it and try once to send
+    /// it. (The same input buffer goes back to rustls: it may hold offsets into it.)
     fn send_alert_best_effort(&mut self) {
-        let UnbufferedStatus { state, .. } = self.conn.process_tls_records(&mut []);
+        if !self.hello_checked || self.failed.is_none() || self.write_closed {
+            return;
+        }
+        // Only once: the stream is finished either way.
+        self.write_closed = true;
+        let UnbufferedStatus { discard, state } =
+            self.conn.process_tls_records(&mut self.incoming[..self.incoming_len]);
         if let Ok(ConnectionState::EncodeTlsData(mut encode)) = state {
             let start = self.outgoing.len();
             self.outgoing.resize(start + 64, 0);
             let written = encode.encode(&mut self.outgoing[start..]).unwrap_or(0);
             self.outgoing.truncate(start + written);
         }
+        self.discard_incoming(discard);
         if self.outgoing_at < self.outgoing.len() {
             let _ = self.tcp.try_write(&self.outgoing[self.outgoing_at..]);
         }
@@ -372,7 +405,8 @@ impl AsyncRead for ServerTlsStream {
                 // The client's `close_notify` came with this input.
                 Ok(Step::NeedInput) if this.read_closed => {}
                 Ok(Step::NeedInput) => {
-                    // Our replies (a key update, session tickets) go out before we wait.
+                    // What rustls gave us to send (session tickets, handshake messages) goes
+                    // out before we wait. (A reply to a key update waits for our next write.)
                     if let Poll::Ready(Err(e)) = this.poll_flush_outgoing(cx) {
                         return Poll::Ready(Err(e));
                     }
@@ -435,22 +469,67 @@ impl AsyncWrite for ServerTlsStream {
     }
 }
 
-/// The DNS name in the SNI extension of a ClientHello that begins `tls` and fits in its
-/// first record; `None` otherwise, or when the name is not a DNS name.
-pub fn client_hello_sni(tls: &[u8]) -> Option<String> {
-    let mut record = Reader(tls);
-    // Record: type 22 (handshake), legacy version, length.
-    if record.u8()? != 22 {
-        return None;
+/// What the beginning of a connection says about its ClientHello.
+#[derive(Debug, PartialEq, Eq)]
+pub enum HelloScan {
+    /// More bytes are needed.
+    Incomplete,
+    /// A ClientHello, with the DNS name of its SNI extension when it has one (an IP address
+    /// in SNI is ignored, as rustls does; a malformed extension counts as none, and rustls
+    /// then refuses the handshake).
+    Hello(Option<String>),
+    /// The stream begins with something else (another record type, another handshake
+    /// message, a message too large for a ClientHello).
+    NotAHello,
+}
+
+/// The largest ClientHello looked for (rustls's own limit for a handshake message).
+const MAX_CLIENT_HELLO: usize = 64 * 1024;
+
+/// Reads the ClientHello at the beginning of `tls`, joining handshake records as needed.
+pub fn scan_client_hello(tls: &[u8]) -> HelloScan {
+    let mut rest = Reader(tls);
+    let mut joined: Vec<u8> = Vec::new();
+    loop {
+        if rest.0.len() < 5 {
+            return HelloScan::Incomplete;
+        }
+        // Record: type 22 (handshake), legacy version, length.
+        if rest.0[0] != 22 {
+            return HelloScan::NotAHello;
+        }
+        let length = usize::from(u16::from_be_bytes([rest.0[3], rest.0[4]]));
+        let Some(record) = rest.take(5 + length) else {
+            return HelloScan::Incomplete;
+        };
+        let payload = &record[5..];
+        // The common case, a ClientHello in one record, needs no copy.
+        let message: &[u8] = if joined.is_empty() && payload.len() >= 4 {
+            payload
+        } else {
+            joined.extend_from_slice(payload);
+            &joined
+        };
+        if message.len() < 4 {
+            continue;
+        }
+        // Handshake: type 1 (ClientHello), 24-bit length.
+        let length = usize::from(message[1]) << 16 | usize::from(message[2]) << 8 | usize::from(message[3]);
+        if message[0] != 1 || length > MAX_CLIENT_HELLO {
+            return HelloScan::NotAHello;
+        }
+        if message.len() >= 4 + length {
+            return HelloScan::Hello(sni_of_hello(&message[4..4 + length]));
+        }
+        if joined.is_empty() {
+            joined.extend_from_slice(payload);
+        }
     }
-    record.take(2)?;
-    let mut handshake = Reader(record.vec(2)?);
-    // Handshake: type 1 (ClientHello), 24-bit length.
-    if handshake.u8()? != 1 {
-        return None;
-    }
-    let length = usize::from(handshake.u8()?) << 16 | usize::from(handshake.u16()?);
-    let mut hello = Reader(handshake.take(length)?);
+}
+
+/// The DNS name in the SNI extension of a ClientHello body.
+fn sni_of_hello(body: &[u8]) -> Option<String> {
+    let mut hello = Reader(body);
     hello.take(2 + 32)?; // legacy_version, random
     hello.vec(1)?; // legacy_session_id
     hello.vec(2)?; // cipher_suites
@@ -480,7 +559,7 @@ pub fn client_hello_sni(tls: &[u8]) -> Option<String> {
     None
 }
 
-/// A cursor over bytes for [`client_hello_sni`].
+/// A cursor over bytes for [`scan_client_hello`].
 struct Reader<'a>(&'a [u8]);
 
 impl<'a> Reader<'a> {
@@ -527,28 +606,70 @@ mod tests {
         bytes
     }
 
-    #[test]
-    fn sni_is_read_from_a_client_hello() {
-        assert_eq!(client_hello_sni(&client_hello("API.Example.test")).as_deref(), Some("api.example.test"));
-        assert_eq!(client_hello_sni(&client_hello("192.0.2.7")), None, "no SNI is sent to an IP address");
+    /// `hello` (one record) re-framed as handshake records of at most `size` payload bytes.
+    fn split_records(hello: &[u8], size: usize) -> Vec<u8> {
+        let message = &hello[5..];
+        let mut out = Vec::new();
+        for chunk in message.chunks(size) {
+            out.extend_from_slice(&[22, 3, 1]);
+            out.extend_from_slice(&u16::try_from(chunk.len()).unwrap().to_be_bytes());
+            out.extend_from_slice(chunk);
+        }
+        out
+    }
+
+    fn sni(name: &str) -> HelloScan {
+        HelloScan::Hello(Some(name.to_string()))
     }
 
     #[test]
-    fn truncated_or_foreign_bytes_give_no_sni_and_no_panic() {
+    fn sni_is_read_from_a_client_hello() {
+        assert_eq!(scan_client_hello(&client_hello("API.Example.test")), sni("api.example.test"));
+        assert_eq!(scan_client_hello(&client_hello("192.0.2.7")), HelloScan::Hello(None), "no SNI to an IP address");
+        // Application data after the ClientHello changes nothing.
+        let mut more = client_hello("gateway.test");
+        more.extend_from_slice(&[23, 3, 3, 0, 1, 0]);
+        assert_eq!(scan_client_hello(&more), sni("gateway.test"));
+    }
+
+    #[test]
+    fn a_client_hello_split_over_records_is_joined() {
         let hello = client_hello("gateway.test");
-        for end in 0..hello.len() {
-            assert_eq!(client_hello_sni(&hello[..end]), None, "prefix of {end} bytes");
+        for size in [1, 2, 3, 4, 5, 100, 1000] {
+            let split = split_records(&hello, size);
+            assert_eq!(scan_client_hello(&split), sni("gateway.test"), "records of {size} bytes");
+            for end in 0..split.len() {
+                assert_eq!(scan_client_hello(&split[..end]), HelloScan::Incomplete, "{size}-byte records, {end} bytes");
+            }
         }
-        assert_eq!(client_hello_sni(b"GET / HTTP/1.1\r\nHost: gateway.test\r\n\r\n"), None);
-        // A handshake record that is not a ClientHello (type 2, ServerHello).
+    }
+
+    #[test]
+    fn anything_but_a_client_hello_first_is_refused() {
+        let hello = client_hello("gateway.test");
+        // A warning alert before the ClientHello (rustls would skip it; the SNI must not be).
+        let mut alert_first = vec![21, 3, 1, 0, 2, 1, 90];
+        alert_first.extend_from_slice(&hello);
+        assert_eq!(scan_client_hello(&alert_first), HelloScan::NotAHello);
+        assert_eq!(scan_client_hello(b"GET / HTTP/1.1\r\nHost: gateway.test\r\n\r\n"), HelloScan::NotAHello);
+        // A handshake message other than a ClientHello (type 2, ServerHello).
         let mut other = hello.clone();
         other[5] = 2;
-        assert_eq!(client_hello_sni(&other), None);
-        // Every single-byte corruption is parsed without a panic.
+        assert_eq!(scan_client_hello(&other), HelloScan::NotAHello);
+        // A ClientHello claiming 16 MiB.
+        assert_eq!(scan_client_hello(&[22, 3, 1, 0, 4, 1, 0xff, 0xff, 0xff]), HelloScan::NotAHello);
+    }
+
+    #[test]
+    fn truncated_or_bent_client_hellos_never_panic() {
+        let hello = client_hello("gateway.test");
+        for end in 0..hello.len() {
+            assert_eq!(scan_client_hello(&hello[..end]), HelloScan::Incomplete, "prefix of {end} bytes");
+        }
         for at in 0..hello.len() {
             let mut bent = hello.clone();
             bent[at] ^= 0xff;
-            let _ = client_hello_sni(&bent);
+            let _ = scan_client_hello(&bent);
         }
     }
 }
