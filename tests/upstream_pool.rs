@@ -125,10 +125,14 @@ async fn closing_on_second_request_upstream() -> (SocketAddr, Arc<AtomicUsize>, 
 }
 
 async fn gateway_to(pki: &TestPki, upstream: SocketAddr) -> GatewayHandle {
+    gateway_with_timeout(pki, upstream, "30s").await
+}
+
+async fn gateway_with_timeout(pki: &TestPki, upstream: SocketAddr, timeout: &str) -> GatewayHandle {
     init();
     let yaml = format!(
         "listen: {{ address: 127.0.0.1:0, public_url: https://gateway.test, tls: {{ cert: {}, key: {} }} }}\n\
-         routes:\n  - {{ name: r, match: {{ path_prefix: / }}, upstream: http://{upstream}, auth: none }}\n",
+         routes:\n  - {{ name: r, match: {{ path_prefix: / }}, upstream: http://{upstream}, auth: none, timeout: {timeout} }}\n",
         pki.server_cert_path().display(),
         pki.server_key_path().display(),
     );
@@ -256,4 +260,59 @@ async fn a_post_on_a_connection_closed_while_idle_is_not_sent_again() {
     assert_eq!(response.status(), 502, "a request that is not idempotent is never sent twice");
     assert_eq!(*seen.lock().unwrap(), ["1 GET /a", "1 POST /b"]);
     assert_eq!(connections.load(Ordering::SeqCst), 1);
+}
+
+/// An upstream that answers every request with a 100-byte body sent as `pieces` of 10 bytes
+/// `gap` apart, then (when `pieces` < 10) sends nothing more and keeps the connection open.
+async fn trickling_upstream(pieces: usize, gap: Duration) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                while find(&head, b"\r\n\r\n").is_none() {
+                    match tcp.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = tcp.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n").await;
+                for _ in 0..pieces {
+                    let _ = tcp.write_all(&[b'x'; 10]).await;
+                    tokio::time::sleep(gap).await;
+                }
+                // Stalled: hold the connection without a word.
+                tokio::time::sleep(Duration::from_secs(60)).await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn a_stalled_upstream_body_is_cut_off() {
+    let pki = TestPki::new();
+    let upstream = trickling_upstream(3, Duration::from_millis(20)).await;
+    let gateway = gateway_with_timeout(&pki, upstream, "300ms").await;
+    let http = client(&pki, gateway.local_addr(), None, false);
+    let response = http.get(gateway_url(gateway.local_addr(), "/x")).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let body = tokio::time::timeout(Duration::from_secs(5), response.bytes())
+        .await
+        .expect("a stalled body must be cut off, not left hanging");
+    assert!(body.is_err(), "the client must see the response cut short, not a complete body");
+}
+
+#[tokio::test]
+async fn a_slow_but_steady_upstream_body_is_not_cut_off() {
+    // A byte every 150 ms for 1.5 s with a 300 ms timeout: never a stall.
+    let pki = TestPki::new();
+    let upstream = trickling_upstream(10, Duration::from_millis(150)).await;
+    let gateway = gateway_with_timeout(&pki, upstream, "300ms").await;
+    let http = client(&pki, gateway.local_addr(), None, false);
+    let response = http.get(gateway_url(gateway.local_addr(), "/x")).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.bytes().await.unwrap().len(), 100);
 }

@@ -32,7 +32,6 @@ pub struct Upstream {
     pool: ConnectionPool,
     /// The upstream URL's path without its trailing slash, prepended to request paths.
     base_path: String,
-    timeout: Duration,
 }
 
 /// How long the upstream took to answer with its response head (a response extension).
@@ -64,9 +63,9 @@ impl Upstream {
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
         let tls = (uri.scheme_str() == Some("https")).then(|| UpstreamTls { config: std::sync::Arc::new(config) });
         let connect_timeout = route.timeout.min(Duration::from_secs(10));
-        let pool = ConnectionPool::new(uri, tls, connect_timeout)
+        let pool = ConnectionPool::new(uri, tls, connect_timeout, route.timeout)
             .map_err(|reason| TlsError::Certificates { path: Default::default(), reason })?;
-        Ok(Upstream { pool, base_path: uri.path().trim_end_matches('/').to_string(), timeout: route.timeout })
+        Ok(Upstream { pool, base_path: uri.path().trim_end_matches('/').to_string() })
     }
 
     /// Forwards `request` and returns the upstream's response, streaming both bodies.
@@ -103,14 +102,14 @@ impl Upstream {
             .boxed();
         let request = Request::from_parts(parts, body);
         let sent = std::time::Instant::now();
-        let response = match tokio::time::timeout(self.timeout, self.pool.send(request)).await {
-            Err(_) => return Err(Rejection::UpstreamTimeout),
-            Ok(Err(SendError::Http(e))) if is_body_limit(&e) => return Err(Rejection::PayloadTooLarge),
-            Ok(Err(e)) => {
+        let response = match self.pool.send(request).await {
+            Err(SendError::Timeout) => return Err(Rejection::UpstreamTimeout),
+            Err(SendError::Http(e)) if is_body_limit(&e) => return Err(Rejection::PayloadTooLarge),
+            Err(e) => {
                 tracing::warn!(route = %route.name, error = %crate::diagnostics::error_chain(&e), "upstream request failed");
                 return Err(Rejection::UpstreamUnavailable);
             }
-            Ok(Ok(response)) => response,
+            Ok(response) => response,
         };
         let (mut parts, body) = response.into_parts();
         parts.extensions.insert(UpstreamTime(sent.elapsed()));

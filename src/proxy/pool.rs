@@ -14,6 +14,11 @@
 //! reaper task that ends with the pool (a configuration reload drops the old pool, and with
 //! it the idle connections).
 //!
+//! Time: the response head must come within the route's `timeout`, and then the body may
+//! not stall — go without a byte — for longer than that either (checked on the same timer:
+//! a stall is caught between one and two timeouts after the last byte). A stalled body is
+//! cut off and its connection closed, as nginx does after `proxy_read_timeout`.
+//!
 //! Upstream connections speak HTTP/1.1 only, as nginx's and most proxies' do by default.
 
 use std::pin::Pin;
@@ -60,7 +65,14 @@ pub enum SendError {
     Handshake(#[source] hyper::Error),
     #[error("the upstream exchange failed")]
     Http(#[source] hyper::Error),
+    #[error("the upstream did not answer in time")]
+    Timeout,
 }
+
+/// A response body cut off because the upstream sent nothing more for too long.
+#[derive(Debug, thiserror::Error)]
+#[error("the upstream response stalled for more than {0:?}")]
+pub struct BodyStalled(pub Duration);
 
 /// Where connections go.
 struct Target {
@@ -80,6 +92,8 @@ pub struct ConnectionPool {
 struct PoolInner {
     target: Target,
     connect_timeout: Duration,
+    /// For the response head, then for each stall of the body.
+    read_timeout: Duration,
     idle: Mutex<Vec<IdleConnection>>,
     reaper_started: std::sync::atomic::AtomicBool,
 }
@@ -95,8 +109,14 @@ pub struct UpstreamTls {
 }
 
 impl ConnectionPool {
-    /// A pool for `uri` (`http://` or `https://`, with a host); `tls` for `https://`.
-    pub fn new(uri: &http::Uri, tls: Option<UpstreamTls>, connect_timeout: Duration) -> Result<Self, String> {
+    /// A pool for `uri` (`http://` or `https://`, with a host); `tls` for `https://`. The
+    /// response head must come within `read_timeout`, and the body may not stall longer.
+    pub fn new(
+        uri: &http::Uri,
+        tls: Option<UpstreamTls>,
+        connect_timeout: Duration,
+        read_timeout: Duration,
+    ) -> Result<Self, String> {
         let host = uri.host().filter(|h| !h.is_empty()).ok_or("the upstream URL has no host")?;
         let https = uri.scheme_str() == Some("https");
         let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
@@ -120,6 +140,7 @@ impl ConnectionPool {
             inner: Arc::new(PoolInner {
                 target: Target { host: bare_host, port, tls },
                 connect_timeout,
+                read_timeout,
                 idle: Mutex::new(Vec::new()),
                 reaper_started: std::sync::atomic::AtomicBool::new(false),
             }),
@@ -128,8 +149,24 @@ impl ConnectionPool {
     }
 
     /// Sends `request` (origin-form URI; its `Host` is set here) and returns the response,
-    /// whose body hands the connection back to the pool when it ends.
-    pub async fn send(&self, mut request: Request<ProxyBody>) -> Result<Response<ProxyBody>, SendError> {
+    /// whose body hands the connection back to the pool when it ends; [`SendError::Timeout`]
+    /// when no response head came within the read timeout.
+    pub async fn send(&self, request: Request<ProxyBody>) -> Result<Response<ProxyBody>, SendError> {
+        // One timer for the head, then handed to the body to watch for stalls.
+        let mut timer = Box::pin(tokio::time::sleep(self.inner.read_timeout));
+        let exchanged = tokio::select! {
+            biased;
+            exchanged = self.exchange(request) => exchanged,
+            () = timer.as_mut() => return Err(SendError::Timeout),
+        };
+        let (response, sender) = exchanged?;
+        Ok(self.inner.clone().wrap(response, sender, timer))
+    }
+
+    async fn exchange(
+        &self,
+        mut request: Request<ProxyBody>,
+    ) -> Result<(Response<Incoming>, http1::SendRequest<ProxyBody>), SendError> {
         request.headers_mut().insert(HOST, self.host_header.clone());
         let mut fresh_only = false;
         loop {
@@ -139,7 +176,7 @@ impl ConnectionPool {
             };
             let replay = if idle_for >= REPLAY_IF_IDLE_FOR { Replay::of(&request) } else { None };
             match sender.try_send_request(request).await {
-                Ok(response) => return Ok(self.inner.clone().wrap(response, sender)),
+                Ok(response) => return Ok((response, sender)),
                 Err(mut e) => match (e.take_message(), replay) {
                     // Never written: the connection closed before it could take the request.
                     // Once more, on a new connection.
@@ -215,14 +252,17 @@ impl PoolInner {
         }
     }
 
-    /// The response with a body that returns `sender` to the pool when it ends.
+    /// The response with a body that returns `sender` to the pool when it ends and is cut
+    /// off when it stalls (`timer` is the head's, still running).
     fn wrap(
         self: Arc<Self>,
         response: Response<Incoming>,
         sender: http1::SendRequest<ProxyBody>,
+        timer: Pin<Box<tokio::time::Sleep>>,
     ) -> Response<ProxyBody> {
         let (parts, body) = response.into_parts();
-        let mut body = PooledBody { inner: body, lease: Some(Lease { pool: self, sender }) };
+        let stall = StallWatch { timer, timeout: self.read_timeout, frames: 0, frames_at_last_check: None };
+        let mut body = PooledBody { inner: body, lease: Some(Lease { pool: self, sender }), stall };
         // A body that is empty from the start (204, 304, HEAD, `content-length: 0`) may
         // never be polled.
         body.release_if_done();
@@ -313,10 +353,36 @@ struct Lease {
     sender: http1::SendRequest<ProxyBody>,
 }
 
+/// Watches a response body for stalls: each time the timer fires, the body must have
+/// brought a frame since the last time (the first firing — the head's deadline — always
+/// grants a full period).
+struct StallWatch {
+    timer: Pin<Box<tokio::time::Sleep>>,
+    timeout: Duration,
+    frames: u64,
+    frames_at_last_check: Option<u64>,
+}
+
+impl StallWatch {
+    /// Whether the body has stalled (registers for the next check otherwise).
+    fn stalled(&mut self, cx: &mut Context<'_>) -> bool {
+        while self.timer.as_mut().poll(cx).is_ready() {
+            if self.frames_at_last_check == Some(self.frames) {
+                return true;
+            }
+            self.frames_at_last_check = Some(self.frames);
+            let next = tokio::time::Instant::now() + self.timeout;
+            self.timer.as_mut().reset(next);
+        }
+        false
+    }
+}
+
 /// The upstream's response body; gives the connection back when it has been read to its end.
 struct PooledBody {
     inner: Incoming,
     lease: Option<Lease>,
+    stall: StallWatch,
 }
 
 impl PooledBody {
@@ -342,10 +408,20 @@ impl Body for PooledBody {
                     pool.put(sender);
                 }
             }
-            Poll::Ready(Some(Ok(_))) => this.release_if_done(),
+            Poll::Ready(Some(Ok(_))) => {
+                this.stall.frames += 1;
+                this.release_if_done();
+            }
             // The exchange failed: the connection is not reusable.
             Poll::Ready(Some(Err(_))) => this.lease = None,
-            Poll::Pending => {}
+            Poll::Pending => {
+                if this.lease.is_some() && this.stall.stalled(cx) {
+                    // The rest of the body may still come: the connection cannot be reused.
+                    this.lease = None;
+                    tracing::warn!(timeout = ?this.stall.timeout, "upstream response stalled; cut off");
+                    return Poll::Ready(Some(Err(BodyStalled(this.stall.timeout).into())));
+                }
+            }
         }
         polled.map_err(Into::into)
     }
