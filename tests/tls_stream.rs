@@ -16,10 +16,13 @@ use fapi_gateway::server::tls_stream::ServerTlsStream;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
+/// How long the server side waits for a client that does not read.
+const SEND_TIMEOUT: Duration = Duration::from_millis(500);
+
 /// Accepts one TLS connection on `listener` with the test PKI's server configuration.
 async fn accept(listener: &TcpListener, pki: &TestPki) -> std::io::Result<ServerTlsStream> {
     let (tcp, _) = listener.accept().await?;
-    tokio::time::timeout(Duration::from_secs(10), ServerTlsStream::accept(tcp, pki.server_config()))
+    tokio::time::timeout(Duration::from_secs(10), ServerTlsStream::accept(tcp, pki.server_config(), SEND_TIMEOUT))
         .await
         .expect("the handshake must end within 10 s")
 }
@@ -272,7 +275,7 @@ async fn server_config_from_the_gateway_is_accepted() {
     let client = try_connect(addr, pki.rustls_client_config(Some(&identity), &[b"http/1.1"]), "gateway.test");
     let server = async {
         let (tcp, _) = listener.accept().await.unwrap();
-        ServerTlsStream::accept(tcp, Arc::clone(&config)).await
+        ServerTlsStream::accept(tcp, Arc::clone(&config), SEND_TIMEOUT).await
     };
     let (client, server) = tokio::join!(client, server);
     let (_client, server) = (client.unwrap(), server.unwrap());
@@ -378,4 +381,43 @@ async fn a_corrupted_record_fails_the_stream_for_good() {
     // The client hears why: a fatal alert, not a clean end.
     let mut rest = Vec::new();
     assert!(client.read_to_end(&mut rest).await.is_err(), "the client must see the alert");
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_times_the_write_out() {
+    let pki = TestPki::new();
+    let (client, mut server) = pair(&pki, &[b"http/1.1"], "gateway.test").await;
+    // 64 MiB into a client that reads nothing: the socket buffers fill, then the write waits.
+    let write = async {
+        let chunk = vec![b'x'; 1024 * 1024];
+        for _ in 0..64 {
+            server.write_all(&chunk).await?;
+        }
+        server.flush().await
+    };
+    let outcome = tokio::time::timeout(Duration::from_secs(10), write).await.expect("the write must give up, not hang");
+    assert_eq!(outcome.expect_err("a client that reads nothing").kind(), std::io::ErrorKind::TimedOut);
+    drop(client);
+}
+
+#[tokio::test]
+async fn a_slow_reader_that_keeps_reading_is_served_whole() {
+    let pki = TestPki::new();
+    let (mut client, mut server) = pair(&pki, &[b"http/1.1"], "gateway.test").await;
+    let total = 8 * 1024 * 1024;
+    let writer = tokio::spawn(async move {
+        server.write_all(&vec![b'y'; total]).await.unwrap();
+        server.flush().await.unwrap();
+        server
+    });
+    // Reads in small bites with pauses shorter than the send timeout.
+    let mut received = 0;
+    let mut buf = vec![0u8; 256 * 1024];
+    while received < total {
+        let n = client.read(&mut buf).await.unwrap();
+        assert!(n > 0);
+        received += n;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    writer.await.unwrap();
 }

@@ -129,10 +129,16 @@ async fn gateway_to(pki: &TestPki, upstream: SocketAddr) -> GatewayHandle {
 }
 
 async fn gateway_with_timeout(pki: &TestPki, upstream: SocketAddr, timeout: &str) -> GatewayHandle {
+    gateway_with(pki, upstream, timeout, "").await
+}
+
+/// A gateway in front of `upstream` with the route `timeout` and extra top-level YAML.
+async fn gateway_with(pki: &TestPki, upstream: SocketAddr, timeout: &str, extra: &str) -> GatewayHandle {
     init();
     let yaml = format!(
         "listen: {{ address: 127.0.0.1:0, public_url: https://gateway.test, tls: {{ cert: {}, key: {} }} }}\n\
-         routes:\n  - {{ name: r, match: {{ path_prefix: / }}, upstream: http://{upstream}, auth: none, timeout: {timeout} }}\n",
+         routes:\n  - {{ name: r, match: {{ path_prefix: / }}, upstream: http://{upstream}, auth: none, timeout: {timeout} }}\n\
+         {extra}\n",
         pki.server_cert_path().display(),
         pki.server_key_path().display(),
     );
@@ -315,4 +321,29 @@ async fn a_slow_but_steady_upstream_body_is_not_cut_off() {
     let response = http.get(gateway_url(gateway.local_addr(), "/x")).send().await.unwrap();
     assert_eq!(response.status(), 200);
     assert_eq!(response.bytes().await.unwrap().len(), 100);
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_a_response_is_cut_off() {
+    // nginx's send_timeout: here `idle_timeout` bounds how long a blocked response waits.
+    let pki = TestPki::new();
+    let (upstream, _) = counting_upstream().await;
+    let gateway = gateway_with(&pki, upstream, "30s", "limits: { idle_timeout: 1s }").await;
+    let mut tls = connect(&pki, gateway.local_addr(), None).await;
+    let size = 64 << 20;
+    tls.write_all(format!("GET /bytes/{size} HTTP/1.1\r\nhost: gateway.test\r\n\r\n").as_bytes()).await.unwrap();
+    // Read nothing for well past the timeout, then whatever is left.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mut received = 0usize;
+    let mut buf = vec![0u8; 1 << 20];
+    let drain = async {
+        loop {
+            match tls.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => received += n,
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), drain).await.expect("the gateway must end the connection");
+    assert!(received > 0 && received < size, "cut off after what the sockets held: {received} bytes");
 }

@@ -182,7 +182,8 @@ impl ConnectionTask {
         let server_tls = self.live.load().server_tls.clone();
         // Boxed, like the HTTP/2 connection below: a task's allocation is as large as its
         // largest state, and an idle connection should not pay for the handshake's.
-        let handshake = Box::pin(ServerTlsStream::accept(tcp, server_tls));
+        // A client that reads nothing for `idle_timeout` is as good as gone.
+        let handshake = Box::pin(ServerTlsStream::accept(tcp, server_tls, self.settings.idle_timeout));
         let tls = match tokio::time::timeout(self.settings.handshake_timeout, handshake).await {
             // Boxed: moved between the serving and parked states, and 1.2 KB.
             Ok(Ok(tls)) => Box::new(tls),

@@ -12,10 +12,14 @@
 //! messages (session tickets, key updates, alerts) go out before the stream waits for input.
 //!
 //! rustls's unbuffered connection does not expose the client's SNI, so it is read here from
-//! the ClientHello ([`scan_client_hello`]) before rustls sees any byte: the stream must
+//! the ClientHello ([`HelloScanner`]) before rustls sees any byte: the stream must
 //! begin with handshake records carrying a ClientHello (split over several records or not),
 //! or the connection is refused — so the name used for the gateway's Host check is the one
 //! rustls negotiates (a ClientHello retried after a HelloRetryRequest may not change it).
+//!
+//! A client that stops reading cannot hold a response (and its upstream connection)
+//! forever: when the socket takes no byte for the send timeout, writing fails with
+//! `TimedOut` (nginx's `send_timeout`). The timer exists only while a write is blocked.
 //!
 //! The first error is final: every later read, write or flush reports it, and rustls (whose
 //! unbuffered connection does not remember record-layer errors) is not called again.
@@ -24,6 +28,7 @@ use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
+use std::time::Duration;
 
 use rustls::server::UnbufferedServerConnection;
 use rustls::unbuffered::{ConnectionState, EncodeError, EncryptError, UnbufferedStatus};
@@ -60,8 +65,13 @@ pub struct ServerTlsStream {
     sni: Option<String>,
     /// The ClientHello has been read for its SNI (rustls gets no byte before).
     hello_checked: bool,
+    hello_scan: HelloScanner,
     /// The first error; the stream is unusable after it.
     failed: Option<io::ErrorKind>,
+    /// How long a blocked write may wait for the client to read.
+    send_timeout: Duration,
+    /// Running while a write waits for the socket.
+    write_stall: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 /// What one run of rustls over the buffered input came to.
@@ -89,8 +99,9 @@ fn tls_error(error: rustls::Error) -> io::Error {
 }
 
 impl ServerTlsStream {
-    /// Runs the TLS handshake on `tcp`. The caller bounds it in time.
-    pub async fn accept(tcp: TcpStream, config: Arc<rustls::ServerConfig>) -> io::Result<Self> {
+    /// Runs the TLS handshake on `tcp`. The caller bounds it in time; `send_timeout` bounds
+    /// every later wait for the client to take written bytes.
+    pub async fn accept(tcp: TcpStream, config: Arc<rustls::ServerConfig>, send_timeout: Duration) -> io::Result<Self> {
         let conn = UnbufferedServerConnection::new(config).map_err(tls_error)?;
         let mut stream = ServerTlsStream {
             tcp,
@@ -105,7 +116,10 @@ impl ServerTlsStream {
             write_closed: false,
             sni: None,
             hello_checked: false,
+            hello_scan: HelloScanner::default(),
             failed: None,
+            send_timeout,
+            write_stall: None,
         };
         std::future::poll_fn(|cx| stream.poll_handshake(cx)).await?;
         Ok(stream)
@@ -202,7 +216,7 @@ impl ServerTlsStream {
 
     fn process_records(&mut self, intent: Intent<'_>) -> io::Result<Step> {
         if !self.hello_checked {
-            match scan_client_hello(&self.incoming[..self.incoming_len]) {
+            match self.hello_scan.scan(&self.incoming[..self.incoming_len]) {
                 HelloScan::Incomplete => return Ok(Step::NeedInput),
                 HelloScan::NotAHello => {
                     return Err(io::Error::new(
@@ -213,6 +227,7 @@ impl ServerTlsStream {
                 HelloScan::Hello(sni) => {
                     self.sni = sni;
                     self.hello_checked = true;
+                    self.hello_scan = HelloScanner::default();
                 }
             }
         }
@@ -241,22 +256,7 @@ impl ServerTlsStream {
                     }
                 }
                 Ok(ConnectionState::EncodeTlsData(mut encode)) => {
-                    let start = self.outgoing.len();
-                    let mut room = 4096;
-                    loop {
-                        self.outgoing.resize(start + room, 0);
-                        match encode.encode(&mut self.outgoing[start..]) {
-                            Ok(written) => {
-                                self.outgoing.truncate(start + written);
-                                break;
-                            }
-                            Err(EncodeError::InsufficientSize(needed)) => room = needed.required_size,
-                            Err(EncodeError::AlreadyEncoded) => {
-                                self.outgoing.truncate(start);
-                                break;
-                            }
-                        }
-                    }
+                    encode_into(&mut self.outgoing, &mut encode);
                     None
                 }
                 // Sent before the stream next waits for input, or on flush.
@@ -326,10 +326,7 @@ impl ServerTlsStream {
         let UnbufferedStatus { discard, state } =
             self.conn.process_tls_records(&mut self.incoming[..self.incoming_len]);
         if let Ok(ConnectionState::EncodeTlsData(mut encode)) = state {
-            let start = self.outgoing.len();
-            self.outgoing.resize(start + 64, 0);
-            let written = encode.encode(&mut self.outgoing[start..]).unwrap_or(0);
-            self.outgoing.truncate(start + written);
+            encode_into(&mut self.outgoing, &mut encode);
         }
         self.discard_incoming(discard);
         if self.outgoing_at < self.outgoing.len() {
@@ -369,15 +366,50 @@ impl ServerTlsStream {
     /// Writes the outgoing buffer to the socket.
     fn poll_flush_outgoing(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         while self.outgoing_at < self.outgoing.len() {
-            let written = ready!(Pin::new(&mut self.tcp).poll_write(cx, &self.outgoing[self.outgoing_at..]))?;
+            let written = match Pin::new(&mut self.tcp).poll_write(cx, &self.outgoing[self.outgoing_at..]) {
+                Poll::Ready(written) => written?,
+                Poll::Pending => {
+                    let timeout = self.send_timeout;
+                    let stall = self.write_stall.get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+                    if stall.as_mut().poll(cx).is_ready() {
+                        self.failed = Some(io::ErrorKind::TimedOut);
+                        return Poll::Ready(Err(io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            "the client took no data for the send timeout",
+                        )));
+                    }
+                    return Poll::Pending;
+                }
+            };
             if written == 0 {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
+            self.write_stall = None;
             self.outgoing_at += written;
         }
         self.outgoing.clear();
         self.outgoing_at = 0;
         Poll::Ready(Ok(()))
+    }
+}
+
+/// Appends what rustls has to send to `outgoing`.
+fn encode_into<Data>(outgoing: &mut Vec<u8>, encode: &mut rustls::unbuffered::EncodeTlsData<'_, Data>) {
+    let start = outgoing.len();
+    let mut room = 4096;
+    loop {
+        outgoing.resize(start + room, 0);
+        match encode.encode(&mut outgoing[start..]) {
+            Ok(written) => {
+                outgoing.truncate(start + written);
+                return;
+            }
+            Err(EncodeError::InsufficientSize(needed)) => room = needed.required_size,
+            Err(EncodeError::AlreadyEncoded) => {
+                outgoing.truncate(start);
+                return;
+            }
+        }
     }
 }
 
@@ -488,42 +520,67 @@ const MAX_CLIENT_HELLO: usize = 64 * 1024;
 
 /// Reads the ClientHello at the beginning of `tls`, joining handshake records as needed.
 pub fn scan_client_hello(tls: &[u8]) -> HelloScan {
-    let mut rest = Reader(tls);
-    let mut joined: Vec<u8> = Vec::new();
-    loop {
-        if rest.0.len() < 5 {
-            return HelloScan::Incomplete;
+    HelloScanner::default().scan(tls)
+}
+
+/// Reads the ClientHello at the beginning of a connection as its bytes arrive, resuming
+/// after the records already read (a hello sent in tiny records costs linear, not
+/// quadratic, work).
+#[derive(Default)]
+pub struct HelloScanner {
+    /// Bytes of whole records already read.
+    consumed: usize,
+    /// Their handshake payload, when the hello spans records.
+    joined: Vec<u8>,
+}
+
+impl HelloScanner {
+    /// `tls`: everything received so far (the same bytes as before, and maybe more).
+    pub fn scan(&mut self, tls: &[u8]) -> HelloScan {
+        loop {
+            let rest = tls.get(self.consumed..).unwrap_or_default();
+            if rest.len() < 5 {
+                return HelloScan::Incomplete;
+            }
+            // Record: type 22 (handshake), legacy version, length.
+            if rest[0] != 22 {
+                return HelloScan::NotAHello;
+            }
+            let length = usize::from(u16::from_be_bytes([rest[3], rest[4]]));
+            let Some(payload) = rest.get(5..5 + length) else {
+                return HelloScan::Incomplete;
+            };
+            self.consumed += 5 + length;
+            // The common case, a ClientHello in one record, needs no copy.
+            if self.joined.is_empty() && payload.len() >= 4 {
+                match hello_in(payload) {
+                    HelloScan::Incomplete => self.joined.extend_from_slice(payload),
+                    outcome => return outcome,
+                }
+            } else {
+                self.joined.extend_from_slice(payload);
+                match hello_in(&self.joined) {
+                    HelloScan::Incomplete => {}
+                    outcome => return outcome,
+                }
+            }
         }
-        // Record: type 22 (handshake), legacy version, length.
-        if rest.0[0] != 22 {
-            return HelloScan::NotAHello;
-        }
-        let length = usize::from(u16::from_be_bytes([rest.0[3], rest.0[4]]));
-        let Some(record) = rest.take(5 + length) else {
-            return HelloScan::Incomplete;
-        };
-        let payload = &record[5..];
-        // The common case, a ClientHello in one record, needs no copy.
-        let message: &[u8] = if joined.is_empty() && payload.len() >= 4 {
-            payload
-        } else {
-            joined.extend_from_slice(payload);
-            &joined
-        };
-        if message.len() < 4 {
-            continue;
-        }
-        // Handshake: type 1 (ClientHello), 24-bit length.
-        let length = usize::from(message[1]) << 16 | usize::from(message[2]) << 8 | usize::from(message[3]);
-        if message[0] != 1 || length > MAX_CLIENT_HELLO {
-            return HelloScan::NotAHello;
-        }
-        if message.len() >= 4 + length {
-            return HelloScan::Hello(sni_of_hello(&message[4..4 + length]));
-        }
-        if joined.is_empty() {
-            joined.extend_from_slice(payload);
-        }
+    }
+}
+
+/// The ClientHello in a handshake message stream that begins with it.
+fn hello_in(message: &[u8]) -> HelloScan {
+    if message.len() < 4 {
+        return HelloScan::Incomplete;
+    }
+    // Handshake: type 1 (ClientHello), 24-bit length.
+    let length = usize::from(message[1]) << 16 | usize::from(message[2]) << 8 | usize::from(message[3]);
+    if message[0] != 1 || length > MAX_CLIENT_HELLO {
+        return HelloScan::NotAHello;
+    }
+    match message.get(4..4 + length) {
+        Some(body) => HelloScan::Hello(sni_of_hello(body)),
+        None => HelloScan::Incomplete,
     }
 }
 
@@ -642,6 +699,18 @@ mod tests {
                 assert_eq!(scan_client_hello(&split[..end]), HelloScan::Incomplete, "{size}-byte records, {end} bytes");
             }
         }
+    }
+
+    #[test]
+    fn a_scanner_fed_byte_by_byte_finds_the_hello_once() {
+        let split = split_records(&client_hello("gateway.test"), 1);
+        let mut scanner = HelloScanner::default();
+        for end in 0..split.len() {
+            assert_eq!(scanner.scan(&split[..end]), HelloScan::Incomplete, "{end} bytes");
+        }
+        assert_eq!(scanner.scan(&split), sni("gateway.test"));
+        // Each record was read once: what was consumed is the whole input.
+        assert_eq!(scanner.consumed, split.len());
     }
 
     #[test]
