@@ -115,8 +115,9 @@ pub async fn serve(
     settings: ServerSettings,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let builders = Arc::new(Builders::new(&settings));
     let slots = Arc::new(Semaphore::new(settings.max_connections));
+    let shared =
+        Arc::new(Shared { live, builders: Builders::new(&settings), settings: settings.clone(), slots: slots.clone() });
     let mut connections = JoinSet::new();
     loop {
         while connections.try_join_next().is_some() {}
@@ -141,17 +142,8 @@ pub async fn serve(
             _ = shutdown.changed() => break,
         };
         let _ = tcp.set_nodelay(true);
-        let task = ConnectionTask {
-            live: live.clone(),
-            builders: builders.clone(),
-            settings: settings.clone(),
-            shutdown: shutdown.clone(),
-            slots: slots.clone(),
-        };
-        connections.spawn(async move {
-            task.run(tcp, peer).await;
-            drop(permit);
-        });
+        let task = ConnectionTask { shared: shared.clone(), shutdown: shutdown.clone() };
+        connections.spawn(task.run(tcp, peer, permit));
     }
     drop(listener);
     let drained =
@@ -167,24 +159,32 @@ pub async fn serve(
 
 /// One accepted TCP connection, from TLS handshake to close.
 struct ConnectionTask {
-    live: Arc<ArcSwap<Live>>,
-    builders: Arc<Builders>,
-    settings: ServerSettings,
+    shared: Arc<Shared>,
     shutdown: watch::Receiver<bool>,
+}
+
+/// What every connection task reads; one allocation for all of them (a connection's task
+/// keeps its arguments for its whole life, so they are kept small).
+struct Shared {
+    live: Arc<ArcSwap<Live>>,
+    builders: Builders,
+    settings: ServerSettings,
     /// The connection slots; how many are taken tells how many connections are open.
     slots: Arc<Semaphore>,
 }
 
 impl ConnectionTask {
-    async fn run(mut self, tcp: tokio::net::TcpStream, peer: SocketAddr) {
+    /// Serves one connection; `_slot` is its place among `max_connections`, given back when
+    /// the connection ends.
+    async fn run(mut self, tcp: tokio::net::TcpStream, peer: SocketAddr, _slot: tokio::sync::OwnedSemaphorePermit) {
         // The certificate of the configuration current at accept time; requests then use the
         // configuration current when each arrives (a reload applies to open connections).
-        let server_tls = self.live.load().server_tls.clone();
+        let server_tls = self.shared.live.load().server_tls.clone();
         // Boxed, like the HTTP/2 connection below: a task's allocation is as large as its
         // largest state, and an idle connection should not pay for the handshake's.
         // A client that reads nothing for `idle_timeout` is as good as gone.
-        let handshake = Box::pin(ServerTlsStream::accept(tcp, server_tls, self.settings.idle_timeout));
-        let tls = match tokio::time::timeout(self.settings.handshake_timeout, handshake).await {
+        let handshake = Box::pin(ServerTlsStream::accept(tcp, server_tls, self.shared.settings.idle_timeout));
+        let tls = match tokio::time::timeout(self.shared.settings.handshake_timeout, handshake).await {
             // Boxed: moved between the serving and parked states, and 1.2 KB.
             Ok(Ok(tls)) => Box::new(tls),
             Ok(Err(e)) => {
@@ -211,11 +211,11 @@ impl ConnectionTask {
             };
             (Arc::new(info), h2)
         };
-        let mut gauge = ConnectionGauge::new(self.live.load().state.metrics.clone());
+        let mut gauge = ConnectionGauge::new(self.shared.live.load().state.metrics.clone());
         let activity = Arc::new(Activity::new());
         let token_memo_owner = info.clone();
         let service = {
-            let live = self.live.clone();
+            let live = self.shared.live.clone();
             let activity = activity.clone();
             service_fn(move |request| {
                 let state = live.load().state.clone();
@@ -253,10 +253,10 @@ impl ConnectionTask {
             + 'static,
         S::Future: Send + 'static,
     {
-        let mut connection = Box::pin(self.builders.h2.serve_connection(TokioIo::new(tls), service));
+        let mut connection = Box::pin(self.shared.builders.h2.serve_connection(TokioIo::new(tls), service));
         let mut closing = false;
         loop {
-            let deadline = activity.deadline(&self.settings, None);
+            let deadline = activity.deadline(&self.shared.settings, None);
             tokio::select! {
                 result = connection.as_mut() => {
                     if let Err(e) = result {
@@ -269,7 +269,7 @@ impl ConnectionTask {
                     closing = true;
                 }
                 _ = tokio::time::sleep_until(deadline), if !closing => {
-                    match activity.verdict(&self.settings, None) {
+                    match activity.verdict(&self.shared.settings, None) {
                         Verdict::Active | Verdict::Park => {}
                         Verdict::Silent => {
                             tracing::debug!(%peer, "no request within header_read_timeout; closing");
@@ -300,7 +300,7 @@ impl ConnectionTask {
         S::Future: Unpin,
         S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        let park_after = PARK_AFTER.min(self.settings.idle_timeout);
+        let park_after = PARK_AFTER.min(self.shared.settings.idle_timeout);
         let mut stream = tls;
         let mut pending = Bytes::new();
         loop {
@@ -352,12 +352,12 @@ impl ConnectionTask {
         activity.touch();
         let served_before = activity.requests.load(Ordering::Relaxed);
         let io = TokioIo::new(Rewind::new(stream, pending));
-        let mut connection = self.builders.h1.serve_connection(io, service);
+        let mut connection = self.shared.builders.h1.serve_connection(io, service);
         let (mut parking, mut closing) = (false, false);
         let result = loop {
-            let deadline = activity.deadline(&self.settings, Some(park_after));
-            let open = self.settings.max_connections.saturating_sub(self.slots.available_permits());
-            let at_once = open > self.settings.max_connections / PARK_AT_ONCE_DIVISOR;
+            let deadline = activity.deadline(&self.shared.settings, Some(park_after));
+            let open = self.shared.settings.max_connections.saturating_sub(self.shared.slots.available_permits());
+            let at_once = open > self.shared.settings.max_connections / PARK_AT_ONCE_DIVISOR;
             let may_park = || {
                 activity.requests.load(Ordering::Relaxed) > served_before
                     && activity.in_flight.load(Ordering::Relaxed) == 0
@@ -380,7 +380,7 @@ impl ConnectionTask {
                     closing = true;
                 }
                 _ = tokio::time::sleep_until(deadline), if !closing && !parking => {
-                    match activity.verdict(&self.settings, Some(park_after)) {
+                    match activity.verdict(&self.shared.settings, Some(park_after)) {
                         Verdict::Active | Verdict::Silent => {}
                         Verdict::Park if may_park() => {
                             // Idle: hyper closes its side at once and hands the stream
@@ -434,7 +434,7 @@ impl ConnectionTask {
     async fn await_request(&mut self, stream: &mut Box<ServerTlsStream>, activity: &Activity) -> Option<Bytes> {
         // Nothing is in flight: the handshake's or the last exchange's buffers can go.
         stream.release_buffers();
-        let deadline = activity.deadline(&self.settings, None);
+        let deadline = activity.deadline(&self.shared.settings, None);
         tokio::select! {
             bytes = next_bytes(stream) => bytes,
             _ = self.shutdown.changed() => None,
