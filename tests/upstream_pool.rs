@@ -347,3 +347,39 @@ async fn a_client_that_stops_reading_a_response_is_cut_off() {
     tokio::time::timeout(Duration::from_secs(30), drain).await.expect("the gateway must end the connection");
     assert!(received > 0 && received < size, "cut off after what the sockets held: {received} bytes");
 }
+
+#[tokio::test]
+async fn an_http2_client_that_stops_reading_a_response_is_cut_off() {
+    // HTTP/2 flow control, not the socket, stops the response: the connection's watchdog
+    // must notice that no open stream moved for idle_timeout.
+    let pki = TestPki::new();
+    let (upstream, _) = counting_upstream().await;
+    let gateway = gateway_with(&pki, upstream, "30s", "limits: { idle_timeout: 1s }").await;
+    let tcp = tokio::net::TcpStream::connect(gateway.local_addr()).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from(GATEWAY_HOST).unwrap();
+    let tls = pki.tls_connector(None, &[b"h2"]).connect(name, tcp).await.unwrap();
+    let (mut sender, connection) =
+        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), TokioIo::new(tls)).await.unwrap();
+    // The client's HTTP/2 stack keeps running (it answers pings) while nobody reads the body.
+    tokio::spawn(connection);
+    let size: usize = 64 << 20;
+    let request = hyper::Request::get(format!("https://{GATEWAY_HOST}/bytes/{size}"))
+        .body(http_body_util::Empty::<Bytes>::new())
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    assert_eq!(response.status(), 200);
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let mut body = response.into_body();
+    let mut received = 0usize;
+    let drain = async {
+        use http_body_util::BodyExt as _;
+        while let Some(frame) = body.frame().await {
+            match frame {
+                Ok(frame) => received += frame.data_ref().map_or(0, |d| d.len()),
+                Err(_) => break,
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), drain).await.expect("the stream must end");
+    assert!(received < size, "the gateway must have given up on the unread stream: {received} bytes");
+}

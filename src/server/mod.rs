@@ -19,6 +19,7 @@
 //! in-flight requests (HTTP/2 GOAWAY, HTTP/1.1 `Connection: close`; parked connections
 //! close at once), and whatever is still running after the grace period is aborted.
 
+mod h2_watch;
 mod rewind;
 pub mod tls_stream;
 
@@ -214,19 +215,27 @@ impl ConnectionTask {
         let mut gauge = ConnectionGauge::new(self.shared.live.load().state.metrics.clone());
         let activity = Arc::new(Activity::new());
         let token_memo_owner = info.clone();
+        // HTTP/2 response bodies are watched for clients that stop reading them.
+        let h2_bodies = h2.then(|| Arc::new(h2_watch::BodyProgress::default()));
         let service = {
             let live = self.shared.live.clone();
             let activity = activity.clone();
+            let h2_bodies = h2_bodies.clone();
             service_fn(move |request| {
                 let state = live.load().state.clone();
                 let info = info.clone();
                 let activity = activity.clone();
+                let h2_bodies = h2_bodies.clone();
                 // Boxed: hyper's `poll_without_shutdown`, which parking needs, wants an
                 // `Unpin` future.
                 Box::pin(async move {
                     activity.begin_request(&request);
-                    let response = state.handle(request, info).await;
+                    let mut response = state.handle(request, info).await;
                     activity.end();
+                    if let Some(progress) = h2_bodies {
+                        response = response
+                            .map(|body| http_body_util::BodyExt::boxed(h2_watch::WatchedBody::new(body, progress)));
+                    }
                     Ok::<_, Infallible>(response)
                 })
             })
@@ -236,14 +245,21 @@ impl ConnectionTask {
         if h2 {
             gauge.set(Some(true));
             // Boxed, like the HTTP/1.1 serving state: the task stays small.
-            Box::pin(self.serve_h2(tls, service, &activity, peer)).await;
+            let progress = h2_bodies.unwrap_or_default();
+            Box::pin(self.serve_h2(tls, service, &activity, &progress, peer)).await;
         } else {
             self.serve_h1(tls, service, &activity, peer, &mut gauge, &token_memo_owner.token_memo).await;
         }
     }
 
-    async fn serve_h2<S>(&mut self, tls: Box<ServerTlsStream>, service: S, activity: &Activity, peer: SocketAddr)
-    where
+    async fn serve_h2<S>(
+        &mut self,
+        tls: Box<ServerTlsStream>,
+        service: S,
+        activity: &Activity,
+        bodies: &h2_watch::BodyProgress,
+        peer: SocketAddr,
+    ) where
         S: hyper::service::Service<
                 http::Request<hyper::body::Incoming>,
                 Response = http::Response<crate::body::ProxyBody>,
@@ -255,6 +271,11 @@ impl ConnectionTask {
     {
         let mut connection = Box::pin(self.shared.builders.h2.serve_connection(TokioIo::new(tls), service));
         let mut closing = false;
+        // Runs on after a graceful shutdown too: a stream the client never reads would
+        // otherwise hold the connection (and its upstream connection) open for good.
+        let stall_period = self.shared.settings.idle_timeout;
+        let mut stall_check = Box::pin(tokio::time::sleep(stall_period));
+        let mut frames_then = 0;
         loop {
             let deadline = activity.deadline(&self.shared.settings, None);
             tokio::select! {
@@ -263,6 +284,13 @@ impl ConnectionTask {
                         tracing::debug!(%peer, error = %e, "connection ended with an error");
                     }
                     return;
+                }
+                () = stall_check.as_mut() => {
+                    if bodies.stalled(&mut frames_then) {
+                        tracing::debug!(%peer, "HTTP/2 responses unread for idle_timeout; closing");
+                        return;
+                    }
+                    stall_check.as_mut().reset(tokio::time::Instant::now() + stall_period);
                 }
                 _ = self.shutdown.changed(), if !closing => {
                     connection.as_mut().graceful_shutdown();

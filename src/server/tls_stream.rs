@@ -485,6 +485,9 @@ impl AsyncWrite for ServerTlsStream {
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        if let Some(kind) = this.failed {
+            return Poll::Ready(Err(kind.into()));
+        }
         ready!(this.poll_flush_outgoing(cx))?;
         Pin::new(&mut this.tcp).poll_flush(cx)
     }
@@ -496,7 +499,10 @@ impl AsyncWrite for ServerTlsStream {
             // Best effort: a connection already broken still gets its FIN.
             let _ = this.process(Intent::CloseNotify);
         }
-        ready!(this.poll_flush_outgoing(cx))?;
+        // After a failure (a client that reads nothing, say) only the FIN is attempted.
+        if this.failed.is_none() {
+            ready!(this.poll_flush_outgoing(cx))?;
+        }
         Pin::new(&mut this.tcp).poll_shutdown(cx)
     }
 }
