@@ -53,6 +53,19 @@ async fn counting_upstream() -> (SocketAddr, Arc<AtomicUsize>) {
     (addr, connections)
 }
 
+/// Reads from `tcp` into `pending` until it holds a whole request head; `false` when the
+/// peer closed first.
+async fn read_head(tcp: &mut tokio::net::TcpStream, pending: &mut Vec<u8>) -> bool {
+    let mut buf = [0u8; 4096];
+    while find(pending, b"\r\n\r\n").is_none() {
+        match tcp.read(&mut buf).await {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => pending.extend_from_slice(&buf[..n]),
+        }
+    }
+    true
+}
+
 /// An upstream that answers one request per connection and then closes it without saying
 /// so (no `Connection: close`): every pooled connection is stale by the next request.
 async fn closing_upstream() -> (SocketAddr, Arc<AtomicUsize>) {
@@ -64,13 +77,8 @@ async fn closing_upstream() -> (SocketAddr, Arc<AtomicUsize>) {
         while let Ok((mut tcp, _)) = listener.accept().await {
             count.fetch_add(1, Ordering::SeqCst);
             tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut buf = [0u8; 4096];
-                while find(&head, b"\r\n\r\n").is_none() {
-                    match tcp.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => head.extend_from_slice(&buf[..n]),
-                    }
+                if !read_head(&mut tcp, &mut Vec::new()).await {
+                    return;
                 }
                 let _ = tcp.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 6\r\n\r\nclosed").await;
                 let _ = tcp.shutdown().await;
@@ -97,12 +105,8 @@ async fn closing_on_second_request_upstream() -> (SocketAddr, Arc<AtomicUsize>, 
             tokio::spawn(async move {
                 let mut pending = Vec::new();
                 for served in 0.. {
-                    let mut buf = [0u8; 4096];
-                    while find(&pending, b"\r\n\r\n").is_none() {
-                        match tcp.read(&mut buf).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => pending.extend_from_slice(&buf[..n]),
-                        }
+                    if !read_head(&mut tcp, &mut pending).await {
+                        return;
                     }
                     let end = find(&pending, b"\r\n\r\n").unwrap() + 4;
                     let head = String::from_utf8_lossy(&pending[..end]).to_string();
@@ -276,13 +280,8 @@ async fn trickling_upstream(pieces: usize, gap: Duration) -> SocketAddr {
     tokio::spawn(async move {
         while let Ok((mut tcp, _)) = listener.accept().await {
             tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut buf = [0u8; 4096];
-                while find(&head, b"\r\n\r\n").is_none() {
-                    match tcp.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => head.extend_from_slice(&buf[..n]),
-                    }
+                if !read_head(&mut tcp, &mut Vec::new()).await {
+                    return;
                 }
                 let _ = tcp.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n").await;
                 for _ in 0..pieces {
