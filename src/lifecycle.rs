@@ -85,6 +85,7 @@ fn dpop_runtime(
             replay: p.replay.clone(),
             shared_replay: p.shared_replay.clone(),
             replay_refusals: metrics.replay_refusals.clone(),
+            refusal_log: p.refusal_log.clone(),
             settings,
         });
     }
@@ -105,6 +106,7 @@ fn dpop_runtime(
         replay,
         shared_replay: shared,
         replay_refusals: metrics.replay_refusals.clone(),
+        refusal_log: Arc::new(crate::diagnostics::LogThrottle::new(auth::REFUSAL_LOG_PERIOD)),
         settings,
     })
 }

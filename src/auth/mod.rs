@@ -42,7 +42,13 @@ pub struct DpopRuntime {
     pub shared_replay: Option<Arc<dpop::replay_redis::RedisReplayStore>>,
     /// Counts proofs refused by the replay store, by reason.
     pub replay_refusals: Family<ReasonLabels, Counter>,
+    /// The replay store's refusals are logged at most every few seconds (an outage
+    /// refuses every DPoP request).
+    pub refusal_log: Arc<crate::diagnostics::LogThrottle>,
 }
+
+/// How often a failing replay store is logged.
+pub const REFUSAL_LOG_PERIOD: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// What the authentication step reads from a request.
 #[derive(Debug, Clone, Copy)]
@@ -172,7 +178,9 @@ async fn check_dpop(
                 dpop::replay::ReplayError::Unavailable => "unavailable",
             };
             dpop.replay_refusals.get_or_create(&ReasonLabels { reason }).inc();
-            tracing::warn!(error = %e, "DPoP replay store refused an insert; failing closed");
+            if let Some(held_back) = dpop.refusal_log.allow() {
+                tracing::warn!(error = %e, held_back, "DPoP replay store refused an insert; failing closed");
+            }
             Err(Rejection::ReplayStoreUnavailable)
         }
     }

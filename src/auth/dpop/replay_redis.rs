@@ -41,6 +41,9 @@ pub struct RedisReplayStore {
     /// With `on_error: local`: where proofs go while Redis cannot answer.
     fallback: Option<Arc<MemoryReplayStore>>,
     errors: AtomicU64,
+    /// Errors are logged at most every few seconds: while Redis is down, every DPoP
+    /// request fails the same way (`errors` counts them all).
+    error_log: crate::diagnostics::LogThrottle,
 }
 
 impl RedisReplayStore {
@@ -73,6 +76,7 @@ impl RedisReplayStore {
             connection: std::sync::Mutex::new(None),
             fallback,
             errors: AtomicU64::new(0),
+            error_log: crate::diagnostics::LogThrottle::new(crate::auth::REFUSAL_LOG_PERIOD),
         })
     }
 
@@ -134,11 +138,15 @@ impl RedisReplayStore {
             Ok(Ok(Some(_))) => Ok(Freshness::Fresh),
             Ok(Ok(None)) => Ok(Freshness::Replayed),
             Ok(Err(e)) => {
-                tracing::warn!(url = %self.redacted_url, error = %e, "DPoP replay store error");
+                if let Some(held_back) = self.error_log.allow() {
+                    tracing::warn!(url = %self.redacted_url, error = %e, held_back, "DPoP replay store error");
+                }
                 Err(ReplayError::Unavailable)
             }
             Err(_) => {
-                tracing::warn!(url = %self.redacted_url, timeout_ms = self.timeout.as_millis() as u64, "DPoP replay store timed out");
+                if let Some(held_back) = self.error_log.allow() {
+                    tracing::warn!(url = %self.redacted_url, timeout_ms = self.timeout.as_millis() as u64, held_back, "DPoP replay store timed out");
+                }
                 Err(ReplayError::Unavailable)
             }
         }
