@@ -8,8 +8,9 @@
 //! released by [`ServerTlsStream::release_buffers`] when the connection parks.
 //!
 //! Writes are buffered until `poll_flush` (hyper flushes after each response), so one
-//! response is normally one TLS record and one `write`. Our handshake and post-handshake
-//! messages (session tickets, key updates, alerts) go out before the stream waits for input.
+//! response is normally one TLS record and one `write`. Our handshake messages and session
+//! tickets go out before the stream waits for input; an alert after a fatal error is tried
+//! once; the reply to a client's key update goes with our next write (rustls holds it).
 //!
 //! rustls's unbuffered connection does not expose the client's SNI, so it is read here from
 //! the ClientHello ([`HelloScanner`]) before rustls sees any byte: the stream must
