@@ -19,7 +19,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::body::{ProxyBody, full};
-use crate::gateway::{GatewayState, Live};
+use crate::pipeline::{GatewayState, Live};
 use arc_swap::ArcSwap;
 
 /// What `/readyz` found.

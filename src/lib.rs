@@ -19,19 +19,22 @@
 //! Every refusal is a [`rejection::Rejection`], turned into a response in one place.
 
 pub mod admin;
+pub mod answer;
 pub mod auth;
 pub mod body;
 pub mod config;
 pub mod demo;
 pub mod diagnostics;
-pub mod gateway;
 pub mod jose;
 pub mod lifecycle;
 pub mod metrics;
+pub mod pipeline;
+pub mod principal;
 pub mod proxy;
-pub mod rejection;
 pub mod router;
+pub mod secret;
 pub mod server;
 pub mod tls;
+pub mod uri;
 
 pub use lifecycle::{GatewayHandle, ReloadError, StartError, check_files, start};

@@ -25,5 +25,5 @@ fn bundled_gateway_yaml_loads() {
     assert!(payments.nonce_required);
     assert_eq!(config.dpop.algs_challenge, "ES256 PS256 EdDSA");
     // The bundled certificate and key load and fit together.
-    fapi_gateway::tls::server_config(&config.listen.tls).unwrap_or_else(|e| panic!("{e}"));
+    fapi_gateway::tls::server::server_config(&config.listen.tls).unwrap_or_else(|e| panic!("{e}"));
 }

@@ -70,6 +70,19 @@ async fn logs_never_contain_tokens_proofs_keys_or_secrets() {
     assert!(ok["fields"]["token"].as_str().unwrap().starts_with("jti:"), "{ok}");
     assert_eq!(ok["fields"]["cert"].as_str().unwrap().len(), 8);
     assert_eq!(ok["fields"]["request_id"].as_str().unwrap().len(), 32);
+
+    // At trace level every request's whole state is printed with `{:?}`: the exchange, its
+    // principal and the connection with its token memo. Secrets show as redacted (the
+    // check above already found no token or proof anywhere in the logs).
+    let exchanges: Vec<&str> = logs.lines().filter(|l| l.contains(r#""target":"exchange""#)).collect();
+    assert!(exchanges.len() >= 6, "{} exchange lines", exchanges.len());
+    let mtls_ok = exchanges
+        .iter()
+        .find(|l| l.contains(r#"route: Some(\"mtls\")"#) && l.contains(r#""status":200"#))
+        .expect("the admitted mTLS request's state was printed");
+    for part in ["Exchange {", "principal: Some(Principal {", "token_memo: TokenMemo(", "Secret(<redacted>)"] {
+        assert!(mtls_ok.contains(part), "{part} missing from {mtls_ok}");
+    }
 }
 
 #[tokio::test]

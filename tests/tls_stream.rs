@@ -269,7 +269,7 @@ async fn server_config_from_the_gateway_is_accepted() {
         client_auth: fapi_gateway::config::ClientAuth::Optional,
         client_ca: None,
     };
-    let config = fapi_gateway::tls::server_config(&tls).unwrap();
+    let config = fapi_gateway::tls::server::server_config(&tls).unwrap();
     let (listener, addr) = listener().await;
     let identity = pki.self_signed_client("client-1");
     let client = try_connect(addr, pki.rustls_client_config(Some(&identity), &[b"http/1.1"]), "gateway.test");

@@ -12,5 +12,5 @@ fuzz_target!(|data: &[u8]| {
     let request =
         ProofRequest { method: "GET", url: "https://api.test/x", token_hash: &[0; 32], bound_jkt: &[0; 32], now: 0 };
     let _ = verify_proof(proof, &request, &settings, &ProofKeyCache::new(4));
-    let _ = fapi_gateway::auth::dpop::htu::normalise(proof);
+    let _ = fapi_gateway::uri::normalise(proof);
 });

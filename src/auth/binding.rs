@@ -5,9 +5,9 @@
 //! the route says. The route decides which bindings it accepts (`mtls`, `dpop`, `any`) and
 //! whether an *unbound* token is acceptable (`bearer`, for migrations).
 
-use super::challenge::{AuthDenial, AuthErrorCode};
 use super::credentials::Credential;
 use super::token::Confirmation;
+use crate::answer::{AuthDenial, AuthErrorCode};
 use crate::config::Binding;
 use crate::jose;
 
@@ -155,7 +155,7 @@ mod tests {
         let dpop = Credential::Dpop("t");
         let d = check_binding(Binding::Dpop, &Confirmation::default(), &dpop, None).unwrap_err();
         assert_eq!(d.reason, "not_dpop_bound");
-        assert_eq!(d.scheme, crate::auth::challenge::Scheme::Dpop);
+        assert_eq!(d.scheme, crate::answer::Scheme::Dpop);
         assert_eq!(reason(check_binding(Binding::Any, &mtls_bound(), &dpop, Some(&CERT))), "not_dpop_bound");
     }
 

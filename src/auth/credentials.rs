@@ -5,10 +5,9 @@
 use http::HeaderMap;
 use http::header::AUTHORIZATION;
 
-use super::challenge::{AuthDenial, AuthErrorCode, Scheme};
+use crate::answer::{AuthDenial, AuthErrorCode, Scheme};
 
-/// RFC 9449 §4.1: the proof header (name matched case-insensitively by `http`).
-pub const DPOP: http::HeaderName = http::HeaderName::from_static("dpop");
+pub use crate::principal::DPOP;
 
 /// The credential a request presents.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

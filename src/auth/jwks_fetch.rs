@@ -20,7 +20,7 @@ use hyper_util::rt::TokioExecutor;
 use serde::Deserialize;
 
 use crate::jose::PublicKey;
-use crate::tls::{self, TlsError};
+use crate::tls::{TlsError, client as tls};
 
 /// JWKS and metadata documents larger than this are refused.
 const MAX_DOCUMENT_BYTES: usize = 1024 * 1024;

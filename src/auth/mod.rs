@@ -2,9 +2,12 @@
 //! [`Rejection`]) out. Steps, in order: extract the credential, validate the token (cached),
 //! check its binding — the connection's certificate, or a DPoP proof, its nonce and its
 //! freshness — and the route's scopes.
+//!
+//! Called by the pipeline's admit phase, which turns the [`Outcome`] into a
+//! [`crate::principal::Principal`]. This module never imports the listener, the pipeline or
+//! the proxy; it fetches keys over [`crate::tls::client`].
 
 pub mod binding;
-pub mod challenge;
 pub mod credentials;
 pub mod dpop;
 pub mod jwks;
@@ -14,13 +17,15 @@ pub mod token;
 use std::sync::Arc;
 use std::time::Instant;
 
-use http::{HeaderMap, Method};
+use http::header::AUTHORIZATION;
+use http::{HeaderMap, HeaderValue, Method};
 
-use crate::config::{Binding, DpopSettings, Route, RoutePolicy};
+use crate::answer::{AuthDenial, AuthErrorCode, Rejection};
+use crate::config::{Binding, DpopSettings, ForwardToken, Route, RoutePolicy};
 use crate::metrics::ReasonLabels;
-use crate::rejection::Rejection;
+use crate::principal::UpstreamCredential;
+use crate::secret::Secret;
 use binding::BindingCheck;
-use challenge::{AuthDenial, AuthErrorCode};
 use credentials::Credential;
 use dpop::nonce::{NonceIssuer, NonceStatus};
 use dpop::replay::{Freshness, ReplayStore, replay_key};
@@ -81,7 +86,8 @@ pub enum Outcome {
     },
 }
 
-/// Decides whether a request may pass `route`'s policy.
+/// Decides whether a request may pass `route`'s policy. An authentication refusal offers
+/// the challenges of the route's binding.
 pub async fn authorize(
     validator: &TokenValidator,
     dpop: &DpopRuntime,
@@ -90,25 +96,33 @@ pub async fn authorize(
 ) -> Result<Outcome, Rejection> {
     let (binding, scopes) = match &route.policy {
         RoutePolicy::Public => return Ok(Outcome::Public),
-        RoutePolicy::Protected { binding, scopes } => (*binding, scopes),
+        RoutePolicy::Protected { binding, scopes } => (*binding, scopes.as_slice()),
     };
-    let deny = |denial: AuthDenial| Rejection::Auth(denial.for_route(binding, &dpop.algs));
-    let credential = credentials::extract(request.headers, request.query)
-        .map_err(deny)?
-        .ok_or_else(|| deny(AuthDenial::missing_credentials()))?;
+    authorize_protected(validator, dpop, route, binding, scopes, &request)
+        .await
+        .map_err(|rejection| rejection.offering(binding, &dpop.algs))
+}
+
+/// [`authorize`] on a protected route; refusals do not name the route's challenges yet.
+async fn authorize_protected(
+    validator: &TokenValidator,
+    dpop: &DpopRuntime,
+    route: &Route,
+    binding: Binding,
+    scopes: &[String],
+    request: &RequestFacts<'_>,
+) -> Result<Outcome, Rejection> {
+    let credential =
+        credentials::extract(request.headers, request.query)?.ok_or_else(AuthDenial::missing_credentials)?;
     let (token, token_hash) = validator
         .validate_remembered(credential.token(), request.token_memo, request.now)
         .await
-        .map_err(|e| token_rejection(e, &credential, binding, &dpop.algs))?;
-    let check = binding::check_binding(binding, &token.cnf, &credential, request.client_cert).map_err(deny)?;
+        .map_err(|e| token_rejection(e, &credential))?;
+    let check = binding::check_binding(binding, &token.cnf, &credential, request.client_cert)?;
     let (dpop_jkt, fresh_nonce) = match check {
         BindingCheck::Satisfied => (None, None),
         BindingCheck::NeedsDpopProof(jkt) => {
-            let (proof, fresh_nonce) =
-                check_dpop(dpop, route, &request, &token_hash, &jkt).await.map_err(|r| match r {
-                    Rejection::Auth(d) => deny(d),
-                    other => other,
-                })?;
+            let (proof, fresh_nonce) = check_dpop(dpop, route, request, &token_hash, &jkt).await?;
             (Some(proof.jkt), fresh_nonce)
         }
     };
@@ -123,9 +137,32 @@ pub async fn authorize(
             }
         };
         denial.scope = Some(scopes.join(" "));
-        return Err(deny(denial));
+        return Err(denial.into());
     }
     Ok(Outcome::Authorized { token, dpop_jkt, fresh_nonce })
+}
+
+/// What the upstream gets in place of the client's credential headers on a protected
+/// route (`forward_token`): `bearer` rewrites a `DPoP` scheme to `Bearer` (the upstream
+/// need not know DPoP) and drops the proof; a `Bearer` header is passed on as it came.
+pub fn upstream_credential(headers: &HeaderMap, mode: ForwardToken) -> UpstreamCredential {
+    match mode {
+        ForwardToken::AsIs => UpstreamCredential::AsSent,
+        ForwardToken::Strip => UpstreamCredential::Strip,
+        ForwardToken::Bearer => {
+            let Some(sent) = headers.get(AUTHORIZATION) else {
+                return UpstreamCredential::Strip;
+            };
+            let rewritten = sent
+                .to_str()
+                .ok()
+                .and_then(|v| v.split_once(' '))
+                .filter(|(scheme, _)| !scheme.eq_ignore_ascii_case("bearer"))
+                .and_then(|(_, token)| HeaderValue::from_str(&format!("Bearer {}", token.trim_start())).ok());
+            let authorization = Secret::new(rewritten.unwrap_or_else(|| sent.clone()));
+            UpstreamCredential::Replace { authorization, dpop: None }
+        }
+    }
 }
 
 /// The DPoP part: the proof (RFC 9449 §4.3), the server nonce (§9) and replay (§11.1).
@@ -138,7 +175,7 @@ async fn check_dpop(
     jkt: &[u8; 32],
 ) -> Result<(VerifiedProof, Option<String>), Rejection> {
     let proof = credentials::dpop_proof(request.headers)?;
-    let url = dpop::htu::request_url(&route.public_origin, request.path).map_err(|_| {
+    let url = crate::uri::request_url(&route.public_origin, request.path).map_err(|_| {
         AuthDenial::dpop(AuthErrorCode::InvalidDpopProof, "dpop_htu_mismatch", "the request URL cannot be matched")
     })?;
     let proof_request =
@@ -186,7 +223,7 @@ async fn check_dpop(
     }
 }
 
-fn token_rejection(error: TokenError, credential: &Credential<'_>, binding: Binding, algs: &Arc<str>) -> Rejection {
+fn token_rejection(error: TokenError, credential: &Credential<'_>) -> Rejection {
     if error == TokenError::KeysUnavailable {
         return Rejection::KeysUnavailable;
     }
@@ -194,5 +231,40 @@ fn token_rejection(error: TokenError, credential: &Credential<'_>, binding: Bind
         Credential::Bearer(_) => AuthDenial::new(AuthErrorCode::InvalidToken, error.reason(), error.to_string()),
         Credential::Dpop(_) => AuthDenial::dpop(AuthErrorCode::InvalidToken, error.reason(), error.to_string()),
     };
-    Rejection::Auth(denial.for_route(binding, algs))
+    Rejection::Auth(denial)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::panic)]
+mod tests {
+    use super::*;
+
+    fn with_authorization(value: &'static str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(AUTHORIZATION, HeaderValue::from_static(value));
+        h.insert(DPOP_HEADER, HeaderValue::from_static("proof"));
+        h
+    }
+
+    const DPOP_HEADER: http::HeaderName = credentials::DPOP;
+
+    fn replaced(credential: UpstreamCredential) -> (String, bool) {
+        match credential {
+            UpstreamCredential::Replace { authorization, dpop } => {
+                (authorization.expose().to_str().unwrap().to_string(), dpop.is_some())
+            }
+            other => panic!("expected a replacement, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn forward_token_bearer_rewrites_the_dpop_scheme_and_drops_the_proof() {
+        let dpop = with_authorization("DPoP  tok.en");
+        assert_eq!(replaced(upstream_credential(&dpop, ForwardToken::Bearer)), ("Bearer tok.en".into(), false));
+        // A Bearer header goes on as it came, whatever its case.
+        let bearer = with_authorization("bearer tok.en");
+        assert_eq!(replaced(upstream_credential(&bearer, ForwardToken::Bearer)), ("bearer tok.en".into(), false));
+        assert!(matches!(upstream_credential(&dpop, ForwardToken::AsIs), UpstreamCredential::AsSent));
+        assert!(matches!(upstream_credential(&dpop, ForwardToken::Strip), UpstreamCredential::Strip));
+    }
 }

@@ -84,7 +84,7 @@ pub struct SecretUrl(pub String);
 
 impl std::fmt::Debug for SecretUrl {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&crate::auth::dpop::replay_redis::redact(&self.0))
+        f.write_str(&crate::secret::redact_url(&self.0))
     }
 }
 

@@ -16,8 +16,8 @@ use super::{
     RoutePolicy, ServerTls, TokenCacheSettings,
 };
 use super::{ReplayBackend, SecretUrl};
-use crate::auth::dpop::htu;
 use crate::jose::Alg;
+use crate::uri;
 
 /// FAPI 2.0 §5.4.1: the only algorithms accepted by default.
 pub const DEFAULT_ALGORITHMS: [Alg; 3] = [Alg::Ps256, Alg::Es256, Alg::EdDsa];
@@ -304,7 +304,7 @@ fn route(
         return Err(ctx.err(at, key("name"), "must not be empty"));
     }
     let prefix = raw.matcher.path_prefix;
-    if let Err(e) = crate::router::check_path(&prefix) {
+    if let Err(e) = crate::uri::check_path(&prefix) {
         return Err(ctx.err(at, key("match.path_prefix"), format!("is not a canonical path: {e}")));
     }
     if !prefix.starts_with('/') {
@@ -401,7 +401,7 @@ fn public_origin(url: &HttpUrl) -> Result<String, &'static str> {
     if !matches!(url.0.path(), "" | "/") || url.0.query().is_some() {
         return Err("must be an origin (scheme, host, optional port) without a path or query");
     }
-    htu::normalise_origin(&url.0.to_string()).map_err(|_| "is not a usable origin")
+    uri::normalise_origin(&url.0.to_string()).map_err(|_| "is not a usable origin")
 }
 
 fn dpop(ctx: &Ctx<'_>, spanned: Option<Spanned<RawDpop>>) -> Result<DpopSettings, ConfigError> {

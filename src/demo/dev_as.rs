@@ -78,7 +78,7 @@ impl Es256Key {
         let mut jti = [0u8; 16];
         let _ = aws_lc_rs::rand::fill(&mut jti);
         let mut claims = json!({
-            "jti": b64url_encode(&jti), "htm": method, "htu": url, "iat": crate::gateway::unix_now(),
+            "jti": b64url_encode(&jti), "htm": method, "htu": url, "iat": crate::jose::unix_now(),
             "ath": b64url_encode(&sha256(token.as_bytes())),
         });
         if let Some(nonce) = nonce {
@@ -101,7 +101,7 @@ impl DevIssuer {
 
     /// An access token for `scope`, bound as `cnf` says.
     pub fn token(&self, scope: &str, cnf: Value) -> Result<String, DemoError> {
-        let now = crate::gateway::unix_now();
+        let now = crate::jose::unix_now();
         let mut jti = [0u8; 12];
         let _ = aws_lc_rs::rand::fill(&mut jti);
         let claims = json!({

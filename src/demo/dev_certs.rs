@@ -93,7 +93,7 @@ mod tests {
             client_auth: crate::config::ClientAuth::Optional,
             client_ca: None,
         };
-        crate::tls::server_config(&tls).unwrap();
+        crate::tls::server::server_config(&tls).unwrap();
         assert!(ensure(&dir).unwrap().is_empty(), "nothing is regenerated when present");
         std::fs::remove_file(dir.join("thief.key")).unwrap();
         assert_eq!(ensure(&dir).unwrap(), vec!["thief.pem", "thief.key"]);

@@ -175,7 +175,7 @@ pub async fn run(config_path: &Path, once: bool) -> Result<Vec<Scenario>, DemoEr
 
     // 1. The development authorization server and the echo upstream.
     let issuer = Arc::new(DevIssuer::new(&certs.join("dev-issuer.key"), &audience)?);
-    let as_tls = crate::tls::server_config(&crate::config::ServerTls {
+    let as_tls = crate::tls::server::server_config(&crate::config::ServerTls {
         cert: certs.join("server.pem"),
         key: certs.join("server.key"),
         client_auth: crate::config::ClientAuth::None,

@@ -15,10 +15,12 @@
 pub mod jwk;
 pub mod jws;
 mod strict_json;
+mod time;
 
 pub use jwk::{JwkError, PublicKey};
 pub use jws::{Alg, CompactJws, JwsError};
 pub use strict_json::strict_json_object;
+pub use time::{numeric_date, unix_now};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;

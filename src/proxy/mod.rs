@@ -1,26 +1,29 @@
-//! Forwarding an allowed request upstream and streaming the answer back.
+//! Forwarding an admitted request upstream and streaming the answer back: the pipeline's
+//! forward phase.
 //!
 //! [`headers`] decides which request and response headers travel (hop-by-hop, spoofable and
 //! forwarding headers are replaced); [`pool`] keeps the keep-alive HTTP/1.1 connections to
 //! each upstream. Bodies stream through without buffering; the request body is cut off at
 //! the configured size.
+//!
+//! The proxy knows nothing of tokens or proofs: it is handed a [`Principal`] and sends the
+//! credential and identity headers that says (it never imports `auth`).
 
 pub mod headers;
 pub mod pool;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use http::header::{self, HeaderName, HeaderValue};
 use http::{HeaderMap, Request, Response, Uri, Version};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 
-use crate::auth::credentials::DPOP;
-use crate::auth::token::ValidatedToken;
+use crate::answer::Rejection;
 use crate::body::{BoxError, ProxyBody};
-use crate::config::{ForwardToken, Route};
-use crate::rejection::Rejection;
-use crate::tls::{self, TlsError};
+use crate::config::Route;
+use crate::principal::{DPOP, Identity, Principal, UpstreamCredential};
+use crate::tls::{TlsError, client as tls};
 
 pub use headers::{
     CLIENT_CERT, CLIENT_CERT_CHAIN, ForwardedHeaders, X_FAPI_CLIENT_ID, X_FAPI_DPOP_JKT, X_FAPI_SCOPES, X_FAPI_SUBJECT,
@@ -34,23 +37,27 @@ pub struct Upstream {
     base_path: String,
 }
 
-/// How long the upstream took to answer with its response head (a response extension).
-#[derive(Clone, Copy, Debug)]
-pub struct UpstreamTime(pub Duration);
+/// The upstream's answer, and how long it took to send its response head.
+#[derive(Debug)]
+pub struct Upstreamed {
+    pub response: Response<ProxyBody>,
+    pub upstream_time: Duration,
+}
 
-/// What the connection and the authentication step contribute to the forwarded request.
+/// What the connection and the admit phase contribute to the forwarded request.
+#[derive(Debug)]
 pub struct ForwardContext<'a> {
     /// The connection's forwarding headers, formatted once per connection.
     pub forwarded: &'a ForwardedHeaders,
+    /// The host the client named (canonical form), for `X-Forwarded-Host` / `Forwarded`.
+    pub host: Option<&'a str>,
     /// DER of the connection's client certificate, for RFC 9440 `Client-Cert`.
     pub client_cert_der: Option<&'a [u8]>,
     /// Whether something vouches for that certificate: its chain was verified against
     /// `client_ca`, or the access token is bound to it. A bare self-signed certificate is
     /// never forwarded — the upstream would take its subject on trust.
     pub client_cert_trusted: bool,
-    pub token: Option<&'a ValidatedToken>,
-    /// The verified DPoP key thumbprint, for DPoP requests.
-    pub dpop_jkt: Option<[u8; 32]>,
+    pub principal: &'a Principal,
     pub max_body_bytes: u64,
 }
 
@@ -74,14 +81,13 @@ impl Upstream {
         request: Request<Incoming>,
         route: &Route,
         ctx: ForwardContext<'_>,
-    ) -> Result<Response<ProxyBody>, Rejection> {
+    ) -> Result<Upstreamed, Rejection> {
         let (mut parts, body) = request.into_parts();
-        let original_host = request_host(&parts.uri, &parts.headers).ok().flatten().map(str::to_string);
         parts.uri = self.upstream_uri(&parts.uri)?;
         parts.version = Version::HTTP_11;
         let headers = &mut parts.headers;
         headers::prepare_request(headers);
-        ctx.forwarded.apply(headers, original_host.as_deref());
+        ctx.forwarded.apply(headers, ctx.host);
         if route.forward_client_cert && ctx.client_cert_trusted {
             if let Some(der) = ctx.client_cert_der {
                 if let Ok(v) = HeaderValue::from_str(&format!(":{}:", base64_standard(der))) {
@@ -89,19 +95,17 @@ impl Upstream {
                 }
             }
         }
-        if ctx.token.is_some() {
-            forward_token(headers, route.forward_token);
-        }
+        send_credential(headers, &ctx.principal.upstream_credential);
         if route.identity_headers {
-            if let Some(token) = ctx.token {
-                set_identity(headers, token, ctx.dpop_jkt.as_ref());
+            if let Some(identity) = &ctx.principal.identity {
+                set_identity(headers, identity, ctx.principal.binding.dpop_jkt.as_ref());
             }
         }
         let body = Limited::new(body, usize::try_from(ctx.max_body_bytes).unwrap_or(usize::MAX))
             .map_err(BoxError::from)
             .boxed();
         let request = Request::from_parts(parts, body);
-        let sent = std::time::Instant::now();
+        let sent = Instant::now();
         let response = match self.pool.send(request).await {
             Err(SendError::Timeout) => return Err(Rejection::UpstreamTimeout),
             Err(SendError::Http(e)) if is_body_limit(&e) => return Err(Rejection::PayloadTooLarge),
@@ -111,10 +115,10 @@ impl Upstream {
             }
             Ok(response) => response,
         };
+        let upstream_time = sent.elapsed();
         let (mut parts, body) = response.into_parts();
-        parts.extensions.insert(UpstreamTime(sent.elapsed()));
         headers::prepare_response(&mut parts.headers);
-        Ok(Response::from_parts(parts, body))
+        Ok(Upstreamed { response: Response::from_parts(parts, body), upstream_time })
     }
 
     /// The origin-form URI for the upstream: the request's path and query, behind the
@@ -136,60 +140,25 @@ impl Upstream {
     }
 }
 
-/// The host the client asked for — the HTTP/2 `:authority`, else `Host` — without the port.
-/// `Err(())` when it is not a plain host name or IP literal (with an optional port): such a
-/// value must never be copied into forwarded headers.
-#[allow(clippy::result_unit_err)]
-pub fn request_host<'a>(uri: &'a Uri, headers: &'a HeaderMap) -> Result<Option<&'a str>, ()> {
-    let authority = match uri.authority() {
-        Some(a) => a.as_str(),
-        None => match headers.get(header::HOST) {
-            None => return Ok(None),
-            Some(v) => v.to_str().map_err(|_| ())?,
-        },
-    };
-    let valid = !authority.is_empty()
-        && authority.len() <= 255
-        && authority.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_' | b':' | b'[' | b']'));
-    if !valid {
-        return Err(());
-    }
-    // `api.example.com.` (fully qualified) is the same host as `api.example.com`.
-    let host = strip_port(authority);
-    Ok(Some(host.strip_suffix('.').unwrap_or(host)))
-}
-
-fn strip_port(authority: &str) -> &str {
-    if authority.starts_with('[') {
-        return authority.split_once(']').map_or(authority, |(h, _)| &authority[..h.len() + 1]);
-    }
-    authority.rsplit_once(':').map_or(authority, |(h, _)| h)
-}
-
-/// How the access token travels on (see [`ForwardToken`]).
-fn forward_token(headers: &mut HeaderMap, mode: ForwardToken) {
-    match mode {
-        ForwardToken::AsIs => {}
-        ForwardToken::Strip => {
+/// Puts the principal's credential in place of the client's `Authorization` and `DPoP`.
+fn send_credential(headers: &mut HeaderMap, credential: &UpstreamCredential) {
+    match credential {
+        UpstreamCredential::AsSent => {}
+        UpstreamCredential::Strip => {
             headers.remove(header::AUTHORIZATION);
             headers.remove(DPOP);
         }
-        ForwardToken::Bearer => {
-            headers.remove(DPOP);
-            let rewritten = headers
-                .get(header::AUTHORIZATION)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.split_once(' '))
-                .filter(|(scheme, _)| !scheme.eq_ignore_ascii_case("bearer"))
-                .and_then(|(_, token)| HeaderValue::from_str(&format!("Bearer {}", token.trim_start())).ok());
-            if let Some(value) = rewritten {
-                headers.insert(header::AUTHORIZATION, value);
-            }
+        UpstreamCredential::Replace { authorization, dpop } => {
+            headers.insert(header::AUTHORIZATION, authorization.expose().clone());
+            match dpop {
+                Some(proof) => headers.insert(DPOP, proof.expose().clone()),
+                None => headers.remove(DPOP),
+            };
         }
     }
 }
 
-fn set_identity(headers: &mut HeaderMap, token: &ValidatedToken, dpop_jkt: Option<&[u8; 32]>) {
+fn set_identity(headers: &mut HeaderMap, token: &Identity, dpop_jkt: Option<&[u8; 32]>) {
     let mut put = |name: HeaderName, value: Option<&str>| {
         if let Some(v) = value.and_then(|v| HeaderValue::from_str(v).ok()) {
             headers.insert(name, v);
@@ -221,33 +190,35 @@ fn is_body_limit(error: &(dyn std::error::Error + 'static)) -> bool {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use crate::secret::Secret;
 
-    #[test]
-    fn host_is_read_without_port() {
+    fn client_headers() -> HeaderMap {
         let mut h = HeaderMap::new();
-        h.insert(header::HOST, HeaderValue::from_static("Gateway.test:8443"));
-        let path = Uri::from_static("/x");
-        assert_eq!(request_host(&path, &h), Ok(Some("Gateway.test")));
-        let ipv6 = Uri::from_static("https://[::1]:8443/x");
-        assert_eq!(request_host(&ipv6, &h), Ok(Some("[::1]")));
-        let absolute = Uri::from_static("https://a.test/x");
-        assert_eq!(request_host(&absolute, &HeaderMap::new()), Ok(Some("a.test")));
-        assert_eq!(request_host(&path, &HeaderMap::new()), Ok(None));
+        h.insert(header::AUTHORIZATION, HeaderValue::from_static("DPoP client-token"));
+        h.insert(DPOP, HeaderValue::from_static("client-proof"));
+        h
     }
 
     #[test]
-    fn trailing_dot_hosts_are_the_same_host() {
-        let mut h = HeaderMap::new();
-        h.insert(header::HOST, HeaderValue::from_static("partner.test.:8443"));
-        assert_eq!(request_host(&Uri::from_static("/x"), &h), Ok(Some("partner.test")));
-    }
+    fn the_principals_credential_replaces_the_clients() {
+        let mut h = client_headers();
+        send_credential(&mut h, &UpstreamCredential::AsSent);
+        assert_eq!(h, client_headers());
 
-    #[test]
-    fn hosts_that_could_inject_into_headers_are_refused() {
-        let mut h = HeaderMap::new();
-        h.insert(header::HOST, HeaderValue::from_static("a\", for=6.6.6.6"));
-        assert_eq!(request_host(&Uri::from_static("/x"), &h), Err(()));
-        h.insert(header::HOST, HeaderValue::from_static("a b"));
-        assert_eq!(request_host(&Uri::from_static("/x"), &h), Err(()));
+        send_credential(&mut h, &UpstreamCredential::Strip);
+        assert!(!h.contains_key(header::AUTHORIZATION) && !h.contains_key(DPOP));
+
+        let mut h = client_headers();
+        let authorization = Secret::new(HeaderValue::from_static("Bearer client-token"));
+        send_credential(&mut h, &UpstreamCredential::Replace { authorization, dpop: None });
+        assert_eq!(h[header::AUTHORIZATION], "Bearer client-token");
+        assert!(!h.contains_key(DPOP));
+
+        let mut h = client_headers();
+        let authorization = Secret::new(HeaderValue::from_static("DPoP session-token"));
+        let dpop = Some(Secret::new(HeaderValue::from_static("fresh-proof")));
+        send_credential(&mut h, &UpstreamCredential::Replace { authorization, dpop });
+        assert_eq!(h[header::AUTHORIZATION], "DPoP session-token");
+        assert_eq!(h[DPOP], "fresh-proof");
     }
 }

@@ -38,32 +38,13 @@ use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 
-use crate::gateway::Live;
+use crate::pipeline::Live;
 use crate::tls;
 use arc_swap::ArcSwap;
 use rewind::Rewind;
 use tls_stream::ServerTlsStream;
 
-/// The verified client certificate of a connection.
-#[derive(Debug)]
-pub struct ClientCertificate {
-    /// SHA-256 of the DER: what RFC 8705 `x5t#S256` binds to.
-    pub thumbprint: [u8; 32],
-    pub der: Vec<u8>,
-}
-
-/// What the gateway knows about a connection, computed once after the handshake.
-#[derive(Debug)]
-pub struct ConnectionInfo {
-    pub peer: SocketAddr,
-    /// The TLS server name the client asked for (absent when it connected by IP address).
-    pub sni: Option<String>,
-    pub client_cert: Option<ClientCertificate>,
-    /// The forwarding headers of this connection's requests, formatted once.
-    pub forwarded: crate::proxy::ForwardedHeaders,
-    /// The last access token validated on this connection (cleared when it parks).
-    pub token_memo: crate::auth::token::TokenMemo,
-}
+pub use crate::pipeline::connection::{ClientCertificate, ConnectionInfo};
 
 /// Server settings the accept loop needs.
 #[derive(Clone, Debug, PartialEq, Eq)]

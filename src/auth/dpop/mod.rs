@@ -7,7 +7,6 @@
 //! binding (`jkt` = `cnf.jkt`). Nonces ([`nonce`]) and replay ([`replay`]) are checked by
 //! the caller after the proof passes, so a rejected proof never consumes replay memory.
 
-pub mod htu;
 pub mod nonce;
 pub mod replay;
 pub mod replay_redis;
@@ -24,7 +23,7 @@ pub const MAX_JTI_BYTES: usize = 256;
 #[derive(Debug, Clone, Copy)]
 pub struct ProofRequest<'a> {
     pub method: &'a str,
-    /// The normalised URL the client called (see [`htu::request_url`]).
+    /// The normalised URL the client called (see [`crate::uri::request_url`]).
     pub url: &'a str,
     /// SHA-256 of the access token (what `ath` must encode).
     pub token_hash: &'a [u8; 32],
@@ -235,14 +234,11 @@ pub fn verify_proof(
         return Err(ProofError::HtmMismatch);
     }
     let htu = claims.htu.as_deref().ok_or(ProofError::HtuMismatch)?;
-    if htu::normalise(htu).map_err(|_| ProofError::HtuMismatch)? != request.url {
+    if crate::uri::normalise(htu).map_err(|_| ProofError::HtuMismatch)? != request.url {
         return Err(ProofError::HtuMismatch);
     }
     let iat = claims.iat.as_ref().ok_or(ProofError::MissingIat)?;
-    let iat = iat
-        .as_i64()
-        .or_else(|| iat.as_f64().filter(|f| f.is_finite() && f.abs() < 1e15).map(|f| f as i64))
-        .ok_or(ProofError::Malformed)?;
+    let iat = jose::numeric_date(iat).ok_or(ProofError::Malformed)?;
     let max_age = i64::try_from(settings.max_age.as_secs()).unwrap_or(i64::MAX);
     let max_future = i64::try_from(settings.max_future.as_secs()).unwrap_or(i64::MAX);
     if iat < request.now.saturating_sub(max_age) {

@@ -55,7 +55,7 @@ impl RedisReplayStore {
         timeout: Duration,
         fallback: Option<Arc<MemoryReplayStore>>,
     ) -> Result<Self, RedisConfigError> {
-        let redacted_url = redact(url);
+        let redacted_url = crate::secret::redact_url(url);
         let bad_url =
             |e: redis::RedisError| RedisConfigError::BadUrl { url: redacted_url.clone(), reason: e.to_string() };
         let client = match ca {
@@ -179,29 +179,9 @@ impl ReplayStore for RedisReplayStore {
     }
 }
 
-/// `redis://user:secret@host:6379/0` → `redis://host:6379/0`.
-pub fn redact(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return "<invalid URL>".to_string();
-    };
-    // Credentials end at the last `@`, even if an unencoded password contains `/` or `@`.
-    let after_credentials = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
-    format!("{scheme}://{after_credentials}")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn credentials_are_redacted() {
-        assert_eq!(redact("redis://127.0.0.1:6379/0"), "redis://127.0.0.1:6379/0");
-        assert_eq!(redact("rediss://gateway:s3cr3t@redis.internal:6380/2"), "rediss://redis.internal:6380/2");
-        assert_eq!(redact("redis://:p@ss@host"), "redis://host");
-        assert_eq!(redact("nonsense"), "<invalid URL>");
-        assert_eq!(redact("redis://gateway:s3cr/3t@redis.internal:6379/0"), "redis://redis.internal:6379/0");
-        assert_eq!(redact("redis://u:a@b/c@host:1/0"), "redis://host:1/0");
-    }
 
     #[test]
     fn bad_urls_do_not_leak_the_secret() {

@@ -5,9 +5,11 @@ use std::time::Duration;
 
 use serde_json::json;
 
+use super::claims::{check_claims, parse_claims, typ_accepted};
 use super::*;
+use crate::config::Issuer;
 use crate::config::{JwksCacheSettings, KeySource};
-use crate::jose::Alg;
+use crate::jose::{self, Alg};
 
 const NOW: i64 = 1_700_000_000;
 
@@ -51,14 +53,14 @@ fn with(key: &str, value: serde_json::Value) -> serde_json::Value {
 #[test]
 fn valid_claims_pass_and_scopes_are_read() {
     let t = check(valid()).unwrap();
-    assert_eq!(t.scopes, vec!["a", "b"]);
-    assert_eq!(t.subject.as_deref(), Some("u"));
+    assert_eq!(t.identity.scopes, vec!["a", "b"]);
+    assert_eq!(t.identity.subject.as_deref(), Some("u"));
     assert!(!t.cnf.is_bound());
     let t = check(
         json!({"iss": "https://as.test", "aud": ["x", "https://api.test"], "exp": NOW + 60, "iat": NOW, "sub": "u", "client_id": "c", "jti": "j", "scp": ["s1", "s2"]}),
     )
     .unwrap();
-    assert_eq!(t.scopes, vec!["s1", "s2"]);
+    assert_eq!(t.identity.scopes, vec!["s1", "s2"]);
 }
 
 #[test]

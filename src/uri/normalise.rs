@@ -1,10 +1,11 @@
-//! The `htu` comparison of RFC 9449 §4.3: the proof's URL must be the URL the client called,
-//! ignoring query and fragment, after RFC 3986 syntax-based (§6.2.2: case of scheme and host,
-//! percent-encoding, dot segments) and scheme-based (§6.2.3: default port, empty path)
-//! normalisation.
+//! URL normalisation for the `htu` comparison of RFC 9449 §4.3 — the proof's URL must be the
+//! URL the client called, ignoring query and fragment — after RFC 3986 syntax-based
+//! (§6.2.2: case of scheme and host, percent-encoding, dot segments) and scheme-based
+//! (§6.2.3: default port, empty path) normalisation. Config validation normalises the
+//! configured `public_url` origins with the same functions.
 //!
 //! The expected URL is built from the configured public origin and the client-visible path —
-//! never from `X-Forwarded-*` headers the client controls.
+//! never from `X-Forwarded-*` headers the client controls (see `auth::dpop`).
 
 /// Why an `htu` value is not a usable URL.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

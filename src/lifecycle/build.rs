@@ -1,48 +1,25 @@
-//! Starting, reloading and stopping a gateway: everything compiled from a [`Config`] is
-//! built here (certificates, key caches, upstream clients, DPoP runtime), then the
-//! listeners are bound and served. `check_files` does the same loading without binding.
+//! Building what a configuration serves with, without binding anything: the listener's
+//! TLS, every issuer's key cache and the token validator, one upstream client per route,
+//! the DPoP runtime (nonce keys, replay store), and the [`GatewayState`] the pipeline
+//! reads. [`check_files`] does the loading alone, for `check-config`.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
-use tokio::sync::watch;
-use tokio::task::JoinHandle;
-
-use crate::{admin, auth, config, metrics, server, tls};
-
+use super::StartError;
 use crate::auth::jwks::IssuerKeys;
-use crate::auth::jwks_fetch::FetchError;
 use crate::auth::token::TokenValidator;
 use crate::config::Config;
-use crate::gateway::{GatewayState, Live};
+use crate::pipeline::{GatewayState, Live, ServedRoute};
 use crate::proxy::Upstream;
 use crate::router::Router;
 use crate::server::ServerSettings;
-use crate::tls::TlsError;
-use arc_swap::ArcSwap;
-
-/// Why the gateway could not start. Each message names the file or address at fault.
-#[derive(Debug, thiserror::Error)]
-pub enum StartError {
-    #[error(transparent)]
-    Tls(#[from] TlsError),
-    #[error("issuer {issuer}: {source}")]
-    Issuer { issuer: String, source: FetchError },
-    #[error("route {route}: {source}")]
-    Upstream { route: String, source: TlsError },
-    #[error("dpop: {0}")]
-    NonceSecret(#[from] auth::dpop::nonce::NonceSecretError),
-    #[error("{0}")]
-    ReplayStore(#[from] auth::dpop::replay_redis::RedisConfigError),
-    #[error("cannot listen on {address}: {source} (is another process using it?)")]
-    Bind { address: SocketAddr, source: std::io::Error },
-}
+use crate::{auth, config, metrics, tls};
 
 /// Loads every file the configuration names — server certificate and key, client CA,
 /// issuer CAs and key files, upstream CAs — without binding anything. `check-config` runs
 /// this; [`start`] does the same work as it starts.
 pub fn check_files(config: &Config) -> Result<(), StartError> {
-    tls::server_config(&config.listen.tls)?;
+    tls::server::server_config(&config.listen.tls)?;
     for issuer in &config.issuers {
         IssuerKeys::new(issuer).map_err(|source| StartError::Issuer { issuer: issuer.issuer.clone(), source })?;
         if let config::KeySource::File(path) = &issuer.keys {
@@ -122,116 +99,22 @@ fn same_nonce_settings(a: &config::DpopSettings, b: &config::DpopSettings) -> bo
     a.nonce_secret == b.nonce_secret && a.nonce_step == b.nonce_step && a.nonce_window == b.nonce_window
 }
 
-fn same_replay_settings(a: &config::DpopSettings, b: &config::DpopSettings) -> bool {
+pub(super) fn same_replay_settings(a: &config::DpopSettings, b: &config::DpopSettings) -> bool {
     a.replay_store == b.replay_store
         && a.replay_max_entries == b.replay_max_entries
         && a.max_age == b.max_age
         && a.max_future == b.max_future
 }
 
-/// A running gateway.
-pub struct GatewayHandle {
-    local_addr: SocketAddr,
-    admin_addr: Option<SocketAddr>,
-    shutdown: watch::Sender<bool>,
-    task: JoinHandle<()>,
-    live: Arc<ArcSwap<Live>>,
-    metrics: Arc<metrics::Metrics>,
-    /// What a reload may not change without a restart.
-    bound: Bound,
-}
-
-/// Settings fixed when the listeners were bound.
-#[derive(Clone, PartialEq, Eq)]
-struct Bound {
-    address: SocketAddr,
-    admin: Option<SocketAddr>,
-    settings: ServerSettings,
-}
-
-/// Why a reload was refused; the running configuration keeps serving.
-#[derive(Debug, thiserror::Error)]
-pub enum ReloadError {
-    #[error(transparent)]
-    Start(#[from] StartError),
-    #[error("{0} changed: that takes a restart; the running configuration keeps serving")]
-    NeedsRestart(&'static str),
-}
-
-impl GatewayHandle {
-    /// The address the admin listener is bound to, if configured.
-    pub fn admin_addr(&self) -> Option<SocketAddr> {
-        self.admin_addr
-    }
-
-    /// The address the TLS listener is bound to (useful with port 0).
-    pub fn local_addr(&self) -> SocketAddr {
-        self.local_addr
-    }
-
-    /// Whether every issuer's keys have been fetched at least once.
-    pub fn keys_loaded(&self) -> bool {
-        self.live.load().state.validator.issuer_keys().all(|k| k.is_loaded())
-    }
-
-    /// What `/readyz` would report now.
-    pub async fn readiness(&self) -> admin::Readiness {
-        let live = self.live.load_full();
-        admin::readiness(&live.state).await
-    }
-
-    /// Whether the shared DPoP replay store (if configured) answers now.
-    pub async fn replay_store_reachable(&self) -> bool {
-        self.readiness().await.replay_store_reachable
-    }
-
-    /// Replaces the running configuration: certificates, issuers, routes, DPoP settings.
-    /// Everything is built and loaded first; on any error nothing changes. Requests already
-    /// running finish on the old configuration; new requests — also on open connections —
-    /// use the new one, and new TLS handshakes present the new certificate. Addresses and
-    /// `limits` are fixed at start and refused here.
-    pub async fn reload(&self, config: Config) -> Result<(), ReloadError> {
-        let bound = Bound { address: config.listen.address, admin: config.admin, settings: server_settings(&config) };
-        if bound.address != self.bound.address {
-            return Err(ReloadError::NeedsRestart("listen.address"));
-        }
-        if bound.admin != self.bound.admin {
-            return Err(ReloadError::NeedsRestart("admin.address"));
-        }
-        if bound.settings != self.bound.settings {
-            return Err(ReloadError::NeedsRestart("limits or listen.handshake_timeout"));
-        }
-        let current = self.live.load_full();
-        if !same_replay_settings(&current.state.dpop.settings, &config.dpop) {
-            return Err(ReloadError::NeedsRestart("dpop.replay, dpop.max_age or dpop.max_future"));
-        }
-        let live = build(config, self.metrics.clone(), Some(&current.state)).await?;
-        self.live.store(Arc::new(live));
-        tracing::info!("configuration reloaded");
-        Ok(())
-    }
-
-    /// Stops accepting, drains in-flight requests up to the grace period, and returns.
-    pub async fn shutdown(self) {
-        let _ = self.shutdown.send(true);
-        let _ = self.task.await;
-    }
-
-    /// Waits until the server stops (after [`GatewayHandle::shutdown`] from elsewhere).
-    pub async fn wait(self) {
-        let _ = self.task.await;
-    }
-}
-
-/// Compiles `config`, loads certificates, fetches every issuer's keys (failures are logged;
-/// requests retry), binds the listener and starts serving.
-/// Builds everything a configuration needs to serve, without binding anything.
-async fn build(
+/// Builds everything a configuration needs to serve, without binding anything: loads
+/// certificates, fetches every issuer's keys (failures are logged; requests retry).
+/// `previous` is the running state on a reload (its replay store and nonce key are kept).
+pub(super) async fn build(
     config: Config,
     metrics: Arc<metrics::Metrics>,
     previous: Option<&GatewayState>,
 ) -> Result<Live, StartError> {
-    let server_tls = tls::server_config(&config.listen.tls)?;
+    let server_tls = tls::server::server_config(&config.listen.tls)?;
     let mut issuers = Vec::with_capacity(config.issuers.len());
     for issuer in &config.issuers {
         let keys = IssuerKeys::new(issuer)
@@ -313,51 +196,25 @@ async fn build(
             "DPoP nonces use a random per-instance secret while replay state is shared: other instances will refuse this instance's nonces; set dpop.nonce_secret_file or nonce_secret_env on every instance"
         );
     }
-    let route_metrics =
-        config.routes.iter().map(|r| r.name.as_str()).chain(std::iter::once("-")).map(|r| metrics.route(r)).collect();
+    let routes = config
+        .routes
+        .iter()
+        .zip(upstreams)
+        .map(|(spec, upstream)| ServedRoute { spec: spec.clone(), upstream, metrics: metrics.route(&spec.name) })
+        .collect();
     let state = Arc::new(GatewayState {
         dpop,
         router: Router::new(&config.routes),
+        unrouted: metrics.route("-"),
+        routes,
         config,
         validator,
-        upstreams,
         metrics,
-        route_metrics,
     });
     Ok(Live { state, server_tls })
 }
 
-/// Compiles `config`, loads certificates, fetches every issuer's keys (failures are logged;
-/// they are retried in the background and on demand), binds the listeners and starts
-/// serving.
-pub async fn start(config: Config) -> Result<GatewayHandle, StartError> {
-    let metrics = Arc::new(metrics::Metrics::new());
-    let bound = Bound { address: config.listen.address, admin: config.admin, settings: server_settings(&config) };
-    let live = Arc::new(ArcSwap::from_pointee(build(config, metrics.clone(), None).await?));
-    let address = bound.address;
-    let listener =
-        tokio::net::TcpListener::bind(address).await.map_err(|source| StartError::Bind { address, source })?;
-    let local_addr = listener.local_addr().map_err(|source| StartError::Bind { address, source })?;
-    let admin_listener = match bound.admin {
-        Some(address) => Some(admin::bind(address).await.map_err(|source| StartError::Bind { address, source })?),
-        None => None,
-    };
-    let (shutdown, receiver) = watch::channel(false);
-    let admin_addr = match admin_listener {
-        Some(admin) => {
-            let addr = admin.local_addr().ok();
-            tokio::spawn(admin::serve(admin, live.clone(), receiver.clone()));
-            tracing::info!(admin = ?addr, "admin listener: /metrics /healthz /readyz");
-            addr
-        }
-        None => None,
-    };
-    let task = tokio::spawn(server::serve(listener, live.clone(), bound.settings.clone(), receiver));
-    tracing::info!(%local_addr, "gateway listening");
-    Ok(GatewayHandle { local_addr, admin_addr, shutdown, task, live, metrics, bound })
-}
-
-fn server_settings(config: &Config) -> ServerSettings {
+pub(super) fn server_settings(config: &Config) -> ServerSettings {
     ServerSettings {
         handshake_timeout: config.listen.handshake_timeout,
         header_read_timeout: config.limits.header_read_timeout,

@@ -1,10 +1,11 @@
-//! Every answer the gateway gives on its own — authentication challenges, routing and
+//! Every refusal the gateway makes — authentication challenges, routing, framing and
 //! upstream failures — and the one place that turns it into an HTTP response.
 //!
-//! Each [`Rejection`] has a stable `reason()` code (for logs and, later, metrics), a status,
-//! and a small JSON body `{"error": …, "error_description": …}`. Authentication failures
-//! carry an RFC 6750 §3 `WWW-Authenticate` challenge; every gateway-made response is sent
-//! with `Cache-Control: no-store`.
+//! Each [`Rejection`] has a stable `reason()` code (logs and metrics), a [`FailureClass`]
+//! (whose fault it was: the client's, the upstream's or the gateway's), a status, and a
+//! small JSON body `{"error": …, "error_description": …}`. Authentication failures carry
+//! an RFC 6750 §3 / RFC 9449 §7.1 `WWW-Authenticate` challenge ([`super::challenge`]);
+//! every refusal is sent with `Cache-Control: no-store`.
 
 use std::borrow::Cow;
 
@@ -14,14 +15,28 @@ use http::header::{
 };
 use http::{HeaderValue, Response, StatusCode};
 
+use super::challenge::{AuthDenial, AuthErrorCode};
 use crate::body::{ProxyBody, full};
-
-pub use crate::auth::challenge::{AuthDenial, AuthErrorCode};
+use crate::config::Binding;
 
 /// RFC 9449 §8: the server-provided nonce.
 pub const DPOP_NONCE: HeaderName = HeaderName::from_static("dpop-nonce");
 
-/// Everything the gateway answers itself.
+/// Whose fault a refusal is: metrics and logs count upstream faults apart, so that no
+/// client can fake an upstream outage (nginx and Envoy draw the same line).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FailureClass {
+    /// The request was wrong or not allowed: 4xx.
+    Client,
+    /// The route's upstream failed or did not answer in time: 502/504, counted in
+    /// `fapi_gateway_upstream_errors_total`.
+    Upstream,
+    /// The gateway could not decide: its own dependencies (the issuer's signing keys, the
+    /// DPoP replay store) are unavailable: 503.
+    Internal,
+}
+
+/// Every refusal the gateway answers itself.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Rejection {
     Auth(AuthDenial),
@@ -45,7 +60,6 @@ pub enum Rejection {
     ReplayStoreUnavailable,
     UpstreamUnavailable,
     UpstreamTimeout,
-    Internal,
 }
 
 impl Rejection {
@@ -62,7 +76,29 @@ impl Rejection {
             Rejection::ReplayStoreUnavailable => "replay_store_unavailable",
             Rejection::UpstreamUnavailable => "upstream_unavailable",
             Rejection::UpstreamTimeout => "upstream_timeout",
-            Rejection::Internal => "internal_error",
+        }
+    }
+
+    /// Whose fault it is.
+    pub fn class(&self) -> FailureClass {
+        match self {
+            Rejection::Auth(_)
+            | Rejection::NotFound
+            | Rejection::MethodNotAllowed { .. }
+            | Rejection::Misdirected
+            | Rejection::BadRequest { .. }
+            | Rejection::PayloadTooLarge => FailureClass::Client,
+            Rejection::UpstreamUnavailable | Rejection::UpstreamTimeout => FailureClass::Upstream,
+            Rejection::KeysUnavailable | Rejection::ReplayStoreUnavailable => FailureClass::Internal,
+        }
+    }
+
+    /// The challenges of an authentication refusal set to what a route with `binding`
+    /// accepts; other refusals are unchanged.
+    pub fn offering(self, binding: Binding, dpop_algs: &std::sync::Arc<str>) -> Self {
+        match self {
+            Rejection::Auth(denial) => Rejection::Auth(denial.for_route(binding, dpop_algs)),
+            other => other,
         }
     }
 
@@ -77,7 +113,6 @@ impl Rejection {
             Rejection::KeysUnavailable | Rejection::ReplayStoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Rejection::UpstreamUnavailable => StatusCode::BAD_GATEWAY,
             Rejection::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
-            Rejection::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -109,7 +144,6 @@ impl Rejection {
             Rejection::UpstreamTimeout => {
                 ("gateway_timeout", Cow::Borrowed("the upstream service did not answer in time"))
             }
-            Rejection::Internal => ("internal_error", Cow::Borrowed("the gateway failed to handle the request")),
         }
     }
 
@@ -176,5 +210,32 @@ mod tests {
         assert_eq!(r.headers()[ALLOW], "GET, HEAD");
         assert_eq!(r.headers()[CACHE_CONTROL], "no-store");
         assert_eq!(r.headers()[CONTENT_TYPE], "application/json");
+    }
+
+    #[test]
+    fn every_refusal_is_classed_by_whose_fault_it_is() {
+        use FailureClass::*;
+        let bad = Rejection::BadRequest { reason: "x", description: "y".into() };
+        let denial = Rejection::Auth(AuthDenial::missing_credentials());
+        for (rejection, class) in [
+            (denial, Client),
+            (Rejection::NotFound, Client),
+            (Rejection::MethodNotAllowed { allow: "GET".into() }, Client),
+            (Rejection::Misdirected, Client),
+            (bad, Client),
+            (Rejection::PayloadTooLarge, Client),
+            (Rejection::UpstreamUnavailable, Upstream),
+            (Rejection::UpstreamTimeout, Upstream),
+            (Rejection::KeysUnavailable, Internal),
+            (Rejection::ReplayStoreUnavailable, Internal),
+        ] {
+            assert_eq!(rejection.class(), class, "{rejection:?}");
+            let status = rejection.status().as_u16();
+            let expected = match class {
+                Client => 400..500,
+                Upstream | Internal => 500..600,
+            };
+            assert!(expected.contains(&status), "{rejection:?}: {status}");
+        }
     }
 }

@@ -1,0 +1,128 @@
+//! JWT access-token validation (RFC 9068 §4, FAPI 2.0 §5.3.4 and §5.4): the types a
+//! validation gives and its errors. The work is split by job:
+//!
+//! - [`validator`]: [`TokenValidator`] — the checks in order and the cache of results;
+//! - [`claims`]: the claim checks after the signature, as pure functions of the claims,
+//!   the issuer's policy and the time;
+//! - [`memo`]: [`TokenMemo`], one connection's memory of its last validated token.
+//!
+//! Order of checks for a token not yet in the cache: size cap, compact-JWS syntax, `alg`
+//! (`none`/HMAC are unrepresentable; `crit` refused), `typ`, the issuer (untrusted `iss`
+//! selects which issuer's policy and keys apply), the issuer's algorithm allow-list, the key
+//! (by `kid`, type matched to `alg`), the signature — and only then the claims: `iss` exact,
+//! `aud`, `exp` with leeway, `nbf`/`iat` not too far ahead, `cnf`. A validated token is
+//! cached under its SHA-256 until its `exp` (or the configured maximum), so its signature is
+//! checked once; a hit costs one hash and one look-up.
+
+pub mod claims;
+pub mod memo;
+pub mod validator;
+
+use std::sync::Arc;
+
+use crate::principal::Identity;
+pub use memo::TokenMemo;
+pub use validator::TokenValidator;
+
+/// Access tokens longer than this are refused before any decoding.
+pub const MAX_TOKEN_BYTES: usize = 12 * 1024;
+
+/// A token whose signature and claims were verified.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ValidatedToken {
+    /// Issuer, subject, client, scopes, `jti`: what the principal carries on (shared, so
+    /// that admitting a cached token copies nothing).
+    pub identity: Arc<Identity>,
+    /// `exp`, Unix seconds.
+    pub expires_at: i64,
+    pub cnf: Confirmation,
+}
+
+impl ValidatedToken {
+    pub fn has_scope(&self, scope: &str) -> bool {
+        self.identity.has_scope(scope)
+    }
+}
+
+/// The token's `cnf` claim (RFC 7800), as far as the gateway enforces it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Confirmation {
+    /// `x5t#S256`, decoded: SHA-256 of the client certificate (RFC 8705 §3.1).
+    pub x5t_s256: Option<[u8; 32]>,
+    /// `jkt`, decoded: RFC 7638 thumbprint of the DPoP key (RFC 9449 §6.1).
+    pub jkt: Option<[u8; 32]>,
+    /// `cnf` held a confirmation method the gateway does not know: never honoured as bearer.
+    pub unknown_method: bool,
+}
+
+impl Confirmation {
+    /// Whether the token is sender-constrained at all.
+    pub fn is_bound(&self) -> bool {
+        self.x5t_s256.is_some() || self.jkt.is_some() || self.unknown_method
+    }
+}
+
+/// Why a token was refused. Every variant maps to `invalid_token`, except
+/// [`TokenError::KeysUnavailable`], which is the gateway's problem, not the client's.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    #[error("the access token is too large")]
+    TooLarge,
+    #[error("the access token is not a well-formed JWT")]
+    Malformed,
+    #[error("the access token's algorithm is not accepted")]
+    AlgorithmNotAllowed,
+    #[error("the access token has a critical header the gateway does not understand")]
+    CriticalHeader,
+    #[error("the access token's typ is not accepted (expected at+jwt)")]
+    WrongType,
+    #[error("the access token's issuer is not trusted")]
+    UnknownIssuer,
+    #[error("no signing key of the issuer matches the access token")]
+    UnknownKey,
+    #[error("the issuer's signing keys are unavailable")]
+    KeysUnavailable,
+    #[error("the access token's signature is invalid")]
+    BadSignature,
+    #[error("the access token has no exp claim")]
+    MissingExpiry,
+    #[error("the access token has no {0} claim")]
+    MissingClaim(String),
+    #[error("the access token has expired")]
+    Expired,
+    #[error("the access token is not valid yet")]
+    NotYetValid,
+    #[error("the access token was issued in the future")]
+    IssuedInFuture,
+    #[error("the access token is not meant for this resource (aud)")]
+    WrongAudience,
+    #[error("the access token's cnf claim is malformed")]
+    BadConfirmation,
+}
+
+impl TokenError {
+    /// Stable reason code for logs and metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            TokenError::TooLarge => "token_too_large",
+            TokenError::Malformed => "token_malformed",
+            TokenError::AlgorithmNotAllowed => "token_alg_not_allowed",
+            TokenError::CriticalHeader => "token_crit_header",
+            TokenError::WrongType => "token_wrong_typ",
+            TokenError::UnknownIssuer => "token_unknown_issuer",
+            TokenError::UnknownKey => "token_unknown_kid",
+            TokenError::KeysUnavailable => "keys_unavailable",
+            TokenError::BadSignature => "token_bad_signature",
+            TokenError::MissingExpiry => "token_missing_exp",
+            TokenError::MissingClaim(_) => "token_missing_claim",
+            TokenError::Expired => "token_expired",
+            TokenError::NotYetValid => "token_not_yet_valid",
+            TokenError::IssuedInFuture => "token_iat_in_future",
+            TokenError::WrongAudience => "token_wrong_audience",
+            TokenError::BadConfirmation => "token_bad_cnf",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

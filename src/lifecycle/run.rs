@@ -1,0 +1,131 @@
+//! Running a gateway: binding the TLS and admin listeners, serving, reloading a new
+//! configuration in place, and draining on shutdown.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use super::build::{build, same_replay_settings, server_settings};
+use super::{ReloadError, StartError};
+use crate::config::Config;
+use crate::pipeline::Live;
+use crate::server::ServerSettings;
+use crate::{admin, metrics, server};
+
+/// A running gateway.
+pub struct GatewayHandle {
+    local_addr: SocketAddr,
+    admin_addr: Option<SocketAddr>,
+    shutdown: watch::Sender<bool>,
+    task: JoinHandle<()>,
+    live: Arc<ArcSwap<Live>>,
+    metrics: Arc<metrics::Metrics>,
+    /// What a reload may not change without a restart.
+    bound: Bound,
+}
+
+/// Settings fixed when the listeners were bound.
+#[derive(Clone, PartialEq, Eq)]
+struct Bound {
+    address: SocketAddr,
+    admin: Option<SocketAddr>,
+    settings: ServerSettings,
+}
+
+impl GatewayHandle {
+    /// The address the admin listener is bound to, if configured.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
+    }
+
+    /// The address the TLS listener is bound to (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Whether every issuer's keys have been fetched at least once.
+    pub fn keys_loaded(&self) -> bool {
+        self.live.load().state.validator.issuer_keys().all(|k| k.is_loaded())
+    }
+
+    /// What `/readyz` would report now.
+    pub async fn readiness(&self) -> admin::Readiness {
+        let live = self.live.load_full();
+        admin::readiness(&live.state).await
+    }
+
+    /// Whether the shared DPoP replay store (if configured) answers now.
+    pub async fn replay_store_reachable(&self) -> bool {
+        self.readiness().await.replay_store_reachable
+    }
+
+    /// Replaces the running configuration: certificates, issuers, routes, DPoP settings.
+    /// Everything is built and loaded first; on any error nothing changes. Requests already
+    /// running finish on the old configuration; new requests — also on open connections —
+    /// use the new one, and new TLS handshakes present the new certificate. Addresses and
+    /// `limits` are fixed at start and refused here.
+    pub async fn reload(&self, config: Config) -> Result<(), ReloadError> {
+        let bound = Bound { address: config.listen.address, admin: config.admin, settings: server_settings(&config) };
+        if bound.address != self.bound.address {
+            return Err(ReloadError::NeedsRestart("listen.address"));
+        }
+        if bound.admin != self.bound.admin {
+            return Err(ReloadError::NeedsRestart("admin.address"));
+        }
+        if bound.settings != self.bound.settings {
+            return Err(ReloadError::NeedsRestart("limits or listen.handshake_timeout"));
+        }
+        let current = self.live.load_full();
+        if !same_replay_settings(&current.state.dpop.settings, &config.dpop) {
+            return Err(ReloadError::NeedsRestart("dpop.replay, dpop.max_age or dpop.max_future"));
+        }
+        let live = build(config, self.metrics.clone(), Some(&current.state)).await?;
+        self.live.store(Arc::new(live));
+        tracing::info!("configuration reloaded");
+        Ok(())
+    }
+
+    /// Stops accepting, drains in-flight requests up to the grace period, and returns.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        let _ = self.task.await;
+    }
+
+    /// Waits until the server stops (after [`GatewayHandle::shutdown`] from elsewhere).
+    pub async fn wait(self) {
+        let _ = self.task.await;
+    }
+}
+
+/// Compiles `config`, loads certificates, fetches every issuer's keys (failures are logged;
+/// they are retried in the background and on demand), binds the listeners and starts
+/// serving.
+pub async fn start(config: Config) -> Result<GatewayHandle, StartError> {
+    let metrics = Arc::new(metrics::Metrics::new());
+    let bound = Bound { address: config.listen.address, admin: config.admin, settings: server_settings(&config) };
+    let live = Arc::new(ArcSwap::from_pointee(build(config, metrics.clone(), None).await?));
+    let address = bound.address;
+    let listener =
+        tokio::net::TcpListener::bind(address).await.map_err(|source| StartError::Bind { address, source })?;
+    let local_addr = listener.local_addr().map_err(|source| StartError::Bind { address, source })?;
+    let admin_listener = match bound.admin {
+        Some(address) => Some(admin::bind(address).await.map_err(|source| StartError::Bind { address, source })?),
+        None => None,
+    };
+    let (shutdown, receiver) = watch::channel(false);
+    let admin_addr = match admin_listener {
+        Some(admin) => {
+            let addr = admin.local_addr().ok();
+            tokio::spawn(admin::serve(admin, live.clone(), receiver.clone()));
+            tracing::info!(admin = ?addr, "admin listener: /metrics /healthz /readyz");
+            addr
+        }
+        None => None,
+    };
+    let task = tokio::spawn(server::serve(listener, live.clone(), bound.settings.clone(), receiver));
+    tracing::info!(%local_addr, "gateway listening");
+    Ok(GatewayHandle { local_addr, admin_addr, shutdown, task, live, metrics, bound })
+}

@@ -1,0 +1,34 @@
+//! Phase 1, canonicalise: what the request names, in the one form every later phase uses.
+//!
+//! The host comes from the HTTP/2 `:authority` or `Host` ([`crate::uri::request_host`]),
+//! parsed once: the SNI check here, the router and the forwarding headers all use this
+//! value. The path must be in its canonical spelling ([`crate::uri::check_path`]).
+
+use http::Request;
+
+use super::ConnectionInfo;
+use crate::answer::Rejection;
+use crate::uri::{check_path, request_host};
+
+/// Returns the canonical host the request names (`None` when it names none).
+///
+/// Refuses with 400 `invalid_host` a host that is not a plain name or IP literal, with 421
+/// a host that differs from the TLS server name the client asked for (RFC 9110 §15.5.20),
+/// and with 400 `ambiguous_path` a path servers could read differently.
+pub fn canonicalise<B>(request: &Request<B>, conn: &ConnectionInfo) -> Result<Option<Box<str>>, Rejection> {
+    let Ok(host) = request_host(request.uri(), request.headers()) else {
+        return Err(Rejection::BadRequest {
+            reason: "invalid_host",
+            description: "the Host header is not a valid host name".into(),
+        });
+    };
+    if let (Some(sni), Some(host)) = (conn.sni.as_deref(), host) {
+        if !sni.eq_ignore_ascii_case(host) {
+            return Err(Rejection::Misdirected);
+        }
+    }
+    if let Err(e) = check_path(request.uri().path()) {
+        return Err(Rejection::BadRequest { reason: "ambiguous_path", description: e.to_string().into() });
+    }
+    Ok(host.map(Box::from))
+}
