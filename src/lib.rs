@@ -8,15 +8,19 @@
 //! never reaches the upstream.
 //!
 //! ## The life of a request
-//! 1. [`server`] accepts TCP, finishes TLS and computes the client certificate's SHA-256
-//!    thumbprint once per connection;
-//! 2. hyper parses HTTP/1.1 or HTTP/2; [`gateway`] checks Host against SNI and the path,
-//!    and [`router`] picks the most specific route;
-//! 3. [`auth`] extracts the credential, validates the token ([`auth::token`], keys from
-//!    [`auth::jwks`], results cached), checks its binding ([`auth::binding`]) and scopes;
-//! 4. [`proxy`] rewrites headers and streams the request upstream and the answer back.
+//! 1. [`server`] accepts TCP, finishes TLS and computes the connection's facts once
+//!    ([`pipeline::ConnectionInfo`]: peer, SNI, the client certificate's SHA-256);
+//! 2. hyper parses HTTP/1.1 or HTTP/2 and hands the request to [`pipeline`], where it is
+//!    decided in five phases over one [`pipeline::Exchange`]: canonicalise (host against
+//!    SNI, canonical path, [`uri`]) → route ([`router`]) → admit ([`auth`] turns the token,
+//!    its binding and scopes into a [`principal::Principal`], or an [`answer::Answer`]) →
+//!    forward ([`proxy`] streams the request upstream as the principal) → finish (nonce
+//!    headers, metrics, access log);
+//! 3. every refusal is an [`answer::Rejection`], turned into a response in one place.
 //!
-//! Every refusal is a [`rejection::Rejection`], turned into a response in one place.
+//! Imports point one way (leaves such as [`jose`], [`uri`], [`secret`] at the bottom,
+//! [`config`] as plain data above them, [`lifecycle`] at the top); `tests/architecture.rs`
+//! checks it. The README's "Architecture" section has the full map.
 
 pub mod admin;
 pub mod answer;
