@@ -10,19 +10,17 @@ use super::ConnectionInfo;
 use crate::answer::Rejection;
 use crate::uri::{check_path, request_host};
 
-/// Returns the canonical host the request names (`None` when it names none).
+/// Returns the canonical host the request names (`None` when an HTTP/1.0 or HTTP/2 request
+/// names none).
 ///
-/// Refuses with 400 `invalid_host` a host that is not a plain name or IP literal, with 421
+/// Refuses with 400 `invalid_host` an HTTP/1.1 request without `Host`, several `Host`
+/// headers, and a host that is not a plain name or IP literal; with 421
 /// a host that differs from the TLS server name the client asked for (RFC 9110 §15.5.20),
 /// and with 400 `ambiguous_path` a path servers could read differently.
 pub fn canonicalise<B>(request: &Request<B>, conn: &ConnectionInfo) -> Result<Option<Box<str>>, Rejection> {
-    let Ok(host) = request_host(request.uri(), request.headers()) else {
-        return Err(Rejection::BadRequest {
-            reason: "invalid_host",
-            description: "the Host header is not a valid host name".into(),
-        });
-    };
-    if let (Some(sni), Some(host)) = (conn.sni.as_deref(), host) {
+    let host = request_host(request.uri(), request.version(), request.headers())
+        .map_err(|e| Rejection::BadRequest { reason: "invalid_host", description: e.to_string().into() })?;
+    if let (Some(sni), Some(host)) = (conn.sni.as_deref(), host.as_deref()) {
         if !sni.eq_ignore_ascii_case(host) {
             return Err(Rejection::Misdirected);
         }
@@ -30,5 +28,5 @@ pub fn canonicalise<B>(request: &Request<B>, conn: &ConnectionInfo) -> Result<Op
     if let Err(e) = check_path(request.uri().path()) {
         return Err(Rejection::BadRequest { reason: "ambiguous_path", description: e.to_string().into() });
     }
-    Ok(host.map(Box::from))
+    Ok(host)
 }

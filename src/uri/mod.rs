@@ -10,6 +10,6 @@ pub mod host;
 pub mod normalise;
 pub mod path;
 
-pub use host::request_host;
+pub use host::{HostError, request_host};
 pub use normalise::{NotAUrl, normalise, normalise_origin, request_url};
 pub use path::{PathError, check_path};
