@@ -105,6 +105,9 @@ pub struct Listener {
     pub public_url: http::Uri,
     pub tls: ServerTls,
     pub handshake_timeout: Duration,
+    /// Request headers removed before forwarding, beyond the built-in list of identity,
+    /// certificate and override headers (lower case).
+    pub strip_headers: Vec<http::HeaderName>,
 }
 
 #[derive(Clone, Debug)]

@@ -118,6 +118,8 @@ pub struct RawListen {
     pub tls: RawServerTls,
     /// Defaults to 10 s.
     pub handshake_timeout: Option<HumanDuration>,
+    /// Request headers removed before forwarding, beyond the built-in list.
+    pub strip_headers: Option<Spanned<Vec<String>>>,
 }
 
 #[derive(Debug, Deserialize)]

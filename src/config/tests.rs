@@ -236,3 +236,15 @@ fn route_public_url_must_be_an_https_origin() {
     let text = BASE.replace("match: { path_prefix: /public }", "match: { host: Partner.test, path_prefix: /public }");
     assert_eq!(parse(&text).unwrap().routes[1].public_origin, "https://partner.test:8443");
 }
+
+#[test]
+fn strip_headers_are_header_names_but_not_the_credentials() {
+    let with = |list: &str| BASE.replace("  tls:\n", &format!("  strip_headers: {list}\n  tls:\n"));
+    let config = parse(&with("[X-Internal-Role]")).unwrap();
+    assert_eq!(config.listen.strip_headers, vec![http::HeaderName::from_static("x-internal-role")]);
+    assert!(parse(BASE).unwrap().listen.strip_headers.is_empty());
+    let e = error(&with("[\"bad name\"]"));
+    assert!(e.contains("listen.strip_headers[0]") && e.contains("is not a header name"), "{e}");
+    let e = error(&with("[X-Ok, Authorization]"));
+    assert!(e.contains("listen.strip_headers[1]") && e.contains("forward_token"), "{e}");
+}

@@ -73,7 +73,12 @@ pub(super) fn validate(raw: RawConfig, file: &str, base_dir: &Path) -> Result<Co
             "must be an origin (scheme, host, optional port) without a path or query",
         ));
     }
+    let strip_headers = match raw.listen.strip_headers {
+        None => Vec::new(),
+        Some(list) => strip_headers(&ctx, list)?,
+    };
     let listen = Listener {
+        strip_headers,
         address: raw.listen.address,
         public_url: public_url.value.0,
         tls: ServerTls {
@@ -275,6 +280,28 @@ fn jwks_cache(raw: RawJwksCache) -> JwksCacheSettings {
 
 /// `typ` is a media type: compared case-insensitively, and `application/` may be omitted
 /// (RFC 7515 §4.1.9).
+/// `listen.strip_headers`: header names, none that the gateway's own checks read.
+fn strip_headers(ctx: &Ctx<'_>, list: Spanned<Vec<String>>) -> Result<Vec<http::HeaderName>, ConfigError> {
+    let at = list.referenced;
+    let mut names = Vec::with_capacity(list.value.len());
+    for (i, name) in list.value.iter().enumerate() {
+        let key = format!("listen.strip_headers[{i}]");
+        let parsed = http::HeaderName::from_bytes(name.trim().as_bytes())
+            .map_err(|_| ctx.err(at, key.clone(), format!("`{name}` is not a header name")))?;
+        if matches!(parsed.as_str(), "host" | "authorization" | "dpop") {
+            return Err(ctx.err(
+                at,
+                key,
+                format!(
+                    "`{name}` cannot be stripped here (the credential headers follow each route's `forward_token`)"
+                ),
+            ));
+        }
+        names.push(parsed);
+    }
+    Ok(names)
+}
+
 pub fn normalise_typ(typ: &str) -> String {
     let lower = typ.trim().to_ascii_lowercase();
     match lower.strip_prefix("application/") {

@@ -114,6 +114,7 @@ impl GatewayState {
             client_cert_trusted: self.config.listen.tls.client_ca.is_some() || principal.binding.certificate,
             principal,
             max_body_bytes: self.config.limits.max_body_bytes,
+            strip_headers: &self.config.listen.strip_headers,
         };
         route.upstream.forward(request, &route.spec, ctx).await
     }

@@ -3,9 +3,11 @@
 //!
 //! Requests: hop-by-hop headers (the fixed set, every `Proxy-*`, whatever `Connection`
 //! lists) go; headers only the gateway may set (`Client-Cert*`, `X-Fapi-*`), the
-//! forwarding headers (`X-Forwarded-*`, `X-Real-Ip`, `Forwarded`) and `Host` go too — also
-//! when spelled with `_` for `-`, which CGI-style upstreams read as the same header — and
-//! the gateway sets its own forwarding headers. Responses lose their hop-by-hop headers.
+//! forwarding headers (`X-Forwarded-*`, `X-Real-Ip`, `Forwarded`), other vendors' trusted
+//! headers (certificates, client addresses, users, URL and method overrides: see
+//! `vendor_trusted`) and `Host` go too — also when spelled with `_` for `-`, which
+//! CGI-style upstreams read as the same header — and the gateway sets its own forwarding
+//! headers. `listen.strip_headers` names more. Responses lose their hop-by-hop headers.
 //!
 //! Built for the hot path: one pass over the header names decides what goes (a typical
 //! request has nothing to remove, so nothing is hashed or allocated for it), and the
@@ -30,7 +32,60 @@ pub const FORWARDED: HeaderName = HeaderName::from_static("forwarded");
 
 /// What [`prepare_request`] does with a request header, by name alone.
 fn request_header_goes(name: &str) -> bool {
-    hop_by_hop(name) || gateway_owned(name) || name == "host" || name.contains('_') && underscore_spoof(name)
+    hop_by_hop(name)
+        || gateway_owned(name)
+        || vendor_trusted(name)
+        || name == "host"
+        || name.contains('_') && underscore_spoof(name)
+}
+
+/// Headers other proxies, load balancers and frameworks set and their upstreams trust: the
+/// client certificate and its verification result, the "real" client address, the
+/// authenticated user, and URL or method overrides. Only an edge in front of the gateway
+/// could vouch for them, and the gateway is the edge: whatever a client sends is removed
+/// (`listen.strip_headers` adds names).
+fn vendor_trusted(name: &str) -> bool {
+    matches!(
+        name,
+        // Client certificates (nginx, HAProxy, Apache, IIS ARR, F5, Traefik conventions).
+        "ssl-client-cert"
+            | "ssl-client-verify"
+            | "x-arr-clientcert"
+            | "x-client-verify"
+            | "x-client-dn"
+            // Client addresses (Akamai/Cloudflare, Fastly, common proxies).
+            | "true-client-ip"
+            | "x-client-ip"
+            | "x-cluster-client-ip"
+            | "cf-connecting-ip"
+            | "fastly-client-ip"
+            | "x-original-forwarded-for"
+            // Authenticated users (Apache/CGI, oauth2-proxy, Kong).
+            | "remote-user"
+            | "x-remote-user"
+            | "x-authenticated-userid"
+            | "x-authenticated-scope"
+            | "x-consumer-id"
+            | "x-consumer-username"
+            | "x-credential-identifier"
+            | "x-userinfo"
+            // URL and method overrides (IIS, Symfony, Rails, Express).
+            | "x-original-url"
+            | "x-rewrite-url"
+            | "x-original-uri"
+            | "x-http-method-override"
+            | "x-http-method"
+            | "x-method-override"
+    ) || ["x-ssl-", "x-client-cert", "x-amzn-mtls-", "x-tls-client-", "x-auth-request-", "x-envoy-"]
+        .iter()
+        .any(|prefix| name.starts_with(prefix))
+}
+
+/// Removes the configured extra headers (`listen.strip_headers`).
+pub fn strip_configured(headers: &mut HeaderMap, names: &[HeaderName]) {
+    for name in names {
+        headers.remove(name);
+    }
 }
 
 /// Hop-by-hop by name (RFC 9110 §7.6.1), plus every `Proxy-*` header.
@@ -58,12 +113,36 @@ fn gateway_owned(name: &str) -> bool {
 /// header the gateway removes or controls.
 fn underscore_spoof(name: &str) -> bool {
     let dashed = name.replace('_', "-");
-    gateway_owned(&dashed) || hop_by_hop(&dashed) || matches!(dashed.as_str(), "authorization" | "dpop" | "host")
+    gateway_owned(&dashed)
+        || hop_by_hop(&dashed)
+        || vendor_trusted(&dashed)
+        || matches!(dashed.as_str(), "authorization" | "dpop" | "host")
 }
 
 /// Removes every header [`request_header_goes`] names and every header `Connection` lists.
 pub fn prepare_request(headers: &mut HeaderMap) {
     remove_where(headers, request_header_goes);
+}
+
+/// RFC 9113 §8.2.3: an HTTP/2 client may split `cookie` into crumbs, one field each; an
+/// HTTP/1.1 upstream must get them as one header, joined with `"; "`. Nothing is touched
+/// (or allocated) when there is at most one.
+pub fn join_cookie_crumbs(headers: &mut HeaderMap) {
+    let mut crumbs = headers.get_all(header::COOKIE).iter();
+    if crumbs.next().is_none() || crumbs.next().is_none() {
+        return;
+    }
+    let mut joined = Vec::new();
+    for crumb in headers.get_all(header::COOKIE) {
+        if !joined.is_empty() {
+            joined.extend_from_slice(b"; ");
+        }
+        joined.extend_from_slice(crumb.as_bytes());
+    }
+    // Every crumb was a valid field value, and so is their join.
+    if let Ok(value) = HeaderValue::from_bytes(&joined) {
+        headers.insert(header::COOKIE, value);
+    }
 }
 
 /// Removes the response's hop-by-hop headers and those its `Connection` lists.
@@ -162,6 +241,33 @@ impl ForwardedHeaders {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn vendor_trust_headers_go_whatever_their_spelling() {
+        for name in
+            ["x-ssl-client-verify", "x-amzn-mtls-clientcert-leaf", "true-client-ip", "x-original-url", "x-envoy-peer"]
+        {
+            assert!(request_header_goes(name), "{name}");
+            assert!(request_header_goes(&name.replace('-', "_")), "{name} with underscores");
+        }
+        for name in ["x-request-id", "cookie", "accept", "x-client", "x-sslx"] {
+            assert!(!request_header_goes(name), "{name}");
+        }
+    }
+
+    #[test]
+    fn cookie_crumbs_are_joined_into_one_header() {
+        let mut h = HeaderMap::new();
+        join_cookie_crumbs(&mut h);
+        assert!(h.is_empty());
+        h.append(header::COOKIE, HeaderValue::from_static("a=1"));
+        join_cookie_crumbs(&mut h);
+        assert_eq!(h.get_all(header::COOKIE).iter().collect::<Vec<_>>(), ["a=1"]);
+        h.append(header::COOKIE, HeaderValue::from_static("b=2"));
+        h.append(header::COOKIE, HeaderValue::from_static("c=3"));
+        join_cookie_crumbs(&mut h);
+        assert_eq!(h.get_all(header::COOKIE).iter().collect::<Vec<_>>(), ["a=1; b=2; c=3"]);
+    }
 
     #[test]
     fn hop_by_hop_headers_and_connection_listed_ones_go() {

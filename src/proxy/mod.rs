@@ -59,6 +59,8 @@ pub struct ForwardContext<'a> {
     pub client_cert_trusted: bool,
     pub principal: &'a Principal,
     pub max_body_bytes: u64,
+    /// `listen.strip_headers`.
+    pub strip_headers: &'a [HeaderName],
 }
 
 impl Upstream {
@@ -84,9 +86,13 @@ impl Upstream {
     ) -> Result<Upstreamed, Rejection> {
         let (mut parts, body) = request.into_parts();
         parts.uri = self.upstream_uri(&parts.uri)?;
-        parts.version = Version::HTTP_11;
         let headers = &mut parts.headers;
+        if parts.version == Version::HTTP_2 {
+            headers::join_cookie_crumbs(headers);
+        }
+        parts.version = Version::HTTP_11;
         headers::prepare_request(headers);
+        headers::strip_configured(headers, ctx.strip_headers);
         ctx.forwarded.apply(headers, ctx.host);
         if route.forward_client_cert && ctx.client_cert_trusted {
             if let Some(der) = ctx.client_cert_der {
