@@ -59,7 +59,7 @@ fn with_part(token: &str, index: usize, part: &str) -> String {
 #[test]
 fn every_algorithm_signs_a_compact_jws_the_verifier_accepts() {
     let keys = keys();
-    assert_eq!(keys.iter().map(SigningKey::alg).collect::<Vec<_>>().len(), Alg::ALL.len());
+    assert_eq!(keys.len(), Alg::ALL.len());
     for alg in Alg::ALL {
         assert!(keys.iter().any(|k| k.alg() == alg), "{alg} has a key");
     }
