@@ -14,9 +14,9 @@ mod signers;
 use criterion::{Criterion, criterion_group, criterion_main};
 use fapi_gateway::auth::dpop::{ProofKeyCache, ProofRequest, verify_proof};
 use fapi_gateway::config::DpopSettings;
-use fapi_gateway::jose::{Alg, CompactJws, PublicKey, b64url_encode, sha256};
+use fapi_gateway::jose::{CompactJws, PublicKey, b64url_encode, sha256};
 use serde_json::json;
-use signers::signers;
+use signers::{compact, signers};
 
 const URL: &str = "https://api.test/accounts/1";
 
@@ -33,19 +33,14 @@ fn proof_verification(c: &mut Criterion) {
     let token_hash = sha256(b"an access token");
     let cache = ProofKeyCache::new(1000);
     for signer in signers() {
-        let jwk = signer.jwk();
+        let jwk = signer.public_jwk();
         let key = PublicKey::from_jwk(jwk.as_object().unwrap()).unwrap();
         let jkt = *key.thumbprint();
-        let header = json!({"typ": "dpop+jwt", "alg": signer.alg(), "jwk": jwk});
+        let header = json!({"typ": "dpop+jwt", "alg": signer.alg().name(), "jwk": jwk});
         let claims =
             json!({"jti": "Fh8sAq9tN2xv", "htm": "GET", "htu": URL, "iat": now(), "ath": b64url_encode(&token_hash)});
-        let input = format!(
-            "{}.{}",
-            b64url_encode(header.to_string().as_bytes()),
-            b64url_encode(claims.to_string().as_bytes())
-        );
-        let proof = format!("{input}.{}", b64url_encode(&signer.sign(input.as_bytes())));
-        let alg = Alg::from_name(signer.alg()).unwrap();
+        let proof = compact(&signer, &header, &claims);
+        let alg = signer.alg();
         let jws = CompactJws::parse(&proof, 8192).unwrap();
 
         let mut group = c.benchmark_group(format!("dpop_{}", signer.alg()));

@@ -27,11 +27,10 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use aws_lc_rs::rand::SystemRandom;
-use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use bytes::Bytes;
+use fapi_gateway::jose::{Alg, SigningKey};
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
@@ -49,35 +48,6 @@ fn sha256(data: &[u8]) -> Vec<u8> {
     aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, data).as_ref().to_vec()
 }
 
-struct Es256 {
-    pair: EcdsaKeyPair,
-    rng: SystemRandom,
-}
-
-impl Es256 {
-    fn new() -> Self {
-        let rng = SystemRandom::new();
-        let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
-        Es256 { pair: EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref()).unwrap(), rng }
-    }
-
-    fn jwk(&self) -> serde_json::Value {
-        let p = self.pair.public_key().as_ref();
-        json!({"kty": "EC", "crv": "P-256", "x": B64.encode(&p[1..33]), "y": B64.encode(&p[33..65])})
-    }
-
-    fn thumbprint(&self) -> String {
-        let jwk = self.jwk();
-        B64.encode(sha256(format!(r#"{{"crv":"P-256","kty":"EC","x":{},"y":{}}}"#, jwk["x"], jwk["y"]).as_bytes()))
-    }
-
-    fn sign(&self, header: &serde_json::Value, claims: &serde_json::Value) -> String {
-        let input = format!("{}.{}", B64.encode(header.to_string()), B64.encode(claims.to_string()));
-        let sig = self.pair.sign(&self.rng, input.as_bytes()).unwrap();
-        format!("{input}.{}", B64.encode(sig.as_ref()))
-    }
-}
-
 /// Certificates, keys and tokens for one run, written to a temp dir.
 struct Fixture {
     dir: tempfile::TempDir,
@@ -86,7 +56,7 @@ struct Fixture {
     client_key: PrivateKeyDer<'static>,
     mtls_token: String,
     dpop_token: String,
-    dpop_key: Es256,
+    dpop_key: SigningKey,
 }
 
 fn fixture() -> Fixture {
@@ -101,8 +71,8 @@ fn fixture() -> Fixture {
     std::fs::write(dir.path().join("server.key"), server_key.serialize_pem()).unwrap();
     let client_key = rcgen::KeyPair::generate().unwrap();
     let client = rcgen::CertificateParams::new(vec!["client".to_string()]).unwrap().self_signed(&client_key).unwrap();
-    let issuer = Es256::new();
-    let mut jwk = issuer.jwk();
+    let issuer = SigningKey::generate(Alg::Es256).unwrap();
+    let mut jwk = issuer.public_jwk();
     jwk["kid"] = json!("k1");
     std::fs::write(dir.path().join("jwks.json"), json!({"keys": [jwk]}).to_string()).unwrap();
     let claims = |cnf: serde_json::Value| {
@@ -111,13 +81,13 @@ fn fixture() -> Fixture {
     };
     let header = json!({"alg": "ES256", "typ": "at+jwt", "kid": "k1"});
     let x5t = B64.encode(sha256(client.der()));
-    let dpop_key = Es256::new();
+    let dpop_key = SigningKey::generate(Alg::Es256).unwrap();
     Fixture {
         ca_der: ca.der().clone(),
         client_cert: client.der().clone(),
         client_key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(client_key.serialize_der())),
-        mtls_token: issuer.sign(&header, &claims(json!({"x5t#S256": x5t}))),
-        dpop_token: issuer.sign(&header, &claims(json!({"jkt": dpop_key.thumbprint()}))),
+        mtls_token: issuer.sign_compact(&header, &claims(json!({"x5t#S256": x5t}))).unwrap(),
+        dpop_token: issuer.sign_compact(&header, &claims(json!({"jkt": dpop_key.thumbprint_b64()}))).unwrap(),
         dpop_key,
         dir,
     }
@@ -503,32 +473,31 @@ fn report_memory(name: &str, (before, with, open, states): &(u64, u64, usize, St
 }
 
 fn proofs(fx: &Fixture, count: usize) -> Vec<String> {
-    let header = json!({"typ": "dpop+jwt", "alg": "ES256", "jwk": fx.dpop_key.jwk()});
+    let header = json!({"typ": "dpop+jwt", "alg": "ES256", "jwk": fx.dpop_key.public_jwk()});
     let ath = B64.encode(sha256(fx.dpop_token.as_bytes()));
     let iat = now();
     (0..count)
         .map(|i| {
-            fx.dpop_key.sign(
-                &header,
-                &json!({"jti": format!("{i:x}-{iat}"), "htm": "GET", "htu": format!("https://{HOST}/dpop/x"), "iat": iat, "ath": ath}),
-            )
+            fx.dpop_key
+                .sign_compact(
+                    &header,
+                    &json!({"jti": format!("{i:x}-{iat}"), "htm": "GET", "htu": format!("https://{HOST}/dpop/x"), "iat": iat, "ath": ath}),
+                )
+                .unwrap()
         })
         .collect()
 }
 
 fn es256_verify_rate() -> f64 {
-    let key = Es256::new();
+    let key = SigningKey::generate(Alg::Es256).unwrap();
     let message = b"eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJ1In0";
-    let signature = key.pair.sign(&key.rng, message).unwrap();
-    let public = aws_lc_rs::signature::ParsedPublicKey::new(
-        &aws_lc_rs::signature::ECDSA_P256_SHA256_FIXED,
-        key.pair.public_key().as_ref(),
-    )
-    .unwrap();
+    let signature = key.sign(message).unwrap();
+    // The public key as the gateway holds it: a prepared aws-lc-rs `ParsedPublicKey`.
+    let public = key.public_key();
     let n = 20_000;
     let t = Instant::now();
     for _ in 0..n {
-        public.verify_sig(message, signature.as_ref()).unwrap();
+        public.verify(Alg::Es256, message, &signature).unwrap();
     }
     f64::from(n) / t.elapsed().as_secs_f64()
 }

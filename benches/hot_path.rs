@@ -19,12 +19,12 @@ use fapi_gateway::auth::credentials::Credential;
 use fapi_gateway::auth::jwks::IssuerKeys;
 use fapi_gateway::auth::token::{Confirmation, TokenValidator};
 use fapi_gateway::config::{Binding, Config, Route};
-use fapi_gateway::jose::{Alg, CompactJws, PublicKey};
+use fapi_gateway::jose::{CompactJws, PublicKey, SigningKey};
 use fapi_gateway::proxy::headers::{ForwardedHeaders, prepare_request};
 use fapi_gateway::router::Router;
 use http::{HeaderMap, HeaderName, HeaderValue};
 use serde_json::json;
-use signers::{Signer, compact, signers};
+use signers::{compact, signers};
 
 fn now() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() as i64
@@ -39,8 +39,8 @@ struct Fixture {
     _dir: tempfile::TempDir,
 }
 
-fn fixture(signer: &Signer) -> Fixture {
-    let mut jwk = signer.jwk();
+fn fixture(signer: &SigningKey) -> Fixture {
+    let mut jwk = signer.public_jwk();
     jwk["kid"] = json!("k1");
     let key = PublicKey::from_jwk(jwk.as_object().unwrap()).unwrap();
     let dir = tempfile::tempdir().unwrap();
@@ -59,7 +59,7 @@ fn fixture(signer: &Signer) -> Fixture {
     let keys = Arc::new(IssuerKeys::new(&issuer).unwrap());
     runtime.block_on(keys.prefetch()).unwrap();
     let validator = TokenValidator::new(vec![(issuer, keys)], &config.token_cache);
-    let header = json!({"alg":signer.alg(),"typ":"at+jwt","kid":"k1"});
+    let header = json!({"alg":signer.alg().name(),"typ":"at+jwt","kid":"k1"});
     let claims = json!({"iss":"https://as.test","aud":"https://api.test","sub":"u","client_id":"c","iat":now(),"exp":now()+3600,
         "jti":"j","scope":"accounts:read","cnf":{"x5t#S256":fapi_gateway::jose::b64url_encode(&[7u8; 32])}});
     let token = compact(signer, &header, &claims);
@@ -72,7 +72,7 @@ fn token_validation(c: &mut Criterion) {
         // After the fixture: generating an RSA key takes a while, and the token's `iat` is
         // checked against this clock.
         let now = now();
-        let mut group = c.benchmark_group(signer.alg().to_ascii_lowercase());
+        let mut group = c.benchmark_group(signer.alg().name().to_ascii_lowercase());
         group.measurement_time(Duration::from_secs(3));
         group.bench_function("token_cold", |b| {
             b.iter(|| f.runtime.block_on(f.validator.validate_uncached(black_box(&f.token), now)).unwrap())
@@ -82,7 +82,7 @@ fn token_validation(c: &mut Criterion) {
             b.iter(|| f.runtime.block_on(f.validator.validate(black_box(&f.token), now)).unwrap())
         });
         let jws = CompactJws::parse(&f.token, 16 * 1024).unwrap();
-        let alg = Alg::from_name(signer.alg()).unwrap();
+        let alg = signer.alg();
         group.bench_function("raw_verify", |b| {
             b.iter(|| f.key.verify(alg, black_box(jws.signing_input()), jws.signature()).unwrap())
         });
@@ -97,7 +97,7 @@ fn thumbprints(c: &mut Criterion) {
     c.bench_function("thumbprint_certificate", |b| {
         b.iter(|| fapi_gateway::tls::certificate_thumbprint(black_box(&der)))
     });
-    let jwk = signers().remove(0).jwk();
+    let jwk = signers().remove(0).public_jwk();
     let jwk = jwk.as_object().unwrap().clone();
     // What a DPoP proof with a new key costs: import the public JWK and hash its RFC 7638
     // thumbprint (a known key is found by header hash instead).

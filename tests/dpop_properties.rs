@@ -4,11 +4,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use aws_lc_rs::rand::SystemRandom;
-use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair};
 use fapi_gateway::auth::dpop::{ProofKeyCache, ProofRequest, verify_proof};
 use fapi_gateway::config::DpopSettings;
-use fapi_gateway::jose::{b64url_encode, sha256};
+use fapi_gateway::jose::{Alg, SigningKey, b64url_encode, sha256};
 use proptest::prelude::*;
 use serde_json::json;
 
@@ -21,18 +19,10 @@ fn settings() -> DpopSettings {
 
 /// A valid proof for `URL` and the token "token", and the key's thumbprint.
 fn valid_proof() -> (String, [u8; 32]) {
-    let rng = SystemRandom::new();
-    let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
-    let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref()).unwrap();
-    let p = pair.public_key().as_ref();
-    let (x, y) = (b64url_encode(&p[1..33]), b64url_encode(&p[33..65]));
-    let header = json!({"typ": "dpop+jwt", "alg": "ES256", "jwk": {"kty": "EC", "crv": "P-256", "x": x, "y": y}});
+    let key = SigningKey::generate(Alg::Es256).unwrap();
+    let header = json!({"typ": "dpop+jwt", "alg": "ES256", "jwk": key.public_jwk()});
     let claims = json!({"jti": "j1", "htm": "GET", "htu": URL, "iat": NOW, "ath": b64url_encode(&sha256(b"token"))});
-    let input =
-        format!("{}.{}", b64url_encode(header.to_string().as_bytes()), b64url_encode(claims.to_string().as_bytes()));
-    let signature = pair.sign(&rng, input.as_bytes()).unwrap();
-    let jkt = sha256(format!(r#"{{"crv":"P-256","kty":"EC","x":"{x}","y":"{y}"}}"#).as_bytes());
-    (format!("{input}.{}", b64url_encode(signature.as_ref())), jkt)
+    (key.sign_compact(&header, &claims).unwrap(), *key.thumbprint())
 }
 
 fn check(proof: &str, jkt: &[u8; 32]) -> bool {

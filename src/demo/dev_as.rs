@@ -1,102 +1,73 @@
 //! The demo's development authorization server: mints ES256 `at+jwt` access tokens bound
 //! to a client certificate (RFC 8705) or a DPoP key (RFC 9449), signs DPoP proofs for the
 //! demo clients, and serves its JWKS over HTTPS. Development only: its key lives in
-//! `certs/dev-issuer.key`, which is public.
+//! `certs/dev-issuer.key` (PKCS#8 PEM), which is public. Every signature is made by
+//! [`SigningKey`].
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 
-use aws_lc_rs::rand::SystemRandom;
-use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair};
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use rustls::pki_types::PrivateKeyDer;
-use rustls::pki_types::pem::PemObject;
 use serde_json::{Value, json};
 
 use super::DemoError;
-use crate::jose::{b64url_encode, sha256};
+use crate::jose::{Alg, SigningKey, b64url_encode, sha256};
 
 /// The issuer identifier the bundled `gateway.yaml` trusts.
 pub const ISSUER: &str = "https://issuer.localhost";
 const KID: &str = "dev-issuer-1";
+/// The algorithm of the issuer's key and of the demo clients' DPoP keys.
+pub const ALG: Alg = Alg::Es256;
 
-/// An ES256 key: the issuer's, or a demo client's DPoP key.
-pub struct Es256Key {
-    pair: EcdsaKeyPair,
-    rng: SystemRandom,
+/// A fresh key for a demo client's DPoP proofs (or a new issuer key).
+pub fn generate_key() -> Result<SigningKey, DemoError> {
+    Ok(SigningKey::generate(ALG)?)
 }
 
-impl Es256Key {
-    pub fn generate() -> Result<Self, DemoError> {
-        let rng = SystemRandom::new();
-        let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng)
-            .map_err(|_| DemoError::Setup("cannot generate a key".into()))?;
-        Self::from_pkcs8(pkcs8.as_ref())
-    }
+/// The issuer key's JWKS entry: its public JWK with `kid`, `alg` and `use`.
+pub fn jwks_entry(key: &SigningKey) -> Value {
+    let mut jwk = key.public_jwk();
+    jwk["kid"] = json!(KID);
+    jwk["alg"] = json!(key.alg().name());
+    jwk["use"] = json!("sig");
+    jwk
+}
 
-    pub fn from_pem_file(path: &Path) -> Result<Self, DemoError> {
-        let key = PrivateKeyDer::from_pem_file(path)
-            .map_err(|e| DemoError::Setup(format!("cannot read {}: {e}", path.display())))?;
-        Self::from_pkcs8(key.secret_der())
+/// A DPoP proof by `key` for `method url`, bound to `token`, with an optional server nonce.
+pub fn dpop_proof(
+    key: &SigningKey,
+    method: &str,
+    url: &str,
+    token: &str,
+    nonce: Option<&str>,
+) -> Result<String, DemoError> {
+    let mut jti = [0u8; 16];
+    let _ = aws_lc_rs::rand::fill(&mut jti);
+    let mut claims = json!({
+        "jti": b64url_encode(&jti), "htm": method, "htu": url, "iat": crate::jose::unix_now(),
+        "ath": b64url_encode(&sha256(token.as_bytes())),
+    });
+    if let Some(nonce) = nonce {
+        claims["nonce"] = json!(nonce);
     }
-
-    fn from_pkcs8(der: &[u8]) -> Result<Self, DemoError> {
-        let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, der)
-            .map_err(|_| DemoError::Setup("not a P-256 PKCS#8 key".into()))?;
-        Ok(Es256Key { pair, rng: SystemRandom::new() })
-    }
-
-    /// The public JWK (RFC 7638 members only).
-    pub fn jwk(&self) -> Value {
-        let p = self.pair.public_key().as_ref();
-        json!({"crv": "P-256", "kty": "EC", "x": b64url_encode(&p[1..33]), "y": b64url_encode(&p[33..65])})
-    }
-
-    /// RFC 7638 thumbprint, base64url.
-    pub fn thumbprint(&self) -> String {
-        b64url_encode(&sha256(self.jwk().to_string().as_bytes()))
-    }
-
-    pub fn sign(&self, header: &Value, claims: &Value) -> Result<String, DemoError> {
-        let input = format!(
-            "{}.{}",
-            b64url_encode(header.to_string().as_bytes()),
-            b64url_encode(claims.to_string().as_bytes())
-        );
-        let signature =
-            self.pair.sign(&self.rng, input.as_bytes()).map_err(|_| DemoError::Setup("signing failed".into()))?;
-        Ok(format!("{input}.{}", b64url_encode(signature.as_ref())))
-    }
-
-    /// A DPoP proof for `method url`, bound to `token`, with an optional server nonce.
-    pub fn dpop_proof(&self, method: &str, url: &str, token: &str, nonce: Option<&str>) -> Result<String, DemoError> {
-        let mut jti = [0u8; 16];
-        let _ = aws_lc_rs::rand::fill(&mut jti);
-        let mut claims = json!({
-            "jti": b64url_encode(&jti), "htm": method, "htu": url, "iat": crate::jose::unix_now(),
-            "ath": b64url_encode(&sha256(token.as_bytes())),
-        });
-        if let Some(nonce) = nonce {
-            claims["nonce"] = json!(nonce);
-        }
-        self.sign(&json!({"typ": "dpop+jwt", "alg": "ES256", "jwk": self.jwk()}), &claims)
-    }
+    Ok(key.sign_compact(&json!({"typ": "dpop+jwt", "jwk": key.public_jwk()}), &claims)?)
 }
 
 /// Mints access tokens as the development issuer.
 pub struct DevIssuer {
-    key: Es256Key,
+    key: SigningKey,
     audience: String,
 }
 
 impl DevIssuer {
+    /// The issuer with the PKCS#8 PEM key in `key_file` (`certs/dev-issuer.key`).
     pub fn new(key_file: &Path, audience: &str) -> Result<Self, DemoError> {
-        Ok(DevIssuer { key: Es256Key::from_pem_file(key_file)?, audience: audience.to_string() })
+        Ok(DevIssuer { key: SigningKey::from_pkcs8_pem_file(ALG, key_file)?, audience: audience.to_string() })
     }
 
     /// An access token for `scope`, bound as `cnf` says.
@@ -108,7 +79,7 @@ impl DevIssuer {
             "iss": ISSUER, "aud": self.audience, "sub": "alice", "client_id": "demo-client",
             "iat": now, "exp": now + 600, "jti": b64url_encode(&jti), "scope": scope, "cnf": cnf,
         });
-        self.key.sign(&json!({"alg": "ES256", "typ": "at+jwt", "kid": KID}), &claims)
+        Ok(self.key.sign_compact(&json!({"typ": "at+jwt", "kid": KID}), &claims)?)
     }
 
     /// A token bound to the client certificate with this DER encoding.
@@ -117,16 +88,12 @@ impl DevIssuer {
     }
 
     /// A token bound to a DPoP key.
-    pub fn dpop_token(&self, scope: &str, key: &Es256Key) -> Result<String, DemoError> {
-        self.token(scope, json!({"jkt": key.thumbprint()}))
+    pub fn dpop_token(&self, scope: &str, key: &SigningKey) -> Result<String, DemoError> {
+        self.token(scope, json!({"jkt": key.thumbprint_b64()}))
     }
 
     fn jwks(&self) -> String {
-        let mut jwk = self.key.jwk();
-        jwk["kid"] = json!(KID);
-        jwk["alg"] = json!("ES256");
-        jwk["use"] = json!("sig");
-        json!({"keys": [jwk]}).to_string()
+        json!({"keys": [jwks_entry(&self.key)]}).to_string()
     }
 
     /// Serves `GET /jwks` over HTTPS on `listener` until the process ends.
@@ -166,4 +133,67 @@ pub async fn bind_jwks() -> Result<tokio::net::TcpListener, DemoError> {
     tokio::net::TcpListener::bind(address)
         .await
         .map_err(|e| DemoError::Setup(format!("cannot listen on {address} for the development issuer: {e}")))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::jose::{CompactJws, PublicKey};
+
+    fn parse(token: &str) -> (CompactJws<'_>, Value) {
+        let jws = CompactJws::parse(token, 16 * 1024).unwrap();
+        let claims = serde_json::from_slice(jws.payload()).unwrap();
+        (jws, claims)
+    }
+
+    #[test]
+    fn the_checked_in_issuer_key_still_loads_and_matches_its_jwks() {
+        let certs = Path::new(env!("CARGO_MANIFEST_DIR")).join("certs");
+        let issuer = DevIssuer::new(&certs.join("dev-issuer.key"), "https://api.localhost").unwrap();
+        let file = std::fs::read_to_string(certs.join("dev-issuer-jwks.json")).unwrap();
+        let published: Value = serde_json::from_str(&file).unwrap();
+        assert_eq!(published["keys"][0], jwks_entry(&issuer.key));
+        assert_eq!(serde_json::from_str::<Value>(&issuer.jwks()).unwrap(), published);
+
+        let token = issuer.mtls_token("accounts:read", b"certificate").unwrap();
+        let (jws, claims) = parse(&token);
+        assert_eq!(Value::Object(jws.header().clone()), json!({"alg": "ES256", "typ": "at+jwt", "kid": KID}));
+        assert_eq!(claims["cnf"], json!({"x5t#S256": b64url_encode(&sha256(b"certificate"))}));
+        let key = PublicKey::from_jwk(published["keys"][0].as_object().unwrap()).unwrap();
+        assert_eq!(jws.verify_with(Alg::Es256, &key), Ok(()));
+
+        // What the demo writes for a new issuer key is what it always kept there: the
+        // checked-in key exported again is the file, byte for byte.
+        let pem = std::fs::read_to_string(certs.join("dev-issuer.key")).unwrap();
+        assert_eq!(issuer.key.to_pkcs8_pem().unwrap(), pem);
+    }
+
+    #[test]
+    fn dpop_tokens_and_proofs_name_the_client_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let key_file = dir.path().join("dev-issuer.key");
+        std::fs::write(&key_file, generate_key().unwrap().to_pkcs8_pem().unwrap()).unwrap();
+        let issuer = DevIssuer::new(&key_file, "https://api.localhost").unwrap();
+        let client = generate_key().unwrap();
+
+        let token = issuer.dpop_token("payments:write", &client).unwrap();
+        let (jws, claims) = parse(&token);
+        assert_eq!(claims["cnf"], json!({"jkt": client.thumbprint_b64()}));
+        assert_eq!(jws.verify_with(Alg::Es256, issuer.key.public_key()), Ok(()));
+
+        let proof = dpop_proof(&client, "GET", "https://localhost/payments/1", &token, Some("n-1")).unwrap();
+        let (jws, claims) = parse(&proof);
+        assert_eq!(jws.header_str("typ"), Some("dpop+jwt"));
+        assert_eq!(jws.alg(), Ok(Alg::Es256));
+        let jwk = jws.header()["jwk"].as_object().unwrap();
+        assert_eq!(Value::Object(jwk.clone()), client.public_jwk());
+        assert_eq!(jws.verify_with(Alg::Es256, &PublicKey::from_jwk(jwk).unwrap()), Ok(()));
+        assert_eq!(claims["ath"], json!(b64url_encode(&sha256(token.as_bytes()))));
+        assert_eq!(claims["nonce"], "n-1");
+        assert_eq!(
+            (claims["htm"].as_str(), claims["htu"].as_str()),
+            (Some("GET"), Some("https://localhost/payments/1"))
+        );
+    }
 }

@@ -63,13 +63,9 @@ pub fn ensure(dir: &Path) -> Result<Vec<&'static str>, DemoError> {
         }
     }
     if missing(&["dev-issuer.key", "dev-issuer-jwks.json"]) {
-        let pair = KeyPair::generate().map_err(fail)?;
-        write(dir, "dev-issuer.key", &pair.serialize_pem())?;
-        let key = super::dev_as::Es256Key::from_pem_file(&dir.join("dev-issuer.key"))?;
-        let mut jwk = key.jwk();
-        jwk["kid"] = serde_json::json!("dev-issuer-1");
-        jwk["alg"] = serde_json::json!("ES256");
-        jwk["use"] = serde_json::json!("sig");
+        let key = super::dev_as::generate_key()?;
+        write(dir, "dev-issuer.key", &key.to_pkcs8_pem()?)?;
+        let jwk = super::dev_as::jwks_entry(&key);
         write(dir, "dev-issuer-jwks.json", &serde_json::json!({ "keys": [jwk] }).to_string())?;
         written.extend(["dev-issuer.key", "dev-issuer-jwks.json"]);
     }
@@ -98,5 +94,20 @@ mod tests {
         std::fs::remove_file(dir.join("thief.key")).unwrap();
         assert_eq!(ensure(&dir).unwrap(), vec!["thief.pem", "thief.key"]);
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_generated_issuer_key_matches_its_jwks() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(ensure(dir.path()).unwrap().contains(&"dev-issuer.key"));
+        let issuer = super::super::dev_as::DevIssuer::new(&dir.path().join("dev-issuer.key"), "https://a").unwrap();
+        let token = issuer.mtls_token("s", b"cert").unwrap();
+        let jwks = std::fs::read_to_string(dir.path().join("dev-issuer-jwks.json")).unwrap();
+        let jwks: serde_json::Value = serde_json::from_str(&jwks).unwrap();
+        assert_eq!(jwks["keys"][0]["kid"], "dev-issuer-1");
+        assert_eq!(jwks["keys"][0]["alg"], "ES256");
+        let key = crate::jose::PublicKey::from_jwk(jwks["keys"][0].as_object().unwrap()).unwrap();
+        let jws = crate::jose::CompactJws::parse(&token, 8192).unwrap();
+        assert_eq!(jws.verify_with(crate::jose::Alg::Es256, &key), Ok(()));
     }
 }

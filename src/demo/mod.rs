@@ -23,7 +23,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 
 use crate::config::Config;
-use dev_as::{DevIssuer, Es256Key};
+use dev_as::{DevIssuer, dpop_proof};
 
 /// Why the demo could not run.
 #[derive(Debug, thiserror::Error)]
@@ -34,6 +34,8 @@ pub enum DemoError {
     Config(#[from] crate::config::ConfigError),
     #[error(transparent)]
     Start(#[from] crate::StartError),
+    #[error(transparent)]
+    Key(#[from] crate::jose::SignError),
 }
 
 /// One played scenario.
@@ -216,18 +218,18 @@ pub async fn run(config_path: &Path, once: bool) -> Result<Vec<Scenario>, DemoEr
         &client.send("/accounts/1", Some(&thief), &bearer(&mtls_token)).await?,
     );
 
-    let dpop_key = Es256Key::generate()?;
+    let dpop_key = dev_as::generate_key()?;
     let dpop_token = issuer.dpop_token("payments:write", &dpop_key)?;
     let url = format!("{origin}/payments/1");
     let dpop = |proof: String| vec![("authorization", format!("DPoP {dpop_token}")), ("dpop", proof)];
     // The payments route requires a server nonce: the first try fetches it.
-    let first = client.send("/payments/1", None, &dpop(dpop_key.dpop_proof("GET", &url, &dpop_token, None)?)).await?;
+    let first = client.send("/payments/1", None, &dpop(dpop_proof(&dpop_key, "GET", &url, &dpop_token, None)?)).await?;
     let nonce = first.nonce.clone();
-    let proof = dpop_key.dpop_proof("GET", &url, &dpop_token, nonce.as_deref())?;
+    let proof = dpop_proof(&dpop_key, "GET", &url, &dpop_token, nonce.as_deref())?;
     play("DPoP client (after use_dpop_nonce)", 200, &client.send("/payments/1", None, &dpop(proof.clone())).await?);
     play("the same DPoP proof replayed", 401, &client.send("/payments/1", None, &dpop(proof)).await?);
-    let thief_key = Es256Key::generate()?;
-    let stolen = thief_key.dpop_proof("GET", &url, &dpop_token, nonce.as_deref())?;
+    let thief_key = dev_as::generate_key()?;
+    let stolen = dpop_proof(&thief_key, "GET", &url, &dpop_token, nonce.as_deref())?;
     play("stolen DPoP token, thief's own key", 401, &client.send("/payments/1", None, &dpop(stolen)).await?);
     play("DPoP token downgraded to Bearer", 401, &client.send("/payments/1", None, &bearer(&dpop_token)).await?);
 

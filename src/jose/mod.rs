@@ -1,5 +1,6 @@
 //! Strict JOSE primitives for the gateway: compact JWS parsing and signature
-//! verification with aws-lc-rs, and public JWK parsing with RFC 7638 thumbprints.
+//! verification with aws-lc-rs, public JWK parsing with RFC 7638 thumbprints, and the
+//! signing keys of everything in the crate that signs.
 //!
 //! This module serves two callers with one strict table: JWT access tokens (keys
 //! from the authorization server's JWKS) and DPoP proofs (key taken from the
@@ -9,16 +10,20 @@
 //!
 //! - [`jws`]: [`CompactJws`] (split + decode, nothing verified) and [`Alg`].
 //! - [`jwk`]: [`PublicKey`], an aws-lc-rs verifying key prepared once at parse time.
+//! - [`sign`]: [`SigningKey`], the crate's one JWS signer (demo issuer, tests, benches,
+//!   client assertions and DPoP proofs), with its public JWK and thumbprint.
 //! - Helpers shared with the DPoP and token code: strict base64url, SHA-256,
 //!   constant-time comparison and duplicate-rejecting JSON object parsing.
 
 pub mod jwk;
 pub mod jws;
+pub mod sign;
 mod strict_json;
 mod time;
 
 pub use jwk::{JwkError, PublicKey};
 pub use jws::{Alg, CompactJws, JwsError};
+pub use sign::{SignError, SigningKey};
 pub use strict_json::strict_json_object;
 pub use time::{numeric_date, unix_now};
 

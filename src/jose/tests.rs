@@ -2,9 +2,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use super::*;
-use aws_lc_rs::rand::SystemRandom;
-use aws_lc_rs::rsa::KeySize;
-use aws_lc_rs::signature::{self as sig, EcdsaKeyPair, Ed25519KeyPair, KeyPair, RsaKeyPair};
 use serde_json::{Map, Value, json};
 
 const RFC7638_N: &str = "0vx7agoebGcQSuuPiLJXZptN9nndrQmbXEps2aiAFbWhM78LhWx4cbbfAAtVT86zwu1RK7aPFFxuhDR1L6tSoc_BJECPebWKRXjBZCiFV4n3oknjhMstn64tZ_2W-5JsGY4Hc5n9yBXArwl93lqt7_RN5w6Cf0h4QyQ5v-65YGjQR0_FDW2QvzqY368QQMicAtaSqzs8KJZgnYb9c7d0zgdAZHzu6qMQvRL5hajrn1n91CbOpbISD08qNLyrdkt-bFTWhAI4vMQFh6WeZu0fM4lFd2NcRwr3XPksINHaQ-G_xBniIqbw0Ls1jF44-csFCur-kEgU8awapJzKnqDKgw";
@@ -38,22 +35,9 @@ fn flip_last_sig_byte(tok: &str) -> String {
     format!("{input}.{}", b64url_encode(&sig))
 }
 
-fn ec_jwk(kp: &EcdsaKeyPair, crv: &str) -> PublicKey {
-    let point = kp.public_key().as_ref();
-    assert_eq!(point[0], 0x04);
-    let (x, y) = point[1..].split_at((point.len() - 1) / 2);
-    let jwk = json!({"kty": "EC", "crv": crv, "x": b64url_encode(x), "y": b64url_encode(y)});
-    PublicKey::from_jwk(&obj(jwk)).unwrap()
-}
-
-fn rsa_jwk(kp: &RsaKeyPair) -> PublicKey {
-    let pk = kp.public_key();
-    let jwk = json!({
-        "kty": "RSA",
-        "n": b64url_encode(pk.modulus().big_endian_without_leading_zero()),
-        "e": b64url_encode(pk.exponent().big_endian_without_leading_zero()),
-    });
-    PublicKey::from_jwk(&obj(jwk)).unwrap()
+/// The verifier's key for `key`, parsed from its public JWK.
+fn jwk_of(key: &SigningKey) -> PublicKey {
+    PublicKey::from_jwk(&obj(key.public_jwk())).unwrap()
 }
 
 /// Signs, verifies, then checks tampering and the alg/key table for one key.
@@ -145,18 +129,19 @@ fn rfc9449_dpop_proof_verifies_with_embedded_jwk() {
 
 #[test]
 fn ecdsa_round_trips() {
-    let rng = SystemRandom::new();
-    let p256 = EcdsaKeyPair::generate(&sig::ECDSA_P256_SHA256_FIXED_SIGNING).unwrap();
-    let key = ec_jwk(&p256, "P-256");
+    let p256 = SigningKey::generate(Alg::Es256).unwrap();
+    let key = jwk_of(&p256);
+    assert_eq!(key.crv(), Some("P-256"));
     round_trip(Alg::Es256, &key, |m| {
-        let s = p256.sign(&rng, m).unwrap().as_ref().to_vec();
+        let s = p256.sign(m).unwrap();
         assert_eq!(s.len(), 64);
         s
     });
-    let p384 = EcdsaKeyPair::generate(&sig::ECDSA_P384_SHA384_FIXED_SIGNING).unwrap();
-    let key = ec_jwk(&p384, "P-384");
+    let p384 = SigningKey::generate(Alg::Es384).unwrap();
+    let key = jwk_of(&p384);
+    assert_eq!(key.crv(), Some("P-384"));
     round_trip(Alg::Es384, &key, |m| {
-        let s = p384.sign(&rng, m).unwrap().as_ref().to_vec();
+        let s = p384.sign(m).unwrap();
         assert_eq!(s.len(), 96);
         s
     });
@@ -164,34 +149,28 @@ fn ecdsa_round_trips() {
 
 #[test]
 fn rsa_round_trips() {
-    let rng = SystemRandom::new();
-    let kp = RsaKeyPair::generate(KeySize::Rsa2048).unwrap();
-    let key = rsa_jwk(&kp);
-    let signer = |enc: &'static dyn sig::RsaEncoding| {
-        let (kp, rng) = (&kp, &rng);
-        move |m: &[u8]| {
-            let mut s = vec![0u8; kp.public_modulus_len()];
-            kp.sign(enc, rng, m, &mut s).unwrap();
-            s
-        }
-    };
-    round_trip(Alg::Ps256, &key, signer(&sig::RSA_PSS_SHA256));
-    round_trip(Alg::Ps384, &key, signer(&sig::RSA_PSS_SHA384));
-    round_trip(Alg::Ps512, &key, signer(&sig::RSA_PSS_SHA512));
-    round_trip(Alg::Rs256, &key, signer(&sig::RSA_PKCS1_SHA256));
+    // One RSA key signing for all four algorithms (loaded once per algorithm).
+    let ps256 = SigningKey::generate(Alg::Ps256).unwrap();
+    let der = ps256.to_pkcs8_der().unwrap();
+    let load = |alg: Alg| SigningKey::from_pkcs8_der(alg, der.secret_pkcs8_der()).unwrap();
+    let (ps384, ps512, rs256) = (load(Alg::Ps384), load(Alg::Ps512), load(Alg::Rs256));
+    let key = jwk_of(&ps256);
+    round_trip(Alg::Ps256, &key, |m| ps256.sign(m).unwrap());
+    round_trip(Alg::Ps384, &key, |m| ps384.sign(m).unwrap());
+    round_trip(Alg::Ps512, &key, |m| ps512.sign(m).unwrap());
+    round_trip(Alg::Rs256, &key, |m| rs256.sign(m).unwrap());
     // A PKCS#1 v1.5 signature is not a PSS signature and vice versa.
-    let tok = token(json!({"alg": "RS256"}), signer(&sig::RSA_PKCS1_SHA256));
+    let tok = token(json!({"alg": "RS256"}), |m| rs256.sign(m).unwrap());
     let jws = CompactJws::parse(&tok, 4096).unwrap();
     assert_eq!(jws.verify_with(Alg::Ps256, &key), Err(JwsError::BadSignature));
 }
 
 #[test]
 fn ed25519_round_trip() {
-    let kp = Ed25519KeyPair::generate().unwrap();
-    let x = b64url_encode(kp.public_key().as_ref());
-    let key = PublicKey::from_jwk(&obj(json!({"kty": "OKP", "crv": "Ed25519", "x": x}))).unwrap();
+    let ed25519 = SigningKey::generate(Alg::EdDsa).unwrap();
+    let key = jwk_of(&ed25519);
     assert_eq!(key.kty(), "OKP");
-    round_trip(Alg::EdDsa, &key, |m| kp.sign(m).as_ref().to_vec());
+    round_trip(Alg::EdDsa, &key, |m| ed25519.sign(m).unwrap());
 }
 
 #[test]

@@ -2,7 +2,7 @@
 //!
 //! - [`TestPki`] / [`ClientCert`]: server CA + server certificate (`gateway.test`,
 //!   `localhost`, `127.0.0.1`) and a client CA, generated with rcgen into a temp dir.
-//! - [`Signer`], [`claims`], [`now`]: JWT / DPoP minting with aws-lc-rs.
+//! - [`Signer`], [`claims`], [`now`]: JWT / DPoP minting with `jose::SigningKey`.
 //! - [`JwksServer`]: HTTPS JWKS + authorization-server metadata with knobs and counters.
 //! - [`Upstream`]: recording plain-HTTP/1.1 upstream.
 //! - [`raw`]: raw HTTP/1.1 over TLS ([`RawResponse`], [`raw_exchange`], [`raw_request`], …) for

@@ -2,13 +2,11 @@
 //! injected clock; the RFC's own example proof runs through every check up to `ath`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use aws_lc_rs::rand::SystemRandom;
-use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair};
 use serde_json::{Value, json};
 
 use super::*;
 
-use crate::jose::b64url_encode;
+use crate::jose::{SigningKey, b64url_encode};
 
 const NOW: i64 = 1_700_000_000;
 const TOKEN: &str = "Kz~8mXK1EalYznwH-LC-1fBAo.4Ljp~zsPE_NeO.gxU";
@@ -18,36 +16,26 @@ fn settings() -> DpopSettings {
     DpopSettings::default()
 }
 
+/// A DPoP key: [`SigningKey`] signing headers exactly as given (tests forge `alg`, `jwk`, …).
 struct Key {
-    pair: EcdsaKeyPair,
+    key: SigningKey,
 }
 
 impl Key {
     fn new() -> Key {
-        let rng = SystemRandom::new();
-        let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
-        Key { pair: EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref()).unwrap() }
+        Key { key: SigningKey::generate(Alg::Es256).unwrap() }
     }
 
     fn jwk(&self) -> Value {
-        let p = self.pair.public_key().as_ref();
-        json!({"kty": "EC", "crv": "P-256", "x": b64url_encode(&p[1..33]), "y": b64url_encode(&p[33..65])})
+        self.key.public_jwk()
     }
 
     fn jkt(&self) -> [u8; 32] {
-        let jwk = self.jwk();
-        let canonical = format!(r#"{{"crv":"P-256","kty":"EC","x":{},"y":{}}}"#, jwk["x"], jwk["y"]);
-        jose::sha256(canonical.as_bytes())
+        *self.key.thumbprint()
     }
 
     fn sign(&self, header: &Value, claims: &Value) -> String {
-        let input = format!(
-            "{}.{}",
-            b64url_encode(header.to_string().as_bytes()),
-            b64url_encode(claims.to_string().as_bytes())
-        );
-        let sig = self.pair.sign(&SystemRandom::new(), input.as_bytes()).unwrap();
-        format!("{input}.{}", b64url_encode(sig.as_ref()))
+        self.key.sign_compact_raw(header.to_string().as_bytes(), claims.to_string().as_bytes()).unwrap()
     }
 
     fn header(&self) -> Value {
@@ -282,11 +270,8 @@ fn the_key_cache_serves_the_same_header_only() {
 #[test]
 fn duplicate_claims_are_refused() {
     let key = Key::new();
-    let header = b64url_encode(key.header().to_string().as_bytes());
     let payload = format!(r#"{{"jti":"a","htm":"GET","htm":"POST","htu":"{URL}","iat":{NOW}}}"#);
-    let input = format!("{header}.{}", b64url_encode(payload.as_bytes()));
-    let sig = key.pair.sign(&SystemRandom::new(), input.as_bytes()).unwrap();
-    let proof = format!("{input}.{}", b64url_encode(sig.as_ref()));
+    let proof = key.key.sign_compact_raw(key.header().to_string().as_bytes(), payload.as_bytes()).unwrap();
     assert_eq!(check_as(key.jkt(), &proof), Err(ProofError::Malformed));
 }
 
