@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use http::header::{self, HeaderName, HeaderValue};
 use http::{HeaderMap, Request, Response, Uri, Version};
-use http_body_util::{BodyExt, Limited};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
 use hyper::body::Incoming;
 
 use crate::answer::Rejection;
@@ -108,13 +108,20 @@ impl Upstream {
             }
         }
         let body = Limited::new(body, usize::try_from(ctx.max_body_bytes).unwrap_or(usize::MAX))
-            .map_err(BoxError::from)
+            .map_err(|e: BoxError| if e.is::<LengthLimitError>() { e } else { Box::new(ClientBodyError(e)) })
             .boxed();
         let request = Request::from_parts(parts, body);
         let sent = Instant::now();
         let response = match self.pool.send(request).await {
             Err(SendError::Timeout) => return Err(Rejection::UpstreamTimeout),
-            Err(SendError::Http(e)) if is_body_limit(&e) => return Err(Rejection::PayloadTooLarge),
+            Err(SendError::Http(e)) if caused_by::<LengthLimitError>(&e) => return Err(Rejection::PayloadTooLarge),
+            Err(SendError::Http(e)) if caused_by::<ClientBodyError>(&e) => {
+                tracing::debug!(route = %route.name, error = %crate::diagnostics::error_chain(&e), "request body failed");
+                return Err(Rejection::BadRequest {
+                    reason: "bad_request_body",
+                    description: "the request body is malformed or ended early".into(),
+                });
+            }
             Err(e) => {
                 tracing::warn!(route = %route.name, error = %crate::diagnostics::error_chain(&e), "upstream request failed");
                 return Err(Rejection::UpstreamUnavailable);
@@ -181,10 +188,18 @@ fn base64_standard(der: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(der)
 }
 
-fn is_body_limit(error: &(dyn std::error::Error + 'static)) -> bool {
+/// A failure reading the client's request body — malformed chunked framing (bad chunk
+/// sizes, bare LF, overflow), or a client gone mid-upload: the client's fault, never
+/// counted or logged as an upstream failure.
+#[derive(Debug, thiserror::Error)]
+#[error("reading the client's request body failed")]
+struct ClientBodyError(#[source] BoxError);
+
+/// Whether `error` or one of its sources is a `T`.
+fn caused_by<T: std::error::Error + 'static>(error: &(dyn std::error::Error + 'static)) -> bool {
     let mut current: Option<&(dyn std::error::Error + 'static)> = Some(error);
     while let Some(e) = current {
-        if e.is::<http_body_util::LengthLimitError>() {
+        if e.is::<T>() {
             return true;
         }
         current = e.source();
