@@ -27,12 +27,15 @@
 //!   client stops reading);
 //! - `activity.rs`: the first-request, idle and park deadlines; `gauge.rs`: the connection
 //!   gauge;
-//! - [`tls_stream`]: TLS on rustls's unbuffered API.
+//! - [`tls_stream`]: TLS on rustls's unbuffered API, which reads the SNI with
+//!   [`client_hello`] before rustls sees a byte.
 //!
 //! This file holds only the types shared with the rest of the gateway.
 
 mod accept;
 mod activity;
+/// Public for the fuzz target (`fuzz/fuzz_targets/client_hello.rs`), not as an API.
+pub mod client_hello;
 mod connection;
 mod gauge;
 mod h1;
