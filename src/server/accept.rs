@@ -1,0 +1,101 @@
+//! The accept loop ([`serve`]): connection slots, one task per accepted connection, and the
+//! drain with its grace period at shutdown. Also what every connection task shares
+//! ([`Shared`], with the hyper connection [`Builders`]).
+//!
+//! Not here: what happens on a connection once accepted (`connection.rs`, `h1.rs`, `h2.rs`).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinSet;
+
+use super::ServerSettings;
+use super::connection::ConnectionTask;
+use crate::pipeline::Live;
+use arc_swap::ArcSwap;
+
+/// One connection builder per protocol, configured once.
+pub(super) struct Builders {
+    pub(super) h1: hyper::server::conn::http1::Builder,
+    pub(super) h2: auto::Builder<TokioExecutor>,
+}
+
+impl Builders {
+    fn new(settings: &ServerSettings) -> Self {
+        let mut h1 = hyper::server::conn::http1::Builder::new();
+        h1.timer(TokioTimer::new())
+            .header_read_timeout(settings.header_read_timeout)
+            .max_buf_size(settings.max_header_bytes.max(8192));
+        let mut h2 = auto::Builder::new(TokioExecutor::new()).http2_only();
+        h2.http2()
+            .timer(TokioTimer::new())
+            .max_header_list_size(u32::try_from(settings.max_header_bytes).unwrap_or(u32::MAX))
+            .keep_alive_interval(Some(Duration::from_secs(30)))
+            .keep_alive_timeout(Duration::from_secs(10));
+        Builders { h1, h2 }
+    }
+}
+
+/// Accepts connections until `shutdown` turns true, then drains: every connection finishes
+/// its in-flight requests; whatever still runs after `shutdown_grace` is aborted.
+pub async fn serve(
+    listener: TcpListener,
+    live: Arc<ArcSwap<Live>>,
+    settings: ServerSettings,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let slots = Arc::new(Semaphore::new(settings.max_connections));
+    let shared =
+        Arc::new(Shared { live, builders: Builders::new(&settings), settings: settings.clone(), slots: slots.clone() });
+    let mut connections = JoinSet::new();
+    loop {
+        while connections.try_join_next().is_some() {}
+        // At the connection limit, stop accepting (the kernel backlog holds new clients)
+        // until a connection ends.
+        let permit = tokio::select! {
+            permit = slots.clone().acquire_owned() => match permit {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+            _ = shutdown.changed() => break,
+        };
+        let (tcp, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.changed() => break,
+        };
+        let _ = tcp.set_nodelay(true);
+        let task = ConnectionTask { shared: shared.clone(), shutdown: shutdown.clone() };
+        connections.spawn(task.run(tcp, peer, permit));
+    }
+    drop(listener);
+    let drained =
+        tokio::time::timeout(settings.shutdown_grace, async { while connections.join_next().await.is_some() {} }).await;
+    match drained {
+        Ok(()) => tracing::info!("all connections drained"),
+        Err(_) => {
+            tracing::warn!(open = connections.len(), "shutdown grace period over; closing open connections");
+            connections.shutdown().await;
+        }
+    }
+}
+
+/// What every connection task reads; one allocation for all of them (a connection's task
+/// keeps its arguments for its whole life, so they are kept small).
+pub(super) struct Shared {
+    pub(super) live: Arc<ArcSwap<Live>>,
+    pub(super) builders: Builders,
+    pub(super) settings: ServerSettings,
+    /// The connection slots; how many are taken tells how many connections are open.
+    pub(super) slots: Arc<Semaphore>,
+}
