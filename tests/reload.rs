@@ -49,6 +49,23 @@ async fn a_reload_that_changes_the_listen_address_is_refused() {
 }
 
 #[tokio::test]
+async fn a_reload_applies_max_body_bytes_but_refuses_other_limits() {
+    // The README's reload rules as implemented: `limits.max_body_bytes` is read per request.
+    let env = Env::start().await;
+    let post = |len: usize| {
+        env.client(None).post(env.url("/public/upload")).header("content-length", len.to_string()).body(vec![b'x'; len])
+    };
+    assert_eq!(post(1000).send().await.unwrap().status(), 200);
+    let yaml = env.yaml.replace("max_body_bytes: 1024", "max_body_bytes: 512");
+    assert_ne!(yaml, env.yaml);
+    env.gateway.as_ref().unwrap().reload(Config::from_yaml(&yaml, "t.yaml", env.pki.dir()).unwrap()).await.unwrap();
+    assert_eq!(post(1000).send().await.unwrap().status(), 413);
+    let yaml = yaml.replace("limits:\n", "limits:\n  idle_timeout: 7s\n");
+    let error = env.gateway.as_ref().unwrap().reload(Config::from_yaml(&yaml, "t.yaml", env.pki.dir()).unwrap()).await;
+    assert!(matches!(error, Err(ReloadError::NeedsRestart("limits or listen.handshake_timeout"))), "{error:?}");
+}
+
+#[tokio::test]
 async fn a_reload_with_unreadable_files_changes_nothing() {
     let env = Env::start().await;
     let yaml = with_route(&env.yaml, "added", "/added", &env.upstream.url())
