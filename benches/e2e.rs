@@ -17,7 +17,9 @@
 //! `E2E_CONNECTIONS` (default 32), `E2E_ROUNDS` (default 3): the scenarios run interleaved,
 //! round after round, and the summary reports medians and the median of per-round ratios.
 //! `E2E_IDLE_CONNECTIONS` (default 10 000) for (f); `E2E_GATEWAY_BIN` runs another gateway
-//! binary (a profiling build); `E2E_PERF_DIR` records `perf` profiles of (c) and (d).
+//! binary (a profiling build); `E2E_BASELINE_BIN` adds (c0)/(d0), the same routes on another
+//! gateway binary (an earlier build) in the same rounds, with the ratios between them;
+//! `E2E_PERF_DIR` records `perf` profiles of (c) and (d).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::convert::Infallible;
@@ -133,7 +135,12 @@ fn pinned(cpu: &str, program: &str) -> Command {
 /// The gateway binary on CPU 0 with one worker thread.
 fn start_gateway(config: &Path, port: u16) -> Child {
     let binary = std::env::var("E2E_GATEWAY_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_fapi-gateway").to_string());
-    let child = pinned("0", &binary)
+    start_gateway_binary(&binary, config, port)
+}
+
+/// `binary` as a gateway on CPU 0 with one worker thread.
+fn start_gateway_binary(binary: &str, config: &Path, port: u16) -> Child {
+    let child = pinned("0", binary)
         .args(["--config", config.to_str().unwrap(), "--workers", "1"])
         .env("FAPI_GATEWAY_LOG", std::env::var("E2E_GATEWAY_LOG").unwrap_or_else(|_| "warn".into()))
         .stdout(Stdio::null())
@@ -617,6 +624,12 @@ fn main() {
         }
         let port = free_port();
         let gateway = start_gateway(&write_config(&fx, upstream, port, "{ store: memory }"), port);
+        // (c0): another gateway binary (an earlier build) on the same route, measured in the
+        // same rounds, for before/after comparisons within one run.
+        let baseline = std::env::var("E2E_BASELINE_BIN").ok().map(|binary| {
+            let port = free_port();
+            (start_gateway_binary(&binary, &write_config(&fx, upstream, port, "{ store: memory }"), port), port)
+        });
         let redis = if has("redis-server") {
             let redis_port = free_port();
             let redis = pinned("1", "redis-server")
@@ -643,6 +656,7 @@ fn main() {
         };
         let (mut direct, mut via_nginx, mut mtls, mut dpop, mut dpop_redis) =
             (Series::default(), Series::default(), Series::default(), Series::default(), Series::default());
+        let (mut baseline_mtls, mut baseline_dpop) = (Series::default(), Series::default());
         for round in 1..=rounds {
             println!("round {round}/{rounds}");
             let o = run(&fx, upstream, None, Load::Upstream, connections, duration).await;
@@ -663,6 +677,14 @@ fn main() {
             finish_profile(perf);
             report("(d) gateway DPoP, memory", &o);
             dpop.0.push(o);
+            if let Some((child, baseline_port)) = &baseline {
+                let o = run(&fx, at(*baseline_port), Some(child.id()), mtls_load(), connections, duration).await;
+                report("(c0) baseline mTLS route", &o);
+                baseline_mtls.0.push(o);
+                let o = run(&fx, at(*baseline_port), Some(child.id()), dpop_load(), connections, duration).await;
+                report("(d0) baseline DPoP, memory", &o);
+                baseline_dpop.0.push(o);
+            }
             if let Some((_, redis_gateway, redis_gateway_port)) = &redis {
                 let o = run(&fx, at(*redis_gateway_port), Some(redis_gateway.id()), dpop_load(), connections, duration)
                     .await;
@@ -674,6 +696,9 @@ fn main() {
             stop(child);
         }
         stop(gateway);
+        if let Some((child, _)) = baseline {
+            stop(child);
+        }
         if let Some((redis, gateway, _)) = redis {
             stop(gateway);
             stop(redis);
@@ -711,6 +736,10 @@ fn main() {
         if !dpop_redis.0.is_empty() {
             dpop_redis.summary("(d') gateway DPoP, Redis");
         }
+        if !baseline_mtls.0.is_empty() {
+            baseline_mtls.summary("(c0) baseline mTLS route");
+            baseline_dpop.summary("(d0) baseline DPoP, memory");
+        }
         println!("(e) ES256 verifies, one core  {verify_rate:>10.0} /s");
         report_memory("(f) gateway resident size", &gateway_memory);
         if let Some(memory) = nginx_memory {
@@ -742,6 +771,10 @@ fn main() {
         );
         if !dpop_redis.0.is_empty() {
             println!("DPoP Redis / DPoP memory            {:>6.2} x  (target >= 0.85)", dpop_redis.ratio(&dpop));
+        }
+        if !baseline_mtls.0.is_empty() {
+            println!("gateway mTLS / baseline mTLS        {:>6.2} x  (E2E_BASELINE_BIN)", mtls.ratio(&baseline_mtls));
+            println!("gateway DPoP / baseline DPoP        {:>6.2} x", dpop.ratio(&baseline_dpop));
         }
         println!(
             "gateway RSS, {} idle connections  {:>6.1} MiB (target <= 64)",
