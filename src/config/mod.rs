@@ -128,6 +128,8 @@ pub struct Limits {
     pub shutdown_grace: Duration,
     pub idle_timeout: Duration,
     pub max_connections: usize,
+    /// Connections one client IP address may hold at once (`None`: no cap).
+    pub max_connections_per_client: Option<usize>,
 }
 
 /// An authorization server whose access tokens the gateway accepts.

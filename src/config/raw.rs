@@ -167,6 +167,8 @@ pub struct RawLimits {
     pub idle_timeout: Option<HumanDuration>,
     /// Defaults to 20 000 connections served at once.
     pub max_connections: Option<usize>,
+    /// Connections one client address may hold at once; off unless set.
+    pub max_connections_per_client: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -248,3 +248,12 @@ fn strip_headers_are_header_names_but_not_the_credentials() {
     let e = error(&with("[X-Ok, Authorization]"));
     assert!(e.contains("listen.strip_headers[1]") && e.contains("forward_token"), "{e}");
 }
+
+#[test]
+fn per_client_connection_cap_is_off_unless_set_and_never_zero() {
+    assert_eq!(parse(BASE).unwrap().limits.max_connections_per_client, None);
+    let with = |v: &str| format!("{BASE}limits:\n  max_connections_per_client: {v}\n");
+    assert_eq!(parse(&with("50")).unwrap().limits.max_connections_per_client, Some(50));
+    let e = error(&with("0"));
+    assert!(e.contains("limits.max_connections_per_client") && e.contains("at least 1"), "{e}");
+}

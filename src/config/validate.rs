@@ -101,12 +101,20 @@ pub(super) fn validate(raw: RawConfig, file: &str, base_dir: &Path) -> Result<Co
         shutdown_grace: dur(raw_limits.shutdown_grace, Duration::from_secs(30)),
         idle_timeout: dur(raw_limits.idle_timeout, Duration::from_secs(300)),
         max_connections: raw_limits.max_connections.unwrap_or(20_000),
+        max_connections_per_client: raw_limits.max_connections_per_client,
     };
     if !(8 * 1024..=1024 * 1024).contains(&limits.max_header_bytes) {
         return Err(ctx.err(limits_at, "limits.max_header_bytes", "must be between 8192 and 1048576"));
     }
     if limits.max_connections == 0 {
         return Err(ctx.err(limits_at, "limits.max_connections", "must be at least 1"));
+    }
+    if limits.max_connections_per_client == Some(0) {
+        return Err(ctx.err(
+            limits_at,
+            "limits.max_connections_per_client",
+            "must be at least 1 (leave it out for no cap)",
+        ));
     }
     for (key, value) in
         [("limits.header_read_timeout", limits.header_read_timeout), ("limits.idle_timeout", limits.idle_timeout)]

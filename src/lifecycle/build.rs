@@ -222,6 +222,7 @@ pub(super) fn server_settings(config: &Config) -> ServerSettings {
         shutdown_grace: config.limits.shutdown_grace,
         idle_timeout: config.limits.idle_timeout,
         max_connections: config.limits.max_connections,
+        max_connections_per_client: config.limits.max_connections_per_client,
     }
 }
 

@@ -10,11 +10,13 @@ use std::time::Duration;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{Semaphore, TryAcquireError, watch};
 use tokio::task::JoinSet;
 
 use super::ServerSettings;
 use super::connection::ConnectionTask;
+use super::per_client::PerClient;
+use super::reclaim::IdleQueue;
 use crate::pipeline::Live;
 use arc_swap::ArcSwap;
 
@@ -49,19 +51,36 @@ pub async fn serve(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let slots = Arc::new(Semaphore::new(settings.max_connections));
-    let shared =
-        Arc::new(Shared { live, builders: Builders::new(&settings), settings: settings.clone(), slots: slots.clone() });
+    let shared = Arc::new(Shared {
+        live,
+        builders: Builders::new(&settings),
+        settings: settings.clone(),
+        slots: slots.clone(),
+        idle: IdleQueue::default(),
+    });
+    let per_client = settings.max_connections_per_client.map(PerClient::new);
     let mut connections = JoinSet::new();
     loop {
         while connections.try_join_next().is_some() {}
-        // At the connection limit, stop accepting (the kernel backlog holds new clients)
-        // until a connection ends.
-        let permit = tokio::select! {
-            permit = slots.clone().acquire_owned() => match permit {
-                Ok(p) => p,
-                Err(_) => break,
+        // At the connection limit, the longest-idle keep-alive connection is told to close
+        // (the kernel backlog holds the new client meanwhile); with none idle, accepting
+        // waits until a connection ends.
+        let permit = match slots.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(TryAcquireError::Closed) => break,
+            Err(TryAcquireError::NoPermits) => loop {
+                shared.idle.reclaim_oldest();
+                tokio::select! {
+                    permit = slots.clone().acquire_owned() => match permit {
+                        Ok(p) => break p,
+                        Err(_) => return drain(connections, settings.shutdown_grace, listener).await,
+                    },
+                    _ = shutdown.changed() => return drain(connections, settings.shutdown_grace, listener).await,
+                    // A reclaimed connection closes within about a second; look again then
+                    // (it may have just become busy), or when another one has parked.
+                    () = tokio::time::sleep(RECLAIM_RETRY) => {}
+                }
             },
-            _ = shutdown.changed() => break,
         };
         let (tcp, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -74,13 +93,27 @@ pub async fn serve(
             },
             _ = shutdown.changed() => break,
         };
+        let client_slot = match &per_client {
+            None => None,
+            Some(caps) => match caps.admit(peer.ip()) {
+                Some(slot) => Some(slot),
+                None => {
+                    tracing::debug!(%peer, "client address at limits.max_connections_per_client; connection closed");
+                    continue;
+                }
+            },
+        };
         let _ = tcp.set_nodelay(true);
-        let task = ConnectionTask { shared: shared.clone(), shutdown: shutdown.clone() };
-        connections.spawn(task.run(tcp, peer, permit));
+        let task = ConnectionTask { shared: shared.clone(), shutdown: shutdown.clone(), reclaim: Default::default() };
+        connections.spawn(task.run(tcp, peer, (permit, client_slot)));
     }
+    drain(connections, settings.shutdown_grace, listener).await;
+}
+
+/// Stops accepting and lets the open connections finish, for up to `grace`.
+async fn drain(mut connections: JoinSet<()>, grace: Duration, listener: TcpListener) {
     drop(listener);
-    let drained =
-        tokio::time::timeout(settings.shutdown_grace, async { while connections.join_next().await.is_some() {} }).await;
+    let drained = tokio::time::timeout(grace, async { while connections.join_next().await.is_some() {} }).await;
     match drained {
         Ok(()) => tracing::info!("all connections drained"),
         Err(_) => {
@@ -98,4 +131,9 @@ pub(super) struct Shared {
     pub(super) settings: ServerSettings,
     /// The connection slots; how many are taken tells how many connections are open.
     pub(super) slots: Arc<Semaphore>,
+    /// Parked keep-alive connections, reclaimed oldest first at the connection limit.
+    pub(super) idle: IdleQueue,
 }
+
+/// How long the accept loop waits at the limit before it reclaims another idle connection.
+const RECLAIM_RETRY: Duration = Duration::from_millis(200);

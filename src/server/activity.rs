@@ -138,6 +138,7 @@ mod tests {
             shutdown_grace: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(2),
             max_connections: 100,
+            max_connections_per_client: None,
         }
     }
 

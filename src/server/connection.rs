@@ -16,6 +16,8 @@ use tokio::sync::watch;
 use super::accept::Shared;
 use super::activity::Activity;
 use super::gauge::ConnectionGauge;
+use super::per_client::ClientSlot;
+use super::reclaim::Reclaim;
 use super::tls_stream::ServerTlsStream;
 use super::{ClientCertificate, ConnectionInfo, h2_watch};
 use crate::tls;
@@ -24,16 +26,18 @@ use crate::tls;
 pub(super) struct ConnectionTask {
     pub(super) shared: Arc<Shared>,
     pub(super) shutdown: watch::Receiver<bool>,
+    /// How the accept loop tells this connection, while parked, to close.
+    pub(super) reclaim: Arc<Reclaim>,
 }
 
 impl ConnectionTask {
-    /// Serves one connection; `_slot` is its place among `max_connections`, given back when
-    /// the connection ends.
+    /// Serves one connection; `_slot` is its place among `max_connections` (and among its
+    /// address's `max_connections_per_client`), given back when the connection ends.
     pub(super) async fn run(
         mut self,
         tcp: tokio::net::TcpStream,
         peer: SocketAddr,
-        _slot: tokio::sync::OwnedSemaphorePermit,
+        _slot: (tokio::sync::OwnedSemaphorePermit, Option<ClientSlot>),
     ) {
         // The certificate of the configuration current at accept time; requests then use the
         // configuration current when each arrives (a reload applies to open connections).

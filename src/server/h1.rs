@@ -171,10 +171,23 @@ impl ConnectionTask {
         // Nothing is in flight: the handshake's or the last exchange's buffers can go.
         stream.release_buffers();
         let deadline = activity.deadline(&self.shared.settings, None);
+        // A keep-alive connection (one that has served a request) may be reclaimed at the
+        // connection limit; one that never sent a request waits for its deadline.
+        let parked = (activity.requests.load(Ordering::Relaxed) > 0).then(|| self.shared.idle.park(&self.reclaim));
+        let reclaimed = async {
+            match &parked {
+                Some(parked) => parked.reclaimed().await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             bytes = next_bytes(stream) => bytes,
             _ = self.shutdown.changed() => None,
             _ = tokio::time::sleep_until(deadline) => None,
+            () = reclaimed => {
+                tracing::debug!("idle keep-alive connection reclaimed at the connection limit");
+                None
+            }
         }
     }
 }

@@ -28,7 +28,8 @@
 //! - `h1.rs`: HTTP/1.1 and parking; `h2.rs`: HTTP/2 (with `h2_watch.rs`, responses the
 //!   client stops reading);
 //! - `activity.rs`: the first-request, idle and park deadlines; `gauge.rs`: the connection
-//!   gauge;
+//!   gauge; `reclaim.rs`: idle keep-alive connections closed, oldest first, when every
+//!   connection slot is taken; `per_client.rs`: the per-address connection cap;
 //! - [`tls_stream`]: TLS on rustls's unbuffered API, which reads the SNI with
 //!   [`client_hello`] before rustls sees a byte.
 //!
@@ -43,6 +44,8 @@ mod gauge;
 mod h1;
 mod h2;
 mod h2_watch;
+mod per_client;
+mod reclaim;
 mod rewind;
 pub mod tls_stream;
 
@@ -63,6 +66,8 @@ pub struct ServerSettings {
     pub idle_timeout: Duration,
     /// Connections served at once; beyond it the listener stops accepting.
     pub max_connections: usize,
+    /// Connections one client IP address may hold at once; more are closed at accept.
+    pub max_connections_per_client: Option<usize>,
 }
 
 /// An HTTP/1.1 keep-alive connection with no request in flight for this long is parked.
