@@ -85,3 +85,34 @@ async fn one_client_address_cannot_take_every_slot_when_capped() {
     .await;
     assert!(fourth.is_ok(), "a freed place is taken again");
 }
+
+/// The HTTP/2 SETTINGS the gateway opens a connection with, as (identifier, value) pairs.
+async fn server_h2_settings(env: &Env) -> Vec<(u16, u32)> {
+    use tokio::io::AsyncReadExt as _;
+    let config = raw::tls_config(&env.pki, &[b"h2"], rustls::DEFAULT_VERSIONS);
+    let mut tls = raw::try_connect(env.addr, config, GATEWAY_HOST).await.unwrap();
+    tls.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00").await.unwrap();
+    let mut head = [0u8; 9];
+    tokio::time::timeout(Duration::from_secs(5), tls.read_exact(&mut head)).await.unwrap().unwrap();
+    assert_eq!(head[3], 0x4, "the server's first frame is SETTINGS");
+    let len = usize::from(head[0]) << 16 | usize::from(head[1]) << 8 | usize::from(head[2]);
+    let mut payload = vec![0u8; len];
+    tls.read_exact(&mut payload).await.unwrap();
+    payload
+        .chunks_exact(6)
+        .map(|p| (u16::from_be_bytes([p[0], p[1]]), u32::from_be_bytes([p[2], p[3], p[4], p[5]])))
+        .collect()
+}
+
+#[tokio::test]
+async fn http2_connections_announce_the_stream_limit() {
+    const MAX_CONCURRENT_STREAMS: u16 = 0x3;
+    let env = Env::start().await;
+    assert!(server_h2_settings(&env).await.contains(&(MAX_CONCURRENT_STREAMS, 100)), "the default");
+    let env = Env::start_with(Options {
+        limits: "  max_body_bytes: 1024\n  max_concurrent_streams: 7\n".into(),
+        ..Default::default()
+    })
+    .await;
+    assert!(server_h2_settings(&env).await.contains(&(MAX_CONCURRENT_STREAMS, 7)));
+}

@@ -17,7 +17,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 /// How long the server side waits for a client that does not read.
-const SEND_TIMEOUT: Duration = Duration::from_millis(500);
+const SEND_TIMEOUT: fapi_gateway::server::SendPolicy =
+    fapi_gateway::server::SendPolicy { timeout: Duration::from_millis(500), min_rate: 0 };
 
 /// Accepts one TLS connection on `listener` with the test PKI's server configuration.
 async fn accept(listener: &TcpListener, pki: &TestPki) -> std::io::Result<ServerTlsStream> {

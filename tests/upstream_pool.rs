@@ -324,10 +324,10 @@ async fn a_slow_but_steady_upstream_body_is_not_cut_off() {
 
 #[tokio::test]
 async fn a_client_that_stops_reading_a_response_is_cut_off() {
-    // nginx's send_timeout: here `idle_timeout` bounds how long a blocked response waits.
+    // nginx's send_timeout: a blocked response may wait `send_timeout` for the client to read.
     let pki = TestPki::new();
     let (upstream, _) = counting_upstream().await;
-    let gateway = gateway_with(&pki, upstream, "30s", "limits: { idle_timeout: 1s }").await;
+    let gateway = gateway_with(&pki, upstream, "30s", "limits: { send_timeout: 1s }").await;
     let mut tls = connect(&pki, gateway.local_addr(), None).await;
     let size = 64 << 20;
     tls.write_all(format!("GET /bytes/{size} HTTP/1.1\r\nhost: gateway.test\r\n\r\n").as_bytes()).await.unwrap();
@@ -350,10 +350,10 @@ async fn a_client_that_stops_reading_a_response_is_cut_off() {
 #[tokio::test]
 async fn an_http2_client_that_stops_reading_a_response_is_cut_off() {
     // HTTP/2 flow control, not the socket, stops the response: the connection's watchdog
-    // must notice that no open stream moved for idle_timeout.
+    // must notice that no open stream moved for send_timeout.
     let pki = TestPki::new();
     let (upstream, _) = counting_upstream().await;
-    let gateway = gateway_with(&pki, upstream, "30s", "limits: { idle_timeout: 1s }").await;
+    let gateway = gateway_with(&pki, upstream, "30s", "limits: { send_timeout: 1s }").await;
     let tcp = tokio::net::TcpStream::connect(gateway.local_addr()).await.unwrap();
     let name = rustls::pki_types::ServerName::try_from(GATEWAY_HOST).unwrap();
     let tls = pki.tls_connector(None, &[b"h2"]).connect(name, tcp).await.unwrap();
@@ -381,4 +381,67 @@ async fn an_http2_client_that_stops_reading_a_response_is_cut_off() {
     };
     tokio::time::timeout(Duration::from_secs(30), drain).await.expect("the stream must end");
     assert!(received < size, "the gateway must have given up on the unread stream: {received} bytes");
+}
+
+/// Reads a `size`-byte response to `GET /bytes/{size}` over HTTP/1.1 in `step`-byte reads
+/// with `pause` between them (none: as fast as it can), through a client socket with a
+/// 16 KiB receive buffer; the bytes received before the gateway ended the exchange.
+async fn read_at_pace(pki: &TestPki, gateway: &GatewayHandle, size: usize, step: usize, pause: Option<Duration>) -> usize {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(16 * 1024).unwrap();
+    let tcp = socket.connect(gateway.local_addr()).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from(GATEWAY_HOST).unwrap();
+    let mut tls = pki.tls_connector(None, &[b"http/1.1"]).connect(name, tcp).await.unwrap();
+    tls.write_all(format!("GET /bytes/{size} HTTP/1.1\r\nhost: gateway.test\r\n\r\n").as_bytes()).await.unwrap();
+    let mut buf = vec![0u8; step];
+    let mut received = 0usize;
+    let read = async {
+        loop {
+            match tls.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => received += n,
+            }
+            if received >= size {
+                break;
+            }
+            if let Some(pause) = pause {
+                tokio::time::sleep(pause).await;
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(60), read).await.expect("the response ends or is cut off");
+    received
+}
+
+const PACED: &str = "limits: { send_timeout: 1s, min_send_rate: 1000000, socket_send_buffer: 16384 }";
+
+#[tokio::test]
+async fn a_client_reading_slower_than_the_minimum_send_rate_is_cut_off() {
+    // 16 KiB every 50 ms is ~320 kB/s, a third of the 1 MB/s asked for.
+    let pki = TestPki::new();
+    let (upstream, _) = counting_upstream().await;
+    let gateway = gateway_with(&pki, upstream, "30s", PACED).await;
+    let size = 4 << 20;
+    let received = read_at_pace(&pki, &gateway, size, 16 * 1024, Some(Duration::from_millis(50))).await;
+    assert!(received < size / 2, "cut off within about a window: {received} of {size} bytes");
+}
+
+#[tokio::test]
+async fn a_client_reading_at_the_minimum_send_rate_gets_the_whole_response() {
+    let pki = TestPki::new();
+    let (upstream, _) = counting_upstream().await;
+    let gateway = gateway_with(&pki, upstream, "30s", PACED).await;
+    let size = 4 << 20;
+    let received = read_at_pace(&pki, &gateway, size, 64 * 1024, None).await;
+    assert!(received > size, "the head and the whole body: {received} bytes");
+}
+
+#[tokio::test]
+async fn without_a_minimum_rate_a_slow_but_steady_reader_is_served() {
+    let pki = TestPki::new();
+    let (upstream, _) = counting_upstream().await;
+    let gateway = gateway_with(&pki, upstream, "30s", "limits: { send_timeout: 1s, socket_send_buffer: 16384 }").await;
+    let size = 1 << 20;
+    let received = read_at_pace(&pki, &gateway, size, 16 * 1024, Some(Duration::from_millis(50))).await;
+    assert!(received > size, "the head and the whole body: {received} bytes");
 }

@@ -130,6 +130,15 @@ pub struct Limits {
     pub max_connections: usize,
     /// Connections one client IP address may hold at once (`None`: no cap).
     pub max_connections_per_client: Option<usize>,
+    /// How long a blocked response write may go without the client taking
+    /// `min_send_rate × send_timeout` bytes (at least one).
+    pub send_timeout: Duration,
+    /// Bytes per second a client must take while a response waits for it (0: any).
+    pub min_send_rate: u64,
+    /// HTTP/2 streams one connection may have open at once.
+    pub max_concurrent_streams: u32,
+    /// `SO_SNDBUF` for client sockets (`None`: the kernel's autotuning).
+    pub socket_send_buffer: Option<usize>,
 }
 
 /// An authorization server whose access tokens the gateway accepts.

@@ -169,6 +169,16 @@ pub struct RawLimits {
     pub max_connections: Option<usize>,
     /// Connections one client address may hold at once; off unless set.
     pub max_connections_per_client: Option<usize>,
+    /// Defaults to 60 s: a response write that waits this long without the client taking
+    /// `min_send_rate × send_timeout` bytes (at least one) ends the connection.
+    pub send_timeout: Option<HumanDuration>,
+    /// Defaults to 0 (any progress will do): bytes per second a client must take while a
+    /// response waits for it.
+    pub min_send_rate: Option<u64>,
+    /// Defaults to 100 HTTP/2 streams open at once per connection.
+    pub max_concurrent_streams: Option<u32>,
+    /// `SO_SNDBUF` for client sockets, in bytes; the kernel's autotuning unless set.
+    pub socket_send_buffer: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -182,6 +182,32 @@ fn small_header_limits_are_refused_with_their_line() {
 }
 
 #[test]
+fn send_pace_stream_and_socket_limits_have_defaults_and_bounds() {
+    let limits = parse(BASE).unwrap().limits;
+    assert_eq!(limits.send_timeout, Duration::from_secs(60));
+    assert_eq!(limits.min_send_rate, 0);
+    assert_eq!(limits.max_concurrent_streams, 100);
+    assert_eq!(limits.socket_send_buffer, None);
+    let with = |v: &str| format!("{BASE}limits:\n  {v}\n");
+    let limits = parse(&with("{ send_timeout: 5s, min_send_rate: 512, max_concurrent_streams: 8, socket_send_buffer: 65536 }"))
+        .unwrap()
+        .limits;
+    assert_eq!(
+        (limits.send_timeout, limits.min_send_rate, limits.max_concurrent_streams, limits.socket_send_buffer),
+        (Duration::from_secs(5), 512, 8, Some(65536))
+    );
+    for (bad, key, why) in [
+        ("send_timeout: 0s", "limits.send_timeout", "longer than 0s"),
+        ("max_concurrent_streams: 0", "limits.max_concurrent_streams", "at least 1"),
+        ("socket_send_buffer: 1024", "limits.socket_send_buffer", "between 4096"),
+        ("min_send_rate: -1", "min_send_rate", ""),
+    ] {
+        let e = error(&with(bad));
+        assert!(e.contains(key) && e.contains(why), "{bad}: {e}");
+    }
+}
+
+#[test]
 fn refetch_interval_below_one_second_is_refused() {
     let text = BASE.replace("    audiences:", "    jwks_cache: { refetch_interval: 0s }\n    audiences:");
     assert!(error(&text).contains("at least 1s"));

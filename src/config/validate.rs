@@ -102,7 +102,21 @@ pub(super) fn validate(raw: RawConfig, file: &str, base_dir: &Path) -> Result<Co
         idle_timeout: dur(raw_limits.idle_timeout, Duration::from_secs(300)),
         max_connections: raw_limits.max_connections.unwrap_or(20_000),
         max_connections_per_client: raw_limits.max_connections_per_client,
+        send_timeout: dur(raw_limits.send_timeout, Duration::from_secs(60)),
+        min_send_rate: raw_limits.min_send_rate.unwrap_or(0),
+        max_concurrent_streams: raw_limits.max_concurrent_streams.unwrap_or(100),
+        socket_send_buffer: raw_limits.socket_send_buffer,
     };
+    if limits.max_concurrent_streams == 0 {
+        return Err(ctx.err(limits_at, "limits.max_concurrent_streams", "must be at least 1"));
+    }
+    if limits.socket_send_buffer.is_some_and(|bytes| !(4096..=64 << 20).contains(&bytes)) {
+        return Err(ctx.err(
+            limits_at,
+            "limits.socket_send_buffer",
+            "must be between 4096 and 67108864 bytes (leave it out for the kernel's autotuning)",
+        ));
+    }
     if !(8 * 1024..=1024 * 1024).contains(&limits.max_header_bytes) {
         return Err(ctx.err(limits_at, "limits.max_header_bytes", "must be between 8192 and 1048576"));
     }
@@ -117,7 +131,11 @@ pub(super) fn validate(raw: RawConfig, file: &str, base_dir: &Path) -> Result<Co
         ));
     }
     for (key, value) in
-        [("limits.header_read_timeout", limits.header_read_timeout), ("limits.idle_timeout", limits.idle_timeout)]
+        [
+            ("limits.header_read_timeout", limits.header_read_timeout),
+            ("limits.idle_timeout", limits.idle_timeout),
+            ("limits.send_timeout", limits.send_timeout),
+        ]
     {
         if value.is_zero() {
             return Err(ctx.err(limits_at, key, "must be longer than 0s"));

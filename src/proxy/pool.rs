@@ -38,6 +38,12 @@ use tokio::net::TcpStream;
 
 use crate::body::ProxyBody;
 
+/// The most an upstream connection reads ahead: the read buffer starts at 8 KiB and grows
+/// to this while reads fill it, and every body chunk is a slice of it. It bounds the
+/// upstream's response head too (nginx allows 4–8 KiB, Envoy 60 KiB). hyper's default,
+/// ~408 KiB, let each client that stops reading pin about three times that (the buffer,
+/// the chunk waiting to be sent, the buffer reallocated while that chunk holds the old one).
+pub const UPSTREAM_BUFFER_BYTES: usize = 32 * 1024;
 /// Idle connections older than this are closed.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 /// At most this many idle connections are kept per upstream; beyond, they are closed.
@@ -303,7 +309,11 @@ async fn handshake<T>(io: T) -> Result<http1::SendRequest<ProxyBody>, SendError>
 where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let (sender, connection) = http1::handshake(TokioIo::new(io)).await.map_err(SendError::Handshake)?;
+    let (sender, connection) = http1::Builder::new()
+        .max_buf_size(UPSTREAM_BUFFER_BYTES)
+        .handshake(TokioIo::new(io))
+        .await
+        .map_err(SendError::Handshake)?;
     tokio::spawn(async move {
         if let Err(e) = connection.await {
             tracing::debug!(error = %e, "upstream connection closed with an error");

@@ -20,6 +20,11 @@ use super::reclaim::IdleQueue;
 use crate::pipeline::Live;
 use arc_swap::ArcSwap;
 
+/// What an HTTP/2 stream may hold of its response beyond what the client's flow-control
+/// window lets out at once (hyper's default, 400 KiB, is what a client that stops reading
+/// a response pins per stream; one body chunk may come on top).
+pub const H2_SEND_BUFFER_BYTES: usize = 32 * 1024;
+
 /// One connection builder per protocol, configured once.
 pub(super) struct Builders {
     pub(super) h1: hyper::server::conn::http1::Builder,
@@ -37,7 +42,9 @@ impl Builders {
             .timer(TokioTimer::new())
             .max_header_list_size(u32::try_from(settings.max_header_bytes).unwrap_or(u32::MAX))
             .keep_alive_interval(Some(Duration::from_secs(30)))
-            .keep_alive_timeout(Duration::from_secs(10));
+            .keep_alive_timeout(Duration::from_secs(10))
+            .max_concurrent_streams(settings.max_concurrent_streams)
+            .max_send_buf_size(H2_SEND_BUFFER_BYTES);
         Builders { h1, h2 }
     }
 }
@@ -104,6 +111,10 @@ pub async fn serve(
             },
         };
         let _ = tcp.set_nodelay(true);
+        if let Some(bytes) = settings.socket_send_buffer {
+            // Best effort, like TCP_NODELAY: a refused size leaves the kernel's.
+            let _ = socket2::SockRef::from(&tcp).set_send_buffer_size(bytes);
+        }
         let task = ConnectionTask { shared: shared.clone(), shutdown: shutdown.clone(), reclaim: Default::default() };
         connections.spawn(task.run(tcp, peer, (permit, client_slot)));
     }

@@ -139,6 +139,9 @@ mod tests {
             idle_timeout: Duration::from_secs(2),
             max_connections: 100,
             max_connections_per_client: None,
+            send: crate::server::SendPolicy { timeout: Duration::from_secs(60), min_rate: 0 },
+            max_concurrent_streams: 100,
+            socket_send_buffer: None,
         }
     }
 

@@ -44,8 +44,7 @@ impl ConnectionTask {
         let server_tls = self.shared.live.load().server_tls.clone();
         // Boxed, like the HTTP/2 connection below: a task's allocation is as large as its
         // largest state, and an idle connection should not pay for the handshake's.
-        // A client that reads nothing for `idle_timeout` is as good as gone.
-        let handshake = Box::pin(ServerTlsStream::accept(tcp, server_tls, self.shared.settings.idle_timeout));
+        let handshake = Box::pin(ServerTlsStream::accept(tcp, server_tls, self.shared.settings.send));
         let tls = match tokio::time::timeout(self.shared.settings.handshake_timeout, handshake).await {
             // Boxed: moved between the serving and parked states, and 1.2 KB.
             Ok(Ok(tls)) => Box::new(tls),

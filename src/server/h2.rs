@@ -36,7 +36,7 @@ impl ConnectionTask {
         let mut closing = false;
         // Runs on after a graceful shutdown too: a stream the client never reads would
         // otherwise hold the connection (and its upstream connection) open for good.
-        let stall_period = self.shared.settings.idle_timeout;
+        let stall_period = self.shared.settings.send.timeout;
         let mut stall_check = Box::pin(tokio::time::sleep(stall_period));
         let mut frames_then = 0;
         loop {
@@ -50,7 +50,7 @@ impl ConnectionTask {
                 }
                 () = stall_check.as_mut() => {
                     if bodies.stalled(&mut frames_then) {
-                        tracing::debug!(%peer, "HTTP/2 responses unread for idle_timeout; closing");
+                        tracing::debug!(%peer, "HTTP/2 responses unread for send_timeout; closing");
                         return;
                     }
                     stall_check.as_mut().reset(tokio::time::Instant::now() + stall_period);

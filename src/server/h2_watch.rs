@@ -4,7 +4,7 @@
 //! stops polling the body, and the upstream connection behind it is held for good.
 //!
 //! Each HTTP/2 response body is wrapped in a [`WatchedBody`] that counts the frames taken
-//! from it; the connection's loop checks every `idle_timeout` whether bodies are open and
+//! from it; the connection's loop checks every `send_timeout` whether bodies are open and
 //! none of them moved since the last check, and then drops the connection (nginx's
 //! `send_timeout` applied to the streams). The check is per connection: one stalled stream
 //! beside streams that progress is not caught.

@@ -47,11 +47,13 @@ mod h2_watch;
 mod per_client;
 mod reclaim;
 mod rewind;
+mod send_pace;
 pub mod tls_stream;
 
 use std::time::Duration;
 
 pub use accept::serve;
+pub use send_pace::SendPolicy;
 
 pub use crate::pipeline::connection::{ClientCertificate, ConnectionInfo};
 
@@ -68,6 +70,12 @@ pub struct ServerSettings {
     pub max_connections: usize,
     /// Connections one client IP address may hold at once; more are closed at accept.
     pub max_connections_per_client: Option<usize>,
+    /// The pace a client must keep while a response waits for it to read.
+    pub send: SendPolicy,
+    /// HTTP/2 streams one connection may have open at once.
+    pub max_concurrent_streams: u32,
+    /// `SO_SNDBUF` for client sockets; `None` leaves the kernel's autotuning.
+    pub socket_send_buffer: Option<usize>,
 }
 
 /// An HTTP/1.1 keep-alive connection with no request in flight for this long is parked.

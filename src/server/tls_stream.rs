@@ -20,8 +20,9 @@
 //! not change it).
 //!
 //! A client that stops reading cannot hold a response (and its upstream connection)
-//! forever: when the socket takes no byte for the send timeout, writing fails with
-//! `TimedOut` (nginx's `send_timeout`). The timer exists only while a write is blocked.
+//! forever: while a write is blocked the client must keep the pace of a [`SendPolicy`]
+//! (`send_pace.rs`: nginx's `send_timeout` plus a minimum rate), or writing fails with
+//! `TimedOut`. What a blocked client pins here is bounded by [`MAX_OUTGOING`].
 //!
 //! The first error is final: every later read, write or flush reports it, and rustls (whose
 //! unbuffered connection does not remember record-layer errors) is not called again.
@@ -30,7 +31,6 @@ use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
-use std::time::Duration;
 
 use rustls::server::UnbufferedServerConnection;
 use rustls::unbuffered::{ConnectionState, EncodeError, EncryptError, UnbufferedStatus};
@@ -38,14 +38,15 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
 use super::client_hello::{HelloScan, HelloScanner};
+use super::send_pace::{SendPace, SendPolicy};
 
 /// Bytes asked of the socket per read (more when a record needs it).
 const READ_CHUNK: usize = 8 * 1024;
 /// The most TLS bytes held unprocessed: a handshake message may take 64 KiB (rustls's own
 /// limit for its buffered API), plus one record.
 const MAX_INCOMING: usize = 64 * 1024 + 16 * 1024 + 512;
-/// Encrypted bytes held before `poll_write` waits for the socket.
-const MAX_OUTGOING: usize = 64 * 1024;
+/// Encrypted bytes held before `poll_write` waits for the socket (two full records).
+pub const MAX_OUTGOING: usize = 32 * 1024;
 
 /// A TLS server connection over TCP; see the module docs.
 pub struct ServerTlsStream {
@@ -72,10 +73,8 @@ pub struct ServerTlsStream {
     hello_scan: HelloScanner,
     /// The first error; the stream is unusable after it.
     failed: Option<io::ErrorKind>,
-    /// How long a blocked write may wait for the client to read.
-    send_timeout: Duration,
-    /// Running while a write waits for the socket.
-    write_stall: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// The pace a client must keep while a write waits for the socket.
+    pace: SendPace,
 }
 
 /// What one run of rustls over the buffered input came to.
@@ -103,9 +102,9 @@ fn tls_error(error: rustls::Error) -> io::Error {
 }
 
 impl ServerTlsStream {
-    /// Runs the TLS handshake on `tcp`. The caller bounds it in time; `send_timeout` bounds
-    /// every later wait for the client to take written bytes.
-    pub async fn accept(tcp: TcpStream, config: Arc<rustls::ServerConfig>, send_timeout: Duration) -> io::Result<Self> {
+    /// Runs the TLS handshake on `tcp`. The caller bounds it in time; `send` bounds every
+    /// later wait for the client to take written bytes.
+    pub async fn accept(tcp: TcpStream, config: Arc<rustls::ServerConfig>, send: SendPolicy) -> io::Result<Self> {
         let conn = UnbufferedServerConnection::new(config).map_err(tls_error)?;
         let mut stream = ServerTlsStream {
             tcp,
@@ -122,8 +121,7 @@ impl ServerTlsStream {
             hello_checked: false,
             hello_scan: HelloScanner::default(),
             failed: None,
-            send_timeout,
-            write_stall: None,
+            pace: SendPace::new(send),
         };
         std::future::poll_fn(|cx| stream.poll_handshake(cx)).await?;
         Ok(stream)
@@ -373,24 +371,18 @@ impl ServerTlsStream {
             let written = match Pin::new(&mut self.tcp).poll_write(cx, &self.outgoing[self.outgoing_at..]) {
                 Poll::Ready(written) => written?,
                 Poll::Pending => {
-                    let timeout = self.send_timeout;
-                    let stall = self.write_stall.get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
-                    if stall.as_mut().poll(cx).is_ready() {
-                        self.failed = Some(io::ErrorKind::TimedOut);
-                        return Poll::Ready(Err(io::Error::new(
-                            io::ErrorKind::TimedOut,
-                            "the client took no data for the send timeout",
-                        )));
-                    }
-                    return Poll::Pending;
+                    let too_slow = ready!(self.pace.poll_blocked(cx));
+                    self.failed = Some(too_slow.kind());
+                    return Poll::Ready(Err(too_slow));
                 }
             };
             if written == 0 {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
-            self.write_stall = None;
+            self.pace.took(written);
             self.outgoing_at += written;
         }
+        self.pace.caught_up();
         self.outgoing.clear();
         self.outgoing_at = 0;
         Poll::Ready(Ok(()))

@@ -308,6 +308,8 @@ async fn upstream_handle(state: Arc<UpstreamState>, req: Request<Incoming>) -> R
 
     if path.starts_with("/slow") {
         tokio::time::sleep(Duration::from_secs(5)).await;
+    } else if let Some(len) = path.strip_prefix("/bytes/").and_then(|n| n.parse::<usize>().ok()) {
+        return up_response(StatusCode::OK, filler(len));
     } else if let Some(code) = path.strip_prefix("/status/") {
         let status =
             code.parse::<u16>().ok().and_then(|c| StatusCode::from_u16(c).ok()).unwrap_or(StatusCode::BAD_REQUEST);
@@ -316,10 +318,19 @@ async fn upstream_handle(state: Arc<UpstreamState>, req: Request<Incoming>) -> R
     up_response(StatusCode::OK, "upstream-ok")
 }
 
+/// `len` bytes of `x`, sliced from one shared allocation (up to 16 MiB; a view, so many
+/// large responses in flight cost the upstream nothing).
+fn filler(len: usize) -> Bytes {
+    static FILLER: std::sync::OnceLock<Bytes> = std::sync::OnceLock::new();
+    let all = FILLER.get_or_init(|| Bytes::from(vec![b'x'; 16 << 20]));
+    all.slice(..len.min(all.len()))
+}
+
 /// A plain-HTTP/1.1 upstream that records every request.
 ///
 /// Answers 200 `upstream-ok` with `x-upstream: yes`, except: `/slow…` waits 5 s first,
-/// `/echo…` streams the request body back, `/status/NNN` answers status NNN.
+/// `/echo…` streams the request body back, `/status/NNN` answers status NNN, `/bytes/N`
+/// answers N bytes (at most 16 MiB).
 pub struct Upstream {
     addr: SocketAddr,
     state: Arc<UpstreamState>,
