@@ -386,7 +386,13 @@ async fn an_http2_client_that_stops_reading_a_response_is_cut_off() {
 /// Reads a `size`-byte response to `GET /bytes/{size}` over HTTP/1.1 in `step`-byte reads
 /// with `pause` between them (none: as fast as it can), through a client socket with a
 /// 16 KiB receive buffer; the bytes received before the gateway ended the exchange.
-async fn read_at_pace(pki: &TestPki, gateway: &GatewayHandle, size: usize, step: usize, pause: Option<Duration>) -> usize {
+async fn read_at_pace(
+    pki: &TestPki,
+    gateway: &GatewayHandle,
+    size: usize,
+    step: usize,
+    pause: Option<Duration>,
+) -> usize {
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.set_recv_buffer_size(16 * 1024).unwrap();
     let tcp = socket.connect(gateway.local_addr()).await.unwrap();
@@ -444,4 +450,46 @@ async fn without_a_minimum_rate_a_slow_but_steady_reader_is_served() {
     let size = 1 << 20;
     let received = read_at_pace(&pki, &gateway, size, 16 * 1024, Some(Duration::from_millis(50))).await;
     assert!(received > size, "the head and the whole body: {received} bytes");
+}
+
+/// An upstream that answers every request with a `header_bytes`-long `x-big` header.
+async fn big_header_upstream(header_bytes: usize) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                if read_head(&mut tcp, &mut Vec::new()).await {
+                    let head = format!(
+                        "HTTP/1.1 200 OK\r\nx-big: {}\r\ncontent-length: 2\r\n\r\nok",
+                        "a".repeat(header_bytes)
+                    );
+                    let _ = tcp.write_all(head.as_bytes()).await;
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn an_upstream_response_head_over_the_read_ahead_cap_is_a_bad_gateway() {
+    let pki = TestPki::new();
+    let get = |gateway: GatewayHandle| {
+        let pki = &pki;
+        async move {
+            let mut tls = connect(pki, gateway.local_addr(), None).await;
+            tls.write_all(b"GET /x HTTP/1.1\r\nhost: gateway.test\r\n\r\n").await.unwrap();
+            read_response(&mut tls).await.unwrap()
+        }
+    };
+    let response = get(gateway_with_timeout(&pki, big_header_upstream(24 * 1024).await, "5s").await).await;
+    assert_eq!(response.status, 200, "a 24 KiB head is within the cap");
+    assert_eq!(response.header("x-big").map(str::len), Some(24 * 1024));
+
+    // hyper checks the cap when a read leaves the head incomplete: a head may end up to one
+    // read past 32 KiB, never much more.
+    let response = get(gateway_with_timeout(&pki, big_header_upstream(100 * 1024).await, "5s").await).await;
+    assert_eq!((response.status, response.header("x-big").is_some()), (502, false), "a 100 KiB head is refused");
+    response.assert_gateway_error(502, "bad_gateway");
 }

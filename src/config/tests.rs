@@ -189,9 +189,10 @@ fn send_pace_stream_and_socket_limits_have_defaults_and_bounds() {
     assert_eq!(limits.max_concurrent_streams, 100);
     assert_eq!(limits.socket_send_buffer, None);
     let with = |v: &str| format!("{BASE}limits:\n  {v}\n");
-    let limits = parse(&with("{ send_timeout: 5s, min_send_rate: 512, max_concurrent_streams: 8, socket_send_buffer: 65536 }"))
-        .unwrap()
-        .limits;
+    let limits =
+        parse(&with("{ send_timeout: 5s, min_send_rate: 512, max_concurrent_streams: 8, socket_send_buffer: 65536 }"))
+            .unwrap()
+            .limits;
     assert_eq!(
         (limits.send_timeout, limits.min_send_rate, limits.max_concurrent_streams, limits.socket_send_buffer),
         (Duration::from_secs(5), 512, 8, Some(65536))

@@ -130,13 +130,11 @@ pub(super) fn validate(raw: RawConfig, file: &str, base_dir: &Path) -> Result<Co
             "must be at least 1 (leave it out for no cap)",
         ));
     }
-    for (key, value) in
-        [
-            ("limits.header_read_timeout", limits.header_read_timeout),
-            ("limits.idle_timeout", limits.idle_timeout),
-            ("limits.send_timeout", limits.send_timeout),
-        ]
-    {
+    for (key, value) in [
+        ("limits.header_read_timeout", limits.header_read_timeout),
+        ("limits.idle_timeout", limits.idle_timeout),
+        ("limits.send_timeout", limits.send_timeout),
+    ] {
         if value.is_zero() {
             return Err(ctx.err(limits_at, key, "must be longer than 0s"));
         }

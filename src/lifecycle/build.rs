@@ -223,10 +223,7 @@ pub(super) fn server_settings(config: &Config) -> ServerSettings {
         idle_timeout: config.limits.idle_timeout,
         max_connections: config.limits.max_connections,
         max_connections_per_client: config.limits.max_connections_per_client,
-        send: crate::server::SendPolicy {
-            timeout: config.limits.send_timeout,
-            min_rate: config.limits.min_send_rate,
-        },
+        send: crate::server::SendPolicy { timeout: config.limits.send_timeout, min_rate: config.limits.min_send_rate },
         max_concurrent_streams: config.limits.max_concurrent_streams,
         socket_send_buffer: config.limits.socket_send_buffer,
     }
