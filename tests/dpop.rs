@@ -106,6 +106,7 @@ async fn assert_nonce_challenge(env: &Env, response: reqwest::Response, descript
 
 const NO_NONCE: &str = "this resource requires a server-provided nonce in the DPoP proof";
 const BAD_NONCE: &str = "the DPoP proof's nonce is invalid or expired; use the new DPoP-Nonce";
+const AFTER_RESTART: &str = "the gateway restarted after this proof was made; send a new proof with the DPoP-Nonce";
 
 // ---------------------------------------------------------------------------------------
 // Happy paths and what the upstream sees
@@ -695,11 +696,22 @@ async fn query_string_on_the_request_is_ignored_by_htu() {
 #[tokio::test]
 async fn iat_slightly_ahead_or_behind_is_accepted() {
     let (env, key, token) = setup().await;
-    for offset in [8, -10] {
-        let proof = forged(&env, &key, &token, |_, c| c["iat"] = json!(now() + offset));
-        let response = env.send_dpop("GET", "/dpop/x", &token, &proof).await;
-        assert_eq!(response.status(), 200, "iat {offset:+}: {:?}", challenge(&response));
-    }
+    let proof = forged(&env, &key, &token, |_, c| c["iat"] = json!(now() + 8));
+    let response = env.send_dpop("GET", "/dpop/x", &token, &proof).await;
+    assert_eq!(response.status(), 200, "iat +8: {:?}", challenge(&response));
+    // 10 s behind is before this gateway started: the in-memory replay store cannot know
+    // whether its predecessor took it, so a nonce minted since must vouch for it.
+    let proof = forged(&env, &key, &token, |_, c| c["iat"] = json!(now() - 10));
+    let response = env.send_dpop("GET", "/dpop/x", &token, &proof).await;
+    let nonce = header(&response, "dpop-nonce").expect("a DPoP-Nonce with use_dpop_nonce").to_string();
+    assert_rejected(response, 401, &dpop_challenge("use_dpop_nonce", AFTER_RESTART), "use_dpop_nonce").await;
+    assert_eq!(env.upstream.hits(), 1, "the refused proof did not reach the upstream");
+    let proof = forged(&env, &key, &token, |_, c| {
+        c["iat"] = json!(now() - 10);
+        c["nonce"] = json!(nonce);
+    });
+    let response = env.send_dpop("GET", "/dpop/x", &token, &proof).await;
+    assert_eq!(response.status(), 200, "iat -10 with a nonce: {:?}", challenge(&response));
     assert_eq!(env.upstream.hits(), 2);
 }
 
@@ -990,4 +1002,70 @@ async fn fresh_nonce_on_a_success_keeps_the_upstreams_exposed_headers() {
     assert!(exposed.contains(&"DPoP-Nonce"), "{exposed:?}");
     assert!(exposed.contains(&"X-Request-Id"), "the upstream's exposed header was dropped: {exposed:?}");
     gateway.shutdown().await;
+}
+
+// ---------------------------------------------------------------------------------------
+// Replay across a restart (the in-memory store starts empty)
+// ---------------------------------------------------------------------------------------
+
+/// A proof for `GET path` with `iat` moved by `offset` seconds and, when given, a nonce.
+fn aged_proof(env: &Env, key: &Signer, path: &str, token: &str, offset: i64, nonce: Option<&str>) -> String {
+    let (header, mut claims) = proof_parts(key, "GET", &env.public_url(path), token);
+    claims["iat"] = json!(now() + offset);
+    if let Some(nonce) = nonce {
+        claims["nonce"] = json!(nonce);
+    }
+    key.sign_compact(&header, &claims)
+}
+
+#[tokio::test]
+async fn a_nonce_any_instance_could_have_minted_does_not_vouch_for_a_proof_older_than_the_start() {
+    // With a shared nonce secret, the nonce of a nonce-required route could come from the
+    // process before this one: a proof made before the start needs this process's nonce.
+    let dir = tempfile::tempdir().unwrap();
+    let secret = write_file(dir.path(), "nonce.secret", "0123456789abcdefghijklmnopqrstuvwxyzABCD\n");
+    let options = Options { dpop: format!("dpop:\n  nonce_secret_file: {}\n", secret.display()), ..Default::default() };
+    let (env, key, token) = setup_with(options).await;
+    let response = env.dpop_request("GET", "/nonce/x", &key, &token).await;
+    let shared = assert_nonce_challenge(&env, response, NO_NONCE).await;
+
+    let proof = aged_proof(&env, &key, "/nonce/x", &token, -20, Some(&shared));
+    let response = env.send_dpop("GET", "/nonce/x", &token, &proof).await;
+    let here = assert_nonce_challenge(&env, response, AFTER_RESTART).await;
+    assert_ne!(here, shared);
+
+    let proof = aged_proof(&env, &key, "/nonce/x", &token, -20, Some(&here));
+    let response = env.send_dpop("GET", "/nonce/x", &token, &proof).await;
+    assert_eq!(response.status(), 200, "{:?}", challenge(&response));
+    // It was remembered: the same proof again is a replay.
+    let response = env.send_dpop("GET", "/nonce/x", &token, &proof).await;
+    assert_rejected(
+        response,
+        401,
+        &dpop_challenge("invalid_dpop_proof", "the DPoP proof was already used"),
+        "invalid_dpop_proof",
+    )
+    .await;
+    assert_eq!(env.upstream.hits(), 1);
+}
+
+#[tokio::test]
+async fn restart_guard_skew_asks_every_proof_of_the_first_seconds_for_a_nonce() {
+    let options = Options { dpop: "dpop:\n  replay:\n    restart_guard: skew\n".into(), ..Default::default() };
+    let (env, key, token) = setup_with(options).await;
+    // Made now, after the start — but a client whose clock ran 10 s ahead before a restart
+    // made proofs like it, so it needs a nonce for the first max_future + 5 s.
+    let response = env.dpop_request("GET", "/dpop/x", &key, &token).await;
+    let nonce = assert_nonce_challenge(&env, response, AFTER_RESTART).await;
+    let proof = aged_proof(&env, &key, "/dpop/x", &token, 0, Some(&nonce));
+    let response = env.send_dpop("GET", "/dpop/x", &token, &proof).await;
+    assert_eq!(response.status(), 200, "{:?}", challenge(&response));
+}
+
+#[tokio::test]
+async fn a_proof_made_after_the_start_needs_no_nonce_by_default() {
+    let (env, key, token) = setup().await;
+    let response = env.dpop_request("GET", "/dpop/x", &key, &token).await;
+    assert_eq!(response.status(), 200, "{:?}", challenge(&response));
+    assert!(header(&response, "dpop-nonce").is_none());
 }

@@ -218,3 +218,111 @@ async fn replay_state_and_nonces_survive_a_reload() {
     let error = env.gateway.as_ref().unwrap().reload(config).await.unwrap_err();
     assert!(matches!(error, ReloadError::NeedsRestart(_)), "{error}");
 }
+
+/// Sends `GET /dpop/x` with a DPoP-bound `token` and `proof`; the status and `DPoP-Nonce`.
+async fn dpop_get(
+    http: &reqwest::Client,
+    addr: std::net::SocketAddr,
+    token: &str,
+    proof: &str,
+) -> (u16, Option<String>) {
+    let response = http
+        .get(gateway_url(addr, "/dpop/x"))
+        .header("authorization", format!("DPoP {token}"))
+        .header("dpop", proof)
+        .send()
+        .await
+        .unwrap();
+    let nonce = response.headers().get("dpop-nonce").map(|v| v.to_str().unwrap().to_string());
+    (response.status().as_u16(), nonce)
+}
+
+#[tokio::test]
+async fn a_proof_accepted_before_a_restart_is_not_accepted_after_it() {
+    // The in-memory replay store is empty after a restart: a proof made before the start
+    // needs a nonce minted since (issue 15.7; before: 200, restart, 200).
+    init();
+    let pki = TestPki::new();
+    let upstream = Upstream::start().await;
+    let issuer = Signer::es256("k");
+    let jwks_path =
+        write_file(pki.dir(), "jwks.json", &serde_json::json!({ "keys": [issuer.public_jwk()] }).to_string());
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let yaml = format!(
+        "listen:\n  address: 127.0.0.1:{port}\n  public_url: https://gateway.test\n  tls: {{ cert: {}, key: {} }}\n\
+         issuers:\n  - {{ issuer: https://as.test, jwks_file: {}, audiences: [https://api.test] }}\n\
+         routes:\n  - {{ name: dpop, match: {{ path_prefix: /dpop }}, upstream: {}, binding: dpop }}\n",
+        pki.server_cert_path().display(),
+        pki.server_key_path().display(),
+        jwks_path.display(),
+        upstream.url()
+    );
+    let path = write_file(pki.dir(), "gateway.yaml", &yaml);
+    let start = || Process {
+        child: Command::new(env!("CARGO_BIN_EXE_fapi-gateway"))
+            .args(["--config", path.to_str().unwrap()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    };
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let key = Signer::es256("client");
+    let mut claims = claims("https://as.test", "https://api.test");
+    claims["cnf"] = serde_json::json!({ "jkt": key.jwk_thumbprint() });
+    let token = issuer.jwt(&claims);
+    let htu = "https://gateway.test/dpop/x";
+
+    let process = start();
+    let http = client(&pki, addr, None, false);
+    let mut first = None;
+    for _ in 0..100 {
+        let proof = key.dpop_proof("GET", htu, Some(&token));
+        if let Ok(response) = http
+            .get(gateway_url(addr, "/dpop/x"))
+            .header("authorization", format!("DPoP {token}"))
+            .header("dpop", &proof)
+            .send()
+            .await
+        {
+            assert_eq!(response.status(), 200);
+            first = Some(proof);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let proof = first.expect("gateway up");
+    assert_eq!(dpop_get(&http, addr, &token, &proof).await.0, 401, "a replay before the restart");
+    // iat has a one-second resolution: restart in a later second than the proof was made.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    drop(process);
+
+    let _process = start();
+    let http = client(&pki, addr, None, false);
+    let mut replayed = None;
+    for _ in 0..100 {
+        // Any answer will do: the gateway is listening.
+        if http.get(gateway_url(addr, "/dpop/x")).send().await.is_ok() {
+            replayed = Some(dpop_get(&http, addr, &token, &proof).await);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (status, nonce) = replayed.expect("gateway up again");
+    assert_eq!(status, 401, "the replay after the restart is refused");
+    assert_eq!(upstream.hits(), 1, "only the first presentation reached the upstream");
+    // A client retries with the nonce, as RFC 9449 §8 has it.
+    let nonce = nonce.expect("use_dpop_nonce comes with a DPoP-Nonce");
+    let (header, mut claims) = (
+        serde_json::json!({ "typ": "dpop+jwt", "alg": key.alg(), "jwk": key.bare_public_jwk() }),
+        serde_json::json!({ "jti": random_id(), "htm": "GET", "htu": htu, "iat": now() - 5, "nonce": nonce,
+            "ath": b64(sha256(token.as_bytes())) }),
+    );
+    claims["nonce"] = serde_json::json!(nonce);
+    let retry = key.sign_compact(&header, &claims);
+    assert_eq!(dpop_get(&http, addr, &token, &retry).await.0, 200);
+}
+
+fn sha256(data: &[u8]) -> Vec<u8> {
+    aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, data).as_ref().to_vec()
+}

@@ -21,7 +21,7 @@ use http::header::AUTHORIZATION;
 use http::{HeaderMap, HeaderValue, Method};
 
 use crate::answer::{AuthDenial, AuthErrorCode, Rejection};
-use crate::config::{Binding, DpopSettings, ForwardToken, Route, RoutePolicy};
+use crate::config::{Binding, DpopSettings, ForwardToken, RestartGuard, Route, RoutePolicy};
 use crate::metrics::ReasonLabels;
 use crate::principal::UpstreamCredential;
 use crate::secret::Secret;
@@ -45,6 +45,9 @@ pub struct DpopRuntime {
     pub replay: Arc<dyn ReplayStore>,
     /// The Redis store behind `replay`, when replay state is shared (for readiness checks).
     pub shared_replay: Option<Arc<dpop::replay_redis::RedisReplayStore>>,
+    /// With the in-memory store: when it began to remember (seconds since the epoch). A
+    /// proof older than that may have been accepted by the process before this one.
+    pub replay_memory_since: Option<i64>,
     /// Counts proofs refused by the replay store, by reason.
     pub replay_refusals: Family<ReasonLabels, Counter>,
     /// The replay store's refusals are logged at most every few seconds (an outage
@@ -202,6 +205,7 @@ async fn check_dpop(
             }
         }
     }
+    restart_guard(dpop, &verified, request.now)?;
     match dpop.replay.insert_if_absent(replay_key(&verified.jkt, &verified.jti), Instant::now()).await {
         Ok(Freshness::Fresh) => Ok((verified, fresh_nonce)),
         Ok(Freshness::Replayed) => {
@@ -221,6 +225,38 @@ async fn check_dpop(
             Err(Rejection::ReplayStoreUnavailable)
         }
     }
+}
+
+/// Replay across a restart (the in-memory store starts empty): a proof made before the
+/// store began to remember — or, with `restart_guard: skew`, within `max_future` (+ 5 s) of
+/// it — passes only with a nonce minted by this process, which proves it was made since.
+/// Otherwise `use_dpop_nonce` with such a nonce: a client retries once (RFC 9449 §8).
+fn restart_guard(dpop: &DpopRuntime, verified: &VerifiedProof, now: i64) -> Result<(), Rejection> {
+    let Some(since) = dpop.replay_memory_since else {
+        return Ok(());
+    };
+    let first_safe_iat = match dpop.settings.restart_guard {
+        RestartGuard::Start => since,
+        RestartGuard::Skew => since + secs(dpop.settings.max_future) + RESTART_GUARD_MARGIN_SECS,
+    };
+    if verified.iat >= first_safe_iat || verified.nonce.as_deref().is_some_and(|n| dpop.nonces.minted_here(n, now)) {
+        return Ok(());
+    }
+    let mut denial = AuthDenial::dpop(
+        AuthErrorCode::UseDpopNonce,
+        "dpop_nonce_after_restart",
+        "the gateway restarted after this proof was made; send a new proof with the DPoP-Nonce",
+    );
+    denial.nonce = Some(dpop.nonces.issue_here(now));
+    Err(denial.into())
+}
+
+/// Clock difference allowed between the process before a restart and the one after (the
+/// replay window's margin too).
+const RESTART_GUARD_MARGIN_SECS: i64 = 5;
+
+fn secs(duration: std::time::Duration) -> i64 {
+    i64::try_from(duration.as_secs()).unwrap_or(i64::MAX)
 }
 
 fn token_rejection(error: TokenError, credential: &Credential<'_>) -> Rejection {

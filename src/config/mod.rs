@@ -16,7 +16,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use raw::{Binding, ClientAuth, ForwardToken, NonceMode, ReplayOnError};
+pub use raw::{Binding, ClientAuth, ForwardToken, NonceMode, ReplayOnError, RestartGuard};
 
 use crate::jose::Alg;
 
@@ -44,6 +44,8 @@ pub struct DpopSettings {
     pub max_future: Duration,
     pub replay_store: ReplayBackend,
     pub replay_max_entries: usize,
+    /// With the memory store: which proofs need a nonce minted since the start.
+    pub restart_guard: RestartGuard,
     pub nonce: NonceMode,
     pub nonce_secret: NonceSecret,
     pub nonce_step: Duration,
@@ -61,6 +63,7 @@ impl Default for DpopSettings {
             max_future: Duration::from_secs(10),
             replay_store: ReplayBackend::Memory,
             replay_max_entries: 1_000_000,
+            restart_guard: RestartGuard::Start,
             nonce: NonceMode::Off,
             nonce_secret: NonceSecret::Random,
             nonce_step: Duration::from_secs(30),

@@ -70,6 +70,10 @@ pub struct RawReplay {
     /// Defaults to `fail`: refuse DPoP requests (503) while Redis cannot answer. `local`
     /// falls back to the in-memory store (replays across instances become possible).
     pub on_error: Option<ReplayOnError>,
+    /// Memory store only. Defaults to `start`: after a start, a proof whose `iat` is before
+    /// it needs a nonce minted since; `skew` also asks it of proofs up to `max_future`
+    /// (+ 5 s) after the start.
+    pub restart_guard: Option<RestartGuard>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
@@ -77,6 +81,19 @@ pub struct RawReplay {
 pub enum ReplayStoreKind {
     Memory,
     Redis,
+}
+
+/// Which proofs an in-memory replay store, empty after a start, takes only with a nonce
+/// minted since (a proof accepted by the previous process could otherwise pass again).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RestartGuard {
+    /// Proofs whose `iat` is before the start: no cost to clients with a right clock.
+    #[default]
+    Start,
+    /// Also proofs whose `iat` is up to `max_future` + 5 s after the start (closes replay
+    /// for clients whose clocks run ahead; every client needs a nonce in that time).
+    Skew,
 }
 
 /// What the Redis replay store does when Redis cannot answer.

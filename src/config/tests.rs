@@ -234,6 +234,21 @@ fn dpop_section_defaults_and_validation() {
 }
 
 #[test]
+fn restart_guard_defaults_to_start_and_is_for_the_memory_store() {
+    use crate::config::RestartGuard;
+    assert_eq!(parse(BASE).unwrap().dpop.restart_guard, RestartGuard::Start);
+    let skew = format!("{BASE}dpop:\n  replay:\n    restart_guard: skew\n");
+    assert_eq!(parse(&skew).unwrap().dpop.restart_guard, RestartGuard::Skew);
+    let unknown = format!("{BASE}dpop:\n  replay:\n    restart_guard: never\n");
+    assert!(error(&unknown).contains("restart_guard"), "{}", error(&unknown));
+    let redis = format!(
+        "{BASE}dpop:\n  replay:\n    store: redis\n    url: redis://127.0.0.1:6379/0\n    restart_guard: skew\n"
+    );
+    let e = error(&redis);
+    assert!(e.contains("dpop.replay.restart_guard") && e.contains("only used with `store: memory`"), "{e}");
+}
+
+#[test]
 fn redis_replay_store_settings() {
     let text = format!("{BASE}dpop:\n  replay:\n    store: redis\n    url: rediss://gw:s3cret@redis.internal:6380/1\n");
     let c = parse(&text).unwrap();

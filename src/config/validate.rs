@@ -514,6 +514,12 @@ fn dpop(ctx: &Ctx<'_>, spanned: Option<Spanned<RawDpop>>) -> Result<DpopSettings
             if timeout.is_zero() {
                 return Err(err("replay.timeout", "must be longer than 0s"));
             }
+            if raw.replay.restart_guard.is_some() {
+                return Err(err(
+                    "replay.restart_guard",
+                    "only used with `store: memory` (Redis keeps the replay state across a gateway restart)",
+                ));
+            }
             if raw.replay.ca.is_some() && !url.starts_with("rediss://") {
                 return Err(err("replay.ca", "only used with a rediss:// (TLS) URL"));
             }
@@ -534,6 +540,7 @@ fn dpop(ctx: &Ctx<'_>, spanned: Option<Spanned<RawDpop>>) -> Result<DpopSettings
         max_future,
         replay_store,
         replay_max_entries: raw.replay.max_entries.unwrap_or(1_000_000).max(1),
+        restart_guard: raw.replay.restart_guard.unwrap_or_default(),
         nonce: raw.nonce.unwrap_or_default(),
         nonce_secret,
         nonce_step,

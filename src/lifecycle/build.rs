@@ -61,6 +61,7 @@ fn dpop_runtime(
             keys: auth::dpop::ProofKeyCache::new(10_000),
             replay: p.replay.clone(),
             shared_replay: p.shared_replay.clone(),
+            replay_memory_since: p.replay_memory_since,
             replay_refusals: metrics.replay_refusals.clone(),
             refusal_log: p.refusal_log.clone(),
             settings,
@@ -68,6 +69,9 @@ fn dpop_runtime(
     }
     let window = replay_window(&settings);
     let memory = || Arc::new(MemoryReplayStore::new(window, settings.replay_max_entries, std::time::Instant::now()));
+    // Before the store exists, so that no proof it takes can be older than its memory.
+    let replay_memory_since =
+        matches!(settings.replay_store, config::ReplayBackend::Memory).then(crate::jose::unix_now);
     let (replay, shared): (Arc<dyn ReplayStore>, _) = match &settings.replay_store {
         config::ReplayBackend::Memory => (memory(), None),
         config::ReplayBackend::Redis { url, ca, key_prefix, timeout, on_error } => {
@@ -82,6 +86,7 @@ fn dpop_runtime(
         keys: auth::dpop::ProofKeyCache::new(10_000),
         replay,
         shared_replay: shared,
+        replay_memory_since,
         replay_refusals: metrics.replay_refusals.clone(),
         refusal_log: Arc::new(crate::diagnostics::LogThrottle::new(auth::REFUSAL_LOG_PERIOD)),
         settings,

@@ -40,6 +40,8 @@ pub struct VerifiedProof {
     pub jkt: [u8; 32],
     pub jti: String,
     pub nonce: Option<String>,
+    /// The proof's `iat`, in seconds since the epoch.
+    pub iat: i64,
 }
 
 /// Why a proof was refused, one variant per check, in the order they run.
@@ -254,7 +256,7 @@ pub fn verify_proof(
     if !jose::constant_time_eq(key.thumbprint(), request.bound_jkt) {
         return Err(ProofError::KeyBindingMismatch);
     }
-    Ok(VerifiedProof { jkt: *key.thumbprint(), jti, nonce: claims.nonce })
+    Ok(VerifiedProof { jkt: *key.thumbprint(), jti, nonce: claims.nonce, iat })
 }
 
 #[cfg(test)]

@@ -2,6 +2,11 @@
 //! for and an HMAC-SHA256 of that step under a configured secret. Any instance holding the
 //! secret accepts the nonces of the others; a nonce passes during its own step and
 //! `window` steps either side, and nothing is stored.
+//!
+//! Each process also has a key of its own (the shared secret itself when it is random):
+//! a nonce minted under it ([`NonceIssuer::issue_here`]) proves that a proof carrying it was
+//! made after this process started, which the in-memory replay store asks of proofs older
+//! than its own memory (see `auth::check_dpop`).
 
 use std::path::Path;
 
@@ -40,17 +45,22 @@ pub enum NonceStatus {
 /// Mints and checks nonces.
 pub struct NonceIssuer {
     key: hmac::Key,
+    /// This process's own key, for nonces that prove a proof was made after the start
+    /// ([`NonceIssuer::issue_here`]); `None` when `key` is itself random, made at start.
+    local: Option<hmac::Key>,
     step_secs: u64,
     window: u64,
 }
 
 impl NonceIssuer {
+    /// An issuer with a shared `secret` (at least 32 bytes) and a random key of its own.
     pub fn new(secret: &[u8], step_secs: u64, window: u32) -> Result<Self, NonceSecretError> {
         if secret.len() < 32 {
             return Err(NonceSecretError::TooShort);
         }
         Ok(NonceIssuer {
             key: hmac::Key::new(hmac::HMAC_SHA256, secret),
+            local: Some(hmac::Key::new(hmac::HMAC_SHA256, &random_secret()?)),
             step_secs: step_secs.max(1),
             window: u64::from(window),
         })
@@ -58,42 +68,56 @@ impl NonceIssuer {
 
     /// Loads the secret the settings name.
     pub fn from_settings(settings: &DpopSettings) -> Result<Self, NonceSecretError> {
+        let (step, window) = (settings.nonce_step.as_secs(), settings.nonce_window);
         let secret = match &settings.nonce_secret {
             NonceSecret::Random => {
-                let mut bytes = [0u8; 32];
-                aws_lc_rs::rand::fill(&mut bytes).map_err(|_| NonceSecretError::Random)?;
-                bytes.to_vec()
+                // Made here and known to nobody else: every nonce it checks was minted here.
+                let mut issuer = Self::new(&random_secret()?, step, window)?;
+                issuer.local = None;
+                return Ok(issuer);
             }
             NonceSecret::File(path) => read_secret_file(path)?,
             NonceSecret::Env(var) => {
                 std::env::var(var).map_err(|_| NonceSecretError::MissingEnv(var.clone()))?.trim().as_bytes().to_vec()
             }
         };
-        Self::new(&secret, settings.nonce_step.as_secs(), settings.nonce_window)
+        Self::new(&secret, step, window)
     }
 
     fn step(&self, now: i64) -> u64 {
         u64::try_from(now).unwrap_or(0) / self.step_secs
     }
 
-    fn tag(&self, step: u64) -> hmac::Tag {
-        let mut ctx = hmac::Context::with_key(&self.key);
-        ctx.update(LABEL);
-        ctx.update(&step.to_be_bytes());
-        ctx.sign()
+    fn own_key(&self) -> &hmac::Key {
+        self.local.as_ref().unwrap_or(&self.key)
     }
 
-    /// A nonce for the current step.
+    /// A nonce for the current step (any instance with the secret accepts it).
     pub fn issue(&self, now: i64) -> String {
-        let step = self.step(now);
-        let mut bytes = Vec::with_capacity(8 + TAG_BYTES);
-        bytes.extend_from_slice(&step.to_be_bytes());
-        bytes.extend_from_slice(&self.tag(step).as_ref()[..TAG_BYTES]);
-        jose::b64url_encode(&bytes)
+        mint(&self.key, self.step(now))
     }
 
-    /// Checks a nonce taken from a proof.
+    /// A nonce only this process accepts: a proof that carries it was made after the
+    /// process started.
+    pub fn issue_here(&self, now: i64) -> String {
+        mint(self.own_key(), self.step(now))
+    }
+
+    /// Checks a nonce taken from a proof (minted by [`issue`](Self::issue) on any instance
+    /// or by [`issue_here`](Self::issue_here) on this one).
     pub fn check(&self, nonce: &str, now: i64) -> NonceStatus {
+        match self.verify(&self.key, nonce, now) {
+            NonceStatus::Invalid => self.local.as_ref().map_or(NonceStatus::Invalid, |k| self.verify(k, nonce, now)),
+            status => status,
+        }
+    }
+
+    /// Whether `nonce` is valid and was minted by this process.
+    pub fn minted_here(&self, nonce: &str, now: i64) -> bool {
+        self.verify(self.own_key(), nonce, now) != NonceStatus::Invalid
+    }
+
+    fn verify(&self, key: &hmac::Key, nonce: &str, now: i64) -> NonceStatus {
         if nonce.len() > 64 {
             return NonceStatus::Invalid;
         }
@@ -110,11 +134,31 @@ impl NonceIssuer {
         if step.abs_diff(current) > self.window {
             return NonceStatus::Invalid;
         }
-        if !jose::constant_time_eq(&bytes[8..], &self.tag(step).as_ref()[..TAG_BYTES]) {
+        if !jose::constant_time_eq(&bytes[8..], &tag(key, step).as_ref()[..TAG_BYTES]) {
             return NonceStatus::Invalid;
         }
         if step < current { NonceStatus::Aging } else { NonceStatus::Current }
     }
+}
+
+fn tag(key: &hmac::Key, step: u64) -> hmac::Tag {
+    let mut ctx = hmac::Context::with_key(key);
+    ctx.update(LABEL);
+    ctx.update(&step.to_be_bytes());
+    ctx.sign()
+}
+
+fn mint(key: &hmac::Key, step: u64) -> String {
+    let mut bytes = Vec::with_capacity(8 + TAG_BYTES);
+    bytes.extend_from_slice(&step.to_be_bytes());
+    bytes.extend_from_slice(&tag(key, step).as_ref()[..TAG_BYTES]);
+    jose::b64url_encode(&bytes)
+}
+
+fn random_secret() -> Result<[u8; 32], NonceSecretError> {
+    let mut bytes = [0u8; 32];
+    aws_lc_rs::rand::fill(&mut bytes).map_err(|_| NonceSecretError::Random)?;
+    Ok(bytes)
 }
 
 fn read_secret_file(path: &Path) -> Result<Vec<u8>, NonceSecretError> {
@@ -161,6 +205,32 @@ mod tests {
         for junk in ["", "abc", "!!!!", &"A".repeat(100)] {
             assert_eq!(issuer.check(junk, t), NonceStatus::Invalid);
         }
+    }
+
+    #[test]
+    fn nonces_minted_here_pass_here_only_and_prove_it() {
+        let a = NonceIssuer::new(SECRET, 30, 1).unwrap_or_else(|e| panic!("{e}"));
+        let b = NonceIssuer::new(SECRET, 30, 1).unwrap_or_else(|e| panic!("{e}"));
+        let t = 1_700_000_000;
+        let here = a.issue_here(t);
+        assert_eq!(a.check(&here, t), NonceStatus::Current, "valid wherever a nonce is asked for");
+        assert!(a.minted_here(&here, t));
+        assert_eq!(b.check(&here, t), NonceStatus::Invalid, "another instance (or a restart) does not know it");
+        assert!(!b.minted_here(&here, t));
+        let shared = a.issue(t);
+        assert!(!a.minted_here(&shared, t), "any instance with the secret could have minted it");
+        assert!(!a.minted_here(&here, t + 90), "expired");
+    }
+
+    #[test]
+    fn with_a_random_secret_every_valid_nonce_was_minted_here() {
+        let settings = DpopSettings::default();
+        let issuer = NonceIssuer::from_settings(&settings).unwrap_or_else(|e| panic!("{e}"));
+        let t = 1_700_000_000;
+        assert!(issuer.minted_here(&issuer.issue(t), t));
+        assert!(issuer.minted_here(&issuer.issue_here(t), t));
+        let restarted = NonceIssuer::from_settings(&settings).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(restarted.check(&issuer.issue(t), t), NonceStatus::Invalid);
     }
 
     #[test]
