@@ -22,115 +22,22 @@
 //! `E2E_PERF_DIR` records `perf` profiles of (c) and (d).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::convert::Infallible;
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+#[path = "support/harness.rs"]
+mod harness;
 
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
 use bytes::Bytes;
 use fapi_gateway::jose::{Alg, SigningKey};
-use http_body_util::{BodyExt, Empty, Full};
-use hyper::service::service_fn;
+use harness::*;
+use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
-use serde_json::json;
-use tokio::net::{TcpListener, TcpStream};
-
-const HOST: &str = "gateway.test";
-
-fn now() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() as i64
-}
-
-fn sha256(data: &[u8]) -> Vec<u8> {
-    aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, data).as_ref().to_vec()
-}
-
-/// Certificates, keys and tokens for one run, written to a temp dir.
-struct Fixture {
-    dir: tempfile::TempDir,
-    ca_der: CertificateDer<'static>,
-    client_cert: CertificateDer<'static>,
-    client_key: PrivateKeyDer<'static>,
-    mtls_token: String,
-    dpop_token: String,
-    dpop_key: SigningKey,
-}
-
-fn fixture() -> Fixture {
-    let dir = tempfile::tempdir().unwrap();
-    let ca_key = rcgen::KeyPair::generate().unwrap();
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).unwrap();
-    let server_key = rcgen::KeyPair::generate().unwrap();
-    let server = rcgen::CertificateParams::new(vec![HOST.to_string()]).unwrap().signed_by(&server_key, &ca).unwrap();
-    std::fs::write(dir.path().join("server.pem"), server.pem()).unwrap();
-    std::fs::write(dir.path().join("server.key"), server_key.serialize_pem()).unwrap();
-    let client_key = rcgen::KeyPair::generate().unwrap();
-    let client = rcgen::CertificateParams::new(vec!["client".to_string()]).unwrap().self_signed(&client_key).unwrap();
-    let issuer = SigningKey::generate(Alg::Es256).unwrap();
-    let mut jwk = issuer.public_jwk();
-    jwk["kid"] = json!("k1");
-    std::fs::write(dir.path().join("jwks.json"), json!({"keys": [jwk]}).to_string()).unwrap();
-    let claims = |cnf: serde_json::Value| {
-        json!({"iss": "https://as.bench", "aud": "https://api.bench", "sub": "u", "client_id": "c", "iat": now(),
-               "exp": now() + 3600, "jti": "j", "scope": "accounts:read", "cnf": cnf})
-    };
-    let header = json!({"alg": "ES256", "typ": "at+jwt", "kid": "k1"});
-    let x5t = B64.encode(sha256(client.der()));
-    let dpop_key = SigningKey::generate(Alg::Es256).unwrap();
-    Fixture {
-        ca_der: ca.der().clone(),
-        client_cert: client.der().clone(),
-        client_key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(client_key.serialize_der())),
-        mtls_token: issuer.sign_compact(&header, &claims(json!({"x5t#S256": x5t}))).unwrap(),
-        dpop_token: issuer.sign_compact(&header, &claims(json!({"jkt": dpop_key.thumbprint_b64()}))).unwrap(),
-        dpop_key,
-        dir,
-    }
-}
-
-fn write_config(fx: &Fixture, upstream: SocketAddr, port: u16, replay: &str) -> PathBuf {
-    let yaml = format!(
-        "listen:\n  address: 127.0.0.1:{port}\n  public_url: https://{HOST}\n  tls: {{ cert: server.pem, key: server.key }}\n\
-         issuers:\n  - {{ issuer: https://as.bench, jwks_file: jwks.json, audiences: [https://api.bench] }}\n\
-         dpop:\n  replay: {replay}\n\
-         routes:\n\
-         \x20 - {{ name: mtls, match: {{ path_prefix: /mtls }}, upstream: http://{upstream}, binding: mtls }}\n\
-         \x20 - {{ name: dpop, match: {{ path_prefix: /dpop }}, upstream: http://{upstream}, binding: dpop }}\n"
-    );
-    let path = fx.dir.path().join(format!("gateway-{port}.yaml"));
-    std::fs::write(&path, yaml).unwrap();
-    path
-}
-
-fn has(program: &str) -> bool {
-    Command::new("sh")
-        .args(["-c", &format!("command -v {program}")])
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-/// `program` pinned to `cpu` when `taskset` is available.
-fn pinned(cpu: &str, program: &str) -> Command {
-    if has("taskset") {
-        let mut c = Command::new("taskset");
-        c.args(["-c", cpu, program]);
-        c
-    } else {
-        Command::new(program)
-    }
-}
+use rustls::pki_types::ServerName;
+use std::sync::Arc;
+use tokio::net::TcpStream;
 
 /// The gateway binary on CPU 0 with one worker thread.
 fn start_gateway(config: &Path, port: u16) -> Child {
@@ -140,13 +47,8 @@ fn start_gateway(config: &Path, port: u16) -> Child {
 
 /// `binary` as a gateway on CPU 0 with one worker thread.
 fn start_gateway_binary(binary: &str, config: &Path, port: u16) -> Child {
-    let child = pinned("0", binary)
-        .args(["--config", config.to_str().unwrap(), "--workers", "1"])
-        .env("FAPI_GATEWAY_LOG", std::env::var("E2E_GATEWAY_LOG").unwrap_or_else(|_| "warn".into()))
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
+    let log = std::env::var("E2E_GATEWAY_LOG").unwrap_or_else(|_| "warn".into());
+    let child = gateway_command(binary, config, &log).spawn().unwrap();
     wait_for_port(port);
     child
 }
@@ -177,72 +79,6 @@ fn start_nginx(fx: &Fixture, upstream: SocketAddr, port: u16) -> Option<Child> {
     Some(child)
 }
 
-/// Stops a child with SIGTERM and waits for it. nginx's master process only takes its
-/// workers down on a signal it can handle; SIGKILL would leave them orphaned and running.
-fn stop(mut child: Child) {
-    let terminated = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().is_ok_and(|s| s.success());
-    if !terminated {
-        let _ = child.kill();
-    }
-    let _ = child.wait();
-}
-
-fn wait_for_port(port: u16) {
-    for _ in 0..200 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(25));
-    }
-    panic!("nothing listens on port {port}");
-}
-
-async fn start_upstream() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((tcp, _)) = listener.accept().await else { continue };
-            let _ = tcp.set_nodelay(true);
-            tokio::spawn(async move {
-                let service = service_fn(|_req| async {
-                    Ok::<_, Infallible>(hyper::Response::new(Full::new(Bytes::from_static(b"ok"))))
-                });
-                let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tcp), service).await;
-            });
-        }
-    });
-    addr
-}
-
-/// How one scenario's requests are made.
-#[derive(Clone)]
-enum Load {
-    /// Plain HTTP to the upstream.
-    Upstream,
-    /// TLS with the client certificate, `Authorization: Bearer`.
-    Mtls { token: String },
-    /// TLS, `Authorization: DPoP` and one pre-generated proof per request.
-    Dpop { token: String, proofs: Arc<Vec<String>>, next: Arc<std::sync::atomic::AtomicUsize> },
-}
-
-struct Outcome {
-    requests: usize,
-    errors: usize,
-    elapsed: Duration,
-    latencies_us: Vec<u32>,
-    /// The serving process's CPU time per request, user and system, in µs.
-    cpu_us: Option<(f64, f64)>,
-}
-
-/// User and system CPU time of a process (all its threads) in clock ticks (1/100 s).
-fn cpu_ticks(pid: u32) -> Option<(u64, u64)> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the `(comm)`: state is field 3; utime and stime are fields 14 and 15.
-    let mut fields = stat.rsplit_once(')')?.1.split_whitespace().skip(11);
-    Some((fields.next()?.parse().ok()?, fields.next()?.parse().ok()?))
-}
-
 /// nginx's worker: the only child of its master process (waits for it to be forked).
 fn nginx_worker(master: u32) -> Option<u32> {
     for _ in 0..100 {
@@ -253,130 +89,6 @@ fn nginx_worker(master: u32) -> Option<u32> {
         std::thread::sleep(Duration::from_millis(20));
     }
     None
-}
-
-impl Outcome {
-    fn rps(&self) -> f64 {
-        self.requests as f64 / self.elapsed.as_secs_f64()
-    }
-
-    fn percentile(&self, p: f64) -> f64 {
-        if self.latencies_us.is_empty() {
-            return 0.0;
-        }
-        let i = ((self.latencies_us.len() as f64 - 1.0) * p).round() as usize;
-        f64::from(self.latencies_us[i]) / 1000.0
-    }
-}
-
-fn tls_connector(fx: &Fixture) -> tokio_rustls::TlsConnector {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(fx.ca_der.clone()).unwrap();
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let mut config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_client_auth_cert(vec![fx.client_cert.clone()], fx.client_key.clone_key())
-        .unwrap();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    tokio_rustls::TlsConnector::from(Arc::new(config))
-}
-
-/// Drives `addr` with `connections` keep-alive connections for `duration`; `server` is the
-/// serving process, whose CPU time per request is reported when given.
-async fn run(
-    fx: &Fixture,
-    addr: SocketAddr,
-    server: Option<u32>,
-    load: Load,
-    connections: usize,
-    duration: Duration,
-) -> Outcome {
-    let connector = tls_connector(fx);
-    let cpu_before = server.and_then(cpu_ticks);
-    let deadline = Instant::now() + duration;
-    let started = Instant::now();
-    let mut tasks = Vec::new();
-    for _ in 0..connections {
-        let (connector, load) = (connector.clone(), load.clone());
-        tasks.push(tokio::spawn(async move {
-            let tcp = TcpStream::connect(addr).await.unwrap();
-            tcp.set_nodelay(true).unwrap();
-            let mut sender = match &load {
-                Load::Upstream => {
-                    let (s, c) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await.unwrap();
-                    tokio::spawn(c);
-                    s
-                }
-                _ => {
-                    let tls = connector.connect(ServerName::try_from(HOST).unwrap(), tcp).await.unwrap();
-                    let (s, c) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await.unwrap();
-                    tokio::spawn(c);
-                    s
-                }
-            };
-            let (mut ok, mut errors, mut latencies) = (0usize, 0usize, Vec::with_capacity(100_000));
-            while Instant::now() < deadline {
-                let builder = hyper::Request::get(match &load {
-                    Load::Dpop { .. } => "/dpop/x",
-                    _ => "/mtls/x",
-                })
-                .header("host", HOST);
-                let request = match &load {
-                    Load::Upstream => builder,
-                    Load::Mtls { token } => builder.header("authorization", format!("Bearer {token}")),
-                    Load::Dpop { token, proofs, next } => {
-                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        let Some(proof) = proofs.get(i) else { break };
-                        builder.header("authorization", format!("DPoP {token}")).header("dpop", proof.as_str())
-                    }
-                }
-                .body(Empty::<Bytes>::new())
-                .unwrap();
-                let t = Instant::now();
-                match sender.send_request(request).await {
-                    Ok(response) => {
-                        let good = response.status() == 200;
-                        let _ = response.into_body().collect().await;
-                        if good {
-                            ok += 1;
-                            latencies.push(u32::try_from(t.elapsed().as_micros()).unwrap_or(u32::MAX));
-                        } else {
-                            errors += 1;
-                        }
-                    }
-                    Err(_) => {
-                        errors += 1;
-                        break;
-                    }
-                }
-            }
-            (ok, errors, latencies)
-        }));
-    }
-    let mut outcome =
-        Outcome { requests: 0, errors: 0, elapsed: Duration::ZERO, latencies_us: Vec::new(), cpu_us: None };
-    for task in tasks {
-        let (ok, errors, latencies) = task.await.unwrap();
-        outcome.requests += ok;
-        outcome.errors += errors;
-        outcome.latencies_us.extend(latencies);
-    }
-    outcome.elapsed = started.elapsed().min(duration.max(Duration::from_millis(1)));
-    if let (Some(before), Some(after)) = (cpu_before, server.and_then(cpu_ticks)) {
-        // One tick is 10 ms; per request in µs.
-        let per_request = |ticks: u64| ticks as f64 * 10_000.0 / outcome.requests.max(1) as f64;
-        outcome.cpu_us = Some((per_request(after.0 - before.0), per_request(after.1 - before.1)));
-    }
-    outcome.latencies_us.sort_unstable();
-    outcome
-}
-
-/// Resident set size of a process, in KiB.
-fn rss_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?.trim().trim_end_matches("kB").trim().parse().ok()
 }
 
 /// How many connections this process may hold open: the soft descriptor limit, less room
@@ -479,22 +191,6 @@ fn report_memory(name: &str, (before, with, open, states): &(u64, u64, usize, St
     }
 }
 
-fn proofs(fx: &Fixture, count: usize) -> Vec<String> {
-    let header = json!({"typ": "dpop+jwt", "alg": "ES256", "jwk": fx.dpop_key.public_jwk()});
-    let ath = B64.encode(sha256(fx.dpop_token.as_bytes()));
-    let iat = now();
-    (0..count)
-        .map(|i| {
-            fx.dpop_key
-                .sign_compact(
-                    &header,
-                    &json!({"jti": format!("{i:x}-{iat}"), "htm": "GET", "htu": format!("https://{HOST}/dpop/x"), "iat": iat, "ath": ath}),
-                )
-                .unwrap()
-        })
-        .collect()
-}
-
 fn es256_verify_rate() -> f64 {
     let key = SigningKey::generate(Alg::Es256).unwrap();
     let message = b"eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJ1In0";
@@ -568,10 +264,6 @@ impl Series {
             self.0.len()
         );
     }
-}
-
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name).ok().and_then(|s| s.parse().ok()).unwrap_or(default)
 }
 
 /// With `E2E_PERF_DIR` set (and `perf` installed), records a CPU profile of the gateway
