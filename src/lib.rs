@@ -31,6 +31,7 @@ pub mod demo;
 pub mod diagnostics;
 pub mod jose;
 pub mod lifecycle;
+pub mod log_writer;
 pub mod metrics;
 pub mod pipeline;
 pub mod principal;

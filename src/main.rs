@@ -68,7 +68,8 @@ enum LogFormat {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing(cli.log_format);
+    // Held to the end of `main`: dropping it writes the last buffered lines.
+    let _log_flush = init_tracing(cli.log_format);
     match cli.command {
         Some(Command::CheckConfig { file }) => check_config(&file.unwrap_or(cli.config)),
         Some(Command::Demo { once }) => demo(&cli.config, once),
@@ -77,14 +78,25 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_tracing(format: LogFormat) {
+/// Logs to stderr through the batching writer (`log_writer`), colours only on a terminal and
+/// without `NO_COLOR`. Without a writer thread (it could not be started) lines go to stderr
+/// directly.
+fn init_tracing(format: LogFormat) -> Option<fapi_gateway::log_writer::FlushGuard> {
+    use std::io::IsTerminal as _;
     let filter = tracing_subscriber::EnvFilter::try_from_env("FAPI_GATEWAY_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(colour);
+    let (writer, guard) = match fapi_gateway::log_writer::LogWriter::spawn(std::io::stderr()) {
+        Ok((writer, guard)) => (tracing_subscriber::fmt::writer::BoxMakeWriter::new(writer), Some(guard)),
+        Err(_) => (tracing_subscriber::fmt::writer::BoxMakeWriter::new(std::io::stderr), None),
+    };
+    let builder = builder.with_writer(writer);
     match format {
         LogFormat::Pretty => builder.init(),
         LogFormat::Json => builder.json().init(),
     }
+    guard
 }
 
 fn load(path: &std::path::Path) -> Result<Config, ExitCode> {

@@ -1,7 +1,7 @@
 //! Prometheus metrics of one gateway instance, served as text on the admin listener's
 //! `/metrics`: requests by route, status and reason code; latency histograms for the
 //! gateway's own time and the upstream's; JWKS fetches and failures; validated-token cache
-//! hits and misses; DPoP replay-store size and refusals; upstream errors.
+//! hits and misses; DPoP replay-store size and refusals; upstream errors; log lines dropped.
 
 use std::sync::Arc;
 
@@ -11,6 +11,13 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+
+/// Log lines the process dropped (`log_writer`): one counter for the process, shown by
+/// every instance's registry.
+pub fn log_lines_dropped() -> Counter {
+    static DROPPED: std::sync::LazyLock<Counter> = std::sync::LazyLock::new(Counter::default);
+    DROPPED.clone()
+}
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
@@ -124,6 +131,11 @@ impl Metrics {
             "connections",
             "Client connections by state: active (being served) or parked (idle keep-alive)",
             connections.clone(),
+        );
+        registry.register(
+            "log_lines_dropped",
+            "Log lines dropped because the log destination did not take them (process-wide)",
+            log_lines_dropped(),
         );
         let connections_active = connections.get_or_create(&StateLabels { state: "active" }).clone();
         let connections_parked = connections.get_or_create(&StateLabels { state: "parked" }).clone();

@@ -360,3 +360,40 @@ fn healthcheck_reports_the_admin_listener() {
     let _ = child.wait();
     assert!(healthy, "healthcheck must succeed once the gateway serves /healthz");
 }
+
+#[tokio::test]
+async fn logs_to_a_pipe_have_no_colour_codes_and_the_last_lines_are_written_at_exit() {
+    init();
+    let pki = TestPki::new();
+    let port = free_port();
+    let config = write_valid_config(&pki, port);
+    let child = gateway()
+        .arg("--config")
+        .arg(&config)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let http = client(&pki, addr, None, false);
+    let mut answered = false;
+    for _ in 0..100 {
+        // The open-data route's upstream refuses connections: 502, and an access line.
+        if let Ok(response) = http.get(gateway_url(addr, "/open/x")).send().await {
+            assert_eq!(response.status(), 502);
+            answered = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(answered, "gateway up");
+    // At once: the access line is still in the log buffer when SIGTERM comes.
+    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    let output = tokio::task::spawn_blocking(move || wait_for_exit(child, Duration::from_secs(10))).await.unwrap();
+    let err = stderr(&output);
+    assert!(!err.contains('\u{1b}'), "no ANSI escapes when stderr is not a terminal: {err:?}");
+    assert!(err.contains("path=\"/open/x\" status=502"), "the access line was written before exit: {err}");
+    assert!(err.contains("all connections drained"), "{err}");
+}
