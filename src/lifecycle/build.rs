@@ -219,7 +219,9 @@ pub(super) async fn build(
     Ok(Live { state, server_tls })
 }
 
-pub(super) fn server_settings(config: &Config) -> ServerSettings {
+/// The listener's settings from `config` (public for the framing fuzz target, which builds
+/// its HTTP/1.1 connections from them as the gateway does).
+pub fn server_settings(config: &Config) -> ServerSettings {
     ServerSettings {
         handshake_timeout: config.listen.handshake_timeout,
         header_read_timeout: config.limits.header_read_timeout,

@@ -33,10 +33,7 @@ pub(super) struct Builders {
 
 impl Builders {
     fn new(settings: &ServerSettings) -> Self {
-        let mut h1 = hyper::server::conn::http1::Builder::new();
-        h1.timer(TokioTimer::new())
-            .header_read_timeout(settings.header_read_timeout)
-            .max_buf_size(settings.max_header_bytes.max(8192));
+        let h1 = http1_builder(settings);
         let mut h2 = auto::Builder::new(TokioExecutor::new()).http2_only();
         h2.http2()
             .timer(TokioTimer::new())
@@ -47,6 +44,19 @@ impl Builders {
             .max_send_buf_size(H2_SEND_BUFFER_BYTES);
         Builders { h1, h2 }
     }
+}
+
+/// The HTTP/1.1 connection builder every client connection is served with: hyper's
+/// request-head timer (`header_read_timeout`) and a read buffer of `max_header_bytes` (at
+/// least 8 KiB), beyond which a request head is refused (431). Public so that the framing
+/// fuzz target (`fuzz/fuzz_targets/http1_framing.rs`) drives the very configuration the
+/// gateway serves with.
+pub fn http1_builder(settings: &ServerSettings) -> hyper::server::conn::http1::Builder {
+    let mut h1 = hyper::server::conn::http1::Builder::new();
+    h1.timer(TokioTimer::new())
+        .header_read_timeout(settings.header_read_timeout)
+        .max_buf_size(settings.max_header_bytes.max(8192));
+    h1
 }
 
 /// Accepts connections until `shutdown` turns true, then drains: every connection finishes

@@ -193,8 +193,8 @@ impl ConnectionTask {
 }
 
 /// Whether a new HTTP/1.1 connection may continue on this stream after `request`: see
-/// [`Activity::last_request_allows_reuse`].
-pub(super) fn allows_reuse<B>(request: &http::Request<B>) -> bool {
+/// `Activity::last_request_allows_reuse`.
+pub fn allows_reuse<B>(request: &http::Request<B>) -> bool {
     let headers = request.headers();
     let closes = headers
         .get_all(http::header::CONNECTION)

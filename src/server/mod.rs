@@ -46,13 +46,16 @@ mod h2;
 mod h2_watch;
 mod per_client;
 mod reclaim;
-mod rewind;
+/// Public for the fuzz target (`fuzz/fuzz_targets/http1_framing.rs`), not as an API.
+pub mod rewind;
 mod send_pace;
 pub mod tls_stream;
 
 use std::time::Duration;
 
-pub use accept::serve;
+pub use accept::{http1_builder, serve};
+/// Public for the fuzz target (`fuzz/fuzz_targets/http1_framing.rs`), not as an API.
+pub use h1::allows_reuse;
 pub use send_pace::SendPolicy;
 
 pub use crate::pipeline::connection::{ClientCertificate, ConnectionInfo};
