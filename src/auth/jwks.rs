@@ -114,6 +114,9 @@ impl IssuerKeys {
     /// Fresh keys are a lock-free load. Stale keys (within `stale_if_error`) are used at once
     /// while one background task refreshes them, so no request waits on the issuer. An
     /// unknown `kid`, or no usable keys at all, waits for one rate-limited refetch.
+    ///
+    /// The refreshes are boxed: a fetch is the large and rare state of this future, which
+    /// every token validation would otherwise carry (and the request's future with it).
     pub async fn key_set(self: &Arc<Self>, kid: Option<&str>, alg: Alg) -> Result<Arc<KeySet>, KeyError> {
         let now = Instant::now();
         match self.current.load_full() {
@@ -121,16 +124,16 @@ impl IssuerKeys {
                 if set.has(kid, alg) {
                     return Ok(set);
                 }
-                self.refresh(now).await;
+                Box::pin(self.refresh(now)).await;
             }
             Some(set) if self.usable(&set, now) => {
                 self.refresh_in_background();
                 if set.has(kid, alg) {
                     return Ok(set);
                 }
-                self.refresh(now).await;
+                Box::pin(self.refresh(now)).await;
             }
-            _ => self.refresh(now).await,
+            _ => Box::pin(self.refresh(now)).await,
         }
         let set = self.current.load_full().ok_or(KeyError::Unavailable)?;
         if !self.usable(&set, Instant::now()) {

@@ -178,7 +178,9 @@ impl ConnectionPool {
         loop {
             let (mut sender, idle_for) = match self.inner.checkout(fresh_only).await {
                 Some(idle) => idle,
-                None => (self.inner.connect().await?, Duration::ZERO),
+                // Boxed: connecting (TCP, TLS, handshake) is the large and rare state; inline
+                // it would grow every request's future, which is moved to the heap per request.
+                None => (Box::pin(self.inner.connect()).await?, Duration::ZERO),
             };
             let replay = if idle_for >= REPLAY_IF_IDLE_FOR { Replay::of(&request) } else { None };
             match sender.try_send_request(request).await {
