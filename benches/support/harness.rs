@@ -162,8 +162,17 @@ pub async fn start_upstream() -> SocketAddr {
             let Ok((tcp, _)) = listener.accept().await else { continue };
             let _ = tcp.set_nodelay(true);
             tokio::spawn(async move {
+                // The response head nginx's `return 200 "ok"` sends (as the upstream of
+                // ../shared/bench/run.sh does): hyper adds `Date` and `Content-Length`; the
+                // proxies parse, check and pass on the rest, `Connection` being hop-by-hop.
                 let service = service_fn(|_req| async {
-                    Ok::<_, Infallible>(hyper::Response::new(Full::new(Bytes::from_static(b"ok"))))
+                    let response = hyper::Response::builder()
+                        .header("server", "nginx/1.22.1")
+                        .header("content-type", "text/plain")
+                        .header("connection", "keep-alive")
+                        .body(Full::new(Bytes::from_static(b"ok")))
+                        .unwrap();
+                    Ok::<_, Infallible>(response)
                 });
                 let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tcp), service).await;
             });

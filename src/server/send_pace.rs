@@ -42,19 +42,21 @@ pub struct SendPace {
     taken: u64,
     /// The current blocked spell's window; `None` while the socket keeps up.
     window: Option<Window>,
+    /// Wakes the writer at the window's end; made at the first blocked write, kept after.
+    timer: Option<Pin<Box<Sleep>>>,
 }
 
 #[derive(Debug)]
 struct Window {
     /// When the window ends.
-    timer: Pin<Box<Sleep>>,
+    ends: Instant,
     /// `taken` when it began.
     taken_at_start: u64,
 }
 
 impl SendPace {
     pub fn new(policy: SendPolicy) -> Self {
-        SendPace { policy, taken: 0, window: None }
+        SendPace { policy, taken: 0, window: None, timer: None }
     }
 
     /// The socket took `n` bytes.
@@ -71,43 +73,53 @@ impl SendPace {
     /// registered with the window's timer) while the client keeps the pace; `TimedOut`
     /// when a whole window passed with less than the minimum taken.
     pub fn poll_blocked(&mut self, cx: &mut Context<'_>) -> Poll<io::Error> {
-        let (timeout, required) = (self.policy.timeout, self.policy.required());
-        let taken = self.taken;
-        let window = self
-            .window
-            .get_or_insert_with(|| Window { timer: Box::pin(tokio::time::sleep(timeout)), taken_at_start: taken });
-        while window.timer.as_mut().poll(cx).is_ready() {
+        loop {
+            let ends = match self.check(Instant::now()) {
+                Err(too_slow) => return Poll::Ready(too_slow),
+                Ok(ends) => ends,
+            };
+            let timer = self.timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(ends)));
+            if timer.deadline() != ends {
+                timer.as_mut().reset(ends);
+            }
+            if timer.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+        }
+    }
+
+    /// The pace at `now` while blocked: starts a window if none runs, judges every window
+    /// that has ended (the next one starts at `now`), and gives when the current one ends.
+    fn check(&mut self, now: Instant) -> Result<Instant, io::Error> {
+        let (timeout, required, taken) = (self.policy.timeout, self.policy.required(), self.taken);
+        let window = self.window.get_or_insert(Window { ends: now + timeout, taken_at_start: taken });
+        if now >= window.ends {
             if taken - window.taken_at_start < required {
                 let message = if taken == window.taken_at_start {
                     "the client took no data for the send timeout"
                 } else {
                     "the client took data slower than the minimum send rate"
                 };
-                return Poll::Ready(io::Error::new(io::ErrorKind::TimedOut, message));
+                return Err(io::Error::new(io::ErrorKind::TimedOut, message));
             }
             // The pace was kept: the next window starts now.
-            window.timer.as_mut().reset(Instant::now() + timeout);
-            window.taken_at_start = taken;
+            *window = Window { ends: now + timeout, taken_at_start: taken };
         }
-        Poll::Pending
+        Ok(window.ends)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::task::Waker;
 
     fn pace(timeout_ms: u64, min_rate: u64) -> SendPace {
         SendPace::new(SendPolicy { timeout: Duration::from_millis(timeout_ms), min_rate })
     }
 
-    fn blocked(pace: &mut SendPace) -> Option<String> {
-        let mut cx = Context::from_waker(Waker::noop());
-        match pace.poll_blocked(&mut cx) {
-            Poll::Ready(e) => Some(e.to_string()),
-            Poll::Pending => None,
-        }
+    /// The verdict at `ms` milliseconds after `start`: `None` while the pace is kept.
+    fn blocked_at(pace: &mut SendPace, start: Instant, ms: u64) -> Option<String> {
+        pace.check(start + Duration::from_millis(ms)).err().map(|e| e.to_string())
     }
 
     #[test]
@@ -118,61 +130,62 @@ mod tests {
         assert_eq!(pace(u64::MAX, u64::MAX).policy.required(), u64::MAX);
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn a_client_that_takes_nothing_for_the_timeout_is_cut() {
-        let mut pace = pace(1000, 0);
-        assert_eq!(blocked(&mut pace), None);
-        tokio::time::advance(Duration::from_millis(999)).await;
-        assert_eq!(blocked(&mut pace), None);
-        tokio::time::advance(Duration::from_millis(1)).await;
-        assert_eq!(blocked(&mut pace).as_deref(), Some("the client took no data for the send timeout"));
+    #[test]
+    fn a_client_that_takes_nothing_for_the_timeout_is_cut() {
+        let (mut pace, t) = (pace(1000, 0), Instant::now());
+        assert_eq!(blocked_at(&mut pace, t, 0), None);
+        assert_eq!(blocked_at(&mut pace, t, 999), None);
+        assert_eq!(blocked_at(&mut pace, t, 1000).as_deref(), Some("the client took no data for the send timeout"));
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn progress_each_window_keeps_a_client_with_no_minimum_rate() {
-        let mut pace = pace(1000, 0);
-        for _ in 0..10 {
-            assert_eq!(blocked(&mut pace), None);
-            tokio::time::advance(Duration::from_millis(900)).await;
+    #[test]
+    fn progress_each_window_keeps_a_client_with_no_minimum_rate() {
+        let (mut pace, t) = (pace(1000, 0), Instant::now());
+        for window in 0..10 {
+            assert_eq!(blocked_at(&mut pace, t, window * 1000), None);
             pace.took(1);
-            tokio::time::advance(Duration::from_millis(100)).await;
         }
-        assert_eq!(blocked(&mut pace), None);
+        assert_eq!(blocked_at(&mut pace, t, 10_000), None);
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn a_client_below_the_minimum_rate_is_cut_after_one_window() {
-        let mut pace = pace(1000, 10_000);
-        assert_eq!(blocked(&mut pace), None);
+    #[test]
+    fn a_client_below_the_minimum_rate_is_cut_after_one_window() {
+        let (mut pace, t) = (pace(1000, 10_000), Instant::now());
+        assert_eq!(blocked_at(&mut pace, t, 0), None);
         pace.took(9_999);
-        tokio::time::advance(Duration::from_millis(1000)).await;
-        assert_eq!(blocked(&mut pace).as_deref(), Some("the client took data slower than the minimum send rate"));
+        assert_eq!(
+            blocked_at(&mut pace, t, 1000).as_deref(),
+            Some("the client took data slower than the minimum send rate")
+        );
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn a_client_at_the_minimum_rate_goes_on_window_after_window() {
-        let mut pace = pace(1000, 10_000);
-        for _ in 0..5 {
-            assert_eq!(blocked(&mut pace), None);
+    #[test]
+    fn a_client_at_the_minimum_rate_goes_on_window_after_window() {
+        let (mut pace, t) = (pace(1000, 10_000), Instant::now());
+        for window in 0..5 {
+            assert_eq!(blocked_at(&mut pace, t, window * 1000), None);
             pace.took(10_000);
-            tokio::time::advance(Duration::from_millis(1000)).await;
         }
-        assert_eq!(blocked(&mut pace), None);
-        tokio::time::advance(Duration::from_millis(1000)).await;
-        assert!(blocked(&mut pace).is_some(), "nothing taken in the last window");
+        assert_eq!(blocked_at(&mut pace, t, 5000), None);
+        assert!(blocked_at(&mut pace, t, 6000).is_some(), "nothing taken in the last window");
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn catching_up_ends_the_spell() {
-        let mut pace = pace(1000, 0);
-        assert_eq!(blocked(&mut pace), None);
-        tokio::time::advance(Duration::from_millis(900)).await;
+    #[test]
+    fn catching_up_ends_the_spell() {
+        let (mut pace, t) = (pace(1000, 0), Instant::now());
+        assert_eq!(blocked_at(&mut pace, t, 0), None);
         pace.took(10);
         pace.caught_up();
         // Long after, a new spell has a whole window again.
-        tokio::time::advance(Duration::from_secs(60)).await;
-        assert_eq!(blocked(&mut pace), None);
-        tokio::time::advance(Duration::from_millis(999)).await;
-        assert_eq!(blocked(&mut pace), None);
+        assert_eq!(blocked_at(&mut pace, t, 60_000), None);
+        assert_eq!(blocked_at(&mut pace, t, 60_999), None);
+        assert!(blocked_at(&mut pace, t, 61_000).is_some());
+    }
+
+    #[tokio::test]
+    async fn a_blocked_writer_is_woken_and_cut_at_the_end_of_the_window() {
+        let mut pace = pace(50, 0);
+        let cut = std::future::poll_fn(|cx| pace.poll_blocked(cx)).await;
+        assert_eq!(cut.kind(), io::ErrorKind::TimedOut);
     }
 }
