@@ -45,11 +45,12 @@ enum Command {
         file: Option<PathBuf>,
     },
     /// Exit 0 when the admin listener's /healthz answers 200 (for container health checks,
-    /// where no curl is installed).
+    /// where no curl is installed). Probes `admin.address` of --config unless --address is
+    /// given.
     Healthcheck {
-        /// The admin listener's address.
-        #[arg(long, default_value = "127.0.0.1:9901")]
-        address: std::net::SocketAddr,
+        /// The admin listener's address, `host:port` (default: `admin.address` of --config).
+        #[arg(long)]
+        address: Option<String>,
     },
     /// Start a development authorization server, an echo upstream and the gateway on the
     /// bundled gateway.yaml and certs/, play the stolen-token scenarios, then keep running.
@@ -73,7 +74,13 @@ fn main() -> ExitCode {
     match cli.command {
         Some(Command::CheckConfig { file }) => check_config(&file.unwrap_or(cli.config)),
         Some(Command::Demo { once }) => demo(&cli.config, once),
-        Some(Command::Healthcheck { address }) => healthcheck(address),
+        Some(Command::Healthcheck { address }) => match healthcheck_address(address, &cli.config) {
+            Ok(address) => healthcheck(address),
+            Err(message) => {
+                eprintln!("error: {message}");
+                ExitCode::from(2)
+            }
+        },
         None => run(&cli.config, cli.workers),
     }
 }
@@ -186,6 +193,29 @@ fn check_config(path: &std::path::Path) -> ExitCode {
         );
     }
     ExitCode::SUCCESS
+}
+
+/// The address to probe: `--address` (a `host:port`; of a name's addresses the first that
+/// accepts a connection), else the admin listener of the configuration file.
+fn healthcheck_address(address: Option<String>, config: &std::path::Path) -> Result<std::net::SocketAddr, String> {
+    use std::net::ToSocketAddrs as _;
+    if let Some(address) = address {
+        let candidates: Vec<_> = address
+            .to_socket_addrs()
+            .map_err(|e| format!("--address {address}: {e} (expected host:port, e.g. 127.0.0.1:9901)"))?
+            .collect();
+        let reachable = candidates
+            .iter()
+            .find(|a| std::net::TcpStream::connect_timeout(a, std::time::Duration::from_secs(1)).is_ok());
+        return reachable
+            .or(candidates.first())
+            .copied()
+            .ok_or_else(|| format!("--address {address}: the name has no address"));
+    }
+    let loaded = Config::load(config).map_err(|e| format!("{e} (or give --address host:port)"))?;
+    loaded.admin.ok_or_else(|| {
+        format!("{} has no admin listener (`admin.address`) to probe; add one or give --address", config.display())
+    })
 }
 
 fn healthcheck(address: std::net::SocketAddr) -> ExitCode {

@@ -397,3 +397,44 @@ async fn logs_to_a_pipe_have_no_colour_codes_and_the_last_lines_are_written_at_e
     assert!(err.contains("path=\"/open/x\" status=502"), "the access line was written before exit: {err}");
     assert!(err.contains("all connections drained"), "{err}");
 }
+
+#[test]
+fn healthcheck_probes_the_admin_listener_of_the_config_it_is_given() {
+    // Two configurations, one gateway: a healthcheck of the stopped one's file must fail
+    // even though another gateway answers on its own admin port (issue 14.2).
+    let pki = TestPki::new();
+    let (running_admin, stopped_admin) = (free_port(), free_port());
+    let with_admin = |name: &str, admin: u16| {
+        let file = write_valid_config(&pki, free_port());
+        let text = std::fs::read_to_string(&file).unwrap();
+        write_file(pki.dir(), name, &format!("{text}admin:\n  address: 127.0.0.1:{admin}\n"))
+    };
+    let running = with_admin("running.yaml", running_admin);
+    let stopped = with_admin("stopped.yaml", stopped_admin);
+    let mut child =
+        gateway().arg("--config").arg(&running).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let check = |file: &Path| gateway().arg("--config").arg(file).arg("healthcheck").output().unwrap();
+    let mut healthy = false;
+    for _ in 0..100 {
+        if check(&running).status.success() {
+            healthy = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let down = check(&stopped);
+    // `--address` takes a host name too.
+    let by_name = gateway().args(["healthcheck", "--address", &format!("localhost:{running_admin}")]).output().unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(healthy, "the running gateway's own file: healthy");
+    assert_eq!(down.status.code(), Some(1), "{}", stderr(&down));
+    assert!(stderr(&down).contains(&format!("127.0.0.1:{stopped_admin}")), "{}", stderr(&down));
+    assert!(by_name.status.success(), "{}", stderr(&by_name));
+
+    // A file without an admin listener cannot be probed: said so, exit 2.
+    let plain = write_valid_config(&pki, free_port());
+    let refused = check(&plain);
+    assert_eq!(refused.status.code(), Some(2));
+    assert!(stderr(&refused).contains("no admin listener"), "{}", stderr(&refused));
+}
