@@ -435,7 +435,7 @@ impl Drop for Gateway {
 /// alternates between 1 MiB and 2 MiB.
 fn soak_yaml(upstream: SocketAddr, port: u16, admin_port: u16, max_age: Option<u64>, n: u64) -> String {
     let dpop = max_age.map_or(String::new(), |s| format!("  max_age: {s}s\n"));
-    let body = if n % 2 == 0 { 1 << 20 } else { 2 << 20 };
+    let body = if n.is_multiple_of(2) { 1 << 20 } else { 2 << 20 };
     let extra =
         format!("admin:\n  address: 127.0.0.1:{admin_port}\nlimits:\n  max_body_bytes: {body}\n# soak reload {n}\n");
     gateway_yaml(upstream, port, "{ store: memory }", &dpop, &extra)

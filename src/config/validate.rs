@@ -171,17 +171,17 @@ pub(super) fn validate(raw: RawConfig, file: &str, base_dir: &Path) -> Result<Co
             return Err(ctx.err(at, format!("routes[{i}].name"), format!("route name `{}` is used twice", route.name)));
         }
         let folded = (route.host.clone(), route.path_prefix.to_ascii_lowercase());
-        if let Some(other) = spellings.insert(folded, route.path_prefix.clone()) {
-            if other != route.path_prefix {
-                return Err(ctx.err(
-                    at,
-                    format!("routes[{i}].match.path_prefix"),
-                    format!(
-                        "`{}` and `{other}` differ only in letter case; prefixes match case-insensitively",
-                        route.path_prefix
-                    ),
-                ));
-            }
+        if let Some(other) = spellings.insert(folded, route.path_prefix.clone())
+            && other != route.path_prefix
+        {
+            return Err(ctx.err(
+                at,
+                format!("routes[{i}].match.path_prefix"),
+                format!(
+                    "`{}` and `{other}` differ only in letter case; prefixes match case-insensitively",
+                    route.path_prefix
+                ),
+            ));
         }
         let key = (
             route.host.clone(),

@@ -20,10 +20,10 @@ use crate::uri::{check_path, request_host};
 pub fn canonicalise<B>(request: &Request<B>, conn: &ConnectionInfo) -> Result<Option<Box<str>>, Rejection> {
     let host = request_host(request.uri(), request.version(), request.headers())
         .map_err(|e| Rejection::BadRequest { reason: "invalid_host", description: e.to_string().into() })?;
-    if let (Some(sni), Some(host)) = (conn.sni.as_deref(), host.as_deref()) {
-        if !sni.eq_ignore_ascii_case(host) {
-            return Err(Rejection::Misdirected);
-        }
+    if let (Some(sni), Some(host)) = (conn.sni.as_deref(), host.as_deref())
+        && !sni.eq_ignore_ascii_case(host)
+    {
+        return Err(Rejection::Misdirected);
     }
     if let Err(e) = check_path(request.uri().path()) {
         return Err(Rejection::BadRequest { reason: "ambiguous_path", description: e.to_string().into() });

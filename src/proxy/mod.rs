@@ -94,18 +94,18 @@ impl Upstream {
         headers::prepare_request(headers);
         headers::strip_configured(headers, ctx.strip_headers);
         ctx.forwarded.apply(headers, ctx.host);
-        if route.forward_client_cert && ctx.client_cert_trusted {
-            if let Some(der) = ctx.client_cert_der {
-                if let Ok(v) = HeaderValue::from_str(&format!(":{}:", base64_standard(der))) {
-                    headers.insert(CLIENT_CERT, v);
-                }
-            }
+        if route.forward_client_cert
+            && ctx.client_cert_trusted
+            && let Some(der) = ctx.client_cert_der
+            && let Ok(v) = HeaderValue::from_str(&format!(":{}:", base64_standard(der)))
+        {
+            headers.insert(CLIENT_CERT, v);
         }
         send_credential(headers, &ctx.principal.upstream_credential);
-        if route.identity_headers {
-            if let Some(identity) = &ctx.principal.identity {
-                set_identity(headers, identity, ctx.principal.binding.dpop_jkt.as_ref());
-            }
+        if route.identity_headers
+            && let Some(identity) = &ctx.principal.identity
+        {
+            set_identity(headers, identity, ctx.principal.binding.dpop_jkt.as_ref());
         }
         let body = Limited::new(body, usize::try_from(ctx.max_body_bytes).unwrap_or(usize::MAX))
             .map_err(|e: BoxError| if e.is::<LengthLimitError>() { e } else { Box::new(ClientBodyError(e)) })

@@ -399,10 +399,10 @@ struct PooledBody {
 
 impl PooledBody {
     fn release_if_done(&mut self) {
-        if self.inner.is_end_stream() {
-            if let Some(Lease { pool, sender }) = self.lease.take() {
-                pool.put(sender);
-            }
+        if self.inner.is_end_stream()
+            && let Some(Lease { pool, sender }) = self.lease.take()
+        {
+            pool.put(sender);
         }
     }
 }

@@ -258,10 +258,10 @@ pub async fn read_response(stream: &mut (impl AsyncRead + Unpin)) -> Option<RawR
         let mut buf = Vec::new();
         let mut chunk = [0u8; 8192];
         loop {
-            if let Some(response) = parse_response(&buf, false) {
-                if response.complete {
-                    return Some(response);
-                }
+            if let Some(response) = parse_response(&buf, false)
+                && response.complete
+            {
+                return Some(response);
             }
             match stream.read(&mut chunk).await {
                 Ok(0) | Err(_) => return parse_response(&buf, true),

@@ -98,15 +98,15 @@ pub(super) fn check_claims(claims: Claims, issuer: &Issuer, now: i64) -> Result<
     if now >= exp.saturating_add(leeway) {
         return Err(TokenError::Expired);
     }
-    if let Some(nbf) = &claims.nbf {
-        if seconds(nbf)? > now.saturating_add(max_future) {
-            return Err(TokenError::NotYetValid);
-        }
+    if let Some(nbf) = &claims.nbf
+        && seconds(nbf)? > now.saturating_add(max_future)
+    {
+        return Err(TokenError::NotYetValid);
     }
-    if let Some(iat) = &claims.iat {
-        if seconds(iat)? > now.saturating_add(max_future) {
-            return Err(TokenError::IssuedInFuture);
-        }
+    if let Some(iat) = &claims.iat
+        && seconds(iat)? > now.saturating_add(max_future)
+    {
+        return Err(TokenError::IssuedInFuture);
     }
     let cnf = confirmation(claims.cnf.as_ref())?;
     let scopes = match (claims.scope, claims.scp) {

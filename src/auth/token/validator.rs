@@ -111,11 +111,11 @@ impl TokenValidator {
         if token.len() > MAX_TOKEN_BYTES {
             return Err(TokenError::TooLarge);
         }
-        if let Some(hit) = self.cache.get(&key) {
-            if now < hit.token.expires_at {
-                self.hits.inc();
-                return Ok((hit.token, hit.valid_until));
-            }
+        if let Some(hit) = self.cache.get(&key)
+            && now < hit.token.expires_at
+        {
+            self.hits.inc();
+            return Ok((hit.token, hit.valid_until));
         }
         self.misses.inc();
         let validated = Arc::new(self.validate_uncached(token, now).await?);
