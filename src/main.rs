@@ -1,5 +1,6 @@
 //! The `fapi-gateway` command: run the gateway (default; SIGHUP reloads, SIGTERM/SIGINT
-//! drain and stop), `check-config FILE`, `demo [--once]`, or `healthcheck --address ADDR`.
+//! drain and stop), `check-config FILE`, `demo [--once] [--dir DIR]`, `dev-as`, or
+//! `healthcheck [--address ADDR]`. `--help` lists signals, exit codes and environment.
 //!
 //! Exit codes: 0 success; 1 the gateway failed to start or stopped with an error; 2 the
 //! configuration is invalid.
@@ -17,11 +18,45 @@ use fapi_gateway::config::{Config, KeySource, RoutePolicy};
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// `--version`: the crate version and the git revision it was built from (build.rs).
+const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("FAPI_GATEWAY_GIT_REVISION"), ")");
+
+const AFTER_HELP: &str = "\
+Without a subcommand the gateway runs on --config until stopped.
+
+Signals (run mode):
+  SIGHUP           re-read --config and apply it; an invalid file is logged and the running
+                   configuration keeps serving
+  SIGTERM, SIGINT  drain: /readyz answers 503, new connections are served for
+                   limits.shutdown_delay, then in-flight requests get limits.shutdown_grace
+
+Exit codes:
+  0  stopped cleanly (check-config: the file is valid; healthcheck: healthy)
+  1  failed to start or stopped with an error (healthcheck: unhealthy; demo: a scenario
+     ended unexpectedly)
+  2  invalid configuration or usage
+
+Environment:
+  FAPI_GATEWAY_CONFIG          the configuration file (--config)
+  FAPI_GATEWAY_ADMIN_ADDRESS   overrides admin.address (--admin-address)
+  FAPI_GATEWAY_WORKERS         worker threads (--workers)
+  FAPI_GATEWAY_LOG             log filter, e.g. info, fapi_gateway=debug (default info);
+                               tokens, proofs and keys are never logged
+  NO_COLOR                     no colours in pretty logs (they are off when stderr is not
+                               a terminal anyway)
+
+Docs: README.md (configuration, troubleshooting, deployment) and gateway.yaml, where every
+key is explained.";
+
 #[derive(Parser)]
 #[command(
     name = "fapi-gateway",
-    version,
-    about = "A reverse proxy that enforces sender-constrained OAuth access tokens"
+    version = VERSION,
+    about = "A reverse proxy that enforces sender-constrained OAuth access tokens",
+    long_about = "A reverse proxy that terminates TLS in front of your APIs and enforces \
+                  sender-constrained OAuth access tokens: mTLS certificate-bound (RFC 8705) and \
+                  DPoP-bound (RFC 9449) JWT access tokens (RFC 9068), per-route scopes.",
+    after_help = AFTER_HELP
 )]
 struct Cli {
     /// The configuration file.
@@ -31,8 +66,12 @@ struct Cli {
     #[arg(long, value_enum, default_value_t = LogFormat::Pretty, global = true)]
     log_format: LogFormat,
     /// Worker threads (default: one per CPU core).
-    #[arg(long, env = "FAPI_GATEWAY_WORKERS")]
+    #[arg(long, env = "FAPI_GATEWAY_WORKERS", global = true)]
     workers: Option<usize>,
+    /// The admin listener's address, `ip:port`, instead of `admin.address` of the
+    /// configuration (e.g. 0.0.0.0:9901 in a container, for scraping /metrics).
+    #[arg(long, env = "FAPI_GATEWAY_ADMIN_ADDRESS", global = true)]
+    admin_address: Option<std::net::SocketAddr>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -45,19 +84,44 @@ enum Command {
         file: Option<PathBuf>,
     },
     /// Exit 0 when the admin listener's /healthz answers 200 (for container health checks,
-    /// where no curl is installed). Probes `admin.address` of --config unless --address is
-    /// given.
+    /// where no curl is installed). Probes --admin-address, else `admin.address` of
+    /// --config, unless --address is given.
     Healthcheck {
-        /// The admin listener's address, `host:port` (default: `admin.address` of --config).
+        /// The admin listener's address, `host:port` (default: see above).
         #[arg(long)]
         address: Option<String>,
     },
-    /// Start a development authorization server, an echo upstream and the gateway on the
-    /// bundled gateway.yaml and certs/, play the stolen-token scenarios, then keep running.
+    /// Start a development authorization server, an echo upstream and the gateway, play the
+    /// stolen-token scenarios, then keep running. Uses gateway.yaml and certs/ of the
+    /// current folder when it has a gateway.yaml (the repository), else the bundled
+    /// gateway.yaml in --dir or in the data folder ($XDG_DATA_HOME/fapi-gateway/demo or
+    /// ~/.local/share/fapi-gateway/demo); missing development certificates are generated
+    /// into certs/ beside the configuration.
     Demo {
         /// Exit after the scenarios (non-zero if any ended unexpectedly).
         #[arg(long)]
         once: bool,
+        /// The folder for the demo's gateway.yaml and certs/ (created when missing).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// Run only the development authorization server (NOT FOR PRODUCTION): GET /jwks and a
+    /// client-credentials token endpoint, POST /token, that binds each token to the
+    /// client's TLS certificate or DPoP key. For a compose file or a gateway run separately.
+    DevAs {
+        /// Where to listen (HTTPS).
+        #[arg(long, default_value = "127.0.0.1:9443")]
+        address: std::net::SocketAddr,
+        /// The folder of the development certificates and issuer key (generated when
+        /// missing).
+        #[arg(long)]
+        dir: PathBuf,
+        /// Extra names for a generated server certificate (e.g. the compose service names).
+        #[arg(long = "host")]
+        hosts: Vec<String>,
+        /// The tokens' `aud`.
+        #[arg(long, default_value = "https://localhost:8443")]
+        audience: String,
     },
 }
 
@@ -71,17 +135,25 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     // Held to the end of `main`: dropping it writes the last buffered lines.
     let _log_flush = init_tracing(cli.log_format);
+    let overrides = Overrides { admin_address: cli.admin_address };
     match cli.command {
-        Some(Command::CheckConfig { file }) => check_config(&file.unwrap_or(cli.config)),
-        Some(Command::Demo { once }) => demo(&cli.config, once),
-        Some(Command::Healthcheck { address }) => match healthcheck_address(address, &cli.config) {
-            Ok(address) => healthcheck(address),
-            Err(message) => {
-                eprintln!("error: {message}");
-                ExitCode::from(2)
+        Some(Command::CheckConfig { file }) => check_config(&file.unwrap_or(cli.config), overrides),
+        Some(Command::Demo { once, dir }) => demo(&cli.config, dir.as_deref(), once, cli.workers),
+        Some(Command::DevAs { address, dir, hosts, audience }) => dev_as(address, &dir, &hosts, &audience),
+        Some(Command::Healthcheck { address }) => {
+            let address = match (address, overrides.admin_address) {
+                (None, Some(admin)) => Ok(admin),
+                (address, _) => healthcheck_address(address, &cli.config),
+            };
+            match address {
+                Ok(address) => healthcheck(address),
+                Err(message) => {
+                    eprintln!("error: {message}");
+                    ExitCode::from(2)
+                }
             }
-        },
-        None => run(&cli.config, cli.workers),
+        }
+        None => run(&cli.config, cli.workers, overrides),
     }
 }
 
@@ -106,15 +178,31 @@ fn init_tracing(format: LogFormat) -> Option<fapi_gateway::log_writer::FlushGuar
     guard
 }
 
-fn load(path: &std::path::Path) -> Result<Config, ExitCode> {
-    Config::load(path).map_err(|e| {
+/// Command-line settings that replace keys of the configuration file (at start and on
+/// every reload).
+#[derive(Clone, Copy)]
+struct Overrides {
+    admin_address: Option<std::net::SocketAddr>,
+}
+
+impl Overrides {
+    fn apply(self, mut config: Config) -> Config {
+        if let Some(admin) = self.admin_address {
+            config.admin = Some(admin);
+        }
+        config
+    }
+}
+
+fn load(path: &std::path::Path, overrides: Overrides) -> Result<Config, ExitCode> {
+    Config::load(path).map(|c| overrides.apply(c)).map_err(|e| {
         eprintln!("error: {e}");
         ExitCode::from(2)
     })
 }
 
-fn check_config(path: &std::path::Path) -> ExitCode {
-    let config = match load(path) {
+fn check_config(path: &std::path::Path, overrides: Overrides) -> ExitCode {
+    let config = match load(path, overrides) {
         Ok(c) => c,
         Err(code) => return code,
     };
@@ -242,15 +330,31 @@ fn healthcheck(address: std::net::SocketAddr) -> ExitCode {
     }
 }
 
-fn demo(path: &std::path::Path, once: bool) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
-        Ok(rt) => rt,
+fn runtime(workers: Option<usize>) -> Result<tokio::runtime::Runtime, ExitCode> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(workers) = workers {
+        builder.worker_threads(workers.max(1));
+    }
+    builder.enable_all().build().map_err(|e| {
+        eprintln!("error: cannot start the async runtime: {e}");
+        ExitCode::FAILURE
+    })
+}
+
+fn demo(config: &std::path::Path, dir: Option<&std::path::Path>, once: bool, workers: Option<usize>) -> ExitCode {
+    use fapi_gateway::demo::{DemoFolder, DemoOptions};
+    let folder = match DemoFolder::resolve(config, dir) {
+        Ok(folder) => folder,
         Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
         }
     };
-    match runtime.block_on(fapi_gateway::demo::run(path, once)) {
+    let runtime = match runtime(workers) {
+        Ok(rt) => rt,
+        Err(code) => return code,
+    };
+    match runtime.block_on(fapi_gateway::demo::run(DemoOptions { folder, once })) {
         Ok(played) if played.iter().all(|s| s.expected == s.got) => ExitCode::SUCCESS,
         Ok(_) => ExitCode::FAILURE,
         Err(e) => {
@@ -260,21 +364,28 @@ fn demo(path: &std::path::Path, once: bool) -> ExitCode {
     }
 }
 
-fn run(path: &std::path::Path, workers: Option<usize>) -> ExitCode {
-    let config = match load(path) {
+fn dev_as(address: std::net::SocketAddr, dir: &std::path::Path, hosts: &[String], audience: &str) -> ExitCode {
+    let runtime = match runtime(None) {
+        Ok(rt) => rt,
+        Err(code) => return code,
+    };
+    match runtime.block_on(fapi_gateway::demo::run_dev_as(address, dir, hosts, audience)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(path: &std::path::Path, workers: Option<usize>, overrides: Overrides) -> ExitCode {
+    let config = match load(path, overrides) {
         Ok(c) => c,
         Err(code) => return code,
     };
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if let Some(workers) = workers {
-        builder.worker_threads(workers.max(1));
-    }
-    let runtime = match builder.enable_all().build() {
+    let runtime = match runtime(workers) {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     runtime.block_on(async move {
         let handle = match fapi_gateway::start(config).await {
@@ -284,7 +395,7 @@ fn run(path: &std::path::Path, workers: Option<usize>) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        serve_until_stopped(&handle, path).await;
+        serve_until_stopped(&handle, path, overrides).await;
         tracing::info!("shutting down: draining in-flight requests");
         handle.shutdown().await;
         ExitCode::SUCCESS
@@ -293,7 +404,7 @@ fn run(path: &std::path::Path, workers: Option<usize>) -> ExitCode {
 
 /// Waits for SIGTERM or SIGINT; on SIGHUP re-reads `path` and reloads it (an invalid file
 /// is logged and the running configuration keeps serving).
-async fn serve_until_stopped(handle: &fapi_gateway::GatewayHandle, path: &std::path::Path) {
+async fn serve_until_stopped(handle: &fapi_gateway::GatewayHandle, path: &std::path::Path, overrides: Overrides) {
     use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut term), Ok(mut hup)) = (signal(SignalKind::terminate()), signal(SignalKind::hangup())) else {
         let _ = tokio::signal::ctrl_c().await;
@@ -308,7 +419,7 @@ async fn serve_until_stopped(handle: &fapi_gateway::GatewayHandle, path: &std::p
                 match Config::load(path) {
                     Err(e) => tracing::error!(error = %e, "reload refused: the configuration is invalid; the running one keeps serving"),
                     Ok(config) => {
-                        if let Err(e) = handle.reload(config).await {
+                        if let Err(e) = handle.reload(overrides.apply(config)).await {
                             tracing::error!(error = %e, "reload refused; the running configuration keeps serving");
                         }
                     }

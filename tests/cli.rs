@@ -281,30 +281,6 @@ fn unusable_upstream_ca_is_refused_by_check_config() {
 }
 
 #[test]
-fn demo_once_plays_every_scenario_as_expected() {
-    // The README's first command, in its non-interactive form, on the bundled files.
-    let config = concat!(env!("CARGO_MANIFEST_DIR"), "/gateway.yaml");
-    let output = gateway().args(["--config", config, "demo", "--once"]).output().unwrap();
-    let out = stdout(&output);
-    assert!(output.status.success(), "demo failed: {out}\n{}", stderr(&output));
-    for line in [
-        "mTLS client with its own certificate",
-        "stolen mTLS token, thief's certificate",
-        "DPoP client (after use_dpop_nonce)",
-        "the same DPoP proof replayed",
-        "stolen DPoP token, thief's own key",
-        "DPoP token downgraded to Bearer",
-    ] {
-        assert!(out.contains(line), "{line} missing:\n{out}");
-    }
-    assert!(out.contains("Every scenario ended as expected"), "{out}");
-    assert!(
-        out.contains(r#"DPoP error="invalid_dpop_proof", error_description="the DPoP proof was already used""#),
-        "{out}"
-    );
-}
-
-#[test]
 fn a_port_in_use_is_named_in_one_line() {
     let pki = TestPki::new();
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

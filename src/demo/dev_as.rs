@@ -1,18 +1,12 @@
 //! The demo's development authorization server: mints ES256 `at+jwt` access tokens bound
 //! to a client certificate (RFC 8705) or a DPoP key (RFC 9449), signs DPoP proofs for the
-//! demo clients, and serves its JWKS over HTTPS. Development only: its key lives in
+//! demo clients; [`super::dev_as_server`] serves its keys and token endpoint over HTTPS. Development only: its key lives in
 //! `certs/dev-issuer.key` (PKCS#8 PEM), which is public. Every signature is made by
 //! [`SigningKey`].
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::Arc;
 
-use bytes::Bytes;
-use http_body_util::Full;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
 
 use super::DemoError;
@@ -21,6 +15,7 @@ use crate::jose::{Alg, SigningKey, b64url_encode, sha256};
 /// The issuer identifier the bundled `gateway.yaml` trusts.
 pub const ISSUER: &str = "https://issuer.localhost";
 const KID: &str = "dev-issuer-1";
+const TOKEN_LIFETIME_SECS: i64 = 600;
 /// The algorithm of the issuer's key and of the demo clients' DPoP keys.
 pub const ALG: Alg = Alg::Es256;
 
@@ -77,7 +72,7 @@ impl DevIssuer {
         let _ = aws_lc_rs::rand::fill(&mut jti);
         let claims = json!({
             "iss": ISSUER, "aud": self.audience, "sub": "alice", "client_id": "demo-client",
-            "iat": now, "exp": now + 600, "jti": b64url_encode(&jti), "scope": scope, "cnf": cnf,
+            "iat": now, "exp": now + TOKEN_LIFETIME_SECS, "jti": b64url_encode(&jti), "scope": scope, "cnf": cnf,
         });
         Ok(self.key.sign_compact(&json!({"typ": "at+jwt", "kid": KID}), &claims)?)
     }
@@ -92,47 +87,27 @@ impl DevIssuer {
         self.token(scope, json!({"jkt": key.thumbprint_b64()}))
     }
 
-    fn jwks(&self) -> String {
+    /// The public key set served at `/jwks`.
+    pub fn jwks(&self) -> String {
         json!({"keys": [jwks_entry(&self.key)]}).to_string()
     }
 
-    /// Serves `GET /jwks` over HTTPS on `listener` until the process ends.
-    pub fn serve_jwks(self: &Arc<Self>, listener: tokio::net::TcpListener, tls: Arc<rustls::ServerConfig>) {
-        let body = Bytes::from(self.jwks());
-        let acceptor = tokio_rustls::TlsAcceptor::from(tls);
-        tokio::spawn(async move {
-            loop {
-                let Ok((tcp, _)) = listener.accept().await else { continue };
-                let (acceptor, body) = (acceptor.clone(), body.clone());
-                tokio::spawn(async move {
-                    let Ok(tls) = acceptor.accept(tcp).await else { return };
-                    let service = service_fn(move |_request| {
-                        let body = body.clone();
-                        async move {
-                            let mut response = hyper::Response::new(Full::new(body));
-                            response
-                                .headers_mut()
-                                .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
-                            Ok::<_, Infallible>(response)
-                        }
-                    });
-                    let _ =
-                        hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tls), service).await;
-                });
-            }
-        });
+    /// How long the tokens it mints live.
+    pub fn lifetime_secs(&self) -> i64 {
+        TOKEN_LIFETIME_SECS
     }
 }
 
-/// Where the development issuer serves its JWKS (the bundled `gateway.yaml` names it).
-pub const JWKS_ADDRESS: &str = "127.0.0.1:9443";
+/// Where the development issuer listens by default (the bundled `gateway.yaml` names it).
+pub const ADDRESS: &str = "127.0.0.1:9443";
 
-/// Binds the JWKS listener.
-pub async fn bind_jwks() -> Result<tokio::net::TcpListener, DemoError> {
-    let address: SocketAddr = JWKS_ADDRESS.parse().map_err(|_| DemoError::Setup("bad address".into()))?;
-    tokio::net::TcpListener::bind(address)
-        .await
-        .map_err(|e| DemoError::Setup(format!("cannot listen on {address} for the development issuer: {e}")))
+/// Binds the development issuer's listener.
+pub async fn bind(address: SocketAddr) -> Result<tokio::net::TcpListener, DemoError> {
+    tokio::net::TcpListener::bind(address).await.map_err(|e| {
+        DemoError::Setup(format!(
+            "cannot listen on {address} for the development authorization server: {e} (is something else using it?)"
+        ))
+    })
 }
 
 #[cfg(test)]

@@ -27,8 +27,11 @@ fn dn(cn: &str) -> DistinguishedName {
     dn
 }
 
-/// Creates whatever the demo needs in `dir` that is missing; returns the files written.
-pub fn ensure(dir: &Path) -> Result<Vec<&'static str>, DemoError> {
+/// Creates whatever the demo needs in `dir` that is missing; returns the files written. The
+/// server certificate names `localhost`, `gateway.localhost`, `127.0.0.1` and `extra_hosts`
+/// (host names or IP addresses, e.g. the service names of a compose file); an existing one is
+/// kept as it is.
+pub fn ensure(dir: &Path, extra_hosts: &[String]) -> Result<Vec<&'static str>, DemoError> {
     std::fs::create_dir_all(dir).map_err(|e| DemoError::Setup(format!("cannot create {}: {e}", dir.display())))?;
     let missing = |names: &[&str]| names.iter().any(|n| !dir.join(n).exists());
     let mut written = Vec::new();
@@ -39,9 +42,9 @@ pub fn ensure(dir: &Path) -> Result<Vec<&'static str>, DemoError> {
         ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
         let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().map_err(fail)?).map_err(fail)?;
         let server_key = KeyPair::generate().map_err(fail)?;
-        let mut params =
-            CertificateParams::new(vec!["localhost".into(), "gateway.localhost".into(), "127.0.0.1".into()])
-                .map_err(fail)?;
+        let mut names = vec!["localhost".to_string(), "gateway.localhost".to_string(), "127.0.0.1".to_string()];
+        names.extend(extra_hosts.iter().filter(|h| !names.contains(h)).cloned().collect::<Vec<_>>());
+        let mut params = CertificateParams::new(names).map_err(fail)?;
         params.distinguished_name = dn("localhost");
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         let server = params.signed_by(&server_key, &ca).map_err(fail)?;
@@ -81,7 +84,7 @@ mod tests {
     fn everything_missing_is_generated_and_usable() {
         let dir = std::env::temp_dir().join(format!("fapi-dev-certs-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        let written = ensure(&dir).unwrap();
+        let written = ensure(&dir, &[]).unwrap();
         assert_eq!(written.len(), 9);
         let tls = crate::config::ServerTls {
             cert: dir.join("server.pem"),
@@ -90,16 +93,16 @@ mod tests {
             client_ca: None,
         };
         crate::tls::server::server_config(&tls).unwrap();
-        assert!(ensure(&dir).unwrap().is_empty(), "nothing is regenerated when present");
+        assert!(ensure(&dir, &[]).unwrap().is_empty(), "nothing is regenerated when present");
         std::fs::remove_file(dir.join("thief.key")).unwrap();
-        assert_eq!(ensure(&dir).unwrap(), vec!["thief.pem", "thief.key"]);
+        assert_eq!(ensure(&dir, &[]).unwrap(), vec!["thief.pem", "thief.key"]);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
     fn a_generated_issuer_key_matches_its_jwks() {
         let dir = tempfile::tempdir().unwrap();
-        assert!(ensure(dir.path()).unwrap().contains(&"dev-issuer.key"));
+        assert!(ensure(dir.path(), &[]).unwrap().contains(&"dev-issuer.key"));
         let issuer = super::super::dev_as::DevIssuer::new(&dir.path().join("dev-issuer.key"), "https://a").unwrap();
         let token = issuer.mtls_token("s", b"cert").unwrap();
         let jwks = std::fs::read_to_string(dir.path().join("dev-issuer-jwks.json")).unwrap();

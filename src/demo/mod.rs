@@ -4,10 +4,14 @@
 //! a legitimate mTLS client, a thief with the stolen token and another certificate, a
 //! legitimate DPoP client (with the server nonce), a replayed proof, a thief with the
 //! stolen DPoP token and its own key, and the DPoP token downgraded to `Bearer`. It prints
-//! what each got, then (unless `--once`) ready-to-paste `curl` commands, and serves until
-//! Ctrl-C. Development only.
+//! what each got, then (unless `--once`) ready-to-paste commands — `curl` with a token from
+//! the development AS's token endpoint, and a standard DPoP client — and serves until
+//! Ctrl-C. Outside the repository it runs on the bundled `gateway.yaml` in a folder of its
+//! own ([`DemoFolder`]); it writes nothing before its configuration and ports are checked.
+//! Development only.
 
 pub mod dev_as;
+pub mod dev_as_server;
 pub mod dev_certs;
 
 use std::convert::Infallible;
@@ -122,11 +126,8 @@ impl Client {
     }
 }
 
-/// Starts the echo upstream the bundled routes forward to: it answers with what reached it.
-async fn start_echo(address: SocketAddr) -> Result<(), DemoError> {
-    let listener = tokio::net::TcpListener::bind(address).await.map_err(|e| {
-        DemoError::Setup(format!("cannot listen on {address} for the echo upstream: {e} (is something else using it?)"))
-    })?;
+/// Serves the echo upstream the bundled routes forward to: it answers with what reached it.
+fn serve_echo(listener: tokio::net::TcpListener) {
     tokio::spawn(async move {
         loop {
             let Ok((tcp, _)) = listener.accept().await else { continue };
@@ -153,45 +154,130 @@ async fn start_echo(address: SocketAddr) -> Result<(), DemoError> {
             });
         }
     });
-    Ok(())
 }
 
-/// Runs the demo on `config_path` (the bundled `gateway.yaml`). Returns the scenarios
-/// played; with `once` it returns right after them, else it serves until Ctrl-C.
-pub async fn run(config_path: &Path, once: bool) -> Result<Vec<Scenario>, DemoError> {
-    let base = config_path.parent().map_or_else(|| PathBuf::from("."), Path::to_path_buf);
-    let certs = base.join("certs");
-    let generated = dev_certs::ensure(&certs)?;
-    if !generated.is_empty() {
-        println!("generated development certificates in {}: {}", certs.display(), generated.join(", "));
+/// The bundled `gateway.yaml`, for a demo run outside the repository.
+pub const BUNDLED_CONFIG: &str = include_str!("../../gateway.yaml");
+
+/// Where a demo run keeps its configuration and development certificates.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DemoFolder {
+    /// The configuration file; written from [`BUNDLED_CONFIG`] when `write_config`.
+    pub config: PathBuf,
+    /// `certs/` beside it: missing development files are generated there.
+    pub certs: PathBuf,
+    pub write_config: bool,
+}
+
+impl DemoFolder {
+    /// `--dir DIR`: `DIR/gateway.yaml` (the bundled one unless present) and `DIR/certs/`.
+    /// Without it: `config` and `certs/` beside it when `config` exists (the repository's
+    /// own files); else, when `config` is the default `gateway.yaml`, the user's data folder
+    /// (`$XDG_DATA_HOME/fapi-gateway/demo`, or `~/.local/share/fapi-gateway/demo`), never the
+    /// current folder. A `--config` that does not exist is an error.
+    pub fn resolve(config: &Path, dir: Option<&Path>) -> Result<DemoFolder, DemoError> {
+        let in_dir = |dir: &Path| {
+            let config = dir.join("gateway.yaml");
+            DemoFolder { write_config: !config.exists(), certs: dir.join("certs"), config }
+        };
+        if let Some(dir) = dir {
+            return Ok(in_dir(dir));
+        }
+        if config.exists() {
+            let base = config.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+            return Ok(DemoFolder { config: config.to_path_buf(), certs: base.join("certs"), write_config: false });
+        }
+        if config != Path::new("gateway.yaml") {
+            return Err(DemoError::Setup(format!(
+                "{} does not exist: give an existing configuration, or leave out --config to run the demo on the bundled one (in --dir, or the data folder)",
+                config.display()
+            )));
+        }
+        let data = match (std::env::var_os("XDG_DATA_HOME").filter(|v| !v.is_empty()), std::env::var_os("HOME")) {
+            (Some(xdg), _) => PathBuf::from(xdg),
+            (None, Some(home)) if !home.is_empty() => PathBuf::from(home).join(".local/share"),
+            _ => {
+                return Err(DemoError::Setup(
+                    "no gateway.yaml here and neither XDG_DATA_HOME nor HOME is set: give --dir DIR for the demo's files".into(),
+                ));
+            }
+        };
+        Ok(in_dir(&data.join("fapi-gateway").join("demo")))
     }
-    let config = Config::load(config_path)?;
-    let origin = config.listen.public_url.to_string().trim_end_matches('/').to_string();
-    let audience = config.issuers.first().and_then(|i| i.audiences.first()).cloned().unwrap_or_else(|| origin.clone());
-    let upstream: SocketAddr = config
+}
+
+/// Options of `fapi-gateway demo`.
+pub struct DemoOptions {
+    pub folder: DemoFolder,
+    /// Exit after the scenarios instead of serving until Ctrl-C.
+    pub once: bool,
+}
+
+/// Checks that `address` can be bound now (the listener is dropped at once).
+fn check_free(address: SocketAddr, what: &str) -> Result<(), DemoError> {
+    std::net::TcpListener::bind(address).map(drop).map_err(|e| {
+        DemoError::Setup(format!("cannot listen on {address} for {what}: {e} (is something else using it?)"))
+    })
+}
+
+/// Runs the demo. Everything that can fail without writing — the configuration, every
+/// port — is checked before a file is written. Returns the scenarios played; with `once`
+/// it returns right after them, else it serves until Ctrl-C.
+pub async fn run(options: DemoOptions) -> Result<Vec<Scenario>, DemoError> {
+    let DemoOptions { folder, once } = options;
+    let base = folder.config.parent().map_or_else(|| PathBuf::from("."), Path::to_path_buf);
+    let text = if folder.write_config {
+        BUNDLED_CONFIG.to_string()
+    } else {
+        std::fs::read_to_string(&folder.config)
+            .map_err(|e| DemoError::Setup(format!("cannot read {}: {e}", folder.config.display())))?
+    };
+    let planned = Config::from_yaml(&text, &folder.config.display().to_string(), &base)?;
+    let audience =
+        planned.issuers.first().and_then(|i| i.audiences.first()).cloned().unwrap_or_else(|| origin_of(&planned));
+    let upstream: SocketAddr = planned
         .routes
         .first()
         .and_then(|r| r.upstream.authority())
         .and_then(|a| a.as_str().parse().ok())
         .ok_or_else(|| DemoError::Setup("the first route's upstream must be an IP:port for the demo".into()))?;
+    let as_address: SocketAddr = dev_as::ADDRESS.parse().map_err(|_| DemoError::Setup("bad address".into()))?;
+    let as_listener = dev_as::bind(as_address).await?;
+    let echo_listener = tokio::net::TcpListener::bind(upstream).await.map_err(|e| {
+        DemoError::Setup(format!(
+            "cannot listen on {upstream} for the echo upstream: {e} (is something else using it?)"
+        ))
+    })?;
+    check_free(planned.listen.address, "the gateway")?;
+    if let Some(admin) = planned.admin {
+        check_free(admin, "the gateway's admin listener")?;
+    }
+
+    // Only now: the files.
+    if folder.write_config {
+        std::fs::create_dir_all(&base)
+            .and_then(|()| std::fs::write(&folder.config, BUNDLED_CONFIG))
+            .map_err(|e| DemoError::Setup(format!("cannot write {}: {e}", folder.config.display())))?;
+        println!("demo folder {}: wrote the bundled gateway.yaml", base.display());
+    }
+    let certs = &folder.certs;
+    let generated = dev_certs::ensure(certs, &[])?;
+    if !generated.is_empty() {
+        println!("generated development certificates in {}: {}", certs.display(), generated.join(", "));
+    }
+    let config = Config::load(&folder.config)?;
+    let origin = origin_of(&config);
 
     // 1. The development authorization server and the echo upstream.
     let issuer = Arc::new(DevIssuer::new(&certs.join("dev-issuer.key"), &audience)?);
-    let as_tls = crate::tls::server::server_config(&crate::config::ServerTls {
-        cert: certs.join("server.pem"),
-        key: certs.join("server.key"),
-        client_auth: crate::config::ClientAuth::None,
-        client_ca: None,
-    })
-    .map_err(|e| DemoError::Setup(e.to_string()))?;
-    issuer.serve_jwks(dev_as::bind_jwks().await?, as_tls);
-    start_echo(upstream).await?;
+    dev_as_server::serve(issuer.clone(), as_listener, dev_as_tls(certs)?);
+    serve_echo(echo_listener);
 
-    // 2. The gateway, on the bundled configuration.
+    // 2. The gateway, on the configuration.
     let gateway = crate::start(config).await?;
     let mut roots = rustls::RootCertStore::empty();
     for cert in CertificateDer::pem_file_iter(certs.join("ca.pem"))
-        .map_err(|e| DemoError::Setup(format!("cannot read certs/ca.pem: {e}")))?
+        .map_err(|e| DemoError::Setup(format!("cannot read {}: {e}", certs.join("ca.pem").display())))?
         .flatten()
     {
         roots.add(cert).map_err(|e| DemoError::Setup(e.to_string()))?;
@@ -238,24 +324,100 @@ pub async fn run(config_path: &Path, once: bool) -> Result<Vec<Scenario>, DemoEr
         gateway.shutdown().await;
         return Ok(played);
     }
-    let fresh = issuer.mtls_token("accounts:read", legit.der())?;
-    let port = gateway.local_addr().port();
-    println!(
-        "\nThe gateway keeps running on https://localhost:{port} (admin: {}). Try it:\n",
-        gateway.admin_addr().map_or("-".into(), |a| a.to_string())
-    );
-    println!(
-        "  curl --cacert certs/ca.pem --cert certs/client.pem --key certs/client.key \\\n       -H 'Authorization: Bearer {fresh}' \\\n       https://localhost:{port}/accounts/1\n"
-    );
-    println!("  # the same token from another certificate is refused:");
-    println!(
-        "  curl -i --cacert certs/ca.pem --cert certs/thief.pem --key certs/thief.key \\\n       -H 'Authorization: Bearer {fresh}' \\\n       https://localhost:{port}/accounts/1\n"
-    );
-    println!("  curl -i --cacert certs/ca.pem https://localhost:{port}/public/hello");
-    println!("\nCtrl-C stops everything.");
+    print_hints(&gateway, certs, as_address.port());
     let _ = tokio::signal::ctrl_c().await;
     gateway.shutdown().await;
     Ok(played)
+}
+
+/// `fapi-gateway dev-as`: the development authorization server alone (for a compose file or
+/// a gateway started separately), with its certificates in `dir`.
+pub async fn run_dev_as(address: SocketAddr, dir: &Path, hosts: &[String], audience: &str) -> Result<(), DemoError> {
+    let listener = dev_as::bind(address).await?;
+    let generated = dev_certs::ensure(dir, hosts)?;
+    if !generated.is_empty() {
+        println!("generated development certificates in {}: {}", dir.display(), generated.join(", "));
+    }
+    let issuer = Arc::new(DevIssuer::new(&dir.join("dev-issuer.key"), audience)?);
+    dev_as_server::serve(issuer, listener, dev_as_tls(dir)?);
+    println!(
+        "development authorization server (NOT FOR PRODUCTION) on https://{address}: GET /jwks, POST /token (grant_type=client_credentials; a client certificate or a DPoP proof binds the token); issuer {}, audience {audience}",
+        dev_as::ISSUER
+    );
+    wait_for_stop().await;
+    Ok(())
+}
+
+async fn wait_for_stop() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+/// The development AS's TLS: the demo's server certificate; client certificates optional and
+/// accepted whatever their issuer (they only bind tokens), HTTP/1.1.
+fn dev_as_tls(certs: &Path) -> Result<Arc<rustls::ServerConfig>, DemoError> {
+    let tls = crate::tls::server::server_config(&crate::config::ServerTls {
+        cert: certs.join("server.pem"),
+        key: certs.join("server.key"),
+        client_auth: crate::config::ClientAuth::Optional,
+        client_ca: None,
+    })
+    .map_err(|e| DemoError::Setup(e.to_string()))?;
+    let mut tls = (*tls).clone();
+    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(tls))
+}
+
+fn origin_of(config: &Config) -> String {
+    config.listen.public_url.to_string().trim_end_matches('/').to_string()
+}
+
+/// A path as the user should type it: relative when under the current folder.
+fn shown(path: &Path) -> String {
+    let path = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    match std::env::current_dir().ok().and_then(|cwd| path.strip_prefix(&cwd).ok().map(Path::to_path_buf)) {
+        Some(relative) => relative.display().to_string(),
+        None => path.display().to_string(),
+    }
+}
+
+fn print_hints(gateway: &crate::GatewayHandle, certs: &Path, as_port: u16) {
+    let port = gateway.local_addr().port();
+    let (ca, cert, key) =
+        (shown(&certs.join("ca.pem")), shown(&certs.join("client.pem")), shown(&certs.join("client.key")));
+    let (thief_cert, thief_key) = (shown(&certs.join("thief.pem")), shown(&certs.join("thief.key")));
+    println!(
+        "\nThe gateway keeps running on https://localhost:{port} (admin: {}); the development authorization server on https://localhost:{as_port}. Try it:\n",
+        gateway.admin_addr().map_or("-".into(), |a| a.to_string())
+    );
+    println!("  # a certificate-bound token from the development AS (client credentials, RFC 8705):");
+    println!(
+        "  TOKEN=$(curl -s --cacert {ca} --cert {cert} --key {key} \\\n       -d grant_type=client_credentials -d scope=accounts:read https://localhost:{as_port}/token \\\n       | sed -E 's/.*\"access_token\":\"([^\"]+)\".*/\\1/')"
+    );
+    println!(
+        "  curl --cacert {ca} --cert {cert} --key {key} \\\n       -H \"Authorization: Bearer $TOKEN\" https://localhost:{port}/accounts/1\n"
+    );
+    println!("  # the same token from another certificate is refused:");
+    println!(
+        "  curl -i --cacert {ca} --cert {thief_cert} --key {thief_key} \\\n       -H \"Authorization: Bearer $TOKEN\" https://localhost:{port}/accounts/1\n"
+    );
+    println!("  curl -i --cacert {ca} https://localhost:{port}/public/hello\n");
+    println!("  # DPoP with a standard client (openid-client 6 on Node.js 20; in the repository):");
+    println!(
+        "  (cd examples/dpop-client && npm ci --silent && NODE_EXTRA_CA_CERTS={} node dpop-client.mjs)",
+        std::path::absolute(certs.join("ca.pem")).unwrap_or_else(|_| certs.join("ca.pem")).display()
+    );
+    println!("\nCtrl-C stops everything.");
 }
 
 fn print_table(played: &[Scenario]) {
