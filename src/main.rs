@@ -40,7 +40,7 @@ Environment:
   FAPI_GATEWAY_CONFIG          the configuration file (--config)
   FAPI_GATEWAY_ADMIN_ADDRESS   overrides admin.address (--admin-address)
   FAPI_GATEWAY_WORKERS         worker threads (--workers)
-  FAPI_GATEWAY_LOG             log filter, e.g. info, fapi_gateway=debug (default info);
+  FAPI_GATEWAY_LOG             log filter, e.g. info,fapi_gateway=debug (default info);
                                tokens, proofs and keys are never logged
   NO_COLOR                     no colours in pretty logs (they are off when stderr is not
                                a terminal anyway)
@@ -196,9 +196,29 @@ impl Overrides {
 
 fn load(path: &std::path::Path, overrides: Overrides) -> Result<Config, ExitCode> {
     Config::load(path).map(|c| overrides.apply(c)).map_err(|e| {
-        eprintln!("error: {e}");
+        print_config_error(&e);
         ExitCode::from(2)
     })
+}
+
+/// An error about a file the configuration names, prefixed with the `file:line:col: key`
+/// that names it (or the configuration file alone).
+fn file_error(config: &Config, path: &std::path::Path, message: &str) -> String {
+    match config.locate_file(message) {
+        Some(place) => format!("{place}: {message}"),
+        None if message.contains(&path.display().to_string()) => message.to_string(),
+        None => format!("{}: {message}", path.display()),
+    }
+}
+
+/// One `error:` line per problem, then how many there were when more than one.
+fn print_config_error(e: &fapi_gateway::config::ConfigError) {
+    for line in e.to_string().lines() {
+        eprintln!("error: {line}");
+    }
+    if e.count() > 1 {
+        eprintln!("{} problems: fix them all, then run check-config again", e.count());
+    }
 }
 
 fn check_config(path: &std::path::Path, overrides: Overrides) -> ExitCode {
@@ -207,7 +227,7 @@ fn check_config(path: &std::path::Path, overrides: Overrides) -> ExitCode {
         Err(code) => return code,
     };
     if let Err(e) = fapi_gateway::check_files(&config) {
-        eprintln!("error: {}: {e}", path.display());
+        eprintln!("error: {}", file_error(&config, path, &e.to_string()));
         return ExitCode::from(2);
     }
     println!("{}: OK", path.display());
@@ -308,6 +328,12 @@ fn healthcheck_address(address: Option<String>, config: &std::path::Path) -> Res
 
 fn healthcheck(address: std::net::SocketAddr) -> ExitCode {
     use std::io::{Read, Write};
+    // A listener on 0.0.0.0 or [::] (a container's admin address) is probed on loopback.
+    let address = match address.ip() {
+        std::net::IpAddr::V4(ip) if ip.is_unspecified() => (std::net::Ipv4Addr::LOCALHOST, address.port()).into(),
+        std::net::IpAddr::V6(ip) if ip.is_unspecified() => (std::net::Ipv6Addr::LOCALHOST, address.port()).into(),
+        _ => address,
+    };
     let attempt = || -> std::io::Result<bool> {
         let timeout = std::time::Duration::from_secs(2);
         let mut stream = std::net::TcpStream::connect_timeout(&address, timeout)?;
@@ -388,10 +414,11 @@ fn run(path: &std::path::Path, workers: Option<usize>, overrides: Overrides) -> 
         Err(code) => return code,
     };
     runtime.block_on(async move {
+        let located = config.clone();
         let handle = match fapi_gateway::start(config).await {
             Ok(h) => h,
             Err(e) => {
-                eprintln!("error: {e}");
+                eprintln!("error: {}", file_error(&located, path, &e.to_string()));
                 return ExitCode::FAILURE;
             }
         };

@@ -343,9 +343,11 @@ async fn logs_to_a_pipe_have_no_colour_codes_and_the_last_lines_are_written_at_e
     let pki = TestPki::new();
     let port = free_port();
     let config = write_valid_config(&pki, port);
+    let admin = format!("127.0.0.1:{}", free_port());
     let child = gateway()
         .arg("--config")
         .arg(&config)
+        .args(["--admin-address", &admin])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -372,6 +374,11 @@ async fn logs_to_a_pipe_have_no_colour_codes_and_the_last_lines_are_written_at_e
     assert!(!err.contains('\u{1b}'), "no ANSI escapes when stderr is not a terminal: {err:?}");
     assert!(err.contains("path=\"/open/x\" status=502"), "the access line was written before exit: {err}");
     assert!(err.contains("all connections drained"), "{err}");
+    // Values as a person writes them, not Rust's debug text (issue 14.7).
+    assert!(err.contains(&format!("admin={admin}")), "{err}");
+    for debug_text in ["Some(", "None", "Ok(", "Err(", "{ "] {
+        assert!(!err.contains(debug_text), "{debug_text:?} in the log: {err}");
+    }
 }
 
 #[test]
@@ -413,4 +420,74 @@ fn healthcheck_probes_the_admin_listener_of_the_config_it_is_given() {
     let refused = check(&plain);
     assert_eq!(refused.status.code(), Some(2));
     assert!(stderr(&refused).contains("no admin listener"), "{}", stderr(&refused));
+}
+
+#[test]
+fn every_config_problem_is_listed_once_with_a_count() {
+    let pki = TestPki::new();
+    let file = write_valid_config(&pki, free_port());
+    let text = std::fs::read_to_string(&file)
+        .unwrap()
+        .replace("    binding: mtls\n", "    bindng: mtls\n")
+        .replace("    auth: none\n", "    auth: none\n    timeout: 1.5x\n");
+    std::fs::write(&file, text + "limits:\n  max_connections: 0\n").unwrap();
+    for output in [check_config(&file), run_with_config(&file)] {
+        assert_eq!(output.status.code(), Some(2));
+        let err = stderr(&output);
+        let lines: Vec<&str> = err.lines().collect();
+        assert_eq!(lines.len(), 3, "{err}");
+        assert!(lines[0].starts_with("error: ") && lines[0].contains(":15:5: routes[0].bindng: unknown key"), "{err}");
+        assert!(
+            lines[1].starts_with("error: ") && lines[1].contains(":21:14: routes[1].timeout: duration `1.5x`"),
+            "{err}"
+        );
+        assert_eq!(lines[2], "2 problems: fix them all, then run check-config again", "{err}");
+    }
+}
+
+#[test]
+fn a_missing_file_names_its_key_and_line() {
+    let pki = TestPki::new();
+    let file = write_valid_config(&pki, free_port());
+    let key = pki.server_key_path().display().to_string();
+    let text = std::fs::read_to_string(&file).unwrap().replace(&key, "/nonexistent/server.key");
+    std::fs::write(&file, text).unwrap();
+    let expected = format!("error: {}:6:5: listen.tls.key: ", file.display());
+    let err = assert_refused(&check_config(&file), &["/nonexistent/server.key"]);
+    assert!(err.starts_with(&expected), "{err}");
+    let output = run_with_config(&file);
+    assert_eq!(output.status.code(), Some(1));
+    let err = stderr(&output);
+    assert!(err.lines().any(|l| l.starts_with(&expected) && l.contains("/nonexistent/server.key")), "{err}");
+}
+
+#[test]
+fn admin_address_flag_overrides_the_file_for_run_and_healthcheck() {
+    let pki = TestPki::new();
+    let file = write_valid_config(&pki, free_port());
+    let admin = format!("127.0.0.1:{}", free_port());
+    let child = gateway()
+        .arg("--config")
+        .arg(&file)
+        .env("FAPI_GATEWAY_ADMIN_ADDRESS", &admin)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let healthy = loop {
+        let probe =
+            gateway().args(["healthcheck", "--admin-address", &admin]).arg("--config").arg(&file).output().unwrap();
+        if probe.status.success() || Instant::now() > deadline {
+            break probe;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+    let output = wait_for_exit(child, Duration::from_secs(20));
+    assert!(healthy.status.success(), "{}\n{}", stderr(&healthy), stderr(&output));
+    assert!(stderr(&output).contains(&admin), "the admin listener is logged on the overriding address");
+    // Without the override the file has no admin listener: the healthcheck says so.
+    let probe = gateway().arg("healthcheck").arg("--config").arg(&file).output().unwrap();
+    assert_eq!(probe.status.code(), Some(2), "{}", stderr(&probe));
 }

@@ -6,6 +6,8 @@
 //! fields the hot path can use without parsing anything. Every error names the key path and
 //! the `line:col` it comes from. Nothing listens until the whole file is valid.
 
+mod diff;
+mod parse_errors;
 mod raw;
 mod validate;
 mod yaml_path;
@@ -220,7 +222,8 @@ pub enum RoutePolicy {
     Protected { binding: Binding, scopes: Vec<String> },
 }
 
-/// Why a configuration was refused. `Display` gives one line a person can act on.
+/// Why a configuration was refused. `Display` gives one line a person can act on per
+/// problem: `file:line:col: key.path: what is wrong and what to write`.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read {path}: {source}")]
@@ -231,6 +234,31 @@ pub enum ConfigError {
     SyntaxNoLocation { file: String, message: String },
     #[error("{file}:{line}:{column}: {key}: {message}")]
     Invalid { file: String, line: u64, column: u64, key: String, message: String },
+    /// Every problem found in one file (two or more), one per line, in file order.
+    #[error("{}", several(.0))]
+    Several(Vec<ConfigError>),
+}
+
+fn several(errors: &[ConfigError]) -> String {
+    errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n")
+}
+
+impl ConfigError {
+    /// One error, or [`ConfigError::Several`].
+    fn from_list(mut errors: Vec<ConfigError>) -> ConfigError {
+        match errors.len() {
+            1 => errors.remove(0),
+            _ => ConfigError::Several(errors),
+        }
+    }
+
+    /// How many problems this error reports.
+    pub fn count(&self) -> usize {
+        match self {
+            ConfigError::Several(list) => list.len(),
+            _ => 1,
+        }
+    }
 }
 
 impl Config {
@@ -245,35 +273,59 @@ impl Config {
     }
 
     /// Parses and validates YAML text. `file` names it in errors; relative paths are
-    /// resolved against `base_dir`.
+    /// resolved against `base_dir`. Reports every problem it can find, not only the first.
     pub fn from_yaml(text: &str, file: &str, base_dir: &Path) -> Result<Config, ConfigError> {
-        let raw: raw::RawConfig = serde_saphyr::from_str(text).map_err(|e| {
-            let message = first_line(&e.to_string());
-            match e.location() {
-                Some(loc) => ConfigError::Syntax {
-                    file: file.to_string(),
-                    line: loc.line(),
-                    column: loc.column(),
-                    message: match yaml_path::key_path_at(text, usize::try_from(loc.line()).unwrap_or(0)) {
-                        Some(key) => format!("{key}: {message}"),
-                        None => message,
-                    },
-                },
-                None => ConfigError::SyntaxNoLocation { file: file.to_string(), message },
-            }
-        })?;
-        validate::validate(raw, file, base_dir)
+        let raw = parse_errors::parse(text, file).map_err(ConfigError::from_list)?;
+        validate::validate(raw, file, base_dir, text).map_err(ConfigError::from_list)
     }
-}
 
-/// serde-saphyr renders a source snippet under its message and repeats the location in
-/// front of it; a one-line error keeps the first line without that prefix.
-fn first_line(message: &str) -> String {
-    let first = message.lines().next().unwrap_or(message).trim();
-    let without_error = first.strip_prefix("error: ").unwrap_or(first);
-    match without_error.strip_prefix("line ").and_then(|rest| rest.split_once(": ")) {
-        Some((position, rest)) if position.contains(" column ") => rest.to_string(),
-        _ => without_error.to_string(),
+    /// The configuration keys that name files, with the file each names (for errors that
+    /// know only a path: [`Config::locate_file`]).
+    pub fn file_keys(&self) -> Vec<(String, &Path)> {
+        let mut keys = vec![
+            ("listen.tls.cert".to_string(), self.listen.tls.cert.as_path()),
+            ("listen.tls.key".to_string(), self.listen.tls.key.as_path()),
+        ];
+        if let Some(ca) = &self.listen.tls.client_ca {
+            keys.push(("listen.tls.client_ca".to_string(), ca.as_path()));
+        }
+        for (i, issuer) in self.issuers.iter().enumerate() {
+            if let Some(ca) = &issuer.ca {
+                keys.push((format!("issuers[{i}].ca"), ca.as_path()));
+            }
+            if let KeySource::File(path) = &issuer.keys {
+                keys.push((format!("issuers[{i}].jwks_file"), path.as_path()));
+            }
+        }
+        for (i, route) in self.routes.iter().enumerate() {
+            if let Some(ca) = &route.upstream_ca {
+                keys.push((format!("routes[{i}].upstream_ca"), ca.as_path()));
+            }
+        }
+        if let ReplayBackend::Redis { ca: Some(ca), .. } = &self.dpop.replay_store {
+            keys.push(("dpop.replay.ca".to_string(), ca.as_path()));
+        }
+        if let NonceSecret::File(path) = &self.dpop.nonce_secret {
+            keys.push(("dpop.nonce_secret_file".to_string(), path.as_path()));
+        }
+        keys
+    }
+
+    /// `file:line:col: key` of the configuration key whose file `message` (an error about a
+    /// file) names, so the user knows which line to fix; `None` when no key's file appears in
+    /// it or the configuration was not read from a file.
+    pub fn locate_file(&self, message: &str) -> Option<String> {
+        let source = self.source.as_ref()?;
+        let (key, _) = self
+            .file_keys()
+            .into_iter()
+            .filter(|(_, path)| message.contains(&path.display().to_string()))
+            .max_by_key(|(_, path)| path.as_os_str().len())?;
+        let text = std::fs::read_to_string(source).ok()?;
+        Some(match yaml_path::line_of_key(&text, &key) {
+            Some((line, column)) => format!("{}:{line}:{column}: {key}", source.display()),
+            None => format!("{}: {key}", source.display()),
+        })
     }
 }
 

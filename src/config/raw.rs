@@ -27,6 +27,22 @@ pub struct RawConfig {
     pub routes: Vec<Spanned<RawRoute>>,
 }
 
+/// [`RawConfig`] with every section optional: one piece of a file that failed to parse is
+/// parsed as this to find its own errors (`super::parse_errors`). Its keys are
+/// [`RawConfig`]'s (a test checks they stay the same).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[expect(dead_code, reason = "parsed only for the errors it finds")]
+pub struct RawPieces {
+    pub listen: Option<RawListen>,
+    pub admin: Option<RawAdmin>,
+    pub limits: Option<RawLimits>,
+    pub issuers: Option<Vec<RawIssuer>>,
+    pub token_cache: Option<RawTokenCache>,
+    pub dpop: Option<RawDpop>,
+    pub routes: Option<Vec<RawRoute>>,
+}
+
 /// `dpop:` — how DPoP proofs (RFC 9449) are checked on `dpop` and `any` routes.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -62,7 +62,83 @@ fn minimal_config_gets_documented_defaults() {
 fn unknown_key_is_refused_with_line_and_column() {
     let text = BASE.replace("    binding: mtls\n", "    binding: mtls\n    bindng: mtls\n");
     let e = error(&text);
-    assert!(e.starts_with("gateway.yaml:17:5: routes[0].bindng: unknown field `bindng`"), "{e}");
+    assert!(e.starts_with("gateway.yaml:17:5: routes[0].bindng: unknown key `bindng`: did you mean `binding`?"), "{e}");
+}
+
+#[test]
+fn every_error_of_a_file_is_reported_in_file_order() {
+    // Parse errors in three sections and two items of one list: all of them, each with its
+    // key path and line, in the user's words.
+    let text = BASE
+        .replace("    binding: mtls\n", "    binding: mtls\n    bindng: mtls\n")
+        .replace("    audiences:", "    leeway: 1x\n    audiences:")
+        + "limits:\n  max_body_bytes: -1\n  max_connections: lots\n";
+    let e = error(&text);
+    let lines: Vec<&str> = e.lines().collect();
+    assert_eq!(lines.len(), 4, "{e}");
+    assert!(lines[0].contains(": issuers[0].leeway: duration `1x` has unknown unit `x`"), "{e}");
+    assert!(lines[1].contains(": routes[0].bindng: unknown key `bindng`: did you mean `binding`?"), "{e}");
+    assert!(lines[2].contains(": limits.max_body_bytes: expected a whole number"), "{e}");
+    assert!(lines[3].contains(": limits.max_connections: expected a whole number"), "{e}");
+    let line_of = |l: &str| l.split(':').nth(1).unwrap().parse::<usize>().unwrap();
+    assert!(lines.windows(2).all(|w| line_of(w[0]) < line_of(w[1])), "{e}");
+    for l in &lines {
+        let line = line_of(l);
+        let key = l.split(": ").nth(1).unwrap().rsplit('.').next().unwrap();
+        assert!(text.lines().nth(line - 1).unwrap().contains(key), "{l} points at its key's line");
+    }
+}
+
+#[test]
+fn validation_errors_of_several_sections_are_all_reported() {
+    let text = BASE.replace("public_url: https://", "public_url: http://")
+        + "limits:\n  max_connections: 0\n  max_header_bytes: 5\n";
+    let e = error(&text);
+    let lines: Vec<&str> = e.lines().collect();
+    assert_eq!(lines.len(), 3, "{e}");
+    assert!(lines[0].contains("listen.public_url: must be an https:// URL"), "{e}");
+    assert!(lines[1].contains("limits.max_connections: must be at least 1"), "{e}");
+    assert!(lines[2].contains("limits.max_header_bytes: must be between 8192 and 1048576"), "{e}");
+    // Each on the line of its own key, not the line of `limits:`.
+    let limits_line = text.lines().position(|l| l == "limits:").unwrap() + 1;
+    assert!(lines[1].starts_with(&format!("gateway.yaml:{}:3:", limits_line + 1)), "{e}");
+    assert!(lines[2].starts_with(&format!("gateway.yaml:{}:3:", limits_line + 2)), "{e}");
+}
+
+#[test]
+fn parser_jargon_is_translated() {
+    let cases = [
+        (
+            BASE.replace("audiences: [https://api.example.com]", "audiences: https://api.example.com"),
+            "expected a list here",
+        ),
+        (BASE.replace("  - name: accounts", "  - name: [accounts]"), "expected a single value here (text)"),
+        (
+            BASE.replace("    audiences:", "    leeway: 5s\n    leeway: 6s\n    audiences:"),
+            "`leeway` is given twice in this mapping: keep one",
+        ),
+        (BASE.replace("  address: 127.0.0.1:8443", "\taddress: 127.0.0.1:8443"), "not tabs"),
+        (
+            BASE.replace("    key: certs/server.key\n", "    key: certs/server.key\n    client_auth: optinal\n"),
+            "did you mean `optional`?",
+        ),
+    ];
+    for (text, expected) in cases {
+        let e = error(&text);
+        assert!(e.contains(expected), "{expected:?} not in {e}");
+        for jargon in ["sequence start", "string scalar", "DuplicateKeyPolicy", "invalid u64", "unknown variant"] {
+            assert!(!e.contains(jargon), "{jargon} in {e}");
+        }
+    }
+}
+
+#[test]
+fn an_empty_file_says_so_once() {
+    for text in ["", "\n\n", "# only a comment\n"] {
+        let e = error(text);
+        assert_eq!(e.matches("1:1").count(), 1, "{e}");
+        assert!(e.contains("the file is empty"), "{e}");
+    }
 }
 
 #[test]

@@ -31,17 +31,19 @@ const MAX_FUTURE_CEILING: Duration = Duration::from_secs(60);
 struct Ctx<'a> {
     file: &'a str,
     base_dir: &'a Path,
+    text: &'a str,
 }
 
 impl Ctx<'_> {
+    /// An error about `key`, placed on the line where the key is written when it is written
+    /// in block style, else at `at` (the mapping it belongs to).
     fn err(&self, at: Location, key: impl Into<String>, message: impl Into<String>) -> ConfigError {
-        ConfigError::Invalid {
-            file: self.file.to_string(),
-            line: at.line(),
-            column: at.column(),
-            key: key.into(),
-            message: message.into(),
-        }
+        let key = key.into();
+        let (line, column) = match super::yaml_path::line_of_key(self.text, &key) {
+            Some((line, column)) => (line as u64, column as u64),
+            None => (at.line(), at.column()),
+        };
+        ConfigError::Invalid { file: self.file.to_string(), line, column, key, message: message.into() }
     }
 
     fn path(&self, p: PathBuf) -> PathBuf {
@@ -53,44 +55,160 @@ fn dur(value: Option<HumanDuration>, default: Duration) -> Duration {
     value.map_or(default, |d| d.0)
 }
 
-pub(super) fn validate(raw: RawConfig, file: &str, base_dir: &Path) -> Result<Config, ConfigError> {
-    let ctx = Ctx { file, base_dir };
+/// Validates every section; returns all the problems found (each section or list item
+/// reports its first), in file order.
+pub(super) fn validate(raw: RawConfig, file: &str, base_dir: &Path, text: &str) -> Result<Config, Vec<ConfigError>> {
+    let ctx = Ctx { file, base_dir, text };
+    let mut errors = Vec::new();
 
-    let public_url = raw.listen.public_url;
+    let listen = match listener(&ctx, raw.listen) {
+        Ok(listen) => Some(listen),
+        Err(e) => {
+            errors.push(e);
+            None
+        }
+    };
+    let limits = limits(&ctx, raw.limits, &mut errors);
+
+    let mut issuers = Vec::with_capacity(raw.issuers.len());
+    let mut seen_issuers = HashSet::new();
+    let have_issuers = !raw.issuers.is_empty();
+    for (i, spanned) in raw.issuers.into_iter().enumerate() {
+        let at = spanned.referenced;
+        match issuer(&ctx, i, spanned) {
+            Err(e) => errors.push(e),
+            Ok(issuer) if !seen_issuers.insert(issuer.issuer.clone()) => {
+                errors.push(ctx.err(at, format!("issuers[{i}].issuer"), "this issuer is listed twice"));
+            }
+            Ok(issuer) => issuers.push(issuer),
+        }
+    }
+
+    let token_cache = TokenCacheSettings {
+        max_entries: raw.token_cache.max_entries.unwrap_or(100_000),
+        max_ttl: dur(raw.token_cache.max_ttl, Duration::from_secs(300)),
+    };
+
+    let dpop = dpop(&ctx, raw.dpop).unwrap_or_else(|e| {
+        errors.push(e);
+        DpopSettings::default()
+    });
+    // Routes are checked even when `listen` is not valid; their origin is then a stand-in.
+    let listen_origin = listen.as_ref().map_or_else(|| "https://listen.invalid".to_string(), |(_, o)| o.clone());
+    let defaults = RouteDefaults { have_issuers, public_origin: &listen_origin, nonce: dpop.nonce };
+    let mut routes = Vec::with_capacity(raw.routes.len());
+    let mut names = HashSet::new();
+    let mut matchers = HashSet::new();
+    let mut spellings = std::collections::HashMap::new();
+    for (i, spanned) in raw.routes.into_iter().enumerate() {
+        let at = spanned.referenced;
+        let route = match route(&ctx, i, spanned, &defaults) {
+            Ok(route) => route,
+            Err(e) => {
+                errors.push(e);
+                continue;
+            }
+        };
+        if !names.insert(route.name.clone()) {
+            errors.push(ctx.err(at, format!("routes[{i}].name"), format!("route name `{}` is used twice", route.name)));
+            continue;
+        }
+        let folded = (route.host.clone(), route.path_prefix.to_ascii_lowercase());
+        if let Some(other) = spellings.insert(folded, route.path_prefix.clone())
+            && other != route.path_prefix
+        {
+            errors.push(ctx.err(
+                at,
+                format!("routes[{i}].match.path_prefix"),
+                format!(
+                    "`{}` and `{other}` differ only in letter case; prefixes match case-insensitively",
+                    route.path_prefix
+                ),
+            ));
+            continue;
+        }
+        let key = (
+            route.host.clone(),
+            route.path_prefix.clone(),
+            route.methods.clone().map(|m| {
+                let mut v: Vec<String> = m.iter().map(|m| m.to_string()).collect();
+                v.sort();
+                v
+            }),
+        );
+        if !matchers.insert(key) {
+            errors.push(ctx.err(
+                at,
+                format!("routes[{i}].match"),
+                "another route has exactly the same host, path_prefix and methods",
+            ));
+            continue;
+        }
+        routes.push(route);
+    }
+
+    match listen {
+        Some((listen, _)) if errors.is_empty() => Ok(Config {
+            source: None,
+            listen,
+            admin: raw.admin.map(|a| a.address),
+            limits,
+            issuers,
+            token_cache,
+            dpop,
+            routes,
+        }),
+        _ => {
+            errors.sort_by_key(|e| match e {
+                ConfigError::Invalid { line, column, .. } => (*line, *column),
+                _ => (0, 0),
+            });
+            Err(errors)
+        }
+    }
+}
+
+/// `listen:`, with the normalised origin routes inherit.
+fn listener(ctx: &Ctx<'_>, raw: super::raw::RawListen) -> Result<(Listener, String), ConfigError> {
+    let public_url = raw.public_url;
     let public_url_at = public_url.referenced;
-    let public_url_value = public_url.value.clone();
     if !public_url.value.is_https() {
         return Err(ctx.err(
-            public_url.referenced,
+            public_url_at,
             "listen.public_url",
             "must be an https:// URL: it is the address clients call, and DPoP `htu` is checked against it",
         ));
     }
     if !matches!(public_url.value.0.path(), "" | "/") || public_url.value.0.query().is_some() {
         return Err(ctx.err(
-            public_url.referenced,
+            public_url_at,
             "listen.public_url",
             "must be an origin (scheme, host, optional port) without a path or query",
         ));
     }
-    let strip_headers = match raw.listen.strip_headers {
+    let origin = public_origin(&public_url.value).map_err(|m| ctx.err(public_url_at, "listen.public_url", m))?;
+    let strip_headers = match raw.strip_headers {
         None => Vec::new(),
-        Some(list) => strip_headers(&ctx, list)?,
+        Some(list) => strip_headers(ctx, list)?,
     };
     let listen = Listener {
         strip_headers,
-        address: raw.listen.address,
+        address: raw.address,
         public_url: public_url.value.0,
         tls: ServerTls {
-            cert: ctx.path(raw.listen.tls.cert),
-            key: ctx.path(raw.listen.tls.key),
-            client_auth: raw.listen.tls.client_auth,
-            client_ca: raw.listen.tls.client_ca.map(|p| ctx.path(p)),
+            cert: ctx.path(raw.tls.cert),
+            key: ctx.path(raw.tls.key),
+            client_auth: raw.tls.client_auth,
+            client_ca: raw.tls.client_ca.map(|p| ctx.path(p)),
         },
-        handshake_timeout: dur(raw.listen.handshake_timeout, Duration::from_secs(10)),
+        handshake_timeout: dur(raw.handshake_timeout, Duration::from_secs(10)),
     };
+    Ok((listen, origin))
+}
 
-    let (limits_at, raw_limits) = match raw.limits {
+/// `limits:` with its defaults; every out-of-range value is reported.
+fn limits(ctx: &Ctx<'_>, raw: Option<Spanned<super::raw::RawLimits>>, errors: &mut Vec<ConfigError>) -> Limits {
+    let (limits_at, raw_limits) = match raw {
         Some(spanned) => (spanned.referenced, spanned.value),
         None => (Location::UNKNOWN, Default::default()),
     };
@@ -107,28 +225,24 @@ pub(super) fn validate(raw: RawConfig, file: &str, base_dir: &Path) -> Result<Co
         max_concurrent_streams: raw_limits.max_concurrent_streams.unwrap_or(100),
         socket_send_buffer: raw_limits.socket_send_buffer,
     };
+    let mut refuse = |key: &str, message: &str| errors.push(ctx.err(limits_at, key, message));
     if limits.max_concurrent_streams == 0 {
-        return Err(ctx.err(limits_at, "limits.max_concurrent_streams", "must be at least 1"));
+        refuse("limits.max_concurrent_streams", "must be at least 1");
     }
     if limits.socket_send_buffer.is_some_and(|bytes| !(4096..=64 << 20).contains(&bytes)) {
-        return Err(ctx.err(
-            limits_at,
+        refuse(
             "limits.socket_send_buffer",
             "must be between 4096 and 67108864 bytes (leave it out for the kernel's autotuning)",
-        ));
+        );
     }
     if !(8 * 1024..=1024 * 1024).contains(&limits.max_header_bytes) {
-        return Err(ctx.err(limits_at, "limits.max_header_bytes", "must be between 8192 and 1048576"));
+        refuse("limits.max_header_bytes", "must be between 8192 and 1048576");
     }
     if limits.max_connections == 0 {
-        return Err(ctx.err(limits_at, "limits.max_connections", "must be at least 1"));
+        refuse("limits.max_connections", "must be at least 1");
     }
     if limits.max_connections_per_client == Some(0) {
-        return Err(ctx.err(
-            limits_at,
-            "limits.max_connections_per_client",
-            "must be at least 1 (leave it out for no cap)",
-        ));
+        refuse("limits.max_connections_per_client", "must be at least 1 (leave it out for no cap)");
     }
     for (key, value) in [
         ("limits.header_read_timeout", limits.header_read_timeout),
@@ -136,73 +250,10 @@ pub(super) fn validate(raw: RawConfig, file: &str, base_dir: &Path) -> Result<Co
         ("limits.send_timeout", limits.send_timeout),
     ] {
         if value.is_zero() {
-            return Err(ctx.err(limits_at, key, "must be longer than 0s"));
+            refuse(key, "must be longer than 0s");
         }
     }
-
-    let mut issuers = Vec::with_capacity(raw.issuers.len());
-    let mut seen_issuers = HashSet::new();
-    for (i, spanned) in raw.issuers.into_iter().enumerate() {
-        let at = spanned.referenced;
-        let issuer = issuer(&ctx, i, spanned)?;
-        if !seen_issuers.insert(issuer.issuer.clone()) {
-            return Err(ctx.err(at, format!("issuers[{i}].issuer"), "this issuer is listed twice"));
-        }
-        issuers.push(issuer);
-    }
-
-    let token_cache = TokenCacheSettings {
-        max_entries: raw.token_cache.max_entries.unwrap_or(100_000),
-        max_ttl: dur(raw.token_cache.max_ttl, Duration::from_secs(300)),
-    };
-
-    let dpop = dpop(&ctx, raw.dpop)?;
-    let listen_origin = public_origin(&public_url_value).map_err(|m| ctx.err(public_url_at, "listen.public_url", m))?;
-    let defaults =
-        RouteDefaults { have_issuers: !issuers.is_empty(), public_origin: &listen_origin, nonce: dpop.nonce };
-    let mut routes = Vec::with_capacity(raw.routes.len());
-    let mut names = HashSet::new();
-    let mut matchers = HashSet::new();
-    let mut spellings = std::collections::HashMap::new();
-    for (i, spanned) in raw.routes.into_iter().enumerate() {
-        let at = spanned.referenced;
-        let route = route(&ctx, i, spanned, &defaults)?;
-        if !names.insert(route.name.clone()) {
-            return Err(ctx.err(at, format!("routes[{i}].name"), format!("route name `{}` is used twice", route.name)));
-        }
-        let folded = (route.host.clone(), route.path_prefix.to_ascii_lowercase());
-        if let Some(other) = spellings.insert(folded, route.path_prefix.clone())
-            && other != route.path_prefix
-        {
-            return Err(ctx.err(
-                at,
-                format!("routes[{i}].match.path_prefix"),
-                format!(
-                    "`{}` and `{other}` differ only in letter case; prefixes match case-insensitively",
-                    route.path_prefix
-                ),
-            ));
-        }
-        let key = (
-            route.host.clone(),
-            route.path_prefix.clone(),
-            route.methods.clone().map(|m| {
-                let mut v: Vec<String> = m.iter().map(|m| m.to_string()).collect();
-                v.sort();
-                v
-            }),
-        );
-        if !matchers.insert(key) {
-            return Err(ctx.err(
-                at,
-                format!("routes[{i}].match"),
-                "another route has exactly the same host, path_prefix and methods",
-            ));
-        }
-        routes.push(route);
-    }
-
-    Ok(Config { source: None, listen, admin: raw.admin.map(|a| a.address), limits, issuers, token_cache, dpop, routes })
+    limits
 }
 
 fn issuer(ctx: &Ctx<'_>, i: usize, spanned: Spanned<RawIssuer>) -> Result<Issuer, ConfigError> {

@@ -11,20 +11,20 @@ use serde::de::{self, Deserialize, Deserializer};
 
 use crate::jose::Alg;
 
-/// A duration written as a number followed by a unit: `ms`, `s`, `m`, `h` or `d`.
+/// A duration written as a number followed by a unit: `ms`, `s`, `m`, `h` or `d`; the number
+/// may have decimals (`1.5s`, `0.25h`) as long as the result is whole milliseconds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct HumanDuration(pub Duration);
 
 impl HumanDuration {
-    /// Parses `"60s"`, `"5m"`, `"250ms"`, `"1h"`, `"1d"`. A bare number is refused: the unit
-    /// is what makes a config readable.
+    /// Parses `"60s"`, `"1.5s"`, `"5m"`, `"250ms"`, `"1h"`, `"1d"`. A bare number is refused:
+    /// the unit is what makes a config readable.
     pub fn parse(text: &str) -> Result<Self, String> {
         let text = text.trim();
         let split = text
-            .find(|c: char| !c.is_ascii_digit())
+            .find(|c: char| !c.is_ascii_digit() && c != '.')
             .ok_or_else(|| format!("duration `{text}` needs a unit: ms, s, m, h or d (e.g. `60s`)"))?;
         let (number, unit) = text.split_at(split);
-        let n: u64 = number.parse().map_err(|_| format!("duration `{text}` must start with a whole number"))?;
         let millis_per_unit: u64 = match unit {
             "ms" => 1,
             "s" => 1_000,
@@ -32,12 +32,34 @@ impl HumanDuration {
             "h" => 3_600_000,
             "d" => 86_400_000,
             _ => {
-                return Err(format!("duration `{text}` has unknown unit `{unit}`: use ms, s, m, h or d"));
+                return Err(format!("duration `{text}` has unknown unit `{unit}`: use ms, s, m, h or d (e.g. `1.5s`)"));
             }
         };
-        n.checked_mul(millis_per_unit)
-            .map(|ms| HumanDuration(Duration::from_millis(ms)))
-            .ok_or_else(|| format!("duration `{text}` is too large"))
+        let (whole, fraction) = number.split_once('.').unwrap_or((number, ""));
+        let digits_only = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
+        if whole.is_empty()
+            || !digits_only(whole)
+            || !digits_only(fraction)
+            || (number.contains('.') && fraction.is_empty())
+        {
+            return Err(format!("duration `{text}` must start with a number, e.g. `60s` or `1.5s`"));
+        }
+        let too_large = || format!("duration `{text}` is too large");
+        let whole: u64 = whole.parse().map_err(|_| too_large())?;
+        let mut millis = whole.checked_mul(millis_per_unit).ok_or_else(too_large)?;
+        // The fraction, digit by digit: exact, and refused if it is finer than 1 ms.
+        let mut scale = millis_per_unit;
+        for digit in fraction.bytes().map(|b| u64::from(b - b'0')) {
+            if !scale.is_multiple_of(10) {
+                if digit == 0 {
+                    continue;
+                }
+                return Err(format!("duration `{text}` is finer than a millisecond"));
+            }
+            scale /= 10;
+            millis = millis.checked_add(digit * scale).ok_or_else(too_large)?;
+        }
+        Ok(HumanDuration(Duration::from_millis(millis)))
     }
 }
 
@@ -129,6 +151,21 @@ mod tests {
         assert_eq!(HumanDuration::parse("250ms").unwrap().0, Duration::from_millis(250));
         assert_eq!(HumanDuration::parse("1h").unwrap().0, Duration::from_secs(3600));
         assert_eq!(HumanDuration::parse("2d").unwrap().0, Duration::from_secs(172_800));
+    }
+
+    #[test]
+    fn durations_take_decimals_down_to_milliseconds() {
+        assert_eq!(HumanDuration::parse("1.5s").unwrap().0, Duration::from_millis(1500));
+        assert_eq!(HumanDuration::parse("0.25h").unwrap().0, Duration::from_secs(900));
+        assert_eq!(HumanDuration::parse("2.5m").unwrap().0, Duration::from_secs(150));
+        assert_eq!(HumanDuration::parse("0.001s").unwrap().0, Duration::from_millis(1));
+        assert_eq!(HumanDuration::parse("1.5000s").unwrap().0, Duration::from_millis(1500), "trailing zeros are fine");
+        assert_eq!(HumanDuration::parse("2.0ms").unwrap().0, Duration::from_millis(2));
+        assert!(HumanDuration::parse("1.5ms").unwrap_err().contains("finer than a millisecond"));
+        assert!(HumanDuration::parse("0.0001s").unwrap_err().contains("finer than a millisecond"));
+        for bad in [".5s", "1.s", "1..5s", "1.5.5s"] {
+            assert!(HumanDuration::parse(bad).unwrap_err().contains("must start with a number"), "{bad}");
+        }
     }
 
     #[test]

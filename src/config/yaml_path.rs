@@ -49,6 +49,16 @@ pub fn key_path_at(text: &str, line: usize) -> Option<String> {
     Some(path)
 }
 
+/// The 1-based `line:col` where the block-style key `path` (as [`key_path_at`] names it) is
+/// written, or `None` when it is not (a default, or inside a flow mapping).
+pub fn line_of_key(text: &str, path: &str) -> Option<(usize, usize)> {
+    let lines: Vec<&str> = text.lines().collect();
+    (1..=lines.len()).find(|&line| key_path_at(text, line).as_deref() == Some(path)).and_then(|line| {
+        let (_, content) = structure(lines[line - 1])?;
+        Some((line, content + 1))
+    })
+}
+
 /// Column of the dash (if the line is a sequence item) and of the content; `None` for
 /// blank and comment lines.
 fn structure(line: &str) -> Option<(Option<usize>, usize)> {
@@ -124,6 +134,15 @@ routes:
         assert_eq!(key_path_at(YAML, 8).as_deref(), Some("issuers[0].issuer"));
         assert_eq!(key_path_at(YAML, 15).as_deref(), Some("routes[1].bindng"));
         assert_eq!(key_path_at(YAML, 12).as_deref(), Some("routes[0].match"));
+    }
+
+    #[test]
+    fn keys_are_found_by_their_path() {
+        assert_eq!(line_of_key(YAML, "listen.tls.key"), Some((6, 5)));
+        assert_eq!(line_of_key(YAML, "routes[1].bindng"), Some((15, 5)));
+        assert_eq!(line_of_key(YAML, "issuers[0].issuer"), Some((8, 5)));
+        assert_eq!(line_of_key(YAML, "routes[0].match.path_prefix"), None, "inside a flow mapping");
+        assert_eq!(line_of_key(YAML, "limits"), None);
     }
 
     #[test]
