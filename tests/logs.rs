@@ -32,6 +32,9 @@ async fn logs_never_contain_tokens_proofs_keys_or_secrets() {
     let nonce = nonce_response.headers()["dpop-nonce"].to_str().unwrap().to_string();
     let garbage = "eyJhbGciOiJub25lIn0.eyJzdWIiOiJ4In0.c2lnbmF0dXJl";
     assert_eq!(env.get("/bearer/x", None, Some(garbage)).await.status(), 401);
+    let agent = "curl/8.5.0 (logs test)";
+    let public = env.client(None).get(env.url("/public/ua")).header("user-agent", agent).send().await.unwrap();
+    assert_eq!(public.status(), 200);
 
     let logs = captured_logs();
     let forbidden = [
@@ -70,6 +73,13 @@ async fn logs_never_contain_tokens_proofs_keys_or_secrets() {
     assert!(ok["fields"]["token"].as_str().unwrap().starts_with("jti:"), "{ok}");
     assert_eq!(ok["fields"]["cert"].as_str().unwrap().len(), 8);
     assert_eq!(ok["fields"]["request_id"].as_str().unwrap().len(), 32);
+    // Upstream time and response size for an answered request; `-` when none answered.
+    let upstream_us: u64 = ok["fields"]["upstream_us"].as_str().unwrap().parse().unwrap();
+    assert!(upstream_us <= ok["fields"]["latency_us"].as_u64().unwrap(), "{ok}");
+    assert!(ok["fields"]["bytes"].as_str().unwrap().parse::<u64>().is_ok(), "{ok}");
+    assert_eq!(replayed["fields"]["upstream_us"], "-", "{replayed}");
+    let with_agent = access.iter().find(|v| v["fields"]["path"] == "/public/ua").expect("the public request");
+    assert_eq!(with_agent["fields"]["user_agent"], agent, "{with_agent}");
 
     // At trace level every request's whole state is printed with `{:?}`: the exchange, its
     // principal and the connection with its token memo. Secrets show as redacted (the

@@ -180,7 +180,8 @@ pub fn parse_jwks(source: &str, body: &[u8]) -> Result<Vec<PublicKey>, FetchErro
         .filter_map(|jwk| match PublicKey::from_jwk(jwk) {
             Ok(key) => Some(key),
             Err(e) => {
-                tracing::debug!(source, kid = ?jwk.get("kid"), error = %e, "skipping unusable JWK");
+                let kid = jwk.get("kid").and_then(|k| k.as_str()).unwrap_or("-");
+                tracing::debug!(source, kid, error = %e, "skipping unusable JWK");
                 None
             }
         })

@@ -82,9 +82,10 @@ impl GatewayHandle {
         if !same_replay_settings(&current.state.dpop.settings, &config.dpop) {
             return Err(ReloadError::NeedsRestart("dpop.replay, dpop.max_age or dpop.max_future"));
         }
+        let changes = config.changes_from(&current.state.config);
         let live = build(config, self.metrics.clone(), Some(&current.state)).await?;
         self.live.store(Arc::new(live));
-        tracing::info!("configuration reloaded");
+        tracing::info!(changes = %changes, "configuration reloaded");
         Ok(())
     }
 
@@ -120,7 +121,9 @@ pub async fn start(config: Config) -> Result<GatewayHandle, StartError> {
         Some(admin) => {
             let addr = admin.local_addr().ok();
             tokio::spawn(admin::serve(admin, live.clone(), receiver.clone()));
-            tracing::info!(admin = ?addr, "admin listener: /metrics /healthz /readyz");
+            if let Some(addr) = addr {
+                tracing::info!(admin = %addr, "admin listener: /metrics /healthz /readyz");
+            }
             addr
         }
         None => None,

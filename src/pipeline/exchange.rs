@@ -9,7 +9,7 @@
 use std::fmt;
 use std::time::{Duration, Instant};
 
-use http::header::AUTHORIZATION;
+use http::header::{AUTHORIZATION, USER_AGENT};
 use http::{HeaderValue, Method, Request};
 
 use super::request_id::request_id;
@@ -28,6 +28,8 @@ pub struct Exchange<'s> {
     pub logging: bool,
     /// The path as sent, without the query — kept only when logging.
     pub path: String,
+    /// The client's `User-Agent` — kept only when logging.
+    pub user_agent: Option<HeaderValue>,
     /// The canonical host the request named (canonicalise).
     pub host: Option<Box<str>>,
     /// The route that matched (route).
@@ -53,11 +55,11 @@ impl<'s> Exchange<'s> {
     /// Starts the exchange of `request` on `conn`.
     pub fn begin<B>(conn: &'s ConnectionInfo, request: &Request<B>) -> Self {
         let logging = tracing::enabled!(target: "access", tracing::Level::INFO);
-        let (path, credential) = if logging {
+        let (path, credential, user_agent) = if logging {
             let credential = request.headers().get(AUTHORIZATION).cloned().map(Secret::new);
-            (request.uri().path().to_owned(), credential)
+            (request.uri().path().to_owned(), credential, request.headers().get(USER_AGENT).cloned())
         } else {
-            (String::new(), None)
+            (String::new(), None, None)
         };
         Exchange {
             conn,
@@ -66,6 +68,7 @@ impl<'s> Exchange<'s> {
             method: request.method().clone(),
             logging,
             path,
+            user_agent,
             host: None,
             route: None,
             principal: None,

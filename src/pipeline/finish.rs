@@ -4,7 +4,9 @@
 //! the request metrics and the access log (later: response signatures).
 //!
 //! The access log (target `access`, one line per request) names the request id, route,
-//! method, path (no query), status, reason code, latency, peer, a prefix of the client
+//! method, path (no query), status, reason code, latency, the upstream's time to its
+//! response head, the response's `Content-Length` (`bytes`; `-` when streamed without one —
+//! the line is written when the response starts), peer, user agent, a prefix of the client
 //! certificate's thumbprint and the token's `jti` (or, for a refused request, a short
 //! fingerprint of the credential) — never a token, proof or key.
 
@@ -44,7 +46,8 @@ pub fn finish(
     let total = exchange.started.elapsed();
     record(state, &exchange, status, reason, class, total);
     if exchange.logging {
-        access_log(&exchange, status, reason, total);
+        let bytes = response.headers().get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok());
+        access_log(&exchange, status, reason, total, bytes);
     }
     tracing::trace!(target: "exchange", ?exchange, status, reason, "exchange finished");
     // The upstream got the same id; if it answers with its own, that one stands.
@@ -80,7 +83,7 @@ fn record(
     handles.gateway_seconds.observe(total.saturating_sub(exchange.upstream_time.unwrap_or_default()).as_secs_f64());
 }
 
-fn access_log(exchange: &Exchange<'_>, status: u16, reason: &'static str, total: Duration) {
+fn access_log(exchange: &Exchange<'_>, status: u16, reason: &'static str, total: Duration, bytes: Option<&str>) {
     let conn = exchange.conn;
     let identity = exchange.principal.as_ref().and_then(|p| p.identity.as_ref());
     let token = match identity {
@@ -97,11 +100,27 @@ fn access_log(exchange: &Exchange<'_>, status: u16, reason: &'static str, total:
         status,
         reason,
         latency_us = u64::try_from(total.as_micros()).unwrap_or(u64::MAX),
+        upstream_us = %MicrosField(exchange.upstream_time),
+        bytes = bytes.unwrap_or("-"),
         peer = %conn.peer,
+        user_agent = exchange.user_agent.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("-"),
         cert = %CertField(conn.client_cert.as_ref().map(|c| &c.thumbprint)),
         token = %token,
         "request"
     );
+}
+
+/// The access line's `upstream_us`: microseconds to the upstream's response head, `-` when
+/// no upstream answered.
+struct MicrosField(Option<Duration>);
+
+impl std::fmt::Display for MicrosField {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(d) => write!(f, "{}", u64::try_from(d.as_micros()).unwrap_or(u64::MAX)),
+            None => f.write_str("-"),
+        }
+    }
 }
 
 /// The access line's `cert`: base64url of the first 6 bytes of the client certificate's

@@ -430,7 +430,10 @@ impl Body for PooledBody {
                 if this.lease.is_some() && this.stall.stalled(cx) {
                     // The rest of the body may still come: the connection cannot be reused.
                     this.lease = None;
-                    tracing::warn!(timeout = ?this.stall.timeout, "upstream response stalled; cut off");
+                    tracing::warn!(
+                        timeout_ms = u64::try_from(this.stall.timeout.as_millis()).unwrap_or(u64::MAX),
+                        "upstream response stalled; cut off"
+                    );
                     return Poll::Ready(Some(Err(BodyStalled(this.stall.timeout).into())));
                 }
             }
