@@ -571,12 +571,15 @@ async fn proof_for_another_url_is_refused() {
     ] {
         eprintln!("htu {htu}");
         let proof = forged(&env, &key, &token, |_, c| c["htu"] = json!(htu));
-        assert_proof_refused(&env, &token, &proof, "the DPoP proof's htu does not match the request URL").await;
+        // Both URLs are named (issue 14.3): what the client signed, what the gateway expects.
+        let want = format!("the DPoP proof's htu `{htu}` does not match the request URL `https://gateway.test/dpop/x`");
+        assert_proof_refused(&env, &token, &proof, &want).await;
     }
     let proof = forged(&env, &key, &token, |_, c| {
         c.as_object_mut().unwrap().remove("htu");
     });
-    assert_proof_refused(&env, &token, &proof, "the DPoP proof's htu does not match the request URL").await;
+    let want = "the DPoP proof's htu `` does not match the request URL `https://gateway.test/dpop/x`";
+    assert_proof_refused(&env, &token, &proof, want).await;
 }
 
 #[tokio::test]
@@ -677,7 +680,10 @@ async fn percent_encoding_of_unreserved_characters_is_normalised_in_htu() {
     // Reserved characters stay encoded: `%3A` is not `:`.
     let proof = forged(&env, &key, &token, |_, c| c["htu"] = json!("https://gateway.test/dpop/a:b"));
     let response = env.send_dpop("GET", "/dpop/a%3Ab", &token, &proof).await;
-    let want = dpop_challenge("invalid_dpop_proof", "the DPoP proof's htu does not match the request URL");
+    let want = dpop_challenge(
+        "invalid_dpop_proof",
+        "the DPoP proof's htu `https://gateway.test/dpop/a:b` does not match the request URL `https://gateway.test/dpop/a%3Ab`",
+    );
     assert_rejected(response, 401, &want, "invalid_dpop_proof").await;
     assert_eq!(env.upstream.hits(), 1);
 }
@@ -743,7 +749,11 @@ async fn route_public_url_overrides_the_listener_origin_for_htu() {
 
     let proof = key.dpop_proof("GET", "https://gateway.test/lb/x", Some(&token));
     let response = env.send_dpop("GET", "/lb/x", &token, &proof).await;
-    let want = dpop_challenge("invalid_dpop_proof", "the DPoP proof's htu does not match the request URL");
+    // The expected URL is the route's public_url: what a client behind the balancer must sign.
+    let want = dpop_challenge(
+        "invalid_dpop_proof",
+        "the DPoP proof's htu `https://gateway.test/lb/x` does not match the request URL `https://api.example.com/lb/x`",
+    );
     assert_rejected(response, 401, &want, "invalid_dpop_proof").await;
     assert_eq!(env.upstream.hits(), 1);
 }
@@ -763,7 +773,10 @@ async fn forwarded_headers_do_not_change_the_expected_htu() {
         .send()
         .await
         .unwrap();
-    let want = dpop_challenge("invalid_dpop_proof", "the DPoP proof's htu does not match the request URL");
+    let want = dpop_challenge(
+        "invalid_dpop_proof",
+        "the DPoP proof's htu `https://evil.test/dpop/x` does not match the request URL `https://gateway.test/dpop/x`",
+    );
     assert_rejected(response, 401, &want, "invalid_dpop_proof").await;
     assert_eq!(env.upstream.hits(), 0);
 }

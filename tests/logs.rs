@@ -78,6 +78,13 @@ async fn logs_never_contain_tokens_proofs_keys_or_secrets() {
     assert!(upstream_us <= ok["fields"]["latency_us"].as_u64().unwrap(), "{ok}");
     assert!(ok["fields"]["bytes"].as_str().unwrap().parse::<u64>().is_ok(), "{ok}");
     assert_eq!(replayed["fields"]["upstream_us"], "-", "{replayed}");
+    // At debug, each refusal's line says what was wrong in the words of the challenge.
+    let refusal = logs
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["target"] == "refusal" && v["fields"]["reason"] == "dpop_replayed")
+        .expect("the replay's refusal line");
+    assert_eq!(refusal["fields"]["description"], "the DPoP proof was already used", "{refusal}");
     let with_agent = access.iter().find(|v| v["fields"]["path"] == "/public/ua").expect("the public request");
     assert_eq!(with_agent["fields"]["user_agent"], agent, "{with_agent}");
 

@@ -45,6 +45,15 @@ impl Answer {
         }
     }
 
+    /// What a refusal's challenge tells the client (`error_description`), if it has one:
+    /// for the debug log, which names what was expected and what came. Never a credential.
+    pub fn description(&self) -> Option<&str> {
+        match self {
+            Answer::Reject(Rejection::Auth(denial)) => Some(&denial.description),
+            _ => None,
+        }
+    }
+
     pub fn into_response(self) -> Response<ProxyBody> {
         match self {
             Answer::Reject(rejection) => rejection.into_response(),

@@ -64,6 +64,8 @@ struct FetchState {
 /// The cached keys of one issuer.
 pub struct IssuerKeys {
     issuer: String,
+    /// The issuer's `algorithms`: a key set none of whose keys can verify one is warned about.
+    algorithms: Vec<crate::jose::Alg>,
     source: KeySource,
     settings: JwksCacheSettings,
     fetcher: Option<KeyFetcher>,
@@ -74,6 +76,36 @@ pub struct IssuerKeys {
     fetches: Family<FetchLabels, Counter>,
 }
 
+/// A warning when none of `keys` can verify any of `algorithms` (every token of the issuer
+/// would be refused), naming what the keys are and what to change.
+pub fn unusable_with(keys: &[crate::jose::PublicKey], algorithms: &[crate::jose::Alg]) -> Option<String> {
+    if keys.iter().any(|k| algorithms.iter().any(|a| k.allows(*a))) {
+        return None;
+    }
+    let described: Vec<String> = keys
+        .iter()
+        .map(|k| {
+            let kind = match k.crv() {
+                Some(crv) => format!("{} {crv}", k.kty()),
+                None => k.kty().to_string(),
+            };
+            match k.alg() {
+                Some(alg) => format!("{kind} (alg {alg})"),
+                None => kind,
+            }
+        })
+        .collect();
+    let wanted: Vec<&str> = algorithms.iter().map(|a| a.name()).collect();
+    let hint =
+        keys.iter().find_map(|k| k.alg()).map_or(String::new(), |alg| format!("; e.g. add {alg} to `algorithms`"));
+    Some(format!(
+        "none of the issuer's signing keys ({}) can verify its `algorithms` ({}): every token will be refused; \
+         list the algorithm the issuer signs with, or have it sign with one of these{hint}",
+        described.join(", "),
+        wanted.join(" ")
+    ))
+}
+
 impl IssuerKeys {
     pub fn new(issuer: &Issuer) -> Result<Self, FetchError> {
         let fetcher = match issuer.keys {
@@ -82,6 +114,7 @@ impl IssuerKeys {
         };
         Ok(IssuerKeys {
             issuer: issuer.issuer.clone(),
+            algorithms: issuer.algorithms.clone(),
             source: issuer.keys.clone(),
             settings: issuer.jwks_cache.clone(),
             fetcher,
@@ -185,6 +218,8 @@ impl IssuerKeys {
         if fetched.keys.is_empty() {
             // A reachable issuer that publishes no usable key has withdrawn its keys: honour it.
             tracing::warn!(issuer = %self.issuer, "the issuer's key set has no usable signing key; tokens will be refused");
+        } else if let Some(warning) = unusable_with(&fetched.keys, &self.algorithms) {
+            tracing::warn!(issuer = %self.issuer, "{warning}");
         }
         let ttl = fetched
             .max_age
@@ -226,5 +261,41 @@ impl IssuerKeys {
             }
             (_, None) => Err(FetchError::Http { url: self.issuer.clone(), reason: "no HTTP client".into() }),
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod unusable_key_tests {
+    use super::unusable_with;
+    use crate::jose::{Alg, PublicKey, SigningKey};
+
+    fn key(alg: Alg, jwk_alg: Option<&str>) -> PublicKey {
+        let mut jwk = SigningKey::generate(alg).unwrap().public_jwk();
+        if let Some(name) = jwk_alg {
+            jwk["alg"] = serde_json::json!(name);
+        }
+        PublicKey::from_jwk(jwk.as_object().unwrap()).unwrap()
+    }
+
+    #[test]
+    fn a_key_set_that_cannot_verify_the_configured_algorithms_is_named() {
+        // Keycloak's JWKS: an RSA key restricted to RS256, against the FAPI default list.
+        let keys = [key(Alg::Rs256, Some("RS256"))];
+        let warning = unusable_with(&keys, &[Alg::Ps256, Alg::Es256, Alg::EdDsa]).unwrap();
+        assert!(warning.contains("RSA (alg RS256)"), "{warning}");
+        assert!(warning.contains("(PS256 ES256 EdDSA)"), "{warning}");
+        assert!(warning.ends_with("add RS256 to `algorithms`"), "{warning}");
+        // An EC P-384 key for an ES256-only issuer.
+        let warning = unusable_with(&[key(Alg::Es384, None)], &[Alg::Es256]).unwrap();
+        assert!(warning.contains("EC P-384"), "{warning}");
+    }
+
+    #[test]
+    fn one_usable_key_is_enough() {
+        let keys = [key(Alg::Rs256, Some("RS256")), key(Alg::Es256, None)];
+        assert_eq!(unusable_with(&keys, &[Alg::Ps256, Alg::Es256]), None);
+        // An RSA key without `alg` serves PS256.
+        assert_eq!(unusable_with(&[key(Alg::Ps256, None)], &[Alg::Ps256]), None);
     }
 }

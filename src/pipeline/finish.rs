@@ -39,6 +39,16 @@ pub fn finish(
         }
         Err(answer) => {
             let (reason, class) = (answer.reason(), answer.class());
+            if let Some(description) = answer.description() {
+                tracing::debug!(
+                    target: "refusal",
+                    request_id = exchange.request_id.to_str().unwrap_or("-"),
+                    route = exchange.route.map_or("-", |r| r.spec.name.as_str()),
+                    reason,
+                    description,
+                    "request refused"
+                );
+            }
             (answer.into_response(), reason, class)
         }
     };

@@ -67,8 +67,10 @@ pub enum ProofError {
     BadJti,
     #[error("the DPoP proof's htm does not match the request method")]
     HtmMismatch,
-    #[error("the DPoP proof's htu does not match the request URL")]
-    HtuMismatch,
+    /// `got`: the proof's `htu` as it came (shortened, printable; empty when absent);
+    /// `expected`: the URL the gateway checks it against (the public URL plus the path).
+    #[error("the DPoP proof's htu `{got}` does not match the request URL `{expected}`")]
+    HtuMismatch { got: Box<str>, expected: Box<str> },
     #[error("the DPoP proof has no iat")]
     MissingIat,
     #[error("the DPoP proof is too old")]
@@ -95,7 +97,7 @@ impl ProofError {
             ProofError::BadSignature => "dpop_bad_signature",
             ProofError::BadJti => "dpop_bad_jti",
             ProofError::HtmMismatch => "dpop_htm_mismatch",
-            ProofError::HtuMismatch => "dpop_htu_mismatch",
+            ProofError::HtuMismatch { .. } => "dpop_htu_mismatch",
             ProofError::MissingIat => "dpop_missing_iat",
             ProofError::TooOld => "dpop_too_old",
             ProofError::IssuedInFuture => "dpop_iat_in_future",
@@ -235,9 +237,9 @@ pub fn verify_proof(
     if claims.htm.as_deref() != Some(request.method) {
         return Err(ProofError::HtmMismatch);
     }
-    let htu = claims.htu.as_deref().ok_or(ProofError::HtuMismatch)?;
-    if crate::uri::normalise(htu).map_err(|_| ProofError::HtuMismatch)? != request.url {
-        return Err(ProofError::HtuMismatch);
+    let htu = claims.htu.as_deref().unwrap_or_default();
+    if crate::uri::normalise(htu).ok().as_deref() != Some(request.url) {
+        return Err(ProofError::HtuMismatch { got: crate::auth::token::shown(htu), expected: request.url.into() });
     }
     let iat = claims.iat.as_ref().ok_or(ProofError::MissingIat)?;
     let iat = jose::numeric_date(iat).ok_or(ProofError::Malformed)?;

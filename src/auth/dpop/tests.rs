@@ -204,8 +204,22 @@ fn htm_and_htu_must_match_the_request() {
         "https://api.test:8443/accounts/1",
         "not a url",
     ] {
-        assert_eq!(check(&key, &key.header(), &with("htu", json!(htu))), Err(ProofError::HtuMismatch), "{htu}");
+        let refused = check(&key, &key.header(), &with("htu", json!(htu))).unwrap_err();
+        // Both URLs are named: what a client behind a load balancer needs to see.
+        assert_eq!(refused, ProofError::HtuMismatch { got: htu.into(), expected: URL.into() }, "{htu}");
+        assert_eq!(refused.to_string(), format!("the DPoP proof's htu `{htu}` does not match the request URL `{URL}`"));
     }
+    let mut no_htu = claims();
+    no_htu.as_object_mut().unwrap().remove("htu");
+    let missing = check(&key, &key.header(), &no_htu).unwrap_err();
+    assert_eq!(missing.to_string(), format!("the DPoP proof's htu `` does not match the request URL `{URL}`"));
+    // What the client sent is shown shortened and printable only.
+    let long = format!("https://api.test/{}\u{7}", "a".repeat(100));
+    let ProofError::HtuMismatch { got, .. } = check(&key, &key.header(), &with("htu", json!(long))).unwrap_err() else {
+        panic!("htu mismatch expected");
+    };
+    assert_eq!(got.len(), 67, "{got}");
+    assert!(got.ends_with("...") && got.is_ascii(), "{got}");
 }
 
 #[test]

@@ -70,12 +70,16 @@ pub enum TokenError {
     TooLarge,
     #[error("the access token is not a well-formed JWT")]
     Malformed,
-    #[error("the access token's algorithm is not accepted")]
-    AlgorithmNotAllowed,
+    /// `alg` as the token names it (shortened, printable); `allowed`: the issuer's
+    /// `algorithms`, when the issuer is known at that point.
+    #[error("{}", alg_not_allowed(.alg, .allowed.as_deref()))]
+    AlgorithmNotAllowed { alg: Box<str>, allowed: Option<Box<str>> },
     #[error("the access token has a critical header the gateway does not understand")]
     CriticalHeader,
-    #[error("the access token's typ is not accepted (expected at+jwt)")]
-    WrongType,
+    /// The `typ` the token carries (shortened, printable; `None`: none) and the issuer's
+    /// accepted values.
+    #[error("{}", wrong_type(.seen.as_deref(), .accepted))]
+    WrongType { seen: Option<Box<str>>, accepted: Box<str> },
     #[error("the access token's issuer is not trusted")]
     UnknownIssuer,
     #[error("no signing key of the issuer matches the access token")]
@@ -100,15 +104,46 @@ pub enum TokenError {
     BadConfirmation,
 }
 
+fn alg_not_allowed(alg: &str, allowed: Option<&str>) -> String {
+    match allowed {
+        Some(allowed) => {
+            format!("the access token's algorithm `{alg}` is not accepted (this issuer's `algorithms` are {allowed})")
+        }
+        None => {
+            format!("the access token's algorithm `{alg}` is not accepted (none, HMAC and unknown names never are)")
+        }
+    }
+}
+
+fn wrong_type(seen: Option<&str>, accepted: &str) -> String {
+    match seen {
+        Some(seen) => {
+            format!("the access token's typ `{seen}` is not accepted (this issuer's `typ` values are {accepted})")
+        }
+        None => format!("the access token has no typ header (this issuer's `typ` values are {accepted})"),
+    }
+}
+
+/// A value taken from a token or proof, as an error message may show it: at most 64
+/// characters; anything but printable ASCII becomes `?`.
+pub fn shown(value: &str) -> Box<str> {
+    let mut out: String =
+        value.chars().take(64).map(|c| if c.is_ascii_graphic() || c == ' ' { c } else { '?' }).collect();
+    if value.chars().count() > 64 {
+        out.push_str("...");
+    }
+    out.into_boxed_str()
+}
+
 impl TokenError {
     /// Stable reason code for logs and metrics.
     pub fn reason(&self) -> &'static str {
         match self {
             TokenError::TooLarge => "token_too_large",
             TokenError::Malformed => "token_malformed",
-            TokenError::AlgorithmNotAllowed => "token_alg_not_allowed",
+            TokenError::AlgorithmNotAllowed { .. } => "token_alg_not_allowed",
             TokenError::CriticalHeader => "token_crit_header",
-            TokenError::WrongType => "token_wrong_typ",
+            TokenError::WrongType { .. } => "token_wrong_typ",
             TokenError::UnknownIssuer => "token_unknown_issuer",
             TokenError::UnknownKey => "token_unknown_kid",
             TokenError::KeysUnavailable => "keys_unavailable",

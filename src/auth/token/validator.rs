@@ -160,7 +160,9 @@ impl TokenValidator {
             _ => TokenError::Malformed,
         })?;
         let alg = jws.alg().map_err(|e| match e {
-            JwsError::UnsupportedAlg(_) => TokenError::AlgorithmNotAllowed,
+            JwsError::UnsupportedAlg(name) => {
+                TokenError::AlgorithmNotAllowed { alg: super::shown(&name), allowed: None }
+            }
             JwsError::CriticalHeader => TokenError::CriticalHeader,
             _ => TokenError::Malformed,
         })?;
@@ -168,10 +170,14 @@ impl TokenValidator {
         let iss = claims.iss.as_deref().ok_or(TokenError::UnknownIssuer)?;
         let (issuer, keys) = self.issuers.get(iss).ok_or(TokenError::UnknownIssuer)?;
         if !typ_accepted(&issuer.typ, jws.header_str("typ")) {
-            return Err(TokenError::WrongType);
+            return Err(TokenError::WrongType {
+                seen: jws.header_str("typ").map(super::shown),
+                accepted: issuer.typ.join(" ").into(),
+            });
         }
         if !issuer.algorithms.contains(&alg) {
-            return Err(TokenError::AlgorithmNotAllowed);
+            let allowed = issuer.algorithms.iter().map(|a| a.name()).collect::<Vec<_>>().join(" ");
+            return Err(TokenError::AlgorithmNotAllowed { alg: alg.name().into(), allowed: Some(allowed.into()) });
         }
         let kid = jws.header_str("kid");
         let set = keys.key_set(kid, alg).await.map_err(|e| match e {
