@@ -67,7 +67,25 @@ impl GatewayHandle {
     /// running finish on the old configuration; new requests — also on open connections —
     /// use the new one, and new TLS handshakes present the new certificate. Addresses and
     /// `limits` are fixed at start and refused here.
+    ///
+    /// Counted in `fapi_gateway_config_reloads_total{result}`; a success also sets
+    /// `fapi_gateway_config_last_reload_success_timestamp_seconds`.
     pub async fn reload(&self, config: Config) -> Result<(), ReloadError> {
+        let result = self.replace_config(config).await;
+        match result {
+            Ok(()) => self.metrics.reload_succeeded(),
+            Err(_) => self.metrics.reload_failed(),
+        }
+        result
+    }
+
+    /// Counts a reload refused before [`GatewayHandle::reload`] could be called — the file
+    /// did not parse or validate — in `fapi_gateway_config_reloads_total{result="failure"}`.
+    pub fn record_reload_failure(&self) {
+        self.metrics.reload_failed();
+    }
+
+    async fn replace_config(&self, config: Config) -> Result<(), ReloadError> {
         let bound = Bound { address: config.listen.address, admin: config.admin, settings: server_settings(&config) };
         if bound.address != self.bound.address {
             return Err(ReloadError::NeedsRestart("listen.address"));
@@ -104,7 +122,9 @@ impl GatewayHandle {
 /// they are retried in the background and on demand), binds the listeners and starts
 /// serving.
 pub async fn start(config: Config) -> Result<GatewayHandle, StartError> {
-    let metrics = Arc::new(metrics::Metrics::new());
+    // Latency buckets up to the longest route timeout (fixed for the life of the instance).
+    let longest_timeout = config.routes.iter().map(|r| r.timeout).max().unwrap_or_default();
+    let metrics = Arc::new(metrics::Metrics::with_latency_ceiling(longest_timeout));
     let bound = Bound { address: config.listen.address, admin: config.admin, settings: server_settings(&config) };
     let live = Arc::new(ArcSwap::from_pointee(build(config, metrics.clone(), None).await?));
     let address = bound.address;
