@@ -1,5 +1,14 @@
 //! Running a gateway: binding the TLS and admin listeners, serving, reloading a new
 //! configuration in place, and draining on shutdown.
+//!
+//! Shutdown ([`GatewayHandle::shutdown`]) runs in this order, so that a load balancer sees
+//! the instance leave before it stops taking connections:
+//! 1. draining begins: `/readyz` answers 503 (`"draining": true`);
+//! 2. for `limits.shutdown_delay` (0 by default) the TLS listener keeps accepting and serving
+//!    new connections, time for the balancer to deregister the instance;
+//! 3. the TLS listener stops accepting and open connections finish their in-flight requests,
+//!    for up to `limits.shutdown_grace`;
+//! 4. the admin listener stops last.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -19,8 +28,13 @@ use crate::{admin, metrics, server};
 pub struct GatewayHandle {
     local_addr: SocketAddr,
     admin_addr: Option<SocketAddr>,
+    /// Stops the TLS listener (then it drains).
     shutdown: watch::Sender<bool>,
     task: JoinHandle<()>,
+    /// Stops the admin listener, once the TLS listener has drained.
+    admin_shutdown: watch::Sender<bool>,
+    admin_task: Option<JoinHandle<()>>,
+    drain: admin::Drain,
     live: Arc<ArcSwap<Live>>,
     metrics: Arc<metrics::Metrics>,
     /// What a reload may not change without a restart.
@@ -54,7 +68,7 @@ impl GatewayHandle {
     /// What `/readyz` would report now.
     pub async fn readiness(&self) -> admin::Readiness {
         let live = self.live.load_full();
-        admin::readiness(&live.state).await
+        admin::readiness(&live.state, &self.drain).await
     }
 
     /// Whether the shared DPoP replay store (if configured) answers now.
@@ -106,15 +120,38 @@ impl GatewayHandle {
         Ok(())
     }
 
-    /// Stops accepting, drains in-flight requests up to the grace period, and returns.
+    /// Shuts down as the module docs say: `/readyz` answers 503 at once; the listener keeps
+    /// accepting for `limits.shutdown_delay` (of the configuration running now), then stops
+    /// accepting and drains in-flight requests up to `limits.shutdown_grace`; the admin
+    /// listener stops last. Returns when all of it is done.
     pub async fn shutdown(self) {
+        self.drain.begin();
+        self.metrics.draining.set(1);
+        let delay = self.live.load().state.config.limits.shutdown_delay;
+        if !delay.is_zero() {
+            tracing::info!(
+                delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+                "draining: /readyz answers 503; still accepting connections for limits.shutdown_delay"
+            );
+            tokio::time::sleep(delay).await;
+        }
+        tracing::info!("draining: no longer accepting connections; in-flight requests finish");
         let _ = self.shutdown.send(true);
         let _ = self.task.await;
+        let _ = self.admin_shutdown.send(true);
+        if let Some(admin) = self.admin_task {
+            let _ = admin.await;
+        }
     }
 
-    /// Waits until the server stops (after [`GatewayHandle::shutdown`] from elsewhere).
+    /// Waits until the server stops (after [`GatewayHandle::shutdown`] from elsewhere), then
+    /// stops the admin listener.
     pub async fn wait(self) {
         let _ = self.task.await;
+        let _ = self.admin_shutdown.send(true);
+        if let Some(admin) = self.admin_task {
+            let _ = admin.await;
+        }
     }
 }
 
@@ -136,16 +173,29 @@ pub async fn start(config: Config) -> Result<GatewayHandle, StartError> {
         None => None,
     };
     let (shutdown, receiver) = watch::channel(false);
-    let admin_addr = match admin_listener {
+    let (admin_shutdown, admin_receiver) = watch::channel(false);
+    let drain = admin::Drain::default();
+    let (admin_addr, admin_task) = match admin_listener {
         Some(admin) => {
             let addr = admin.local_addr().ok();
-            tokio::spawn(admin::serve(admin, live.clone(), receiver.clone()));
+            let task = tokio::spawn(admin::serve(admin, live.clone(), drain.clone(), admin_receiver));
             tracing::info!(admin = ?addr, "admin listener: /metrics /healthz /readyz");
-            addr
+            (addr, Some(task))
         }
-        None => None,
+        None => (None, None),
     };
     let task = tokio::spawn(server::serve(listener, live.clone(), bound.settings.clone(), receiver));
     tracing::info!(%local_addr, "gateway listening");
-    Ok(GatewayHandle { local_addr, admin_addr, shutdown, task, live, metrics, bound })
+    Ok(GatewayHandle {
+        local_addr,
+        admin_addr,
+        shutdown,
+        task,
+        admin_shutdown,
+        admin_task,
+        drain,
+        live,
+        metrics,
+        bound,
+    })
 }
