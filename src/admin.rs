@@ -4,10 +4,15 @@
 //! when every issuer's keys have been loaded and the shared DPoP replay store (if any)
 //! answers, else 503 with the reasons, so a load balancer sends traffic only to instances
 //! that can decide requests.
+//!
+//! Draining ([`Drain`]): from the moment a shutdown begins `/readyz` answers 503 with
+//! `"draining": true`, and the admin listener keeps serving until the TLS listener has
+//! drained (the lifecycle stops it last), so a balancer sees the instance leave.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use http::header::{CACHE_CONTROL, CONTENT_TYPE};
 use http::{HeaderValue, Method, Request, Response, StatusCode};
@@ -25,29 +30,49 @@ use arc_swap::ArcSwap;
 /// What `/readyz` found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Readiness {
+    /// A shutdown has begun: the instance wants no new traffic.
+    pub draining: bool,
     pub keys_loaded: bool,
     pub replay_store_reachable: bool,
 }
 
 impl Readiness {
     pub fn ready(&self) -> bool {
-        self.keys_loaded && self.replay_store_reachable
+        !self.draining && self.keys_loaded && self.replay_store_reachable
+    }
+}
+
+/// Whether the gateway is shutting down; shared by the lifecycle, which begins it, and the
+/// admin listener, whose `/readyz` reports it. Once begun it never ends.
+#[derive(Clone, Debug, Default)]
+pub struct Drain {
+    begun: Arc<AtomicBool>,
+}
+
+impl Drain {
+    /// Marks the gateway as draining: `/readyz` answers 503 from now on.
+    pub fn begin(&self) {
+        self.begun.store(true, Ordering::Release);
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.begun.load(Ordering::Acquire)
     }
 }
 
 /// Checks what a ready instance needs.
-pub async fn readiness(state: &GatewayState) -> Readiness {
+pub async fn readiness(state: &GatewayState, drain: &Drain) -> Readiness {
     let keys_loaded = state.validator.issuer_keys().all(|k| k.is_loaded());
     // With `on_error: local` the instance still decides DPoP requests while Redis is down.
     let replay_store_reachable = match &state.dpop.shared_replay {
         Some(store) if store.fails_closed() => store.is_reachable().await,
         _ => true,
     };
-    Readiness { keys_loaded, replay_store_reachable }
+    Readiness { draining: drain.is_draining(), keys_loaded, replay_store_reachable }
 }
 
-/// Serves the admin endpoints until `shutdown` turns true.
-pub async fn serve(listener: TcpListener, live: Arc<ArcSwap<Live>>, mut shutdown: watch::Receiver<bool>) {
+/// Serves the admin endpoints until `shutdown` turns true (or its sender is dropped).
+pub async fn serve(listener: TcpListener, live: Arc<ArcSwap<Live>>, drain: Drain, mut shutdown: watch::Receiver<bool>) {
     loop {
         let (tcp, _) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -57,17 +82,19 @@ pub async fn serve(listener: TcpListener, live: Arc<ArcSwap<Live>>, mut shutdown
             _ = shutdown.changed() => return,
         };
         let live = live.clone();
+        let drain = drain.clone();
         tokio::spawn(async move {
             let service = service_fn(move |request| {
                 let state = live.load().state.clone();
-                async move { Ok::<_, Infallible>(handle(&state, request).await) }
+                let drain = drain.clone();
+                async move { Ok::<_, Infallible>(handle(&state, &drain, request).await) }
             });
             let _ = auto::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(tcp), service).await;
         });
     }
 }
 
-async fn handle(state: &GatewayState, request: Request<Incoming>) -> Response<ProxyBody> {
+async fn handle(state: &GatewayState, drain: &Drain, request: Request<Incoming>) -> Response<ProxyBody> {
     if request.method() != Method::GET && request.method() != Method::HEAD {
         return text(StatusCode::METHOD_NOT_ALLOWED, "GET only\n".to_string());
     }
@@ -83,10 +110,11 @@ async fn handle(state: &GatewayState, request: Request<Incoming>) -> Response<Pr
             response
         }
         "/readyz" => {
-            let r = readiness(state).await;
+            let r = readiness(state, drain).await;
             let status = if r.ready() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
             let body = serde_json::json!({
                 "ready": r.ready(),
+                "draining": r.draining,
                 "keys_loaded": r.keys_loaded,
                 "replay_store_reachable": r.replay_store_reachable,
             });

@@ -444,7 +444,10 @@ async fn serve_until_stopped(handle: &fapi_gateway::GatewayHandle, path: &std::p
             _ = hup.recv() => {
                 tracing::info!(file = %path.display(), "SIGHUP: reloading the configuration");
                 match Config::load(path) {
-                    Err(e) => tracing::error!(error = %e, "reload refused: the configuration is invalid; the running one keeps serving"),
+                    Err(e) => {
+                        tracing::error!(error = %e, "reload refused: the configuration is invalid; the running one keeps serving");
+                        handle.record_reload_failure();
+                    }
                     Ok(config) => {
                         if let Err(e) = handle.reload(overrides.apply(config)).await {
                             tracing::error!(error = %e, "reload refused; the running configuration keeps serving");

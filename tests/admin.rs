@@ -40,7 +40,10 @@ async fn ready_once_the_issuers_keys_are_loaded() {
     let env = Env::start_with(Options { admin: true, ..Default::default() }).await;
     let (status, body) = readyz(&env).await;
     assert_eq!(status, 200);
-    assert_eq!(body, serde_json::json!({"ready": true, "keys_loaded": true, "replay_store_reachable": true}));
+    assert_eq!(
+        body,
+        serde_json::json!({"ready": true, "draining": false, "keys_loaded": true, "replay_store_reachable": true})
+    );
 }
 
 #[tokio::test]

@@ -131,6 +131,9 @@ pub struct Limits {
     pub max_body_bytes: u64,
     pub header_read_timeout: Duration,
     pub shutdown_grace: Duration,
+    /// On SIGTERM/SIGINT: how long the listener keeps accepting, with `/readyz` already
+    /// 503, before it stops and the drain begins (0: stop at once).
+    pub shutdown_delay: Duration,
     pub idle_timeout: Duration,
     pub max_connections: usize,
     /// Connections one client IP address may hold at once (`None`: no cap).

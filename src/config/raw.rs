@@ -196,6 +196,9 @@ pub struct RawLimits {
     pub header_read_timeout: Option<HumanDuration>,
     /// Defaults to 30 s: how long SIGTERM waits for in-flight requests.
     pub shutdown_grace: Option<HumanDuration>,
+    /// Defaults to 0 s (at most 5 m): how long SIGTERM keeps accepting, with `/readyz`
+    /// already 503, before the drain begins (time for a load balancer to deregister).
+    pub shutdown_delay: Option<HumanDuration>,
     /// Defaults to 5 m: a connection without a request in flight for this long is closed.
     pub idle_timeout: Option<HumanDuration>,
     /// Defaults to 20 000 connections served at once.

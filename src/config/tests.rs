@@ -285,6 +285,19 @@ fn send_pace_stream_and_socket_limits_have_defaults_and_bounds() {
 }
 
 #[test]
+fn shutdown_delay_defaults_to_zero_and_is_bounded() {
+    assert_eq!(parse(BASE).unwrap().limits.shutdown_delay, Duration::ZERO);
+    let with = |v: &str| format!("{BASE}limits:\n  shutdown_delay: {v}\n");
+    assert_eq!(parse(&with("15s")).unwrap().limits.shutdown_delay, Duration::from_secs(15));
+    assert_eq!(parse(&with("5m")).unwrap().limits.shutdown_delay, Duration::from_secs(300));
+    let e = error(&with("6m"));
+    assert!(e.contains("limits.shutdown_delay") && e.contains("at most 5m"), "{e}");
+    assert!(!e.starts_with("gateway.yaml:0:0"), "{e}");
+    let e = error(&with("10"));
+    assert!(e.contains("shutdown_delay"), "{e}");
+}
+
+#[test]
 fn refetch_interval_below_one_second_is_refused() {
     let text = BASE.replace("    audiences:", "    jwks_cache: { refetch_interval: 0s }\n    audiences:");
     assert!(error(&text).contains("at least 1s"));

@@ -27,6 +27,8 @@ const REQUIRED_CLAIMS: [&str; 4] = ["sub", "client_id", "iat", "jti"];
 pub const DEFAULT_DPOP_ALGORITHMS: [Alg; 3] = [Alg::Es256, Alg::Ps256, Alg::EdDsa];
 /// FAPI 2.0 §5.3.2.1-2.13: never accept `iat`/`nbf` more than 60 s ahead.
 const MAX_FUTURE_CEILING: Duration = Duration::from_secs(60);
+/// `limits.shutdown_delay`: longer only keeps a stopping instance alive for nothing.
+const MAX_SHUTDOWN_DELAY: Duration = Duration::from_secs(300);
 
 struct Ctx<'a> {
     file: &'a str,
@@ -217,6 +219,7 @@ fn limits(ctx: &Ctx<'_>, raw: Option<Spanned<super::raw::RawLimits>>, errors: &m
         max_body_bytes: raw_limits.max_body_bytes.unwrap_or(10 * 1024 * 1024),
         header_read_timeout: dur(raw_limits.header_read_timeout, Duration::from_secs(10)),
         shutdown_grace: dur(raw_limits.shutdown_grace, Duration::from_secs(30)),
+        shutdown_delay: dur(raw_limits.shutdown_delay, Duration::ZERO),
         idle_timeout: dur(raw_limits.idle_timeout, Duration::from_secs(300)),
         max_connections: raw_limits.max_connections.unwrap_or(20_000),
         max_connections_per_client: raw_limits.max_connections_per_client,
@@ -226,6 +229,12 @@ fn limits(ctx: &Ctx<'_>, raw: Option<Spanned<super::raw::RawLimits>>, errors: &m
         socket_send_buffer: raw_limits.socket_send_buffer,
     };
     let mut refuse = |key: &str, message: &str| errors.push(ctx.err(limits_at, key, message));
+    if limits.shutdown_delay > MAX_SHUTDOWN_DELAY {
+        refuse(
+            "limits.shutdown_delay",
+            "must be at most 5m (a balancer deregisters within seconds; the orchestrator's grace period must cover it)",
+        );
+    }
     if limits.max_concurrent_streams == 0 {
         refuse("limits.max_concurrent_streams", "must be at least 1");
     }

@@ -6,6 +6,7 @@
 use std::sync::Arc;
 
 use super::StartError;
+use crate::answer::Rejection;
 use crate::auth::jwks::IssuerKeys;
 use crate::auth::token::TokenValidator;
 use crate::config::Config;
@@ -201,6 +202,8 @@ pub(super) async fn build(
             "DPoP nonces use a random per-instance secret while replay state is shared: other instances will refuse this instance's nonces; set dpop.nonce_secret_file or nonce_secret_env on every instance"
         );
     }
+    declare_series(&config, &metrics);
+    record_certificate_expiry(&config, &metrics);
     let routes = config
         .routes
         .iter()
@@ -217,6 +220,57 @@ pub(super) async fn build(
         metrics,
     });
     Ok(Live { state, server_tls })
+}
+
+/// Creates at 0 the series whose labels the configuration tells: each route's upstream
+/// errors (both reasons) and each issuer's key fetches (both results). Series of routes
+/// and issuers a reload removed stay, with their last values.
+fn declare_series(config: &Config, metrics: &metrics::Metrics) {
+    for route in &config.routes {
+        let route: Arc<str> = Arc::from(route.name.as_str());
+        for refusal in [Rejection::UpstreamUnavailable, Rejection::UpstreamTimeout] {
+            let labels = metrics::RequestLabels {
+                route: route.clone(),
+                status: refusal.status().as_u16(),
+                reason: refusal.reason(),
+            };
+            metrics.upstream_errors.get_or_create_owned(&labels);
+        }
+    }
+    for issuer in &config.issuers {
+        for result in ["ok", "error"] {
+            metrics.jwks_fetches.get_or_create_owned(&metrics::FetchLabels { issuer: issuer.issuer.clone(), result });
+        }
+    }
+}
+
+/// Sets `fapi_gateway_certificate_expiry_timestamp_seconds` from the files of `config`: the
+/// server certificate chain, the client CA and each route's upstream CA, each reported with
+/// the earliest `notAfter` it holds. Files of the previous configuration are forgotten.
+fn record_certificate_expiry(config: &Config, metrics: &metrics::Metrics) {
+    let mut files: Vec<(&'static str, String, &std::path::Path)> =
+        vec![("server", config.listen.tls.cert.display().to_string(), &config.listen.tls.cert)];
+    if let Some(ca) = &config.listen.tls.client_ca {
+        files.push(("client_ca", ca.display().to_string(), ca));
+    }
+    for route in &config.routes {
+        if let Some(ca) = &route.upstream_ca {
+            files.push(("upstream_ca", route.name.clone(), ca));
+        }
+    }
+    metrics.certificate_expiry.clear();
+    for (kind, name, path) in files {
+        match tls::load_certs(path).ok().and_then(|certs| tls::validity::earliest_not_after(&certs)) {
+            Some(not_after) => {
+                metrics.certificate_expiry.get_or_create(&metrics::CertificateLabels { kind, name }).set(not_after);
+            }
+            None => tracing::warn!(
+                file = %path.display(),
+                kind,
+                "cannot read the expiry (notAfter) of the file's certificates; it is not reported in fapi_gateway_certificate_expiry_timestamp_seconds"
+            ),
+        }
+    }
 }
 
 /// The listener's settings from `config` (public for the framing fuzz target, which builds

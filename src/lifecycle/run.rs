@@ -1,5 +1,14 @@
 //! Running a gateway: binding the TLS and admin listeners, serving, reloading a new
 //! configuration in place, and draining on shutdown.
+//!
+//! Shutdown ([`GatewayHandle::shutdown`]) runs in this order, so that a load balancer sees
+//! the instance leave before it stops taking connections:
+//! 1. draining begins: `/readyz` answers 503 (`"draining": true`);
+//! 2. for `limits.shutdown_delay` (0 by default) the TLS listener keeps accepting and serving
+//!    new connections, time for the balancer to deregister the instance;
+//! 3. the TLS listener stops accepting and open connections finish their in-flight requests,
+//!    for up to `limits.shutdown_grace`;
+//! 4. the admin listener stops last.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -19,8 +28,13 @@ use crate::{admin, metrics, server};
 pub struct GatewayHandle {
     local_addr: SocketAddr,
     admin_addr: Option<SocketAddr>,
+    /// Stops the TLS listener (then it drains).
     shutdown: watch::Sender<bool>,
     task: JoinHandle<()>,
+    /// Stops the admin listener, once the TLS listener has drained.
+    admin_shutdown: watch::Sender<bool>,
+    admin_task: Option<JoinHandle<()>>,
+    drain: admin::Drain,
     live: Arc<ArcSwap<Live>>,
     metrics: Arc<metrics::Metrics>,
     /// What a reload may not change without a restart.
@@ -54,7 +68,7 @@ impl GatewayHandle {
     /// What `/readyz` would report now.
     pub async fn readiness(&self) -> admin::Readiness {
         let live = self.live.load_full();
-        admin::readiness(&live.state).await
+        admin::readiness(&live.state, &self.drain).await
     }
 
     /// Whether the shared DPoP replay store (if configured) answers now.
@@ -67,7 +81,25 @@ impl GatewayHandle {
     /// running finish on the old configuration; new requests — also on open connections —
     /// use the new one, and new TLS handshakes present the new certificate. Addresses and
     /// `limits` are fixed at start and refused here.
+    ///
+    /// Counted in `fapi_gateway_config_reloads_total{result}`; a success also sets
+    /// `fapi_gateway_config_last_reload_success_timestamp_seconds`.
     pub async fn reload(&self, config: Config) -> Result<(), ReloadError> {
+        let result = self.replace_config(config).await;
+        match result {
+            Ok(()) => self.metrics.reload_succeeded(),
+            Err(_) => self.metrics.reload_failed(),
+        }
+        result
+    }
+
+    /// Counts a reload refused before [`GatewayHandle::reload`] could be called — the file
+    /// did not parse or validate — in `fapi_gateway_config_reloads_total{result="failure"}`.
+    pub fn record_reload_failure(&self) {
+        self.metrics.reload_failed();
+    }
+
+    async fn replace_config(&self, config: Config) -> Result<(), ReloadError> {
         let bound = Bound { address: config.listen.address, admin: config.admin, settings: server_settings(&config) };
         if bound.address != self.bound.address {
             return Err(ReloadError::NeedsRestart("listen.address"));
@@ -89,15 +121,38 @@ impl GatewayHandle {
         Ok(())
     }
 
-    /// Stops accepting, drains in-flight requests up to the grace period, and returns.
+    /// Shuts down as the module docs say: `/readyz` answers 503 at once; the listener keeps
+    /// accepting for `limits.shutdown_delay` (of the configuration running now), then stops
+    /// accepting and drains in-flight requests up to `limits.shutdown_grace`; the admin
+    /// listener stops last. Returns when all of it is done.
     pub async fn shutdown(self) {
+        self.drain.begin();
+        self.metrics.draining.set(1);
+        let delay = self.live.load().state.config.limits.shutdown_delay;
+        if !delay.is_zero() {
+            tracing::info!(
+                delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+                "draining: /readyz answers 503; still accepting connections for limits.shutdown_delay"
+            );
+            tokio::time::sleep(delay).await;
+        }
+        tracing::info!("draining: no longer accepting connections; in-flight requests finish");
         let _ = self.shutdown.send(true);
         let _ = self.task.await;
+        let _ = self.admin_shutdown.send(true);
+        if let Some(admin) = self.admin_task {
+            let _ = admin.await;
+        }
     }
 
-    /// Waits until the server stops (after [`GatewayHandle::shutdown`] from elsewhere).
+    /// Waits until the server stops (after [`GatewayHandle::shutdown`] from elsewhere), then
+    /// stops the admin listener.
     pub async fn wait(self) {
         let _ = self.task.await;
+        let _ = self.admin_shutdown.send(true);
+        if let Some(admin) = self.admin_task {
+            let _ = admin.await;
+        }
     }
 }
 
@@ -105,7 +160,9 @@ impl GatewayHandle {
 /// they are retried in the background and on demand), binds the listeners and starts
 /// serving.
 pub async fn start(config: Config) -> Result<GatewayHandle, StartError> {
-    let metrics = Arc::new(metrics::Metrics::new());
+    // Latency buckets up to the longest route timeout (fixed for the life of the instance).
+    let longest_timeout = config.routes.iter().map(|r| r.timeout).max().unwrap_or_default();
+    let metrics = Arc::new(metrics::Metrics::with_latency_ceiling(longest_timeout));
     let bound = Bound { address: config.listen.address, admin: config.admin, settings: server_settings(&config) };
     let live = Arc::new(ArcSwap::from_pointee(build(config, metrics.clone(), None).await?));
     let address = bound.address;
@@ -117,18 +174,31 @@ pub async fn start(config: Config) -> Result<GatewayHandle, StartError> {
         None => None,
     };
     let (shutdown, receiver) = watch::channel(false);
-    let admin_addr = match admin_listener {
+    let (admin_shutdown, admin_receiver) = watch::channel(false);
+    let drain = admin::Drain::default();
+    let (admin_addr, admin_task) = match admin_listener {
         Some(admin) => {
             let addr = admin.local_addr().ok();
-            tokio::spawn(admin::serve(admin, live.clone(), receiver.clone()));
+            let task = tokio::spawn(admin::serve(admin, live.clone(), drain.clone(), admin_receiver));
             if let Some(addr) = addr {
                 tracing::info!(admin = %addr, "admin listener: /metrics /healthz /readyz");
             }
-            addr
+            (addr, Some(task))
         }
-        None => None,
+        None => (None, None),
     };
     let task = tokio::spawn(server::serve(listener, live.clone(), bound.settings.clone(), receiver));
     tracing::info!(%local_addr, "gateway listening");
-    Ok(GatewayHandle { local_addr, admin_addr, shutdown, task, live, metrics, bound })
+    Ok(GatewayHandle {
+        local_addr,
+        admin_addr,
+        shutdown,
+        task,
+        admin_shutdown,
+        admin_task,
+        drain,
+        live,
+        metrics,
+        bound,
+    })
 }

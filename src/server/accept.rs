@@ -15,8 +15,10 @@ use tokio::task::JoinSet;
 
 use super::ServerSettings;
 use super::connection::ConnectionTask;
+use super::handshake::HandshakeFailure;
 use super::per_client::PerClient;
 use super::reclaim::IdleQueue;
+use crate::metrics::ReasonLabels;
 use crate::pipeline::Live;
 use arc_swap::ArcSwap;
 
@@ -67,6 +69,11 @@ pub async fn serve(
     settings: ServerSettings,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    // Every failure reason has a series from the start, at 0.
+    let metrics = live.load().state.metrics.clone();
+    for reason in HandshakeFailure::ALL {
+        metrics.tls_handshake_failures.get_or_create_owned(&ReasonLabels { reason: reason.as_str() });
+    }
     let slots = Arc::new(Semaphore::new(settings.max_connections));
     let shared = Arc::new(Shared {
         live,

@@ -16,10 +16,12 @@ use tokio::sync::watch;
 use super::accept::Shared;
 use super::activity::Activity;
 use super::gauge::ConnectionGauge;
+use super::handshake::HandshakeFailure;
 use super::per_client::ClientSlot;
 use super::reclaim::Reclaim;
 use super::tls_stream::ServerTlsStream;
 use super::{ClientCertificate, ConnectionInfo, h2_watch};
+use crate::metrics::ReasonLabels;
 use crate::tls;
 
 /// One accepted TCP connection, from TLS handshake to close.
@@ -31,6 +33,11 @@ pub(super) struct ConnectionTask {
 }
 
 impl ConnectionTask {
+    fn count_handshake_failure(&self, reason: HandshakeFailure) {
+        let metrics = &self.shared.live.load().state.metrics;
+        metrics.tls_handshake_failures.get_or_create(&ReasonLabels { reason: reason.as_str() }).inc();
+    }
+
     /// Serves one connection; `_slot` is its place among `max_connections` (and among its
     /// address's `max_connections_per_client`), given back when the connection ends.
     pub(super) async fn run(
@@ -49,11 +56,14 @@ impl ConnectionTask {
             // Boxed: moved between the serving and parked states, and 1.2 KB.
             Ok(Ok(tls)) => Box::new(tls),
             Ok(Err(e)) => {
-                tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                let reason = HandshakeFailure::of(&e);
+                tracing::debug!(%peer, error = %e, reason = reason.as_str(), "TLS handshake failed");
+                self.count_handshake_failure(reason);
                 return;
             }
             Err(_) => {
                 tracing::debug!(%peer, "TLS handshake timed out");
+                self.count_handshake_failure(HandshakeFailure::Timeout);
                 return;
             }
         };

@@ -28,7 +28,8 @@
 //! - `h1.rs`: HTTP/1.1 and parking; `h2.rs`: HTTP/2 (with `h2_watch.rs`, responses the
 //!   client stops reading);
 //! - `activity.rs`: the first-request, idle and park deadlines; `gauge.rs`: the connection
-//!   gauge; `reclaim.rs`: idle keep-alive connections closed, oldest first, when every
+//!   gauge; `handshake.rs`: why a TLS handshake failed (the reasons of
+//!   `fapi_gateway_tls_handshake_failures_total`); `reclaim.rs`: idle keep-alive connections closed, oldest first, when every
 //!   connection slot is taken; `per_client.rs`: the per-address connection cap;
 //! - [`tls_stream`]: TLS on rustls's unbuffered API, which reads the SNI with
 //!   [`client_hello`] before rustls sees a byte.
@@ -44,6 +45,7 @@ mod gauge;
 mod h1;
 mod h2;
 mod h2_watch;
+mod handshake;
 mod per_client;
 mod reclaim;
 /// Public for the fuzz target (`fuzz/fuzz_targets/http1_framing.rs`), not as an API.

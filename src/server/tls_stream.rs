@@ -97,6 +97,16 @@ enum Intent<'a> {
     CloseNotify,
 }
 
+/// What the stream itself refuses, inside the `io::Error`s it returns (rustls's own errors
+/// are there as [`rustls::Error`]): a failed handshake can be told apart by its cause.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum StreamError {
+    #[error("the connection does not begin with a TLS ClientHello")]
+    NotAClientHello,
+    #[error("TLS message too large")]
+    MessageTooLarge,
+}
+
 fn tls_error(error: rustls::Error) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, error)
 }
@@ -221,10 +231,7 @@ impl ServerTlsStream {
             match self.hello_scan.scan(&self.incoming[..self.incoming_len]) {
                 HelloScan::Incomplete => return Ok(Step::NeedInput),
                 HelloScan::NotAHello => {
-                    return Err(io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        "the connection does not begin with a TLS ClientHello",
-                    ));
+                    return Err(io::Error::new(io::ErrorKind::InvalidData, StreamError::NotAClientHello));
                 }
                 HelloScan::Hello(sni) => {
                     self.sni = sni;
@@ -341,7 +348,7 @@ impl ServerTlsStream {
     /// Reads more TLS bytes from the socket; `Ok(0)` at its end.
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
         if self.incoming_len >= MAX_INCOMING {
-            return Poll::Ready(Err(io::Error::new(io::ErrorKind::InvalidData, "TLS message too large")));
+            return Poll::Ready(Err(io::Error::new(io::ErrorKind::InvalidData, StreamError::MessageTooLarge)));
         }
         if self.incoming.len() - self.incoming_len < 1024 {
             let size = (self.incoming_len + READ_CHUNK).min(MAX_INCOMING);

@@ -5,9 +5,12 @@
 //! - [`server`]: the listener's rustls configuration and client-certificate policy;
 //! - [`client`]: outbound TLS (JWKS fetches, `https://` upstreams, later the login mode's
 //!   calls to the authorization server).
+//!
+//! [`validity`] reads a certificate's `notAfter`, for the certificate-expiry metric.
 
 pub mod client;
 pub mod server;
+pub mod validity;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
