@@ -105,6 +105,14 @@ enum Command {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell) to stdout, e.g.
+    /// `fapi-gateway completions bash > /etc/bash_completion.d/fapi-gateway`.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff) to stdout, e.g. `fapi-gateway manpage | man -l -`.
+    Manpage,
     /// Run only the development authorization server (NOT FOR PRODUCTION): GET /jwks and a
     /// client-credentials token endpoint, POST /token, that binds each token to the
     /// client's TLS certificate or DPoP key. For a compose file or a gateway run separately.
@@ -140,6 +148,17 @@ fn main() -> ExitCode {
         Some(Command::CheckConfig { file }) => check_config(&file.unwrap_or(cli.config), overrides),
         Some(Command::Demo { once, dir }) => demo(&cli.config, dir.as_deref(), once, cli.workers),
         Some(Command::DevAs { address, dir, hosts, audience }) => dev_as(address, &dir, &hosts, &audience),
+        Some(Command::Completions { shell }) => {
+            clap_complete::generate(shell, &mut <Cli as clap::CommandFactory>::command(), "fapi-gateway", &mut std::io::stdout());
+            ExitCode::SUCCESS
+        }
+        Some(Command::Manpage) => match clap_mangen::Man::new(<Cli as clap::CommandFactory>::command()).render(&mut std::io::stdout()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: cannot write the manual page: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Some(Command::Healthcheck { address }) => {
             let address = match (address, overrides.admin_address) {
                 (None, Some(admin)) => Ok(admin),

@@ -90,6 +90,9 @@ async fn not_ready_until_the_issuer_answers_then_ready_without_traffic() {
 
 #[tokio::test]
 async fn not_ready_while_the_shared_replay_store_is_down() {
+    if common::redis::missing() {
+        return;
+    }
     let mut redis = RedisServer::start().await;
     let dpop = format!("dpop:\n  replay:\n    store: redis\n    url: {}\n    timeout: 200ms\n", redis.url());
     let env = Env::start_with(Options { admin: true, dpop, ..Default::default() }).await;
@@ -145,4 +148,9 @@ async fn metrics_count_requests_caches_fetches_and_replays() {
     ] {
         assert!(text.lines().any(|l| l == line), "missing `{line}` in:\n{text}");
     }
+}
+
+#[test]
+fn redis_server_is_installed() {
+    assert!(common::redis::installed(), "{}", common::redis::MISSING);
 }

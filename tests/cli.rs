@@ -491,3 +491,28 @@ fn admin_address_flag_overrides_the_file_for_run_and_healthcheck() {
     let probe = gateway().arg("healthcheck").arg("--config").arg(&file).output().unwrap();
     assert_eq!(probe.status.code(), Some(2), "{}", stderr(&probe));
 }
+
+#[test]
+fn version_names_the_git_revision_and_completions_and_manpage_are_generated() {
+    let version = stdout(&gateway().arg("--version").output().unwrap());
+    // `fapi-gateway 0.2.0 (1a2b3c4d5e6f)`: the crate version and the revision built.
+    let expected = format!("fapi-gateway {} (", env!("CARGO_PKG_VERSION"));
+    assert!(version.starts_with(&expected) && version.trim_end().ends_with(')'), "{version}");
+    let revision = version.trim_end().trim_end_matches(')').rsplit('(').next().unwrap().to_string();
+    assert!(revision == "unknown" || revision.bytes().all(|b| b.is_ascii_hexdigit()), "{revision}");
+
+    let bash = gateway().args(["completions", "bash"]).output().unwrap();
+    assert!(bash.status.success());
+    for word in ["check-config", "healthcheck", "demo", "dev-as", "--admin-address"] {
+        assert!(stdout(&bash).contains(word), "{word} missing from the bash completions");
+    }
+    let man = gateway().arg("manpage").output().unwrap();
+    assert!(man.status.success());
+    let man = stdout(&man);
+    assert!(man.contains(".TH fapi-gateway 1") && man.contains("FAPI_GATEWAY_LOG"), "{man}");
+    // The help says what no subcommand does, and lists signals and exit codes.
+    let help = stdout(&gateway().arg("--help").output().unwrap());
+    for part in ["Without a subcommand the gateway runs", "SIGHUP", "SIGTERM", "Exit codes:", "NO_COLOR"] {
+        assert!(help.contains(part), "{part} missing from --help");
+    }
+}

@@ -21,7 +21,11 @@ struct Cluster {
     _secret_dir: tempfile::TempDir,
 }
 
-async fn cluster(on_error: &str) -> Cluster {
+/// The cluster, or `None` when redis-server is missing (`redis_server_is_installed` fails).
+async fn cluster(on_error: &str) -> Option<Cluster> {
+    if common::redis::missing() {
+        return None;
+    }
     let redis = RedisServer::start().await;
     let secret_dir = tempfile::tempdir().unwrap();
     let secret = secret_dir.path().join("nonce-secret");
@@ -35,7 +39,12 @@ async fn cluster(on_error: &str) -> Cluster {
     let twin = env.start_twin().await;
     let key = Signer::es256("client-key");
     let token = env.dpop_token(&key);
-    Cluster { env, twin, redis, key, token, _secret_dir: secret_dir }
+    Some(Cluster { env, twin, redis, key, token, _secret_dir: secret_dir })
+}
+
+#[test]
+fn redis_server_is_installed() {
+    assert!(common::redis::installed(), "{}", common::redis::MISSING);
 }
 
 impl Cluster {
@@ -59,7 +68,7 @@ fn replayed() -> String {
 
 #[tokio::test]
 async fn a_proof_accepted_by_one_instance_is_refused_by_another() {
-    let c = cluster("fail").await;
+    let Some(c) = cluster("fail").await else { return };
     let proof = c.proof("/dpop/x");
     assert_eq!(c.send_a("/dpop/x", &proof).await.status(), 200);
     assert_rejected(c.send_b("/dpop/x", &proof).await, 401, &replayed(), "invalid_dpop_proof").await;
@@ -69,7 +78,8 @@ async fn a_proof_accepted_by_one_instance_is_refused_by_another() {
 
 #[tokio::test]
 async fn the_same_proof_raced_to_two_instances_passes_once() {
-    let c = Arc::new(cluster("fail").await);
+    let Some(c) = cluster("fail").await else { return };
+    let c = Arc::new(c);
     for round in 0..10 {
         let proof = c.proof("/dpop/race");
         let barrier = Arc::new(tokio::sync::Barrier::new(2));
@@ -95,7 +105,7 @@ async fn the_same_proof_raced_to_two_instances_passes_once() {
 
 #[tokio::test]
 async fn a_nonce_issued_by_one_instance_is_accepted_by_another() {
-    let c = cluster("fail").await;
+    let Some(c) = cluster("fail").await else { return };
     let response = c.send_a("/nonce/x", &c.proof("/nonce/x")).await;
     assert_eq!(response.status(), 401);
     let nonce = response.headers()["dpop-nonce"].to_str().unwrap().to_string();
@@ -110,7 +120,7 @@ async fn a_nonce_issued_by_one_instance_is_accepted_by_another() {
 
 #[tokio::test]
 async fn redis_down_fails_closed_and_recovers_without_a_restart() {
-    let mut c = cluster("fail").await;
+    let Some(mut c) = cluster("fail").await else { return };
     assert_eq!(c.send_a("/dpop/x", &c.proof("/dpop/x")).await.status(), 200);
     assert!(c.twin.replay_store_reachable().await);
 
@@ -143,7 +153,7 @@ async fn redis_down_fails_closed_and_recovers_without_a_restart() {
 
 #[tokio::test]
 async fn local_fallback_keeps_serving_and_still_refuses_local_replays() {
-    let mut c = cluster("local").await;
+    let Some(mut c) = cluster("local").await else { return };
     let before = c.proof("/dpop/x");
     assert_eq!(c.send_a("/dpop/x", &before).await.status(), 200, "accepted through Redis");
     c.redis.kill();
@@ -209,6 +219,9 @@ async fn a_redis_that_accepts_but_never_answers_fails_closed() {
 
 #[tokio::test]
 async fn the_gateway_starts_while_redis_is_down() {
+    if common::redis::missing() {
+        return;
+    }
     let mut redis = RedisServer::start().await;
     let url = redis.url();
     redis.kill();
@@ -235,6 +248,9 @@ async fn tls_and_password_in_the_url_work_and_a_wrong_password_fails_closed() {
     capture_logs();
     // The server uses a certificate of the test CA for `localhost` and demands a password.
     let ca_holder = TestPki::new();
+    if common::redis::missing() {
+        return;
+    }
     let redis = RedisServer::start_tls(&ca_holder, "s3cr3t-pass").await;
     let ca = ca_holder.ca_pem_path().display().to_string();
     let good = format!(

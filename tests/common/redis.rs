@@ -3,7 +3,32 @@
 
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
 use std::time::Duration;
+
+/// What to do when `redis-server` is missing: said once per test binary, by its
+/// `redis_server_is_installed` test, which fails; the tests that need the server return
+/// early instead of each failing with the same panic.
+pub const MISSING: &str = "redis-server is not installed, and the shared-replay tests need a real one: \
+     `apt-get install -y redis-server` (or set REDIS_SERVER to its path); .ci/run installs it";
+
+/// Whether `redis-server` runs here (checked once per test binary).
+pub fn installed() -> bool {
+    static INSTALLED: OnceLock<bool> = OnceLock::new();
+    *INSTALLED.get_or_init(|| {
+        Command::new(binary()).arg("--version").output().is_ok_and(|output| output.status.success())
+    })
+}
+
+/// For a test that needs Redis: `true` (with a one-line note) when it must stop because
+/// redis-server is missing. The binary's `redis_server_is_installed` test fails then.
+pub fn missing() -> bool {
+    let missing = !installed();
+    if missing {
+        eprintln!("not run: redis-server is missing (see the failure of redis_server_is_installed)");
+    }
+    missing
+}
 
 pub struct RedisServer {
     pub port: u16,
