@@ -149,16 +149,23 @@ fn main() -> ExitCode {
         Some(Command::Demo { once, dir }) => demo(&cli.config, dir.as_deref(), once, cli.workers),
         Some(Command::DevAs { address, dir, hosts, audience }) => dev_as(address, &dir, &hosts, &audience),
         Some(Command::Completions { shell }) => {
-            clap_complete::generate(shell, &mut <Cli as clap::CommandFactory>::command(), "fapi-gateway", &mut std::io::stdout());
+            clap_complete::generate(
+                shell,
+                &mut <Cli as clap::CommandFactory>::command(),
+                "fapi-gateway",
+                &mut std::io::stdout(),
+            );
             ExitCode::SUCCESS
         }
-        Some(Command::Manpage) => match clap_mangen::Man::new(<Cli as clap::CommandFactory>::command()).render(&mut std::io::stdout()) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("error: cannot write the manual page: {e}");
-                ExitCode::FAILURE
+        Some(Command::Manpage) => {
+            match clap_mangen::Man::new(<Cli as clap::CommandFactory>::command()).render(&mut std::io::stdout()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: cannot write the manual page: {e}");
+                    ExitCode::FAILURE
+                }
             }
-        },
+        }
         Some(Command::Healthcheck { address }) => {
             let address = match (address, overrides.admin_address) {
                 (None, Some(admin)) => Ok(admin),

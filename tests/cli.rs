@@ -483,9 +483,13 @@ fn admin_address_flag_overrides_the_file_for_run_and_healthcheck() {
         }
         std::thread::sleep(Duration::from_millis(50));
     };
+    // A container's `0.0.0.0:port` is probed on loopback.
+    let port = admin.rsplit(':').next().unwrap();
+    let unspecified = gateway().args(["healthcheck", "--address", &format!("0.0.0.0:{port}")]).output().unwrap();
     let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
     let output = wait_for_exit(child, Duration::from_secs(20));
     assert!(healthy.status.success(), "{}\n{}", stderr(&healthy), stderr(&output));
+    assert!(unspecified.status.success(), "{}", stderr(&unspecified));
     assert!(stderr(&output).contains(&admin), "the admin listener is logged on the overriding address");
     // Without the override the file has no admin listener: the healthcheck says so.
     let probe = gateway().arg("healthcheck").arg("--config").arg(&file).output().unwrap();

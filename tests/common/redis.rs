@@ -15,9 +15,8 @@ pub const MISSING: &str = "redis-server is not installed, and the shared-replay 
 /// Whether `redis-server` runs here (checked once per test binary).
 pub fn installed() -> bool {
     static INSTALLED: OnceLock<bool> = OnceLock::new();
-    *INSTALLED.get_or_init(|| {
-        Command::new(binary()).arg("--version").output().is_ok_and(|output| output.status.success())
-    })
+    *INSTALLED
+        .get_or_init(|| Command::new(binary()).arg("--version").output().is_ok_and(|output| output.status.success()))
 }
 
 /// For a test that needs Redis: `true` (with a one-line note) when it must stop because
