@@ -25,7 +25,8 @@ impl HumanDuration {
             .find(|c: char| !c.is_ascii_digit() && c != '.')
             .ok_or_else(|| format!("duration `{text}` needs a unit: ms, s, m, h or d (e.g. `60s`)"))?;
         let (number, unit) = text.split_at(split);
-        let millis_per_unit: u64 = match unit {
+        // `30 s` reads as `30s`.
+        let millis_per_unit: u64 = match unit.trim_start_matches(' ') {
             "ms" => 1,
             "s" => 1_000,
             "m" => 60_000,
@@ -161,6 +162,7 @@ mod tests {
         assert_eq!(HumanDuration::parse("0.001s").unwrap().0, Duration::from_millis(1));
         assert_eq!(HumanDuration::parse("1.5000s").unwrap().0, Duration::from_millis(1500), "trailing zeros are fine");
         assert_eq!(HumanDuration::parse("2.0ms").unwrap().0, Duration::from_millis(2));
+        assert_eq!(HumanDuration::parse("30 s").unwrap().0, Duration::from_secs(30), "a space before the unit");
         assert!(HumanDuration::parse("1.5ms").unwrap_err().contains("finer than a millisecond"));
         assert!(HumanDuration::parse("0.0001s").unwrap_err().contains("finer than a millisecond"));
         for bad in [".5s", "1.s", "1..5s", "1.5.5s"] {
