@@ -32,6 +32,7 @@ pub mod diagnostics;
 pub mod jose;
 pub mod lifecycle;
 pub mod log_writer;
+pub mod login;
 pub mod metrics;
 pub mod pipeline;
 pub mod principal;

@@ -39,6 +39,7 @@ const FORBIDDEN: &[(&str, &[&str])] = &[
     ("proxy", &["auth", "pipeline", "server", "router", "lifecycle", "admin", "demo"]),
     ("pipeline", &["server", "lifecycle", "admin", "demo"]),
     ("server", &["lifecycle", "admin", "demo"]),
+    ("login", &["server", "pipeline", "proxy", "router", "lifecycle", "admin", "demo"]),
 ];
 
 #[test]

@@ -128,7 +128,7 @@ pub fn read_jwks_file(path: &std::path::Path) -> Result<Fetched, FetchError> {
 
 /// RFC 8414 §3.1 inserts the well-known segment between host and path; OpenID Connect
 /// Discovery §4 appends it to the issuer.
-fn metadata_urls(issuer: &str) -> Vec<String> {
+pub fn metadata_urls(issuer: &str) -> Vec<String> {
     let trimmed = issuer.trim_end_matches('/');
     let rfc8414 = match trimmed.strip_prefix("https://").and_then(|rest| rest.split_once('/')) {
         Some((host, path)) => {
