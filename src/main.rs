@@ -304,6 +304,10 @@ fn check_config(path: &std::path::Path, overrides: Overrides) -> ExitCode {
             .map_or("*".to_string(), |m| m.iter().map(|m| m.as_str()).collect::<Vec<_>>().join(","));
         let policy = match &route.policy {
             RoutePolicy::Public => "auth: none (public)".to_string(),
+            RoutePolicy::Session { login, upstream_origin } => format!(
+                "auth: session (login {}; upstream DPoP htu {upstream_origin})",
+                config.logins.get(*login).map_or("?", |l| l.name.as_str())
+            ),
             RoutePolicy::Protected { binding, scopes } => {
                 let binding = format!("{binding:?}").to_lowercase();
                 if scopes.is_empty() {

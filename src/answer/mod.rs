@@ -25,7 +25,7 @@ pub enum Answer {
     /// A refusal.
     Reject(Rejection),
     /// A response the gateway makes itself, with the reason code its logs and metrics use.
-    Respond { response: Response<ProxyBody>, reason: &'static str },
+    Respond { response: Box<Response<ProxyBody>>, reason: &'static str },
 }
 
 impl Answer {
@@ -57,7 +57,7 @@ impl Answer {
     pub fn into_response(self) -> Response<ProxyBody> {
         match self {
             Answer::Reject(rejection) => rejection.into_response(),
-            Answer::Respond { response, .. } => response,
+            Answer::Respond { response, .. } => *response,
         }
     }
 }

@@ -100,6 +100,8 @@ pub async fn authorize(
     let (binding, scopes) = match &route.policy {
         RoutePolicy::Public => return Ok(Outcome::Public),
         RoutePolicy::Protected { binding, scopes } => (*binding, scopes.as_slice()),
+        // Session routes are admitted by the login mode, never here: fail closed.
+        RoutePolicy::Session { .. } => return Err(Rejection::Auth(AuthDenial::missing_credentials())),
     };
     authorize_protected(validator, dpop, route, binding, scopes, &request)
         .await

@@ -7,6 +7,7 @@
 //! the `line:col` it comes from. Nothing listens until the whole file is valid.
 
 mod diff;
+mod login;
 mod parse_errors;
 mod raw;
 mod validate;
@@ -18,7 +19,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use raw::{Binding, ClientAuth, ForwardToken, NonceMode, ReplayOnError, RestartGuard};
+pub use login::{LoginPaths, LoginSettings, SessionSettings};
+pub use raw::{Binding, ClientAuth, ForwardToken, NonceMode, ReplayOnError, ResponseMode, RestartGuard};
 
 use crate::jose::Alg;
 
@@ -33,6 +35,8 @@ pub struct Config {
     pub issuers: Vec<Issuer>,
     pub token_cache: TokenCacheSettings,
     pub dpop: DpopSettings,
+    /// `login:` entries (browser login mode); session routes refer to them by index.
+    pub logins: Vec<LoginSettings>,
     pub routes: Vec<Route>,
 }
 
@@ -223,6 +227,9 @@ pub enum RoutePolicy {
     Public,
     /// A valid access token bound as `binding` says, carrying all of `scopes`.
     Protected { binding: Binding, scopes: Vec<String> },
+    /// `auth: session`: a browser session of `config.logins[login]`; the session's DPoP-bound
+    /// token goes upstream with a fresh proof whose `htu` is `upstream_origin` + the path.
+    Session { login: usize, upstream_origin: String },
 }
 
 /// Why a configuration was refused. `Display` gives one line a person can act on per

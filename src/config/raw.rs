@@ -24,7 +24,111 @@ pub struct RawConfig {
     pub token_cache: RawTokenCache,
     #[serde(default)]
     pub dpop: Option<Spanned<RawDpop>>,
+    /// Browser login mode: the gateway as a FAPI 2.0 client of these authorization servers.
+    #[serde(default)]
+    pub login: Vec<Spanned<RawLogin>>,
     pub routes: Vec<Spanned<RawRoute>>,
+}
+
+/// `login:` — one browser login (the gateway as a FAPI 2.0 client, README "Login mode").
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLogin {
+    pub name: String,
+    /// The AS's issuer identifier; its metadata's `issuer` must equal it.
+    pub issuer: String,
+    /// Extra trust anchors (PEM) for the AS.
+    pub ca: Option<PathBuf>,
+    pub client_id: String,
+    /// Defaults to `private_key_jwt`.
+    pub client_auth: Option<LoginClientAuth>,
+    /// `private_key_jwt`: the client's PKCS#8 PEM key (ES256, PS256 or EdDSA by its type).
+    pub client_key: Option<PathBuf>,
+    /// The `kid` of `client_key` in the client's registered JWKS (optional).
+    pub client_key_id: Option<String>,
+    pub client_cert: Option<PathBuf>,
+    pub client_cert_key: Option<PathBuf>,
+    /// Exact; the gateway serves its path.
+    pub redirect_uri: HttpUrl,
+    pub scopes: Vec<String>,
+    #[serde(default)]
+    pub resource: Vec<String>,
+    /// Defaults to `jwt` (JARM).
+    pub response_mode: Option<ResponseMode>,
+    /// Defaults to `none`.
+    pub request_object: Option<RequestObject>,
+    pub paths: Option<RawLoginPaths>,
+    /// Allowed post-login path prefixes (relative paths only).
+    pub return_to: Vec<String>,
+    pub session: Option<RawSession>,
+    /// Defaults to 10 s: the deadline of each call to the AS.
+    pub timeout: Option<HumanDuration>,
+    /// Defaults to PS256, ES256, EdDSA: accepted algorithms of JARM responses and ID tokens.
+    pub algorithms: Option<Vec<AlgName>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLoginPaths {
+    pub login: Option<String>,
+    pub logout: Option<String>,
+    pub session: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSession {
+    pub cookie: Option<String>,
+    pub idle_timeout: Option<HumanDuration>,
+    pub max_lifetime: Option<HumanDuration>,
+    pub store: Option<SessionStoreKind>,
+    /// 32+ bytes; a list for rotation (the first signs).
+    pub secret_file: Option<OneOrMany<PathBuf>>,
+}
+
+/// A value or a list of values.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum OneOrMany<T> {
+    One(T),
+    Many(Vec<T>),
+}
+
+impl<T> OneOrMany<T> {
+    pub fn into_vec(self) -> Vec<T> {
+        match self {
+            OneOrMany::One(one) => vec![one],
+            OneOrMany::Many(many) => many,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LoginClientAuth {
+    PrivateKeyJwt,
+    TlsClientAuth,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ResponseMode {
+    Jwt,
+    Query,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RequestObject {
+    None,
+    Signed,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SessionStoreKind {
+    Memory,
+    Redis,
 }
 
 /// [`RawConfig`] with every section optional: one piece of a file that failed to parse is
@@ -40,6 +144,7 @@ pub struct RawPieces {
     pub issuers: Option<Vec<RawIssuer>>,
     pub token_cache: Option<RawTokenCache>,
     pub dpop: Option<RawDpop>,
+    pub login: Option<Vec<RawLogin>>,
     pub routes: Option<Vec<RawRoute>>,
 }
 
@@ -296,6 +401,11 @@ pub struct RawRoute {
     pub public_url: Option<HttpUrl>,
     /// Overrides `dpop.nonce` for this route.
     pub nonce: Option<NonceMode>,
+    /// `auth: session`: the `login:` entry whose browser sessions this route serves.
+    pub login: Option<String>,
+    /// `auth: session`: the origin the upstream checks DPoP `htu` against (default: the
+    /// upstream URL's).
+    pub upstream_public_url: Option<HttpUrl>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -306,11 +416,13 @@ pub struct RawMatch {
     pub methods: Option<Vec<MethodName>>,
 }
 
-/// `auth: none` marks a public route; it is the only value.
+/// `auth: none` marks a public route; `auth: session` a route for browser sessions of a
+/// `login:` entry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RouteAuth {
     None,
+    Session,
 }
 
 /// How the access token must be bound to the caller on a route (README, "What it enforces").

@@ -388,3 +388,69 @@ fn per_client_connection_cap_is_off_unless_set_and_never_zero() {
     let e = error(&with("0"));
     assert!(e.contains("limits.max_connections_per_client") && e.contains("at least 1"), "{e}");
 }
+
+const LOGIN: &str = "login:
+  - name: web
+    issuer: https://as.example.com
+    client_id: web-bff
+    client_key: secrets/web-bff.key
+    redirect_uri: https://app.example.com/auth/callback
+    scopes: [openid, accounts:read]
+    return_to: [/app/]
+";
+
+fn with_login(login: &str, route_extra: &str) -> String {
+    BASE.replace("routes:\n", &format!("{login}routes:\n"))
+        + &format!(
+            "  - name: app-api\n    match: {{ path_prefix: /app/api }}\n    upstream: http://127.0.0.1:8080/base\n    auth: session\n    login: web\n{route_extra}"
+        )
+}
+
+#[test]
+fn a_login_entry_gets_its_defaults_and_a_session_route_names_it() {
+    let text = BASE.replace("routes:\n", &format!("{LOGIN}routes:\n  - name: app-api\n    match: {{ path_prefix: /app/api }}\n    upstream: http://127.0.0.1:8080/base\n    auth: session\n    login: web\n"));
+    let c = parse(&text).unwrap();
+    let login = &c.logins[0];
+    assert_eq!(login.callback_path, "/auth/callback");
+    assert_eq!(login.redirect_uri, "https://app.example.com/auth/callback");
+    assert_eq!(login.client_key, Path::new("/etc/fapi/secrets/web-bff.key"));
+    assert_eq!(
+        login.paths,
+        LoginPaths { login: "/auth/login".into(), logout: "/auth/logout".into(), session: "/auth/session".into() }
+    );
+    assert_eq!(login.session.cookie, "__Host-fapi-session");
+    assert_eq!(login.session.idle_timeout, Duration::from_secs(1800));
+    assert_eq!(login.session.max_lifetime, Duration::from_secs(12 * 3600));
+    assert_eq!(login.response_mode, ResponseMode::Jwt);
+    assert!(login.openid());
+    assert_eq!(c.routes[0].policy, RoutePolicy::Session { login: 0, upstream_origin: "http://127.0.0.1:8080".into() });
+}
+
+#[test]
+fn login_mistakes_are_refused_with_their_key() {
+    let cases = [
+        (LOGIN.replace("issuer: https://as.example.com", "issuer: http://as.example.com"), "login[0].issuer"),
+        (LOGIN.replace("    client_key: secrets/web-bff.key\n", ""), "login[0].client_key"),
+        (LOGIN.replace("https://app.example.com/auth/callback", "http://app.example.com/cb"), "login[0].redirect_uri"),
+        (LOGIN.replace("return_to: [/app/]", "return_to: [//evil.test/]"), "login[0].return_to"),
+        (LOGIN.replace("return_to: [/app/]", "return_to: []"), "login[0].return_to"),
+        (LOGIN.replace("scopes: [openid, accounts:read]", "scopes: [\"openid accounts:read\"]"), "login[0].scopes"),
+        (LOGIN.to_string() + "    client_auth: tls_client_auth\n", "login[0].client_auth"),
+        (LOGIN.to_string() + "    request_object: signed\n", "login[0].request_object"),
+        (LOGIN.to_string() + "    session: { store: redis }\n", "login[0].session.store"),
+        (LOGIN.to_string() + "    paths: { login: /auth/callback }\n", "login[0].paths.login"),
+    ];
+    for (login, key) in cases {
+        let e = error(&with_login(&login, ""));
+        assert!(e.contains(&format!(": {key}: ")), "{key} not named in {e}");
+    }
+    let e = error(&with_login(LOGIN, "    scopes: [x]\n"));
+    assert!(e.contains("routes[2].scopes"), "{e}");
+    let e = error(&with_login(&LOGIN.replace("name: web", "name: other"), ""));
+    assert!(e.contains("routes[2].login: no `login:` entry is named `web`"), "{e}");
+    let e = error(
+        &(BASE.to_string()
+            + "  - name: x\n    match: { path_prefix: /x }\n    upstream: http://127.0.0.1:1\n    auth: none\n    login: web\n"),
+    );
+    assert!(e.contains("routes[2].login: `auth: session` and `login: <name>` go together"), "{e}");
+}

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde_saphyr::{Location, Spanned};
 
-use super::raw::{NonceMode, RawConfig, RawDpop, RawIssuer, RawJwksCache, RawRoute, ReplayStoreKind};
+use super::raw::{NonceMode, RawConfig, RawDpop, RawIssuer, RawJwksCache, RawRoute, ReplayStoreKind, RouteAuth};
 use super::values::HttpUrl;
 use super::values::HumanDuration;
 use super::{
@@ -30,7 +30,7 @@ const MAX_FUTURE_CEILING: Duration = Duration::from_secs(60);
 /// `limits.shutdown_delay`: longer only keeps a stopping instance alive for nothing.
 const MAX_SHUTDOWN_DELAY: Duration = Duration::from_secs(300);
 
-struct Ctx<'a> {
+pub(super) struct Ctx<'a> {
     file: &'a str,
     base_dir: &'a Path,
     text: &'a str,
@@ -39,7 +39,7 @@ struct Ctx<'a> {
 impl Ctx<'_> {
     /// An error about `key`, placed on the line where the key is written when it is written
     /// in block style, else at `at` (the mapping it belongs to).
-    fn err(&self, at: Location, key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    pub(super) fn err(&self, at: Location, key: impl Into<String>, message: impl Into<String>) -> ConfigError {
         let key = key.into();
         let (line, column) = match super::yaml_path::line_of_key(self.text, &key) {
             Some((line, column)) => (line as u64, column as u64),
@@ -48,7 +48,7 @@ impl Ctx<'_> {
         ConfigError::Invalid { file: self.file.to_string(), line, column, key, message: message.into() }
     }
 
-    fn path(&self, p: PathBuf) -> PathBuf {
+    pub(super) fn path(&self, p: PathBuf) -> PathBuf {
         if p.is_absolute() { p } else { self.base_dir.join(p) }
     }
 }
@@ -95,9 +95,26 @@ pub(super) fn validate(raw: RawConfig, file: &str, base_dir: &Path, text: &str) 
         errors.push(e);
         DpopSettings::default()
     });
+    let mut logins = Vec::with_capacity(raw.login.len());
+    for (i, spanned) in raw.login.into_iter().enumerate() {
+        let at = spanned.referenced;
+        match super::login::login(&ctx, i, spanned) {
+            Err(e) => errors.push(e),
+            Ok(login) if logins.iter().any(|l: &super::LoginSettings| l.name == login.name) => {
+                errors.push(ctx.err(
+                    at,
+                    format!("login[{i}].name"),
+                    format!("login name `{}` is used twice", login.name),
+                ));
+            }
+            Ok(login) => logins.push(login),
+        }
+    }
     // Routes are checked even when `listen` is not valid; their origin is then a stand-in.
     let listen_origin = listen.as_ref().map_or_else(|| "https://listen.invalid".to_string(), |(_, o)| o.clone());
-    let defaults = RouteDefaults { have_issuers, public_origin: &listen_origin, nonce: dpop.nonce };
+    let login_names: Vec<String> = logins.iter().map(|l| l.name.clone()).collect();
+    let defaults =
+        RouteDefaults { have_issuers, public_origin: &listen_origin, nonce: dpop.nonce, logins: &login_names };
     let mut routes = Vec::with_capacity(raw.routes.len());
     let mut names = HashSet::new();
     let mut matchers = HashSet::new();
@@ -158,6 +175,7 @@ pub(super) fn validate(raw: RawConfig, file: &str, base_dir: &Path, text: &str) 
             issuers,
             token_cache,
             dpop,
+            logins,
             routes,
         }),
         _ => {
@@ -399,6 +417,8 @@ struct RouteDefaults<'a> {
     have_issuers: bool,
     public_origin: &'a str,
     nonce: NonceMode,
+    /// The names of the `login:` entries, in order (`auth: session` routes name one).
+    logins: &'a [String],
 }
 
 fn route(
@@ -442,8 +462,34 @@ fn route(
         Some(h) => Some(h.to_ascii_lowercase()),
         None => None,
     };
+    if raw.login.is_some() != (raw.auth == Some(RouteAuth::Session)) {
+        return Err(ctx.err(at, key("login"), "`auth: session` and `login: <name>` go together"));
+    }
+    if raw.upstream_public_url.is_some() && raw.auth != Some(RouteAuth::Session) {
+        return Err(ctx.err(at, key("upstream_public_url"), "only used with `auth: session`"));
+    }
     let policy = match (raw.auth, raw.binding) {
-        (Some(_), None) => {
+        (Some(RouteAuth::Session), None) => {
+            let name = raw.login.as_deref().unwrap_or_default();
+            let login = defaults
+                .logins
+                .iter()
+                .position(|l| l == name)
+                .ok_or_else(|| ctx.err(at, key("login"), format!("no `login:` entry is named `{name}`")))?;
+            if !raw.scopes.is_empty() {
+                return Err(ctx.err(at, key("scopes"), "a session route takes the scopes of its login's session"));
+            }
+            let upstream_origin = match &raw.upstream_public_url {
+                Some(url) => public_origin(url).map_err(|m| ctx.err(at, key("upstream_public_url"), m))?,
+                None => {
+                    let scheme = raw.upstream.0.scheme_str().unwrap_or("http");
+                    let authority = raw.upstream.0.authority().map(|a| a.as_str()).unwrap_or_default();
+                    format!("{scheme}://{authority}")
+                }
+            };
+            RoutePolicy::Session { login, upstream_origin }
+        }
+        (Some(RouteAuth::None), None) => {
             if !raw.scopes.is_empty() {
                 return Err(ctx.err(at, key("scopes"), "a public route (`auth: none`) cannot require scopes"));
             }

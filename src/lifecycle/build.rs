@@ -202,6 +202,7 @@ pub(super) async fn build(
             "DPoP nonces use a random per-instance secret while replay state is shared: other instances will refuse this instance's nonces; set dpop.nonce_secret_file or nonce_secret_env on every instance"
         );
     }
+    let logins = login_runtimes(&config, previous)?;
     declare_series(&config, &metrics);
     record_certificate_expiry(&config, &metrics);
     let routes = config
@@ -218,8 +219,27 @@ pub(super) async fn build(
         config,
         validator,
         metrics,
+        logins,
     });
     Ok(Live { state, server_tls })
+}
+
+/// The login entries, running. On a reload an entry whose settings did not change keeps its
+/// runtime: its sessions and logins in progress survive.
+fn login_runtimes(
+    config: &Config,
+    previous: Option<&GatewayState>,
+) -> Result<Vec<Arc<crate::login::LoginRuntime>>, StartError> {
+    let mut logins = Vec::with_capacity(config.logins.len());
+    for settings in &config.logins {
+        let same = |r: &&Arc<crate::login::LoginRuntime>| format!("{:?}", r.settings) == format!("{settings:?}");
+        let kept = previous.and_then(|p| p.logins.iter().find(same)).cloned();
+        logins.push(match kept {
+            Some(runtime) => runtime,
+            None => Arc::new(crate::login::LoginRuntime::new(settings)?),
+        });
+    }
+    Ok(logins)
 }
 
 /// Creates at 0 the series whose labels the configuration tells: each route's upstream

@@ -30,6 +30,8 @@ pub enum StartError {
     NonceSecret(#[from] auth::dpop::nonce::NonceSecretError),
     #[error("{0}")]
     ReplayStore(#[from] auth::dpop::replay_redis::RedisConfigError),
+    #[error(transparent)]
+    Login(#[from] crate::login::LoginSetupError),
     #[error("cannot listen on {address}: {source} (is another process using it?)")]
     Bind { address: SocketAddr, source: std::io::Error },
 }

@@ -1,6 +1,8 @@
-//! Browser login mode (issue 12): the gateway as a FAPI 2.0 client. These are its building
-//! blocks, each usable and tested on its own against a real authorization server; the
-//! login, callback, session and logout endpoints that put them together come next.
+//! Browser login mode (issue 12): the gateway as a FAPI 2.0 client — a backend for the
+//! browser that does PAR, PKCE and JARM itself, holds the DPoP key and the tokens, and gives
+//! the browser only cookies. [`runtime`] answers the login, callback, session and logout
+//! endpoints and admits `auth: session` routes; [`session`] keeps transactions and sessions;
+//! [`id_token`] checks ID tokens (OIDC Core §3.1.3.7). Its building blocks:
 //!
 //! - [`as_client`]: the HTTPS calls to the authorization server — discovery (RFC 8414, the
 //!   metadata `issuer` must be the configured one), PAR (RFC 9126) and the token endpoint,
@@ -14,8 +16,12 @@
 
 pub mod as_client;
 pub mod client_auth;
+pub mod id_token;
 pub mod jarm;
 pub mod pkce;
 pub mod proof;
+pub mod runtime;
+pub mod session;
 
 pub use as_client::{AsClient, AsMetadata, LoginError, PushedRequest, TokenResponse};
+pub use runtime::{Endpoint, LoginRuntime, LoginSetupError};

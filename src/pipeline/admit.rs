@@ -30,6 +30,17 @@ pub async fn admit<B>(
     if declared.is_some_and(|len| len > state.config.limits.max_body_bytes) {
         return Err(Rejection::PayloadTooLarge.into());
     }
+    if let crate::config::RoutePolicy::Session { login, upstream_origin } = &route.spec.policy {
+        let runtime = state.logins.get(*login).ok_or(Rejection::NotFound)?;
+        let htu =
+            format!("{upstream_origin}{}{}", route.spec.upstream.path().trim_end_matches('/'), request.uri().path());
+        let (_session, credential) = runtime.admit(request.method(), &htu, request.headers())?;
+        return Ok(Principal {
+            identity: None,
+            binding: ProvenBinding { certificate: false, dpop_jkt: None },
+            upstream_credential: credential,
+        });
+    }
     let conn = exchange.conn;
     let facts = RequestFacts {
         method: request.method(),

@@ -63,6 +63,8 @@ pub struct GatewayState {
     /// Metric handles of requests that matched no route (`route="-"`).
     pub unrouted: RouteMetrics,
     pub metrics: Arc<Metrics>,
+    /// The `login:` entries, running, in `config.logins` order.
+    pub logins: Vec<Arc<crate::login::LoginRuntime>>,
 }
 
 /// One route with what serving it takes: its upstream and its metric handles.
@@ -89,6 +91,12 @@ impl GatewayState {
     ) -> Result<Response<ProxyBody>, Answer> {
         request.headers_mut().insert(X_REQUEST_ID, exchange.request_id.clone());
         exchange.host = canonical::canonicalise(&request, exchange.conn)?;
+        // The login mode's own endpoints come before any route.
+        for login in &self.logins {
+            if let Some(endpoint) = login.endpoint(request.method(), request.uri().path()) {
+                return Err(login.answer(endpoint, request.uri().query(), request.headers()).await);
+            }
+        }
         let route = route::route(self, exchange.host.as_deref(), &request)?;
         exchange.route = Some(route);
         exchange.principal = Some(admit::admit(self, exchange, route, &request).await?);
@@ -115,6 +123,12 @@ impl GatewayState {
             principal,
             max_body_bytes: self.config.limits.max_body_bytes,
             strip_headers: &self.config.listen.strip_headers,
+            session_cookie: match route.spec.policy {
+                crate::config::RoutePolicy::Session { login, .. } => {
+                    self.logins.get(login).map(|l| l.settings.session.cookie.as_str())
+                }
+                _ => None,
+            },
         };
         route.upstream.forward(request, &route.spec, ctx).await
     }

@@ -145,6 +145,34 @@ pub fn join_cookie_crumbs(headers: &mut HeaderMap) {
     }
 }
 
+/// On a session route: removes the `X-CSRF` header, the session cookie `name` and every
+/// login-transaction cookie from what goes upstream; other cookies stay (one `Cookie`
+/// header, crumbs joined first).
+pub fn strip_session(headers: &mut HeaderMap, name: &str) {
+    headers.remove("x-csrf");
+    join_cookie_crumbs(headers);
+    let Some(value) = headers.get(header::COOKIE).and_then(|v| v.to_str().ok()) else {
+        headers.remove(header::COOKIE);
+        return;
+    };
+    let kept: Vec<&str> = value
+        .split(';')
+        .map(str::trim)
+        .filter(|pair| {
+            let cookie = pair.split_once('=').map_or(*pair, |(n, _)| n);
+            !pair.is_empty() && cookie != name && !cookie.starts_with("__Host-fapi-login-")
+        })
+        .collect();
+    match HeaderValue::from_str(&kept.join("; ")) {
+        Ok(v) if !kept.is_empty() => {
+            headers.insert(header::COOKIE, v);
+        }
+        _ => {
+            headers.remove(header::COOKIE);
+        }
+    }
+}
+
 /// Removes the response's hop-by-hop headers and those its `Connection` lists.
 pub fn prepare_response(headers: &mut HeaderMap) {
     remove_where(headers, hop_by_hop);
@@ -253,6 +281,21 @@ mod tests {
         for name in ["x-request-id", "cookie", "accept", "x-client", "x-sslx"] {
             assert!(!request_header_goes(name), "{name}");
         }
+    }
+
+    #[test]
+    fn the_session_cookie_and_csrf_header_stay_at_the_gateway() {
+        let mut h = HeaderMap::new();
+        h.append(header::COOKIE, HeaderValue::from_static("theme=dark; __Host-fapi-session=id.tag"));
+        h.append(header::COOKIE, HeaderValue::from_static("__Host-fapi-login-abc=x; lang=en"));
+        h.insert("x-csrf", HeaderValue::from_static("1"));
+        strip_session(&mut h, "__Host-fapi-session");
+        assert_eq!(h.get(header::COOKIE).unwrap(), "theme=dark; lang=en");
+        assert!(h.get("x-csrf").is_none());
+        let mut only = HeaderMap::new();
+        only.insert(header::COOKIE, HeaderValue::from_static("__Host-fapi-session=id.tag"));
+        strip_session(&mut only, "__Host-fapi-session");
+        assert!(only.get(header::COOKIE).is_none());
     }
 
     #[test]

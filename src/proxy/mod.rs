@@ -61,6 +61,9 @@ pub struct ForwardContext<'a> {
     pub max_body_bytes: u64,
     /// `listen.strip_headers`.
     pub strip_headers: &'a [HeaderName],
+    /// On a session route: the session cookie's name. It and the CSRF header never go
+    /// upstream (the upstream gets the session's token instead).
+    pub session_cookie: Option<&'a str>,
 }
 
 impl Upstream {
@@ -93,6 +96,9 @@ impl Upstream {
         parts.version = Version::HTTP_11;
         headers::prepare_request(headers);
         headers::strip_configured(headers, ctx.strip_headers);
+        if let Some(name) = ctx.session_cookie {
+            headers::strip_session(headers, name);
+        }
         ctx.forwarded.apply(headers, ctx.host);
         if route.forward_client_cert
             && ctx.client_cert_trusted

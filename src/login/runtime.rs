@@ -1,0 +1,630 @@
+//! One `login:` entry at run time: its AS client, keys, transactions and sessions, and the
+//! four endpoints it answers itself — login, callback, session and logout — plus the
+//! admission of `auth: session` routes. Every answer is an [`Answer`]; nothing here knows
+//! the pipeline.
+//!
+//! The login (`GET paths.login?return_to=/app/…`) pushes the authorization request (PAR
+//! with `private_key_jwt`, PKCE S256, `state`, `nonce`, `response_mode=jwt`, `dpop_jkt`) and
+//! sends the browser to the authorization endpoint with only `client_id` and `request_uri`.
+//! The callback verifies the JARM response before reading it, takes the transaction of its
+//! `state` (single use) with the browser's transaction cookie, redeems the code with the
+//! verifier and a DPoP proof, checks the ID token, and only then makes a **new** session.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{CACHE_CONTROL, CONTENT_TYPE, COOKIE, LOCATION, ORIGIN, SET_COOKIE};
+use http::{HeaderMap, HeaderValue, Method, Response, StatusCode};
+use serde_json::json;
+use tokio::sync::Mutex as AsyncMutex;
+
+use super::as_client::{AsClient, AsMetadata, LoginError};
+use super::client_auth::{ASSERTION_TYPE, client_assertion};
+use super::jarm::{self, Outcome};
+use super::pkce::{Pkce, random_token};
+use super::session::{Session, SessionMiss, Sessions, Transaction, Transactions, transaction_cookie_name};
+use crate::answer::Answer;
+use crate::auth::jwks::IssuerKeys;
+use crate::body::{ProxyBody, full};
+use crate::config::{Issuer, JwksCacheSettings, KeySource, LoginSettings, ResponseMode};
+use crate::jose::{Alg, SigningKey, constant_time_eq, sha256, unix_now};
+use crate::principal::UpstreamCredential;
+use crate::secret::Secret;
+
+/// The header a session request must carry (a cross-site page cannot send it without a CORS
+/// preflight the gateway does not grant).
+pub const CSRF_HEADER: &str = "x-csrf";
+
+/// Why a login entry could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum LoginSetupError {
+    #[error("login {name}: cannot read the client key {path}: {reason}")]
+    ClientKey { name: String, path: String, reason: String },
+    #[error("login {name}: cannot read the session secret {path}: {reason}")]
+    Secret { name: String, path: String, reason: String },
+    #[error("login {name}: {source}")]
+    Client { name: String, source: LoginError },
+}
+
+/// The AS as discovered: metadata and its key set.
+struct Discovered {
+    metadata: AsMetadata,
+    keys: Arc<IssuerKeys>,
+}
+
+/// A `login:` entry, running.
+pub struct LoginRuntime {
+    pub settings: LoginSettings,
+    client: AsClient,
+    client_key: SigningKey,
+    discovered: AsyncMutex<Option<Arc<Discovered>>>,
+    transactions: Transactions,
+    pub sessions: Sessions,
+    /// The origin of `redirect_uri`: the application's, which `Origin` must match.
+    app_origin: String,
+}
+
+impl LoginRuntime {
+    pub fn new(settings: &LoginSettings) -> Result<LoginRuntime, LoginSetupError> {
+        let name = settings.name.clone();
+        let key_error = |reason: String| LoginSetupError::ClientKey {
+            name: name.clone(),
+            path: settings.client_key.display().to_string(),
+            reason,
+        };
+        let pem = std::fs::read(&settings.client_key).map_err(|e| key_error(e.to_string()))?;
+        let client_key = [Alg::Es256, Alg::Ps256, Alg::EdDsa]
+            .into_iter()
+            .find_map(|alg| SigningKey::from_pkcs8_pem(alg, &pem).ok())
+            .ok_or_else(|| key_error("not a PKCS#8 PEM key for ES256, PS256 or EdDSA".into()))?;
+        let mut secrets = Vec::new();
+        for path in &settings.session.secret_files {
+            let secret = std::fs::read(path).map_err(|e| LoginSetupError::Secret {
+                name: name.clone(),
+                path: path.display().to_string(),
+                reason: e.to_string(),
+            })?;
+            if secret.len() < 32 {
+                return Err(LoginSetupError::Secret {
+                    name: name.clone(),
+                    path: path.display().to_string(),
+                    reason: "it must hold at least 32 bytes".into(),
+                });
+            }
+            secrets.push(secret);
+        }
+        if secrets.is_empty() {
+            let mut random = vec![0u8; 32];
+            aws_lc_rs::rand::fill(&mut random).map_err(|_| LoginSetupError::Secret {
+                name: name.clone(),
+                path: "-".into(),
+                reason: "the random number generator failed".into(),
+            })?;
+            secrets.push(random);
+        }
+        let client = AsClient::new(settings.ca.as_deref(), settings.timeout)
+            .map_err(|source| LoginSetupError::Client { name: name.clone(), source })?;
+        let secs = |d: Duration| i64::try_from(d.as_secs()).unwrap_or(i64::MAX);
+        let app_origin = origin_of(&settings.redirect_uri);
+        Ok(LoginRuntime {
+            sessions: Sessions::new(&secrets, secs(settings.session.idle_timeout), secs(settings.session.max_lifetime)),
+            settings: settings.clone(),
+            client,
+            client_key,
+            discovered: AsyncMutex::new(None),
+            transactions: Transactions::default(),
+            app_origin,
+        })
+    }
+
+    /// Which endpoint of this login `method path` is, if any.
+    pub fn endpoint(&self, method: &Method, path: &str) -> Option<Endpoint> {
+        let paths = &self.settings.paths;
+        match (method, path) {
+            (&Method::GET, p) if p == paths.login => Some(Endpoint::Login),
+            (&Method::GET, p) if p == self.settings.callback_path => Some(Endpoint::Callback),
+            (&Method::GET, p) if p == paths.session => Some(Endpoint::Session),
+            (&Method::POST, p) if p == paths.logout => Some(Endpoint::Logout),
+            (_, p)
+                if p == paths.login || p == self.settings.callback_path || p == paths.session || p == paths.logout =>
+            {
+                Some(Endpoint::WrongMethod)
+            }
+            _ => None,
+        }
+    }
+
+    /// Answers one of this login's endpoints.
+    pub async fn answer(&self, endpoint: Endpoint, query: Option<&str>, headers: &HeaderMap) -> Answer {
+        let result = match endpoint {
+            Endpoint::Login => self.begin(query).await,
+            Endpoint::Callback => self.callback(query, headers).await,
+            Endpoint::Session => self.session_info(headers),
+            Endpoint::Logout => self.logout(headers).await,
+            Endpoint::WrongMethod => Err(failure(StatusCode::METHOD_NOT_ALLOWED, "login_method", "wrong method")),
+        };
+        result.unwrap_or_else(|answer| answer)
+    }
+
+    async fn discovered(&self) -> Result<Arc<Discovered>, Answer> {
+        let mut slot = self.discovered.lock().await;
+        if let Some(found) = slot.as_ref() {
+            return Ok(found.clone());
+        }
+        let metadata = self.client.discover(&self.settings.issuer).await.map_err(|e| {
+            tracing::warn!(login = %self.settings.name, error = %e, "authorization server discovery failed");
+            failure(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "login_as_unavailable",
+                "the authorization server cannot be reached",
+            )
+        })?;
+        let unavailable = || {
+            failure(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "login_as_unavailable",
+                "the authorization server cannot be reached",
+            )
+        };
+        let issuer =
+            as_issuer(&self.settings, metadata.jwks_uri.as_deref().unwrap_or_default()).ok_or_else(unavailable)?;
+        let keys = IssuerKeys::new(&issuer).map_err(|e| {
+            tracing::warn!(login = %self.settings.name, error = %e, "the authorization server's keys cannot be set up");
+            unavailable()
+        })?;
+        let found = Arc::new(Discovered { metadata, keys: Arc::new(keys) });
+        *slot = Some(found.clone());
+        Ok(found)
+    }
+
+    fn assertion(&self, audience: &str) -> Result<String, LoginError> {
+        Ok(client_assertion(
+            &self.client_key,
+            self.settings.client_key_id.as_deref(),
+            &self.settings.client_id,
+            audience,
+            None,
+        )?)
+    }
+
+    /// `GET paths.login?return_to=…`: PAR, then 303 to the authorization endpoint.
+    async fn begin(&self, query: Option<&str>) -> Result<Answer, Answer> {
+        let return_to = match query_param(query, "return_to") {
+            Some(path) => checked_return_to(&path, &self.settings.return_to).ok_or_else(|| {
+                failure(StatusCode::BAD_REQUEST, "login_bad_return_to", "return_to is not an allowed path")
+            })?,
+            None => self.settings.return_to.first().cloned().unwrap_or_else(|| "/".into()),
+        };
+        let found = self.discovered().await?;
+        let internal =
+            |_| failure(StatusCode::INTERNAL_SERVER_ERROR, "login_internal", "the login could not be started");
+        let pkce = Pkce::new().map_err(internal)?;
+        let state = random_token(16).map_err(internal)?;
+        let nonce = if self.settings.openid() { Some(random_token(16).map_err(internal)?) } else { None };
+        let dpop_key = Arc::new(SigningKey::generate(Alg::Es256).map_err(|_| {
+            failure(StatusCode::INTERNAL_SERVER_ERROR, "login_internal", "the login could not be started")
+        })?);
+        let jkt = dpop_key.thumbprint_b64();
+        let assertion = self.assertion(&found.metadata.issuer).map_err(|_| {
+            failure(StatusCode::INTERNAL_SERVER_ERROR, "login_internal", "the login could not be started")
+        })?;
+        let scope = self.settings.scopes.join(" ");
+        let mut form: Vec<(&str, &str)> = vec![
+            ("response_type", "code"),
+            ("client_id", &self.settings.client_id),
+            ("redirect_uri", &self.settings.redirect_uri),
+            ("scope", &scope),
+            ("state", &state),
+            ("code_challenge", &pkce.challenge),
+            ("code_challenge_method", "S256"),
+            ("dpop_jkt", &jkt),
+            ("client_assertion_type", ASSERTION_TYPE),
+            ("client_assertion", &assertion),
+        ];
+        if self.settings.response_mode == ResponseMode::Jwt {
+            form.push(("response_mode", "jwt"));
+        }
+        if let Some(nonce) = &nonce {
+            form.push(("nonce", nonce));
+        }
+        for resource in &self.settings.resource {
+            form.push(("resource", resource));
+        }
+        let pushed = self.client.push(&found.metadata, &form).await.map_err(|e| {
+            tracing::warn!(login = %self.settings.name, error = %e, "pushed authorization request failed");
+            failure(StatusCode::BAD_GATEWAY, "login_par_failed", "the authorization server refused the login request")
+        })?;
+        let (cookie_value, cookie_hash) = super::session::transaction_secret().map_err(internal)?;
+        let transaction = Transaction {
+            code_verifier: Secret::new(pkce.verifier),
+            nonce,
+            dpop_key,
+            return_to,
+            cookie_hash,
+            created: unix_now(),
+        };
+        let cookie_name = transaction_cookie_name(&state);
+        if !self.transactions.insert(state, transaction) {
+            return Err(failure(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "login_busy",
+                "too many logins in progress; try again",
+            ));
+        }
+        let location = format!(
+            "{}{}{}",
+            found.metadata.authorization_endpoint,
+            if found.metadata.authorization_endpoint.contains('?') { "&" } else { "?" },
+            form_urlencoded::Serializer::new(String::new())
+                .append_pair("client_id", &self.settings.client_id)
+                .append_pair("request_uri", &pushed.request_uri)
+                .finish()
+        );
+        let cookie = format!(
+            "{cookie_name}={cookie_value}; Path=/; Secure; HttpOnly; SameSite=Lax; Max-Age={}",
+            super::session::TRANSACTION_TTL_SECS
+        );
+        Ok(redirect(&location, &[cookie], "login_started"))
+    }
+
+    /// The callback: JARM first, then the transaction, then the code.
+    async fn callback(&self, query: Option<&str>, headers: &HeaderMap) -> Result<Answer, Answer> {
+        let found = self.discovered().await?;
+        let expected = jarm::Expected {
+            issuer: &self.settings.issuer,
+            client_id: &self.settings.client_id,
+            algorithms: &self.settings.algorithms,
+        };
+        let response = match self.settings.response_mode {
+            ResponseMode::Jwt => {
+                let jwt = query_param(query, "response").ok_or_else(|| {
+                    failure(StatusCode::BAD_REQUEST, "login_no_response", "the authorization response is missing")
+                })?;
+                jarm::verify(&jwt, &expected, &found.keys, unix_now())
+                    .await
+                    .map_err(|e| failure(StatusCode::BAD_REQUEST, e.reason(), &e.to_string()))?
+            }
+            ResponseMode::Query => plain_response(query, &self.settings.issuer)?,
+        };
+        let transaction = self.transactions.take(&response.state).ok_or_else(|| {
+            failure(StatusCode::BAD_REQUEST, "login_unknown_state", "this login is unknown, finished or expired")
+        })?;
+        let presented = cookie(headers, &transaction_cookie_name(&response.state));
+        if !presented.is_some_and(|v| constant_time_eq(&sha256(v.as_bytes()), &transaction.cookie_hash)) {
+            return Err(failure(
+                StatusCode::BAD_REQUEST,
+                "login_other_browser",
+                "this login was not started in this browser",
+            ));
+        }
+        let code = match response.outcome {
+            Outcome::Code(code) => code,
+            Outcome::Error { error, description } => {
+                let shown = crate::auth::token::shown(&error);
+                tracing::info!(login = %self.settings.name, error = %shown, "the authorization server refused the login");
+                let text = match description {
+                    Some(d) => format!("the authorization server answered {shown}: {}", crate::auth::token::shown(&d)),
+                    None => format!("the authorization server answered {shown}"),
+                };
+                return Err(failure(StatusCode::FORBIDDEN, "login_refused_by_as", &text));
+            }
+        };
+        let verifier = transaction.code_verifier.expose().clone();
+        let tokens = self
+            .client
+            .token(&found.metadata, &transaction.dpop_key, || {
+                let assertion = self.assertion(&found.metadata.issuer)?;
+                Ok(vec![
+                    ("grant_type".into(), "authorization_code".into()),
+                    ("code".into(), code.clone()),
+                    ("redirect_uri".into(), self.settings.redirect_uri.clone()),
+                    ("code_verifier".into(), verifier.clone()),
+                    ("client_id".into(), self.settings.client_id.clone()),
+                    ("client_assertion_type".into(), ASSERTION_TYPE.into()),
+                    ("client_assertion".into(), assertion),
+                ])
+            })
+            .await
+            .map_err(|e| {
+                tracing::warn!(login = %self.settings.name, error = %e, "the code could not be redeemed");
+                failure(StatusCode::BAD_GATEWAY, "login_token_failed", "the authorization server did not issue tokens")
+            })?;
+        if !tokens.token_type.eq_ignore_ascii_case("dpop") {
+            return Err(failure(
+                StatusCode::BAD_GATEWAY,
+                "login_token_not_dpop",
+                "the authorization server issued a token that is not DPoP-bound",
+            ));
+        }
+        let sub = match (&tokens.id_token, self.settings.openid()) {
+            (Some(id_token), _) => super::id_token::verify(
+                id_token,
+                &self.settings.issuer,
+                &self.settings.client_id,
+                transaction.nonce.as_deref(),
+                &self.settings.algorithms,
+                &found.keys,
+                unix_now(),
+            )
+            .await
+            .map_err(|e| failure(StatusCode::BAD_GATEWAY, "login_bad_id_token", &e.to_string()))?,
+            (None, true) => {
+                return Err(failure(StatusCode::BAD_GATEWAY, "login_bad_id_token", "the ID token is missing"));
+            }
+            (None, false) => None,
+        };
+        let expires_at = tokens.expires_in.map(|s| unix_now().saturating_add(i64::try_from(s).unwrap_or(i64::MAX)));
+        let session = Session::new(
+            sub,
+            tokens.scope.clone(),
+            tokens.access_token,
+            tokens.refresh_token,
+            transaction.dpop_key,
+            expires_at,
+        );
+        let value = self
+            .sessions
+            .create(session)
+            .map_err(|_| failure(StatusCode::INTERNAL_SERVER_ERROR, "login_internal", "the session could not be made"))?
+            .ok_or_else(|| failure(StatusCode::SERVICE_UNAVAILABLE, "login_busy", "too many sessions"))?;
+        let session_cookie = format!(
+            "{}={value}; Path=/; Secure; HttpOnly; SameSite=Lax; Max-Age={}",
+            self.settings.session.cookie,
+            self.settings.session.max_lifetime.as_secs()
+        );
+        let clear =
+            format!("{}=; Path=/; Secure; HttpOnly; SameSite=Lax; Max-Age=0", transaction_cookie_name(&response.state));
+        tracing::info!(login = %self.settings.name, "login completed");
+        Ok(redirect(&transaction.return_to, &[session_cookie, clear], "login_completed"))
+    }
+
+    /// `GET paths.session` (CSRF header required): who is logged in, never a token.
+    fn session_info(&self, headers: &HeaderMap) -> Result<Answer, Answer> {
+        let session = self.session_of(headers)?;
+        let body = json!({
+            "sub": session.sub,
+            "scope": session.scope,
+            "expires_at": session.access_expires_at,
+            "logout_url": self.settings.paths.logout,
+        });
+        Ok(json_answer(StatusCode::OK, &body, &[], "session"))
+    }
+
+    /// `POST paths.logout` (CSRF header required): ends the session and clears the cookie.
+    async fn logout(&self, headers: &HeaderMap) -> Result<Answer, Answer> {
+        self.csrf(headers)?;
+        let clear = format!("{}=; Path=/; Secure; HttpOnly; SameSite=Lax; Max-Age=0", self.settings.session.cookie);
+        let ended = cookie(headers, &self.settings.session.cookie).and_then(|c| self.sessions.end(c));
+        let end_session_url = match self.discovered.lock().await.as_ref() {
+            Some(found) => found.metadata.end_session_endpoint.as_ref().map(|url| {
+                let query = form_urlencoded::Serializer::new(String::new())
+                    .append_pair("client_id", &self.settings.client_id)
+                    .finish();
+                format!("{url}{}{query}", if url.contains('?') { "&" } else { "?" })
+            }),
+            None => None,
+        };
+        let body = json!({ "logged_out": ended.is_some(), "end_session_url": end_session_url });
+        Ok(json_answer(StatusCode::OK, &body, &[clear], "logout"))
+    }
+
+    fn csrf(&self, headers: &HeaderMap) -> Result<(), Answer> {
+        let header_ok = headers.get(CSRF_HEADER).is_some_and(|v| !v.is_empty());
+        let origin_ok = headers.get(ORIGIN).is_none_or(|o| o.to_str().is_ok_and(|o| o == self.app_origin));
+        if header_ok && origin_ok {
+            Ok(())
+        } else {
+            Err(failure(
+                StatusCode::FORBIDDEN,
+                "session_csrf",
+                "session requests need the X-CSRF header and, when sent, an Origin of the application",
+            ))
+        }
+    }
+
+    fn session_of(&self, headers: &HeaderMap) -> Result<Arc<Session>, Answer> {
+        self.csrf(headers)?;
+        let value = cookie(headers, &self.settings.session.cookie);
+        value.ok_or(SessionMiss::NoSession).and_then(|v| self.sessions.find(v)).map_err(|miss| {
+            let body = json!({
+                "error": "login_required",
+                "error_description": match miss {
+                    SessionMiss::NoSession => "there is no session: log in first",
+                    SessionMiss::Ended => "the session has ended: log in again",
+                },
+                "login_url": self.settings.paths.login,
+            });
+            json_answer(StatusCode::UNAUTHORIZED, &body, &[], "session_required")
+        })
+    }
+
+    /// Admits a request on an `auth: session` route: the session's DPoP-bound access token
+    /// with a fresh proof for `method htu` replaces the browser's credentials.
+    pub fn admit(
+        &self,
+        method: &Method,
+        htu: &str,
+        headers: &HeaderMap,
+    ) -> Result<(Arc<Session>, UpstreamCredential), Answer> {
+        let session = self.session_of(headers)?;
+        let token = session.access_token.expose();
+        let internal =
+            || failure(StatusCode::INTERNAL_SERVER_ERROR, "session_internal", "the request could not be signed");
+        let proof = super::proof::dpop_proof(&session.dpop_key, method.as_str(), htu, Some(token), None)
+            .map_err(|_| internal())?;
+        let authorization = HeaderValue::try_from(format!("DPoP {token}")).map_err(|_| internal())?;
+        let dpop = HeaderValue::try_from(proof).map_err(|_| internal())?;
+        Ok((
+            session,
+            UpstreamCredential::Replace { authorization: Secret::new(authorization), dpop: Some(Secret::new(dpop)) },
+        ))
+    }
+}
+
+/// The login endpoints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    Login,
+    Callback,
+    Session,
+    Logout,
+    /// One of the paths with another method: 405.
+    WrongMethod,
+}
+
+/// The AS as an [`Issuer`] for [`IssuerKeys`]: its key set at `jwks_uri`.
+fn as_issuer(settings: &LoginSettings, jwks_uri: &str) -> Option<Issuer> {
+    let uri: http::Uri = jwks_uri.parse().ok()?;
+    Some(Issuer { keys: KeySource::JwksUri(uri), ..as_issuer_or_default(settings) })
+}
+
+fn as_issuer_or_default(settings: &LoginSettings) -> Issuer {
+    Issuer {
+        issuer: settings.issuer.clone(),
+        keys: KeySource::Discovery,
+        ca: settings.ca.clone(),
+        audiences: vec![settings.client_id.clone()],
+        algorithms: settings.algorithms.clone(),
+        typ: vec![],
+        required_claims: vec![],
+        leeway: Duration::from_secs(5),
+        max_future: Duration::from_secs(10),
+        jwks_cache: JwksCacheSettings {
+            default_ttl: Duration::from_secs(300),
+            min_ttl: Duration::from_secs(30),
+            max_ttl: Duration::from_secs(86_400),
+            stale_if_error: Duration::from_secs(86_400),
+            refetch_interval: Duration::from_secs(30),
+            fetch_timeout: settings.timeout,
+        },
+    }
+}
+
+/// RFC 6749 §4.1.2 with RFC 9207 `iss`, which must equal the issuer exactly.
+fn plain_response(query: Option<&str>, issuer: &str) -> Result<jarm::AuthorizationResponse, Answer> {
+    if query_param(query, "iss").as_deref() != Some(issuer) {
+        return Err(failure(
+            StatusCode::BAD_REQUEST,
+            "login_wrong_iss",
+            "the authorization response's iss is missing or wrong",
+        ));
+    }
+    let state = query_param(query, "state")
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| failure(StatusCode::BAD_REQUEST, "login_no_state", "the authorization response has no state"))?;
+    let outcome = match (query_param(query, "code"), query_param(query, "error")) {
+        (_, Some(error)) => Outcome::Error { error, description: query_param(query, "error_description") },
+        (Some(code), None) if !code.is_empty() => Outcome::Code(code),
+        _ => return Err(failure(StatusCode::BAD_REQUEST, "login_no_code", "the authorization response has no code")),
+    };
+    Ok(jarm::AuthorizationResponse { state, outcome })
+}
+
+/// The first value of `name` in a query string, decoded.
+fn query_param(query: Option<&str>, name: &str) -> Option<String> {
+    form_urlencoded::parse(query?.as_bytes()).find(|(k, _)| k == name).map(|(_, v)| v.into_owned())
+}
+
+/// The value of cookie `name` among the request's `Cookie` headers.
+pub fn cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
+    headers
+        .get_all(COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(n, _)| *n == name)
+        .map(|(_, v)| v)
+}
+
+/// `return_to` (already percent-decoded) when it is a relative path under an allowed prefix:
+/// no scheme or host, no `//` or `\`, no control characters or whitespace, canonical.
+pub fn checked_return_to(path: &str, allowed: &[String]) -> Option<String> {
+    if !path.starts_with('/') || path.starts_with("//") || path.contains('\\') {
+        return None;
+    }
+    if path.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return None;
+    }
+    let bare = path.split(['?', '#']).next().unwrap_or(path);
+    crate::uri::check_path(bare).ok()?;
+    allowed.iter().any(|prefix| bare.starts_with(prefix.as_str())).then(|| path.to_string())
+}
+
+fn origin_of(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) => format!("{scheme}://{}", rest.split('/').next().unwrap_or(rest)),
+        None => url.to_string(),
+    }
+}
+
+fn redirect(location: &str, cookies: &[String], reason: &'static str) -> Answer {
+    let mut response = Response::new(full(Bytes::new()));
+    *response.status_mut() = StatusCode::SEE_OTHER;
+    let headers = response.headers_mut();
+    if let Ok(value) = HeaderValue::try_from(location) {
+        headers.insert(LOCATION, value);
+    }
+    add_common(headers, cookies);
+    Answer::Respond { response: Box::new(response), reason }
+}
+
+fn json_answer(status: StatusCode, body: &serde_json::Value, cookies: &[String], reason: &'static str) -> Answer {
+    let mut response: Response<ProxyBody> = Response::new(full(Bytes::from(body.to_string())));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    add_common(headers, cookies);
+    Answer::Respond { response: Box::new(response), reason }
+}
+
+fn add_common(headers: &mut HeaderMap, cookies: &[String]) {
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert("referrer-policy", HeaderValue::from_static("no-referrer"));
+    for cookie in cookies {
+        if let Ok(value) = HeaderValue::try_from(cookie.as_str()) {
+            headers.append(SET_COOKIE, value);
+        }
+    }
+}
+
+/// A refusal of the login mode: status, reason code and a JSON body saying why.
+fn failure(status: StatusCode, reason: &'static str, description: &str) -> Answer {
+    json_answer(status, &json!({ "error": reason, "error_description": description }), &[], reason)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn return_to_stays_on_allowed_relative_paths() {
+        let allowed = vec!["/app/".to_string()];
+        assert_eq!(checked_return_to("/app/x?y=1", &allowed).as_deref(), Some("/app/x?y=1"));
+        for bad in [
+            "https://evil.test/app/",
+            "//evil.test/app/",
+            "/\\evil.test",
+            "/app/../admin",
+            "/app/%2e%2e/admin",
+            "/app/\tx",
+            "/app/ x",
+            "/other/",
+            "app/",
+            "/app/\u{0}",
+        ] {
+            assert_eq!(checked_return_to(bad, &allowed), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn cookies_are_found_by_exact_name() {
+        let mut headers = HeaderMap::new();
+        headers.append(COOKIE, HeaderValue::from_static("a=1; __Host-fapi-session=v.t"));
+        headers.append(COOKIE, HeaderValue::from_static("b=2"));
+        assert_eq!(cookie(&headers, "__Host-fapi-session"), Some("v.t"));
+        assert_eq!(cookie(&headers, "b"), Some("2"));
+        assert_eq!(cookie(&headers, "__Host-fapi"), None);
+    }
+}

@@ -1,0 +1,259 @@
+//! Where the login mode keeps what the browser must never hold: login transactions (PKCE
+//! verifier, nonce, the session's DPoP key, where to return) and sessions (tokens and DPoP
+//! key). Both live in memory here, bounded and expiring; the browser gets only cookies:
+//!
+//! - a transaction cookie per login in progress, named after its `state`
+//!   (`__Host-fapi-login-<10 chars>`), so several tabs can log in at once; its value is a
+//!   random secret whose hash the transaction keeps, which binds the PKCE verifier to this
+//!   browser (FAPI 2.0 §5.3.3.2-4);
+//! - the session cookie: a random 256-bit id and an HMAC tag under the session secret
+//!   (`<id>.<tag>`), compared in constant time.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use aws_lc_rs::hmac;
+
+use super::pkce::{RandomError, random_token};
+use crate::jose::{SigningKey, b64url_decode, b64url_encode, constant_time_eq, sha256, unix_now};
+use crate::secret::Secret;
+
+/// At most this many logins in progress at once (each costs a PAR call): more are refused
+/// with 503 until some finish or expire.
+pub const MAX_TRANSACTIONS: usize = 10_000;
+/// A login must come back within this long (`request_uri` lives < 600 s: FAPI 2.0 AS
+/// §5.3.2.2-12).
+pub const TRANSACTION_TTL_SECS: i64 = 600;
+/// At most this many sessions per login.
+pub const MAX_SESSIONS: usize = 100_000;
+
+/// A login in progress, keyed by its `state`.
+pub struct Transaction {
+    pub code_verifier: Secret<String>,
+    pub nonce: Option<String>,
+    pub dpop_key: Arc<SigningKey>,
+    pub return_to: String,
+    /// SHA-256 of the transaction cookie's value.
+    pub cookie_hash: [u8; 32],
+    pub created: i64,
+}
+
+/// The transaction cookie's name for `state`.
+pub fn transaction_cookie_name(state: &str) -> String {
+    let digest = b64url_encode(&sha256(state.as_bytes()));
+    format!("__Host-fapi-login-{}", &digest[..10])
+}
+
+/// Logins in progress.
+#[derive(Default)]
+pub struct Transactions {
+    open: Mutex<HashMap<String, Transaction>>,
+}
+
+impl Transactions {
+    /// Records a transaction under `state`; `false` when too many are open.
+    pub fn insert(&self, state: String, transaction: Transaction) -> bool {
+        let Ok(mut open) = self.open.lock() else { return false };
+        let now = unix_now();
+        open.retain(|_, t| now - t.created < TRANSACTION_TTL_SECS);
+        if open.len() >= MAX_TRANSACTIONS {
+            return false;
+        }
+        open.insert(state, transaction);
+        true
+    }
+
+    /// Takes the transaction of `state` out (single use), if it is open and not expired.
+    pub fn take(&self, state: &str) -> Option<Transaction> {
+        let transaction = self.open.lock().ok()?.remove(state)?;
+        (unix_now() - transaction.created < TRANSACTION_TTL_SECS).then_some(transaction)
+    }
+}
+
+/// One browser session.
+pub struct Session {
+    pub sub: Option<String>,
+    pub scope: Option<String>,
+    pub access_token: Secret<String>,
+    pub refresh_token: Option<Secret<String>>,
+    pub dpop_key: Arc<SigningKey>,
+    /// When the access token expires (`None`: the AS did not say).
+    pub access_expires_at: Option<i64>,
+    pub created: i64,
+    last_seen: AtomicI64,
+}
+
+impl Session {
+    pub fn new(
+        sub: Option<String>,
+        scope: Option<String>,
+        access_token: String,
+        refresh_token: Option<String>,
+        dpop_key: Arc<SigningKey>,
+        access_expires_at: Option<i64>,
+    ) -> Session {
+        let now = unix_now();
+        Session {
+            sub,
+            scope,
+            access_token: Secret::new(access_token),
+            refresh_token: refresh_token.map(Secret::new),
+            dpop_key,
+            access_expires_at,
+            created: now,
+            last_seen: AtomicI64::new(now),
+        }
+    }
+}
+
+/// Why a session cookie was not honoured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionMiss {
+    /// No cookie, a malformed one, or a tag no secret makes.
+    NoSession,
+    /// The session ended (logout, idle or lifetime limit).
+    Ended,
+}
+
+/// The sessions of one login, and the secrets their cookies are tagged with.
+pub struct Sessions {
+    /// The first tags new cookies; every one verifies (rotation).
+    secrets: Vec<hmac::Key>,
+    open: Mutex<HashMap<[u8; 32], Arc<Session>>>,
+    idle_secs: i64,
+    lifetime_secs: i64,
+}
+
+impl Sessions {
+    /// `secrets` must not be empty.
+    pub fn new(secrets: &[Vec<u8>], idle_secs: i64, lifetime_secs: i64) -> Sessions {
+        Sessions {
+            secrets: secrets.iter().map(|s| hmac::Key::new(hmac::HMAC_SHA256, s)).collect(),
+            open: Mutex::new(HashMap::new()),
+            idle_secs,
+            lifetime_secs,
+        }
+    }
+
+    /// Stores `session` under a new id and returns the cookie value, or `None` when full.
+    pub fn create(&self, session: Session) -> Result<Option<String>, RandomError> {
+        let mut id = [0u8; 32];
+        aws_lc_rs::rand::fill(&mut id).map_err(|_| RandomError)?;
+        let Ok(mut open) = self.open.lock() else { return Ok(None) };
+        if open.len() >= MAX_SESSIONS {
+            let now = unix_now();
+            open.retain(|_, s| self.alive(s, now));
+            if open.len() >= MAX_SESSIONS {
+                return Ok(None);
+            }
+        }
+        open.insert(id, Arc::new(session));
+        let Some(key) = self.secrets.first() else { return Ok(None) };
+        Ok(Some(format!("{}.{}", b64url_encode(&id), b64url_encode(&hmac::sign(key, &id).as_ref()[..16]))))
+    }
+
+    /// The session a cookie value names, refreshing its idle clock.
+    pub fn find(&self, cookie: &str) -> Result<Arc<Session>, SessionMiss> {
+        let id = self.verify(cookie).ok_or(SessionMiss::NoSession)?;
+        let mut open = self.open.lock().map_err(|_| SessionMiss::NoSession)?;
+        let session = open.get(&id).cloned().ok_or(SessionMiss::Ended)?;
+        let now = unix_now();
+        if !self.alive(&session, now) {
+            open.remove(&id);
+            return Err(SessionMiss::Ended);
+        }
+        session.last_seen.store(now, Ordering::Relaxed);
+        Ok(session)
+    }
+
+    /// Ends the session a cookie value names; `true` when there was one.
+    pub fn end(&self, cookie: &str) -> Option<Arc<Session>> {
+        let id = self.verify(cookie)?;
+        self.open.lock().ok()?.remove(&id)
+    }
+
+    /// Sessions open now (for the metric).
+    pub fn len(&self) -> usize {
+        self.open.lock().map_or(0, |o| o.len())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn alive(&self, session: &Session, now: i64) -> bool {
+        now - session.created < self.lifetime_secs && now - session.last_seen.load(Ordering::Relaxed) < self.idle_secs
+    }
+
+    /// The id of a well-formed cookie value whose tag one of the secrets makes.
+    fn verify(&self, cookie: &str) -> Option<[u8; 32]> {
+        let (id, tag) = cookie.split_once('.')?;
+        let id: [u8; 32] = b64url_decode(id).ok()?.try_into().ok()?;
+        let tag = b64url_decode(tag).ok()?;
+        self.secrets.iter().any(|key| constant_time_eq(&hmac::sign(key, &id).as_ref()[..16], &tag)).then_some(id)
+    }
+}
+
+/// A fresh transaction cookie value and its hash.
+pub fn transaction_secret() -> Result<(String, [u8; 32]), RandomError> {
+    let value = random_token(32)?;
+    let hash = sha256(value.as_bytes());
+    Ok((value, hash))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::jose::Alg;
+
+    fn session() -> Session {
+        let key = Arc::new(SigningKey::generate(Alg::Es256).unwrap());
+        Session::new(Some("alice".into()), None, "at".into(), None, key, None)
+    }
+
+    #[test]
+    fn cookies_name_their_session_and_forgeries_do_not() {
+        let sessions = Sessions::new(&[b"a secret of at least thirty-two bytes!".to_vec()], 60, 3600);
+        let cookie = sessions.create(session()).unwrap().unwrap();
+        assert_eq!(sessions.find(&cookie).unwrap().sub.as_deref(), Some("alice"));
+        let (id, tag) = cookie.split_once('.').unwrap();
+        let mut forged_tag = b64url_decode(tag).unwrap();
+        forged_tag[0] ^= 1;
+        for forged in [
+            format!("{id}.{}", b64url_encode(&forged_tag)),
+            format!("{}.{tag}", b64url_encode(&[7u8; 32])),
+            id.to_string(),
+            String::new(),
+            "x.y".into(),
+        ] {
+            assert_eq!(sessions.find(&forged).err(), Some(SessionMiss::NoSession), "{forged}");
+        }
+        // Another secret does not verify; a rotated list that still has it does.
+        let other = Sessions::new(&[b"another secret of thirty-two bytes or more".to_vec()], 60, 3600);
+        assert_eq!(other.find(&cookie).err(), Some(SessionMiss::NoSession));
+        assert!(sessions.end(&cookie).is_some());
+        assert_eq!(sessions.find(&cookie).err(), Some(SessionMiss::Ended));
+    }
+
+    #[test]
+    fn transactions_are_single_use() {
+        let transactions = Transactions::default();
+        let (_, hash) = transaction_secret().unwrap();
+        let key = Arc::new(SigningKey::generate(Alg::Es256).unwrap());
+        let t = Transaction {
+            code_verifier: Secret::new("v".into()),
+            nonce: None,
+            dpop_key: key,
+            return_to: "/app/".into(),
+            cookie_hash: hash,
+            created: unix_now(),
+        };
+        assert!(transactions.insert("s1".into(), t));
+        assert!(transactions.take("s1").is_some());
+        assert!(transactions.take("s1").is_none(), "a state is good once");
+        assert!(transaction_cookie_name("s1").starts_with("__Host-fapi-login-"));
+        assert_ne!(transaction_cookie_name("s1"), transaction_cookie_name("s2"));
+    }
+}
