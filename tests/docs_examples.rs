@@ -160,8 +160,9 @@ fn codes_in_source(path: &Path, source: &str, out: &mut BTreeSet<String>) {
             add(literal_at(skip_ws(&body[j + 2..end])));
         }
     }
-    // `AuthDenial::new(AuthErrorCode::X, "…"` and `AuthDenial::dpop(…, "…"`
-    for call in ["AuthDenial::new(", "AuthDenial::dpop("] {
+    // `AuthDenial::new(AuthErrorCode::X, "…"` and `AuthDenial::dpop(…, "…"`; the login
+    // mode's `failure(StatusCode::X, "…"` and `refusal_body(StatusCode::X, "…"`.
+    for call in ["AuthDenial::new(", "AuthDenial::dpop(", "failure(", "refusal_body("] {
         for (i, _) in code.match_indices(call) {
             let args = &code[i + call.len()..];
             let Some(comma) = args.find(',') else { continue };

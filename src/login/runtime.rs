@@ -435,7 +435,7 @@ impl LoginRuntime {
                 },
                 "login_url": self.settings.paths.login,
             });
-            json_answer(StatusCode::UNAUTHORIZED, &body, &[], "session_required")
+            refusal_body(StatusCode::UNAUTHORIZED, "session_required", &body)
         })
     }
 
@@ -587,6 +587,11 @@ fn add_common(headers: &mut HeaderMap, cookies: &[String]) {
             headers.append(SET_COOKIE, value);
         }
     }
+}
+
+/// A refusal with a body of its own.
+fn refusal_body(status: StatusCode, reason: &'static str, body: &serde_json::Value) -> Answer {
+    json_answer(status, body, &[], reason)
 }
 
 /// A refusal of the login mode: status, reason code and a JSON body saying why.

@@ -16,6 +16,7 @@
 pub mod gateway;
 pub mod jwt;
 pub mod logs;
+pub mod oidc_provider;
 pub mod pki;
 pub mod raw;
 pub mod redis;

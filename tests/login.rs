@@ -1,0 +1,302 @@
+//! The browser login mode against a real FAPI 2.0 authorization server (panva's
+//! oidc-provider, `tests/as/`): PAR with `private_key_jwt`, PKCE and `dpop_jkt`; the JARM
+//! callback; a DPoP-bound token redeemed with nonces; the session cookie; the session route
+//! forwarding the session's token with a fresh proof; session info and logout; and the
+//! refusals — forged, replayed and foreign callbacks, CSRF, bad `return_to` — each with
+//! what the browser got and that no session was made.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::oidc_provider::{AsClient, AsOptions, OidcProvider, query_param, unverified_claims};
+use common::*;
+use fapi_gateway::config::Config;
+use fapi_gateway::jose::{Alg, CompactJws, PublicKey, SigningKey, b64url_encode, sha256};
+use serde_json::{Value, json};
+
+const CLIENT_ID: &str = "web-bff";
+
+struct Setup {
+    pki: TestPki,
+    provider: OidcProvider,
+    upstream: Upstream,
+    gateway: fapi_gateway::GatewayHandle,
+    port: u16,
+}
+
+impl Setup {
+    async fn start() -> Setup {
+        init();
+        let pki = TestPki::new();
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let redirect_uri = format!("https://{GATEWAY_HOST}:{port}/auth/callback");
+        let client_key = SigningKey::generate(Alg::Es256).unwrap();
+        let mut jwk = client_key.public_jwk();
+        jwk["kid"] = json!("bff-1");
+        let key_path = write_file(pki.dir(), "bff.key", &client_key.to_pkcs8_pem().unwrap());
+        let options = AsOptions { require_nonce: true, ..AsOptions::default() }.client(AsClient::private_key_jwt(
+            CLIENT_ID,
+            jwk,
+            &redirect_uri,
+        ));
+        let provider = OidcProvider::start(&pki, options).await;
+        let upstream = Upstream::start().await;
+        let yaml = format!(
+            r#"
+listen:
+  address: 127.0.0.1:{port}
+  public_url: https://{GATEWAY_HOST}:{port}
+  tls:
+    cert: {cert}
+    key: {key}
+login:
+  - name: web
+    issuer: {issuer}
+    ca: {ca}
+    client_id: {CLIENT_ID}
+    client_key: {key_path}
+    client_key_id: bff-1
+    redirect_uri: {redirect_uri}
+    scopes: [openid, accounts:read]
+    resource: [https://api.test]
+    return_to: [/app/]
+routes:
+  - name: app-api
+    match: {{ path_prefix: /app/api }}
+    upstream: {upstream}
+    auth: session
+    login: web
+"#,
+            cert = pki.server_cert_path().display(),
+            key = pki.server_key_path().display(),
+            issuer = provider.issuer(),
+            ca = pki.ca_pem_path().display(),
+            key_path = key_path.display(),
+            upstream = upstream.url(),
+        );
+        let config = Config::from_yaml(&yaml, "login.yaml", pki.dir()).unwrap_or_else(|e| panic!("{e}\n{yaml}"));
+        let gateway = fapi_gateway::start(config).await.expect("gateway starts");
+        Setup { pki, provider, upstream, gateway, port }
+    }
+
+    /// A browser-like client of the gateway that does not follow redirects.
+    fn browser(&self) -> reqwest::Client {
+        let tls = self.pki.rustls_client_config(None, &[b"http/1.1"]);
+        reqwest::Client::builder()
+            .no_proxy()
+            .timeout(Duration::from_secs(20))
+            .redirect(reqwest::redirect::Policy::none())
+            .resolve(GATEWAY_HOST, self.gateway.local_addr())
+            .tls_backend_preconfigured(tls)
+            .build()
+            .unwrap()
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("https://{GATEWAY_HOST}:{}{path}", self.port)
+    }
+
+    /// Starts a login: the 303 and its transaction cookie (`name=value`).
+    async fn begin(&self, return_to: &str) -> (String, String) {
+        let response =
+            self.browser().get(self.url(&format!("/auth/login?return_to={return_to}"))).send().await.unwrap();
+        assert_eq!(response.status(), 303, "{:?}", response.text().await);
+        let location = response.headers()["location"].to_str().unwrap().to_string();
+        let cookie = set_cookies(&response).into_iter().find(|c| c.starts_with("__Host-fapi-login-")).unwrap();
+        (location, cookie.split(';').next().unwrap().to_string())
+    }
+
+    /// The AS's redirect back to the gateway, as path and query.
+    async fn authorize(&self, location: &str) -> String {
+        let callback = self.provider.walk_authorization(location).await;
+        callback.strip_prefix(&self.url("")).unwrap_or_else(|| panic!("not our callback: {callback}")).to_string()
+    }
+
+    /// A whole login: the session cookie (`name=value`).
+    async fn login(&self) -> String {
+        let (location, tx_cookie) = self.begin("/app/home").await;
+        let callback = self.authorize(&location).await;
+        let response = self.browser().get(self.url(&callback)).header("cookie", tx_cookie).send().await.unwrap();
+        assert_eq!(response.status(), 303, "{:?}", response.text().await);
+        let session = set_cookies(&response).into_iter().find(|c| c.starts_with("__Host-fapi-session=")).unwrap();
+        session.split(';').next().unwrap().to_string()
+    }
+}
+
+fn set_cookies(response: &reqwest::Response) -> Vec<String> {
+    response.headers().get_all("set-cookie").iter().map(|v| v.to_str().unwrap().to_string()).collect()
+}
+
+async fn json_of(response: reqwest::Response) -> (u16, Value) {
+    let status = response.status().as_u16();
+    let text = response.text().await.unwrap();
+    (status, serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text}")))
+}
+
+#[tokio::test]
+async fn a_browser_logs_in_calls_the_api_through_its_session_and_logs_out() {
+    let s = Setup::start().await;
+
+    // 1. Login: PAR, then only client_id and request_uri in the front channel.
+    let (location, tx_cookie) = s.begin("/app/home").await;
+    let authorization_endpoint = s.provider.endpoint("authorization_endpoint");
+    assert!(location.starts_with(&format!("{authorization_endpoint}?")), "{location}");
+    let query = location.split_once('?').unwrap().1;
+    let names: Vec<String> = form_urlencoded::parse(query.as_bytes()).map(|(k, _)| k.into_owned()).collect();
+    assert_eq!(names, ["client_id", "request_uri"]);
+    assert!(query_param(&location, "request_uri").unwrap().starts_with("urn:ietf:params:oauth:request_uri:"));
+
+    // 2. The AS sends the browser back with a JARM response only.
+    let callback = s.authorize(&location).await;
+    assert!(callback.starts_with("/auth/callback?response="), "{callback}");
+
+    // 3. The callback: a new session cookie, the transaction cookie cleared, a clean 303.
+    let response = s.browser().get(s.url(&callback)).header("cookie", &tx_cookie).send().await.unwrap();
+    assert_eq!(response.status(), 303, "{:?}", response.text().await);
+    assert_eq!(response.headers()["location"], "/app/home");
+    assert_eq!(response.headers()["referrer-policy"], "no-referrer");
+    assert_eq!(response.headers()["cache-control"], "no-store");
+    let cookies = set_cookies(&response);
+    let session_cookie = cookies.iter().find(|c| c.starts_with("__Host-fapi-session=")).unwrap();
+    for attribute in ["Path=/", "Secure", "HttpOnly", "SameSite=Lax"] {
+        assert!(session_cookie.contains(attribute), "{attribute} missing: {session_cookie}");
+    }
+    let tx_name = tx_cookie.split('=').next().unwrap();
+    assert!(cookies.iter().any(|c| c.starts_with(&format!("{tx_name}=;")) && c.contains("Max-Age=0")), "{cookies:?}");
+    let session = session_cookie.split(';').next().unwrap().to_string();
+    // The cookie is an id and a tag: no token in it.
+    assert!(session.len() < 120 && !session.contains("eyJ"), "{session}");
+
+    // 4. The API through the session: the upstream gets the DPoP-bound token and a fresh proof.
+    let api = s.browser().get(s.url("/app/api/accounts?x=1")).header("cookie", format!("{session}; theme=dark"));
+    let response = api.header("x-csrf", "1").send().await.unwrap();
+    assert_eq!(response.status(), 200, "{:?}", response.text().await);
+    let seen = s.upstream.last().unwrap();
+    let authorization = seen.headers["authorization"].to_str().unwrap();
+    let token = authorization.strip_prefix("DPoP ").expect("DPoP scheme");
+    let proof = seen.headers["dpop"].to_str().unwrap();
+    let jws = CompactJws::parse(proof, 8192).unwrap();
+    let jwk = PublicKey::from_jwk(jws.header()["jwk"].as_object().unwrap()).unwrap();
+    assert_eq!(jws.verify_with(Alg::Es256, &jwk), Ok(()));
+    let proof_claims: Value = serde_json::from_slice(jws.payload()).unwrap();
+    assert_eq!(proof_claims["htm"], "GET");
+    assert_eq!(proof_claims["htu"], format!("{}/app/api/accounts", s.upstream.url()));
+    assert_eq!(proof_claims["ath"], b64url_encode(&sha256(token.as_bytes())));
+    let access = s.provider.verify_jwt(token);
+    assert_eq!(access["cnf"]["jkt"], jwk.thumbprint_b64(), "the token is bound to the session's key");
+    assert_eq!(access["sub"], s.provider.account());
+    assert_eq!(seen.headers["cookie"], "theme=dark", "the session cookie stays at the gateway");
+    assert!(seen.headers.get("x-csrf").is_none());
+
+    // 5. Session info: who, never a token.
+    let response = s.browser().get(s.url("/auth/session")).header("cookie", &session).header("x-csrf", "1");
+    let (status, body) = json_of(response.send().await.unwrap()).await;
+    assert_eq!(status, 200);
+    assert_eq!(body["sub"], s.provider.account());
+    assert!(!body.to_string().contains("eyJ"), "{body}");
+
+    // 6. Logout: the session ends and the cookie is cleared.
+    let response = s.browser().post(s.url("/auth/logout")).header("cookie", &session).header("x-csrf", "1");
+    let response = response.send().await.unwrap();
+    let cleared = set_cookies(&response);
+    let (status, body) = json_of(response).await;
+    assert_eq!((status, &body["logged_out"]), (200, &json!(true)), "{body}");
+    assert!(body["end_session_url"].as_str().unwrap().contains("client_id=web-bff"), "{body}");
+    assert!(cleared.iter().any(|c| c.starts_with("__Host-fapi-session=;") && c.contains("Max-Age=0")));
+    let hits = s.upstream.hits();
+    let after = s.browser().get(s.url("/app/api/accounts")).header("cookie", &session).header("x-csrf", "1");
+    let (status, body) = json_of(after.send().await.unwrap()).await;
+    assert_eq!((status, body["error"].as_str()), (401, Some("login_required")), "{body}");
+    assert_eq!(body["login_url"], "/auth/login");
+    assert_eq!(s.upstream.hits(), hits, "nothing reached the upstream");
+}
+
+#[tokio::test]
+async fn forged_replayed_and_foreign_callbacks_make_no_session() {
+    let s = Setup::start().await;
+    let (location, tx_cookie) = s.begin("/app/home").await;
+    let callback = s.authorize(&location).await;
+    let response_jwt = query_param(&s.url(&callback), "response").unwrap();
+
+    // Without the browser's transaction cookie (a planted callback): refused, and spent.
+    let foreign = s.browser().get(s.url(&callback)).send().await.unwrap();
+    assert!(set_cookies(&foreign).is_empty());
+    let (status, body) = json_of(foreign).await;
+    assert_eq!((status, body["error"].as_str()), (400, Some("login_other_browser")), "{body}");
+    let again = s.browser().get(s.url(&callback)).header("cookie", &tx_cookie).send().await.unwrap();
+    let (status, body) = json_of(again).await;
+    assert_eq!((status, body["error"].as_str()), (400, Some("login_unknown_state")), "{body}");
+
+    // A response re-signed by another key, or altered: refused before the state is looked at.
+    let mut claims = unverified_claims(&response_jwt);
+    claims["code"] = json!("attacker-code");
+    let forger = SigningKey::generate(Alg::Es256).unwrap();
+    let kid = CompactJws::parse(&response_jwt, 8192).unwrap().header_str("kid").unwrap().to_string();
+    let forged = forger.sign_compact(&json!({"kid": kid}), &claims).unwrap();
+    let none_alg = format!(
+        "{}.{}.",
+        b64url_encode(json!({"alg": "none"}).to_string().as_bytes()),
+        b64url_encode(claims.to_string().as_bytes())
+    );
+    for (response, reason) in
+        [(forged.as_str(), "jarm_bad_signature"), (none_alg.as_str(), "jarm_malformed"), ("garbage", "jarm_malformed")]
+    {
+        let url = s.url(&format!("/auth/callback?response={response}"));
+        let answer = s.browser().get(url).header("cookie", &tx_cookie).send().await.unwrap();
+        assert!(set_cookies(&answer).is_empty(), "no cookie on a refusal");
+        let (status, body) = json_of(answer).await;
+        assert_eq!((status, body["error"].as_str()), (400, Some(reason)), "{body}");
+    }
+    let missing = s.browser().get(s.url("/auth/callback")).send().await.unwrap();
+    let (status, body) = json_of(missing).await;
+    assert_eq!((status, body["error"].as_str()), (400, Some("login_no_response")), "{body}");
+}
+
+#[tokio::test]
+async fn session_requests_need_the_csrf_header_a_same_origin_and_a_session() {
+    let s = Setup::start().await;
+    let session = s.login().await;
+    let get = |headers: &[(&str, &str)]| {
+        let mut request = s.browser().get(s.url("/app/api/x"));
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        request.send()
+    };
+    let origin = s.url("");
+    type Case<'a> = (&'a [(&'a str, &'a str)], u16, &'a str);
+    let cases: [Case<'_>; 5] = [
+        (&[("cookie", &session)], 403, "session_csrf"),
+        (&[("cookie", &session), ("x-csrf", "1"), ("origin", "https://evil.test")], 403, "session_csrf"),
+        (&[("x-csrf", "1")], 401, "login_required"),
+        (&[("cookie", "__Host-fapi-session=AAAA.BBBB"), ("x-csrf", "1")], 401, "login_required"),
+        (&[("authorization", "Bearer stolen"), ("x-csrf", "1")], 401, "login_required"),
+    ];
+    for (headers, status, error) in cases {
+        let (got, body) = json_of(get(headers).await.unwrap()).await;
+        assert_eq!((got, body["error"].as_str()), (status, Some(error)), "{headers:?}: {body}");
+    }
+    assert_eq!(s.upstream.hits(), 0, "no refused request reached the upstream");
+    let ok = get(&[("cookie", &session), ("x-csrf", "1"), ("origin", &origin)]).await.unwrap();
+    assert_eq!(ok.status(), 200);
+    assert_eq!(s.upstream.hits(), 1);
+}
+
+#[tokio::test]
+async fn return_to_must_be_an_allowed_relative_path() {
+    let s = Setup::start().await;
+    for bad in
+        ["https://evil.test/app/", "//evil.test/app/", "/%5Cevil.test", "/app/%2e%2e/admin", "/other", "/app/%09x"]
+    {
+        let response = s.browser().get(s.url(&format!("/auth/login?return_to={bad}"))).send().await.unwrap();
+        assert!(set_cookies(&response).is_empty());
+        let (status, body) = json_of(response).await;
+        assert_eq!((status, body["error"].as_str()), (400, Some("login_bad_return_to")), "{bad}: {body}");
+    }
+    // A good one starts a login.
+    let response = s.browser().get(s.url("/auth/login?return_to=/app/ok%3Fx%3D1")).send().await.unwrap();
+    assert_eq!(response.status(), 303);
+    assert_eq!(set_cookies(&response).len(), 1, "one transaction cookie");
+}
