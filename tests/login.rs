@@ -24,10 +24,23 @@ struct Setup {
     upstream: Upstream,
     gateway: fapi_gateway::GatewayHandle,
     port: u16,
+    /// With [`Setup::chained`]: the resource server in front of the upstream — another
+    /// fapi-gateway with a `binding: dpop` route for the AS's tokens.
+    resource_server: Option<(fapi_gateway::GatewayHandle, u16)>,
 }
 
 impl Setup {
     async fn start() -> Setup {
+        Self::start_with(false, AsOptions::default().access_token_ttl).await
+    }
+
+    /// The session route's upstream is a fapi-gateway resource server (`binding: dpop`,
+    /// the AS's tokens) in front of the recording upstream.
+    async fn chained() -> Setup {
+        Self::start_with(true, AsOptions::default().access_token_ttl).await
+    }
+
+    async fn start_with(chained: bool, access_token_ttl: u64) -> Setup {
         init();
         let pki = TestPki::new();
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
@@ -36,13 +49,20 @@ impl Setup {
         let mut jwk = client_key.public_jwk();
         jwk["kid"] = json!("bff-1");
         let key_path = write_file(pki.dir(), "bff.key", &client_key.to_pkcs8_pem().unwrap());
-        let options = AsOptions { require_nonce: true, ..AsOptions::default() }.client(AsClient::private_key_jwt(
-            CLIENT_ID,
-            jwk,
-            &redirect_uri,
-        ));
+        let options = AsOptions { require_nonce: true, access_token_ttl, ..AsOptions::default() }
+            .client(AsClient::private_key_jwt(CLIENT_ID, jwk, &redirect_uri));
         let provider = OidcProvider::start(&pki, options).await;
         let upstream = Upstream::start().await;
+        let resource_server = match chained {
+            false => None,
+            true => Some(start_resource_server(&pki, &provider, &upstream).await),
+        };
+        let (route_upstream, upstream_ca) = match &resource_server {
+            None => (upstream.url(), String::new()),
+            Some((_, rs_port)) => {
+                (format!("https://localhost:{rs_port}"), format!("    upstream_ca: {}\n", pki.ca_pem_path().display()))
+            }
+        };
         let yaml = format!(
             r#"
 listen:
@@ -65,8 +85,8 @@ login:
 routes:
   - name: app-api
     match: {{ path_prefix: /app/api }}
-    upstream: {upstream}
-    auth: session
+    upstream: {route_upstream}
+{upstream_ca}    auth: session
     login: web
 "#,
             cert = pki.server_cert_path().display(),
@@ -74,11 +94,10 @@ routes:
             issuer = provider.issuer(),
             ca = pki.ca_pem_path().display(),
             key_path = key_path.display(),
-            upstream = upstream.url(),
         );
         let config = Config::from_yaml(&yaml, "login.yaml", pki.dir()).unwrap_or_else(|e| panic!("{e}\n{yaml}"));
         let gateway = fapi_gateway::start(config).await.expect("gateway starts");
-        Setup { pki, provider, upstream, gateway, port }
+        Setup { pki, provider, upstream, gateway, port, resource_server }
     }
 
     /// A browser-like client of the gateway that does not follow redirects.
@@ -123,6 +142,45 @@ routes:
         let session = set_cookies(&response).into_iter().find(|c| c.starts_with("__Host-fapi-session=")).unwrap();
         session.split(';').next().unwrap().to_string()
     }
+}
+
+/// A fapi-gateway protecting the recording upstream with the AS's DPoP-bound tokens.
+async fn start_resource_server(
+    pki: &TestPki,
+    provider: &OidcProvider,
+    upstream: &Upstream,
+) -> (fapi_gateway::GatewayHandle, u16) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let yaml = format!(
+        r#"
+listen:
+  address: 127.0.0.1:{port}
+  public_url: https://localhost:{port}
+  tls:
+    cert: {cert}
+    key: {key}
+issuers:
+  - issuer: {issuer}
+    discovery: true
+    ca: {ca}
+    audiences: [https://api.test]
+    algorithms: [ES256]
+routes:
+  - name: api
+    match: {{ path_prefix: /app/api }}
+    upstream: {upstream}
+    binding: dpop
+    scopes: [accounts:read]
+    identity_headers: true
+"#,
+        cert = pki.server_cert_path().display(),
+        key = pki.server_key_path().display(),
+        issuer = provider.issuer(),
+        ca = pki.ca_pem_path().display(),
+        upstream = upstream.url(),
+    );
+    let config = Config::from_yaml(&yaml, "rs.yaml", pki.dir()).unwrap_or_else(|e| panic!("{e}\n{yaml}"));
+    (fapi_gateway::start(config).await.expect("resource server starts"), port)
 }
 
 fn set_cookies(response: &reqwest::Response) -> Vec<String> {
@@ -299,4 +357,75 @@ async fn return_to_must_be_an_allowed_relative_path() {
     let response = s.browser().get(s.url("/auth/login?return_to=/app/ok%3Fx%3D1")).send().await.unwrap();
     assert_eq!(response.status(), 303);
     assert_eq!(set_cookies(&response).len(), 1, "one transaction cookie");
+}
+
+#[tokio::test]
+async fn the_session_token_passes_a_fapi_gateway_resource_server_with_its_proof() {
+    // The chain the login mode exists for: browser -> login-mode gateway (session) ->
+    // resource-server gateway (binding: dpop, the AS's tokens) -> upstream.
+    let s = Setup::chained().await;
+    let session = s.login().await;
+    let call = |path: &str| s.browser().get(s.url(path)).header("cookie", &session).header("x-csrf", "1").send();
+    let response = call("/app/api/accounts/1").await.unwrap();
+    assert_eq!(response.status(), 200, "{:?}", response.text().await);
+    let seen = s.upstream.last().unwrap();
+    // The resource server validated the token and its proof, and says who called.
+    assert_eq!(seen.headers["x-fapi-subject"], s.provider.account());
+    assert_eq!(seen.headers["x-fapi-client-id"], CLIENT_ID);
+    assert!(seen.headers.contains_key("x-fapi-dpop-jkt"));
+    assert!(seen.headers.get("cookie").is_none());
+    // Each request gets a proof of its own: a second call passes the replay check too.
+    assert_eq!(call("/app/api/accounts/2").await.unwrap().status(), 200);
+    assert_eq!(s.upstream.hits(), 2);
+    let (_, rs_port) = s.resource_server.as_ref().unwrap();
+    assert_ne!(*rs_port, s.port);
+}
+
+#[tokio::test]
+async fn short_lived_tokens_are_refreshed_once_per_session_with_rotation() {
+    // Access tokens live 5 s (under the 10 s refresh margin): every API call refreshes, and
+    // the AS rotates the refresh token each time and kills the grant if an old one is reused.
+    let s = Setup::start_with(false, 5).await;
+    let session = s.login().await;
+    let call = || s.browser().get(s.url("/app/api/x")).header("cookie", &session).header("x-csrf", "1").send();
+    let token_seen = || {
+        let seen = s.upstream.last().unwrap();
+        seen.headers["authorization"].to_str().unwrap().to_string()
+    };
+    assert_eq!(call().await.unwrap().status(), 200);
+    let first = token_seen();
+    assert_eq!(call().await.unwrap().status(), 200);
+    let second = token_seen();
+    assert_ne!(first, second, "a refreshed token");
+    // Concurrent calls share one refresh at a time: none reuses a rotated refresh token
+    // (which would end the grant and make every later call fail).
+    let results = futures_like_join(vec![call(), call(), call(), call()]).await;
+    for response in results {
+        assert_eq!(response.unwrap().status(), 200);
+    }
+    assert_eq!(call().await.unwrap().status(), 200, "the grant is still alive");
+    let token = second.strip_prefix("DPoP ").unwrap();
+    assert_eq!(s.provider.verify_jwt(token)["sub"], s.provider.account());
+}
+
+/// Runs the futures concurrently on this task.
+async fn futures_like_join<F: std::future::Future>(futures: Vec<F>) -> Vec<F::Output> {
+    let mut handles = Vec::new();
+    let mut pinned: Vec<std::pin::Pin<Box<F>>> = futures.into_iter().map(Box::pin).collect();
+    let mut outputs: Vec<Option<F::Output>> = pinned.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (i, future) in pinned.iter_mut().enumerate() {
+            if outputs[i].is_none() {
+                match future.as_mut().poll(cx) {
+                    std::task::Poll::Ready(out) => outputs[i] = Some(out),
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending { std::task::Poll::Pending } else { std::task::Poll::Ready(()) }
+    })
+    .await;
+    handles.extend(outputs.into_iter().flatten());
+    handles
 }

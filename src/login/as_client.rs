@@ -238,6 +238,12 @@ impl AsClient {
         }
     }
 
+    /// Revokes a token (RFC 7009 §2.1); `form` holds it and the client authentication.
+    pub async fn revoke(&self, endpoint: &str, form: &[(&str, &str)]) -> Result<(), LoginError> {
+        let answer = self.post_form(endpoint, form, None).await?;
+        if answer.status == StatusCode::OK { Ok(()) } else { Err(refusal("the revocation endpoint", &answer)) }
+    }
+
     fn current_nonce(&self) -> Option<String> {
         self.nonce.lock().map_or(None, |n| n.clone())
     }

@@ -23,7 +23,9 @@ use super::as_client::{AsClient, AsMetadata, LoginError};
 use super::client_auth::{ASSERTION_TYPE, client_assertion};
 use super::jarm::{self, Outcome};
 use super::pkce::{Pkce, random_token};
-use super::session::{Session, SessionMiss, Sessions, Transaction, Transactions, transaction_cookie_name};
+use super::session::{
+    Session, SessionMiss, SessionTokens, Sessions, Transaction, Transactions, transaction_cookie_name,
+};
 use crate::answer::Answer;
 use crate::auth::jwks::IssuerKeys;
 use crate::body::{ProxyBody, full};
@@ -330,6 +332,7 @@ impl LoginRuntime {
                 tracing::warn!(login = %self.settings.name, error = %e, "the code could not be redeemed");
                 failure(StatusCode::BAD_GATEWAY, "login_token_failed", "the authorization server did not issue tokens")
             })?;
+        let tokens_scope = tokens.scope.clone();
         if !tokens.token_type.eq_ignore_ascii_case("dpop") {
             return Err(failure(
                 StatusCode::BAD_GATEWAY,
@@ -354,15 +357,8 @@ impl LoginRuntime {
             }
             (None, false) => None,
         };
-        let expires_at = tokens.expires_in.map(|s| unix_now().saturating_add(i64::try_from(s).unwrap_or(i64::MAX)));
-        let session = Session::new(
-            sub,
-            tokens.scope.clone(),
-            tokens.access_token,
-            tokens.refresh_token,
-            transaction.dpop_key,
-            expires_at,
-        );
+        let tokens = session_tokens(tokens);
+        let session = Session::new(sub, tokens_scope, tokens, transaction.dpop_key);
         let value = self
             .sessions
             .create(session)
@@ -385,7 +381,7 @@ impl LoginRuntime {
         let body = json!({
             "sub": session.sub,
             "scope": session.scope,
-            "expires_at": session.access_expires_at,
+            "expires_at": session.tokens().and_then(|t| t.access_expires_at),
             "logout_url": self.settings.paths.logout,
         });
         Ok(json_answer(StatusCode::OK, &body, &[], "session"))
@@ -396,6 +392,9 @@ impl LoginRuntime {
         self.csrf(headers)?;
         let clear = format!("{}=; Path=/; Secure; HttpOnly; SameSite=Lax; Max-Age=0", self.settings.session.cookie);
         let ended = cookie(headers, &self.settings.session.cookie).and_then(|c| self.sessions.end(c));
+        if let Some(session) = &ended {
+            self.revoke(session).await;
+        }
         let end_session_url = match self.discovered.lock().await.as_ref() {
             Some(found) => found.metadata.end_session_endpoint.as_ref().map(|url| {
                 let query = form_urlencoded::Serializer::new(String::new())
@@ -440,15 +439,17 @@ impl LoginRuntime {
     }
 
     /// Admits a request on an `auth: session` route: the session's DPoP-bound access token
-    /// with a fresh proof for `method htu` replaces the browser's credentials.
-    pub fn admit(
+    /// (refreshed first when it is about to expire) with a fresh proof for `method htu`
+    /// replaces the browser's credentials.
+    pub async fn admit(
         &self,
         method: &Method,
         htu: &str,
         headers: &HeaderMap,
     ) -> Result<(Arc<Session>, UpstreamCredential), Answer> {
         let session = self.session_of(headers)?;
-        let token = session.access_token.expose();
+        let tokens = self.fresh_tokens(&session, headers).await?;
+        let token = tokens.access_token.expose();
         let internal =
             || failure(StatusCode::INTERNAL_SERVER_ERROR, "session_internal", "the request could not be signed");
         let proof = super::proof::dpop_proof(&session.dpop_key, method.as_str(), htu, Some(token), None)
@@ -459,6 +460,106 @@ impl LoginRuntime {
             session,
             UpstreamCredential::Replace { authorization: Secret::new(authorization), dpop: Some(Secret::new(dpop)) },
         ))
+    }
+
+    /// The session's tokens, refreshed (single flight) when the access token expires within
+    /// [`REFRESH_MARGIN_SECS`]. A refused refresh (`invalid_grant`) ends the session.
+    async fn fresh_tokens(&self, session: &Arc<Session>, headers: &HeaderMap) -> Result<SessionTokens, Answer> {
+        let lapsed =
+            || failure(StatusCode::BAD_GATEWAY, "session_refresh_failed", "the session's token could not be renewed");
+        let current = session.tokens().ok_or_else(lapsed)?;
+        let due = |t: &SessionTokens| t.access_expires_at.is_some_and(|at| at - REFRESH_MARGIN_SECS <= unix_now());
+        if !due(&current) || current.refresh_token.is_none() {
+            return Ok(current);
+        }
+        let _flight = session.refreshing.lock().await;
+        // Another request may have refreshed while this one waited.
+        let current = session.tokens().ok_or_else(lapsed)?;
+        let Some(refresh_token) = current.refresh_token.clone().filter(|_| due(&current)) else {
+            return Ok(current);
+        };
+        let found = self.discovered().await?;
+        let answer = self
+            .client
+            .token(&found.metadata, &session.dpop_key, || {
+                Ok(vec![
+                    ("grant_type".into(), "refresh_token".into()),
+                    ("refresh_token".into(), refresh_token.expose().clone()),
+                    ("client_id".into(), self.settings.client_id.clone()),
+                    ("client_assertion_type".into(), ASSERTION_TYPE.into()),
+                    ("client_assertion".into(), self.assertion(&found.metadata.issuer)?),
+                ])
+            })
+            .await;
+        match answer {
+            Ok(tokens) if tokens.token_type.eq_ignore_ascii_case("dpop") => {
+                let mut renewed = session_tokens(tokens);
+                // An AS that does not rotate keeps the refresh token valid.
+                if renewed.refresh_token.is_none() {
+                    renewed.refresh_token = Some(refresh_token);
+                }
+                session.replace_tokens(renewed.clone());
+                tracing::debug!(login = %self.settings.name, "session token refreshed");
+                Ok(renewed)
+            }
+            Err(LoginError::Refused { error, .. }) if error == "invalid_grant" => {
+                if let Some(value) = cookie(headers, &self.settings.session.cookie) {
+                    self.sessions.end(value);
+                }
+                tracing::info!(login = %self.settings.name, "the refresh token was refused; the session ended");
+                Err(refusal_body(
+                    StatusCode::UNAUTHORIZED,
+                    "session_required",
+                    &json!({
+                        "error": "login_required",
+                        "error_description": "the session has ended: log in again",
+                        "login_url": self.settings.paths.login,
+                    }),
+                ))
+            }
+            other => {
+                if let Err(e) = &other {
+                    tracing::warn!(login = %self.settings.name, error = %e, "the session token could not be refreshed");
+                }
+                // Still valid a little longer: serve with it; else the upstream would refuse it.
+                match current.access_expires_at {
+                    Some(at) if at > unix_now() => Ok(current),
+                    _ => Err(lapsed()),
+                }
+            }
+        }
+    }
+
+    /// Revokes the session's refresh token (RFC 7009) when the AS has a revocation endpoint.
+    async fn revoke(&self, session: &Session) {
+        let (Some(tokens), Some(found)) = (session.tokens(), self.discovered.lock().await.clone()) else { return };
+        let (Some(refresh_token), Some(endpoint)) =
+            (tokens.refresh_token, found.metadata.revocation_endpoint.as_deref())
+        else {
+            return;
+        };
+        let Ok(assertion) = self.assertion(&found.metadata.issuer) else { return };
+        let form = [
+            ("token", refresh_token.expose().as_str()),
+            ("token_type_hint", "refresh_token"),
+            ("client_id", self.settings.client_id.as_str()),
+            ("client_assertion_type", ASSERTION_TYPE),
+            ("client_assertion", assertion.as_str()),
+        ];
+        if let Err(e) = self.client.revoke(endpoint, &form).await {
+            tracing::warn!(login = %self.settings.name, error = %e, "revoking the refresh token at logout failed");
+        }
+    }
+}
+
+/// Refresh this long before the access token expires.
+const REFRESH_MARGIN_SECS: i64 = 10;
+
+fn session_tokens(tokens: super::TokenResponse) -> SessionTokens {
+    SessionTokens {
+        access_expires_at: tokens.expires_in.map(|s| unix_now().saturating_add(i64::try_from(s).unwrap_or(i64::MAX))),
+        access_token: Secret::new(tokens.access_token),
+        refresh_token: tokens.refresh_token.map(Secret::new),
     }
 }
 

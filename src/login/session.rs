@@ -71,15 +71,23 @@ impl Transactions {
     }
 }
 
+/// The tokens of a session; replaced together by a refresh.
+#[derive(Clone)]
+pub struct SessionTokens {
+    pub access_token: Secret<String>,
+    pub refresh_token: Option<Secret<String>>,
+    /// When the access token expires (`None`: the AS did not say).
+    pub access_expires_at: Option<i64>,
+}
+
 /// One browser session.
 pub struct Session {
     pub sub: Option<String>,
     pub scope: Option<String>,
-    pub access_token: Secret<String>,
-    pub refresh_token: Option<Secret<String>>,
+    tokens: Mutex<SessionTokens>,
+    /// Held while a refresh runs: one refresh per session at a time (single flight).
+    pub refreshing: tokio::sync::Mutex<()>,
     pub dpop_key: Arc<SigningKey>,
-    /// When the access token expires (`None`: the AS did not say).
-    pub access_expires_at: Option<i64>,
     pub created: i64,
     last_seen: AtomicI64,
 }
@@ -88,21 +96,30 @@ impl Session {
     pub fn new(
         sub: Option<String>,
         scope: Option<String>,
-        access_token: String,
-        refresh_token: Option<String>,
+        tokens: SessionTokens,
         dpop_key: Arc<SigningKey>,
-        access_expires_at: Option<i64>,
     ) -> Session {
         let now = unix_now();
         Session {
             sub,
             scope,
-            access_token: Secret::new(access_token),
-            refresh_token: refresh_token.map(Secret::new),
+            tokens: Mutex::new(tokens),
+            refreshing: tokio::sync::Mutex::new(()),
             dpop_key,
-            access_expires_at,
             created: now,
             last_seen: AtomicI64::new(now),
+        }
+    }
+
+    /// The current tokens.
+    pub fn tokens(&self) -> Option<SessionTokens> {
+        self.tokens.lock().ok().map(|t| t.clone())
+    }
+
+    /// Stores refreshed tokens (the rotated refresh token with them, atomically).
+    pub fn replace_tokens(&self, tokens: SessionTokens) {
+        if let Ok(mut current) = self.tokens.lock() {
+            *current = tokens;
         }
     }
 }
@@ -210,7 +227,9 @@ mod tests {
 
     fn session() -> Session {
         let key = Arc::new(SigningKey::generate(Alg::Es256).unwrap());
-        Session::new(Some("alice".into()), None, "at".into(), None, key, None)
+        let tokens =
+            SessionTokens { access_token: Secret::new("at".into()), refresh_token: None, access_expires_at: None };
+        Session::new(Some("alice".into()), None, tokens, key)
     }
 
     #[test]
