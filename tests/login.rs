@@ -429,3 +429,43 @@ async fn futures_like_join<F: std::future::Future>(futures: Vec<F>) -> Vec<F::Ou
     handles.extend(outputs.into_iter().flatten());
     handles
 }
+
+#[tokio::test]
+async fn a_real_browser_logs_in_calls_the_api_and_logs_out() {
+    // Headless Chromium over WebDriver: the redirects, cookies and same-origin fetches are
+    // the browser's own, not a test client's imitation of them.
+    let s = Setup::start().await;
+    let browser = common::webdriver::Browser::start(&[GATEWAY_HOST]).await;
+    browser.go(&s.url("/auth/login?return_to=/app/home")).await;
+    // Gateway -> AS (PAR'd request, automatic login and consent) -> callback -> /app/home.
+    assert_eq!(browser.current_url().await, s.url("/app/home"));
+    let cookies = browser.run("return document.cookie").await;
+    assert!(!cookies.as_str().unwrap_or_default().contains("fapi"), "HttpOnly cookies only: {cookies}");
+
+    let fetch = |method: &str, path: &str| {
+        format!(
+            "fetch('{path}', {{method: '{method}', headers: {{'X-CSRF': '1'}}}})\
+             .then(r => r.text().then(t => done([r.status, t]))).catch(e => done([0, String(e)]))"
+        )
+    };
+    let api = browser.run_async(&fetch("GET", "/app/api/accounts")).await;
+    assert_eq!(api[0], 200, "{api}");
+    let seen = s.upstream.last().unwrap();
+    let token = seen.headers["authorization"].to_str().unwrap().strip_prefix("DPoP ").unwrap().to_string();
+    assert_eq!(s.provider.verify_jwt(&token)["sub"], s.provider.account());
+    assert!(seen.headers.contains_key("dpop"));
+    // The browser's origin is the application's: its fetches carry it and pass.
+    let session = browser.run_async(&fetch("GET", "/auth/session")).await;
+    assert_eq!(session[0], 200, "{session}");
+    assert!(session[1].as_str().unwrap().contains(s.provider.account()), "{session}");
+    // Without the CSRF header the same browser is refused.
+    let bare =
+        browser.run_async("fetch('/app/api/accounts').then(r => done(r.status)).catch(e => done(String(e)))").await;
+    assert_eq!(bare, 403);
+
+    let logout = browser.run_async(&fetch("POST", "/auth/logout")).await;
+    assert_eq!(logout[0], 200, "{logout}");
+    let after = browser.run_async(&fetch("GET", "/app/api/accounts")).await;
+    assert_eq!(after[0], 401, "{after}");
+    assert!(after[1].as_str().unwrap().contains("login_required"), "{after}");
+}

@@ -21,6 +21,7 @@ pub mod pki;
 pub mod raw;
 pub mod redis;
 pub mod servers;
+pub mod webdriver;
 
 use std::net::SocketAddr;
 use std::time::Duration;
