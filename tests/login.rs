@@ -469,3 +469,44 @@ async fn a_real_browser_logs_in_calls_the_api_and_logs_out() {
     assert_eq!(after[0], 401, "{after}");
     assert!(after[1].as_str().unwrap().contains("login_required"), "{after}");
 }
+
+#[tokio::test]
+async fn no_token_code_state_or_cookie_reaches_the_logs() {
+    capture_logs();
+    let s = Setup::start().await;
+    let (location, tx_cookie) = s.begin("/app/home").await;
+    let request_uri = query_param(&location, "request_uri").unwrap();
+    let callback = s.authorize(&location).await;
+    let jarm = query_param(&s.url(&callback), "response").unwrap();
+    let claims = unverified_claims(&jarm);
+    let response = s.browser().get(s.url(&callback)).header("cookie", &tx_cookie).send().await.unwrap();
+    assert_eq!(response.status(), 303);
+    let session = set_cookies(&response).into_iter().find(|c| c.starts_with("__Host-fapi-session=")).unwrap();
+    let session = session.split(';').next().unwrap().to_string();
+    let api = s.browser().get(s.url("/app/api/x")).header("cookie", &session).header("x-csrf", "1");
+    assert_eq!(api.send().await.unwrap().status(), 200);
+    let access_token = s.upstream.last().unwrap().headers["authorization"].to_str().unwrap().to_string();
+    let proof = s.upstream.last().unwrap().headers["dpop"].to_str().unwrap().to_string();
+    // A refused callback with the same secrets in it, and a logout.
+    let _ = s.browser().get(s.url(&callback)).header("cookie", &tx_cookie).send().await.unwrap();
+    let logout = s.browser().post(s.url("/auth/logout")).header("cookie", &session).header("x-csrf", "1");
+    assert_eq!(logout.send().await.unwrap().status(), 200);
+
+    let logs = captured_logs();
+    assert!(logs.contains("login completed"), "the login was logged");
+    let value = |cookie: &str| cookie.split_once('=').unwrap().1.to_string();
+    for (what, secret) in [
+        ("session cookie", value(&session)),
+        ("transaction cookie", value(&tx_cookie)),
+        ("request_uri", request_uri),
+        ("JARM response", jarm.clone()),
+        ("code", claims["code"].as_str().unwrap().to_string()),
+        ("state", claims["state"].as_str().unwrap().to_string()),
+        ("access token", access_token.trim_start_matches("DPoP ").to_string()),
+        ("upstream proof", proof),
+    ] {
+        assert!(!logs.contains(&secret), "the {what} reached the logs");
+        let tail = &secret[secret.len().saturating_sub(16)..];
+        assert!(!logs.contains(tail), "part of the {what} reached the logs");
+    }
+}
