@@ -102,6 +102,14 @@ async fn handle(state: &GatewayState, drain: &Drain, request: Request<Incoming>)
         "/healthz" => text(StatusCode::OK, "ok\n".to_string()),
         "/metrics" => {
             state.metrics.replay_entries.set(i64::try_from(state.dpop.replay.len()).unwrap_or(i64::MAX));
+            for login in &state.logins {
+                let labels = crate::metrics::LoginNameLabels { login: login.settings.name.clone() };
+                state
+                    .metrics
+                    .login_sessions
+                    .get_or_create(&labels)
+                    .set(i64::try_from(login.sessions.len()).unwrap_or(i64::MAX));
+            }
             let mut response = text(StatusCode::OK, state.metrics.render());
             response.headers_mut().insert(
                 CONTENT_TYPE,

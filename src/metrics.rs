@@ -75,6 +75,19 @@ pub struct ReasonLabels {
     pub reason: &'static str,
 }
 
+/// A login entry (`login[].name`), and an outcome.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LoginLabels {
+    pub login: String,
+    pub result: &'static str,
+}
+
+/// A login entry alone.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LoginNameLabels {
+    pub login: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct BuildLabels {
     pub version: &'static str,
@@ -165,6 +178,11 @@ pub struct Metrics {
     pub certificate_expiry: Family<CertificateLabels, Gauge>,
     /// 1 once a shutdown has begun (`/readyz` answers 503).
     pub draining: Gauge,
+    /// Browser sessions open now, by login (set at each scrape).
+    pub login_sessions: Family<LoginNameLabels, Gauge>,
+    /// Session token refreshes by login and result (`ok`, `refused`: the session ended,
+    /// `error`).
+    pub login_refreshes: Family<LoginLabels, Counter>,
 }
 
 /// Seconds since the Unix epoch, as a gauge shows them.
@@ -270,6 +288,14 @@ impl Metrics {
         );
         let draining = Gauge::default();
         registry.register("draining", "1 once a shutdown has begun (/readyz answers 503), else 0", draining.clone());
+        let login_sessions = Family::<LoginNameLabels, Gauge>::default();
+        registry.register("login_sessions", "Browser sessions open now, by login", login_sessions.clone());
+        let login_refreshes = Family::<LoginLabels, Counter>::default();
+        registry.register(
+            "login_refreshes",
+            "Session token refreshes by login and result (ok; refused: the session ended; error)",
+            login_refreshes.clone(),
+        );
         let connections_active = connections.get_or_create(&StateLabels { state: "active" }).clone();
         let connections_parked = connections.get_or_create(&StateLabels { state: "parked" }).clone();
         Metrics {
@@ -279,6 +305,8 @@ impl Metrics {
             last_reload_success,
             certificate_expiry,
             draining,
+            login_sessions,
+            login_refreshes,
             connections_active,
             connections_parked,
             requests,

@@ -71,6 +71,8 @@ listen:
   tls:
     cert: {cert}
     key: {key}
+admin:
+  address: 127.0.0.1:0
 login:
   - name: web
     issuer: {issuer}
@@ -404,6 +406,16 @@ async fn short_lived_tokens_are_refreshed_once_per_session_with_rotation() {
         assert_eq!(response.unwrap().status(), 200);
     }
     assert_eq!(call().await.unwrap().status(), 200, "the grant is still alive");
+    // Counted: every call refreshed, one session is open.
+    let admin = s.gateway.admin_addr().unwrap();
+    let metrics = reqwest::get(format!("http://{admin}/metrics")).await.unwrap().text().await.unwrap();
+    let value = |series: &str| -> f64 {
+        let line = metrics.lines().find(|l| l.starts_with(series)).unwrap_or_else(|| panic!("{series}:\n{metrics}"));
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    assert!(value(r#"fapi_gateway_login_refreshes_total{login="web",result="ok"}"#) >= 7.0, "{metrics}");
+    assert_eq!(value(r#"fapi_gateway_login_refreshes_total{login="web",result="refused"}"#), 0.0);
+    assert_eq!(value(r#"fapi_gateway_login_sessions{login="web"}"#), 1.0);
     let token = second.strip_prefix("DPoP ").unwrap();
     assert_eq!(s.provider.verify_jwt(token)["sub"], s.provider.account());
 }

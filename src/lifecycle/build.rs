@@ -202,7 +202,7 @@ pub(super) async fn build(
             "DPoP nonces use a random per-instance secret while replay state is shared: other instances will refuse this instance's nonces; set dpop.nonce_secret_file or nonce_secret_env on every instance"
         );
     }
-    let logins = login_runtimes(&config, previous)?;
+    let logins = login_runtimes(&config, previous, &metrics)?;
     declare_series(&config, &metrics);
     record_certificate_expiry(&config, &metrics);
     let routes = config
@@ -229,6 +229,7 @@ pub(super) async fn build(
 fn login_runtimes(
     config: &Config,
     previous: Option<&GatewayState>,
+    metrics: &metrics::Metrics,
 ) -> Result<Vec<Arc<crate::login::LoginRuntime>>, StartError> {
     let mut logins = Vec::with_capacity(config.logins.len());
     for settings in &config.logins {
@@ -236,7 +237,7 @@ fn login_runtimes(
         let kept = previous.and_then(|p| p.logins.iter().find(same)).cloned();
         logins.push(match kept {
             Some(runtime) => runtime,
-            None => Arc::new(crate::login::LoginRuntime::new(settings)?),
+            None => Arc::new(crate::login::LoginRuntime::new(settings)?.counting(metrics.login_refreshes.clone())),
         });
     }
     Ok(logins)

@@ -65,6 +65,11 @@ pub struct LoginRuntime {
     pub sessions: Sessions,
     /// The origin of `redirect_uri`: the application's, which `Origin` must match.
     app_origin: String,
+    /// `fapi_gateway_login_refreshes_total` (a detached family until [`Self::counting`]).
+    refreshes: prometheus_client::metrics::family::Family<
+        crate::metrics::LoginLabels,
+        prometheus_client::metrics::counter::Counter,
+    >,
 }
 
 impl LoginRuntime {
@@ -117,7 +122,27 @@ impl LoginRuntime {
             discovered: AsyncMutex::new(None),
             transactions: Transactions::default(),
             app_origin,
+            refreshes: Default::default(),
         })
+    }
+
+    /// Counts refreshes into `family`, with every result present from the start.
+    pub fn counting(
+        mut self,
+        family: prometheus_client::metrics::family::Family<
+            crate::metrics::LoginLabels,
+            prometheus_client::metrics::counter::Counter,
+        >,
+    ) -> Self {
+        for result in ["ok", "refused", "error"] {
+            family.get_or_create_owned(&crate::metrics::LoginLabels { login: self.settings.name.clone(), result });
+        }
+        self.refreshes = family;
+        self
+    }
+
+    fn count_refresh(&self, result: &'static str) {
+        self.refreshes.get_or_create(&crate::metrics::LoginLabels { login: self.settings.name.clone(), result }).inc();
     }
 
     /// Which endpoint of this login `method path` is, if any.
@@ -499,6 +524,7 @@ impl LoginRuntime {
                     renewed.refresh_token = Some(refresh_token);
                 }
                 session.replace_tokens(renewed.clone());
+                self.count_refresh("ok");
                 tracing::debug!(login = %self.settings.name, "session token refreshed");
                 Ok(renewed)
             }
@@ -506,6 +532,7 @@ impl LoginRuntime {
                 if let Some(value) = cookie(headers, &self.settings.session.cookie) {
                     self.sessions.end(value);
                 }
+                self.count_refresh("refused");
                 tracing::info!(login = %self.settings.name, "the refresh token was refused; the session ended");
                 Err(refusal_body(
                     StatusCode::UNAUTHORIZED,
@@ -518,6 +545,7 @@ impl LoginRuntime {
                 ))
             }
             other => {
+                self.count_refresh("error");
                 if let Err(e) = &other {
                     tracing::warn!(login = %self.settings.name, error = %e, "the session token could not be refreshed");
                 }
