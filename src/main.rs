@@ -297,6 +297,19 @@ fn check_config(path: &std::path::Path, overrides: Overrides) -> ExitCode {
         dpop.max_age.as_secs(),
         dpop.max_future.as_secs(),
     );
+    for login in &config.logins {
+        println!(
+            "login     {} (issuer {}; client {}; redirect_uri {}; scopes {}; paths {} {} {})",
+            login.name,
+            login.issuer,
+            login.client_id,
+            login.redirect_uri,
+            login.scopes.join(" "),
+            login.paths.login,
+            login.paths.session,
+            login.paths.logout
+        );
+    }
     for route in &config.routes {
         let methods = route
             .methods
