@@ -318,6 +318,15 @@ impl Config {
         if let NonceSecret::File(path) = &self.dpop.nonce_secret {
             keys.push(("dpop.nonce_secret_file".to_string(), path.as_path()));
         }
+        for (i, login) in self.logins.iter().enumerate() {
+            keys.push((format!("login[{i}].client_key"), login.client_key.as_path()));
+            if let Some(ca) = &login.ca {
+                keys.push((format!("login[{i}].ca"), ca.as_path()));
+            }
+            for path in &login.session.secret_files {
+                keys.push((format!("login[{i}].session.secret_file"), path.as_path()));
+            }
+        }
         keys
     }
 

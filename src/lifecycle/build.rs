@@ -17,7 +17,8 @@ use crate::server::ServerSettings;
 use crate::{auth, config, metrics, tls};
 
 /// Loads every file the configuration names — server certificate and key, client CA,
-/// issuer CAs and key files, upstream CAs — without binding anything. `check-config` runs
+/// issuer CAs and key files, upstream CAs, login client keys and session secrets — without
+/// binding anything. `check-config` runs
 /// this; [`start`] does the same work as it starts.
 pub fn check_files(config: &Config) -> Result<(), StartError> {
     tls::server::server_config(&config.listen.tls)?;
@@ -32,6 +33,9 @@ pub fn check_files(config: &Config) -> Result<(), StartError> {
         Upstream::new(route).map_err(|source| StartError::Upstream { route: route.name.clone(), source })?;
     }
     dpop_runtime(config, &metrics::Metrics::new(), None)?;
+    for login in &config.logins {
+        crate::login::LoginRuntime::new(login)?;
+    }
     Ok(())
 }
 
