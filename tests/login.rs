@@ -31,16 +31,17 @@ struct Setup {
 
 impl Setup {
     async fn start() -> Setup {
-        Self::start_with(false, AsOptions::default().access_token_ttl).await
+        Self::start_with(false, AsOptions::default().access_token_ttl, false).await
     }
 
     /// The session route's upstream is a fapi-gateway resource server (`binding: dpop`,
     /// the AS's tokens) in front of the recording upstream.
     async fn chained() -> Setup {
-        Self::start_with(true, AsOptions::default().access_token_ttl).await
+        Self::start_with(true, AsOptions::default().access_token_ttl, false).await
     }
 
-    async fn start_with(chained: bool, access_token_ttl: u64) -> Setup {
+    /// `rs_nonce`: the resource server's route demands DPoP nonces.
+    async fn start_with(chained: bool, access_token_ttl: u64, rs_nonce: bool) -> Setup {
         init();
         let pki = TestPki::new();
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
@@ -55,7 +56,7 @@ impl Setup {
         let upstream = Upstream::start().await;
         let resource_server = match chained {
             false => None,
-            true => Some(start_resource_server(&pki, &provider, &upstream).await),
+            true => Some(start_resource_server(&pki, &provider, &upstream, rs_nonce).await),
         };
         let (route_upstream, upstream_ca) = match &resource_server {
             None => (upstream.url(), String::new()),
@@ -151,6 +152,7 @@ async fn start_resource_server(
     pki: &TestPki,
     provider: &OidcProvider,
     upstream: &Upstream,
+    nonce: bool,
 ) -> (fapi_gateway::GatewayHandle, u16) {
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let yaml = format!(
@@ -174,7 +176,9 @@ routes:
     binding: dpop
     scopes: [accounts:read]
     identity_headers: true
+    nonce: {nonce}
 "#,
+        nonce = if nonce { "required" } else { "off" },
         cert = pki.server_cert_path().display(),
         key = pki.server_key_path().display(),
         issuer = provider.issuer(),
@@ -387,7 +391,7 @@ async fn the_session_token_passes_a_fapi_gateway_resource_server_with_its_proof(
 async fn short_lived_tokens_are_refreshed_once_per_session_with_rotation() {
     // Access tokens live 5 s (under the 10 s refresh margin): every API call refreshes, and
     // the AS rotates the refresh token each time and kills the grant if an old one is reused.
-    let s = Setup::start_with(false, 5).await;
+    let s = Setup::start_with(false, 5, false).await;
     let session = s.login().await;
     let call = || s.browser().get(s.url("/app/api/x")).header("cookie", &session).header("x-csrf", "1").send();
     let token_seen = || {
@@ -521,4 +525,23 @@ async fn no_token_code_state_or_cookie_reaches_the_logs() {
         let tail = &secret[secret.len().saturating_sub(16)..];
         assert!(!logs.contains(tail), "part of the {what} reached the logs");
     }
+}
+
+#[tokio::test]
+async fn an_upstream_nonce_is_answered_for_the_session_and_kept() {
+    // The resource server demands DPoP nonces (as the FAPI conformance suite's does): the
+    // first proof gets `use_dpop_nonce`; the gateway signs again with it and the browser
+    // sees only the answer. Later requests carry the nonce from the start.
+    let s = Setup::start_with(true, AsOptions::default().access_token_ttl, true).await;
+    let session = s.login().await;
+    let call = |path: &str| s.browser().get(s.url(path)).header("cookie", &session).header("x-csrf", "1").send();
+    let response = call("/app/api/a").await.unwrap();
+    assert_eq!(response.status(), 200, "{:?}", response.text().await);
+    assert_eq!(s.upstream.hits(), 1);
+    let response = call("/app/api/b").await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(s.upstream.hits(), 2);
+    // A body cannot be sent twice: a POST gets the answer as it is, and keeps the nonce.
+    let post = s.browser().post(s.url("/app/api/c")).header("cookie", &session).header("x-csrf", "1").body("x=1");
+    assert_eq!(post.send().await.unwrap().status(), 200, "the kept nonce was still good");
 }

@@ -24,4 +24,4 @@ pub mod runtime;
 pub mod session;
 
 pub use as_client::{AsClient, AsMetadata, LoginError, PushedRequest, TokenResponse};
-pub use runtime::{Endpoint, LoginRuntime, LoginSetupError};
+pub use runtime::{Endpoint, LoginRuntime, LoginSetupError, UpstreamProofs};

@@ -471,18 +471,22 @@ impl LoginRuntime {
         method: &Method,
         htu: &str,
         headers: &HeaderMap,
-    ) -> Result<(Arc<Session>, UpstreamCredential), Answer> {
+    ) -> Result<(UpstreamProofs, UpstreamCredential), Answer> {
         let session = self.session_of(headers)?;
         let tokens = self.fresh_tokens(&session, headers).await?;
-        let token = tokens.access_token.expose();
+        let proofs = UpstreamProofs {
+            session,
+            method: method.as_str().to_string(),
+            htu: htu.to_string(),
+            token: tokens.access_token.clone(),
+        };
         let internal =
             || failure(StatusCode::INTERNAL_SERVER_ERROR, "session_internal", "the request could not be signed");
-        let proof = super::proof::dpop_proof(&session.dpop_key, method.as_str(), htu, Some(token), None)
-            .map_err(|_| internal())?;
-        let authorization = HeaderValue::try_from(format!("DPoP {token}")).map_err(|_| internal())?;
-        let dpop = HeaderValue::try_from(proof).map_err(|_| internal())?;
+        let dpop = proofs.proof(proofs.session.upstream_nonce().as_deref()).ok_or_else(internal)?;
+        let authorization =
+            HeaderValue::try_from(format!("DPoP {}", tokens.access_token.expose())).map_err(|_| internal())?;
         Ok((
-            session,
+            proofs,
             UpstreamCredential::Replace { authorization: Secret::new(authorization), dpop: Some(Secret::new(dpop)) },
         ))
     }
@@ -577,6 +581,37 @@ impl LoginRuntime {
         if let Err(e) = self.client.revoke(endpoint, &form).await {
             tracing::warn!(login = %self.settings.name, error = %e, "revoking the refresh token at logout failed");
         }
+    }
+}
+
+/// Signs the DPoP proofs of one session request to its upstream: the first, and a second
+/// with the nonce an upstream's `use_dpop_nonce` asks for (RFC 9449 §9), which the session
+/// keeps for its later requests.
+pub struct UpstreamProofs {
+    session: Arc<Session>,
+    method: String,
+    htu: String,
+    token: Secret<String>,
+}
+
+impl UpstreamProofs {
+    fn proof(&self, nonce: Option<&str>) -> Option<HeaderValue> {
+        let proof =
+            super::proof::dpop_proof(&self.session.dpop_key, &self.method, &self.htu, Some(self.token.expose()), nonce)
+                .ok()?;
+        HeaderValue::try_from(proof).ok()
+    }
+
+    /// A new proof carrying `nonce`, which the session remembers.
+    pub fn with_nonce(&self, nonce: &str) -> Option<HeaderValue> {
+        self.session.set_upstream_nonce(nonce);
+        self.proof(Some(nonce))
+    }
+}
+
+impl std::fmt::Debug for UpstreamProofs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamProofs").field("method", &self.method).field("htu", &self.htu).finish_non_exhaustive()
     }
 }
 

@@ -90,6 +90,8 @@ pub struct Session {
     pub dpop_key: Arc<SigningKey>,
     pub created: i64,
     last_seen: AtomicI64,
+    /// The last `DPoP-Nonce` an upstream asked for (RFC 9449 §8.2: used in later proofs).
+    upstream_nonce: Mutex<Option<String>>,
 }
 
 impl Session {
@@ -108,6 +110,18 @@ impl Session {
             dpop_key,
             created: now,
             last_seen: AtomicI64::new(now),
+            upstream_nonce: Mutex::new(None),
+        }
+    }
+
+    /// The upstream's last nonce, if any.
+    pub fn upstream_nonce(&self) -> Option<String> {
+        self.upstream_nonce.lock().ok().and_then(|n| n.clone())
+    }
+
+    pub fn set_upstream_nonce(&self, nonce: &str) {
+        if let Ok(mut kept) = self.upstream_nonce.lock() {
+            *kept = Some(nonce.to_string());
         }
     }
 

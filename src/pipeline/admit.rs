@@ -34,7 +34,8 @@ pub async fn admit<B>(
         let runtime = state.logins.get(*login).ok_or(Rejection::NotFound)?;
         let htu =
             format!("{upstream_origin}{}{}", route.spec.upstream.path().trim_end_matches('/'), request.uri().path());
-        let (_session, credential) = runtime.admit(request.method(), &htu, request.headers()).await?;
+        let (proofs, credential) = runtime.admit(request.method(), &htu, request.headers()).await?;
+        exchange.notes.upstream_proofs = Some(proofs);
         return Ok(Principal {
             identity: None,
             binding: ProvenBinding { certificate: false, dpop_jkt: None },

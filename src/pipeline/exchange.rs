@@ -49,6 +49,8 @@ pub struct Notes {
     /// The client's `Authorization` header, kept when logging, to fingerprint the token of
     /// a refused request. Never written anywhere as it is.
     pub credential: Option<Secret<HeaderValue>>,
+    /// On a session route: signs a second upstream proof if the upstream asks for a nonce.
+    pub upstream_proofs: Option<crate::login::UpstreamProofs>,
 }
 
 impl<'s> Exchange<'s> {

@@ -129,6 +129,7 @@ impl GatewayState {
                 }
                 _ => None,
             },
+            upstream_proofs: exchange.notes.upstream_proofs.as_ref(),
         };
         route.upstream.forward(request, &route.spec, ctx).await
     }

@@ -173,6 +173,29 @@ pub fn strip_session(headers: &mut HeaderMap, name: &str) {
     }
 }
 
+/// Whether a request carries no body (and so may be sent again as it was).
+pub fn has_no_body(method: &http::Method, headers: &HeaderMap) -> bool {
+    let empty_length = headers.get(header::CONTENT_LENGTH).is_none_or(|v| v.as_bytes() == b"0");
+    matches!(*method, http::Method::GET | http::Method::HEAD | http::Method::OPTIONS | http::Method::DELETE)
+        && empty_length
+        && !headers.contains_key(header::TRANSFER_ENCODING)
+}
+
+/// The nonce an upstream's `401` asks for (RFC 9449 §9): a `DPoP-Nonce` header with a
+/// `WWW-Authenticate` naming `use_dpop_nonce`.
+pub fn asked_nonce<B>(response: &http::Response<B>) -> Option<String> {
+    if response.status() != http::StatusCode::UNAUTHORIZED {
+        return None;
+    }
+    let asks = response
+        .headers()
+        .get_all(header::WWW_AUTHENTICATE)
+        .iter()
+        .any(|v| v.to_str().is_ok_and(|v| v.contains("use_dpop_nonce")));
+    let nonce = response.headers().get("dpop-nonce")?.to_str().ok()?;
+    (asks && !nonce.is_empty()).then(|| nonce.to_string())
+}
+
 /// Removes the response's hop-by-hop headers and those its `Connection` lists.
 pub fn prepare_response(headers: &mut HeaderMap) {
     remove_where(headers, hop_by_hop);

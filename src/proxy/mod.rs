@@ -64,6 +64,9 @@ pub struct ForwardContext<'a> {
     /// On a session route: the session cookie's name. It and the CSRF header never go
     /// upstream (the upstream gets the session's token instead).
     pub session_cookie: Option<&'a str>,
+    /// On a session route: a second proof when the upstream answers `use_dpop_nonce`; a
+    /// request without a body is then sent once more with it.
+    pub upstream_proofs: Option<&'a crate::login::UpstreamProofs>,
 }
 
 impl Upstream {
@@ -113,6 +116,9 @@ impl Upstream {
         {
             set_identity(headers, identity, ctx.principal.binding.dpop_jkt.as_ref());
         }
+        // A bodiless request on a session route may be sent again with a nonce'd proof.
+        let replayable = ctx.upstream_proofs.is_some() && headers::has_no_body(&parts.method, &parts.headers);
+        let resend = replayable.then(|| (parts.method.clone(), parts.uri.clone(), parts.headers.clone()));
         let body = Limited::new(body, usize::try_from(ctx.max_body_bytes).unwrap_or(usize::MAX))
             .map_err(|e: BoxError| if e.is::<LengthLimitError>() { e } else { Box::new(ClientBodyError(e)) })
             .boxed();
@@ -133,6 +139,32 @@ impl Upstream {
                 return Err(Rejection::UpstreamUnavailable);
             }
             Ok(response) => response,
+        };
+        let response = match (resend, ctx.upstream_proofs, headers::asked_nonce(&response)) {
+            (Some((method, uri, mut headers)), Some(proofs), Some(nonce)) => match proofs.with_nonce(&nonce) {
+                Some(proof) => {
+                    headers.insert(DPOP, proof);
+                    let mut again = Request::new(http_body_util::Empty::new().map_err(|e| match e {}).boxed());
+                    *again.method_mut() = method;
+                    *again.uri_mut() = uri;
+                    *again.headers_mut() = headers;
+                    match self.pool.send(again).await {
+                        Ok(response) => response,
+                        Err(SendError::Timeout) => return Err(Rejection::UpstreamTimeout),
+                        Err(e) => {
+                            tracing::warn!(route = %route.name, error = %crate::diagnostics::error_chain(&e), "upstream request failed");
+                            return Err(Rejection::UpstreamUnavailable);
+                        }
+                    }
+                }
+                None => response,
+            },
+            (None, Some(proofs), Some(nonce)) => {
+                // Not replayable: keep the nonce for the next request.
+                proofs.with_nonce(&nonce);
+                response
+            }
+            _ => response,
         };
         let upstream_time = sent.elapsed();
         let (mut parts, body) = response.into_parts();
