@@ -1,8 +1,9 @@
 //! The admin listener (`admin.address`, plain HTTP, meant for loopback or a private
 //! network): `/metrics` in the Prometheus/OpenMetrics text format (see [`crate::metrics`]);
 //! `/healthz` answers 200 while the process serves; `/readyz` answers 200 only
-//! when every issuer's keys have been loaded and the shared DPoP replay store (if any)
-//! answers, else 503 with the reasons, so a load balancer sends traffic only to instances
+//! when every issuer's keys have been loaded, the shared DPoP replay store (if any)
+//! answers and every login's authorization server has been discovered, else 503 with the
+//! reasons, so a load balancer sends traffic only to instances
 //! that can decide requests.
 //!
 //! Draining ([`Drain`]): from the moment a shutdown begins `/readyz` answers 503 with
@@ -34,11 +35,13 @@ pub struct Readiness {
     pub draining: bool,
     pub keys_loaded: bool,
     pub replay_store_reachable: bool,
+    /// Every `login:` entry's authorization server has been discovered (true without any).
+    pub login_as_discovered: bool,
 }
 
 impl Readiness {
     pub fn ready(&self) -> bool {
-        !self.draining && self.keys_loaded && self.replay_store_reachable
+        !self.draining && self.keys_loaded && self.replay_store_reachable && self.login_as_discovered
     }
 }
 
@@ -68,7 +71,15 @@ pub async fn readiness(state: &GatewayState, drain: &Drain) -> Readiness {
         Some(store) if store.fails_closed() => store.is_reachable().await,
         _ => true,
     };
-    Readiness { draining: drain.is_draining(), keys_loaded, replay_store_reachable }
+    // Not yet discovered: try again in the background (the answer does not wait for it).
+    let mut login_as_discovered = true;
+    for login in &state.logins {
+        if !login.is_discovered() {
+            login_as_discovered = false;
+            tokio::spawn(login.clone().prefetch());
+        }
+    }
+    Readiness { draining: drain.is_draining(), keys_loaded, replay_store_reachable, login_as_discovered }
 }
 
 /// Serves the admin endpoints until `shutdown` turns true (or its sender is dropped).
@@ -124,6 +135,7 @@ async fn handle(state: &GatewayState, drain: &Drain, request: Request<Incoming>)
                 "ready": r.ready(),
                 "draining": r.draining,
                 "keys_loaded": r.keys_loaded,
+                "login_as_discovered": r.login_as_discovered,
                 "replay_store_reachable": r.replay_store_reachable,
             });
             let mut response = text(status, format!("{body}\n"));

@@ -254,6 +254,11 @@ async fn a_browser_logs_in_calls_the_api_through_its_session_and_logs_out() {
     assert_eq!(seen.headers["cookie"], "theme=dark", "the session cookie stays at the gateway");
     assert!(seen.headers.get("x-csrf").is_none());
 
+    // The AS was discovered: the instance is ready.
+    let admin = s.gateway.admin_addr().unwrap();
+    let (status, ready) = json_of(reqwest::get(format!("http://{admin}/readyz")).await.unwrap()).await;
+    assert_eq!((status, &ready["login_as_discovered"]), (200, &json!(true)), "{ready}");
+
     // 5. Session info: who, never a token.
     let response = s.browser().get(s.url("/auth/session")).header("cookie", &session).header("x-csrf", "1");
     let (status, body) = json_of(response.send().await.unwrap()).await;
@@ -544,4 +549,31 @@ async fn an_upstream_nonce_is_answered_for_the_session_and_kept() {
     // A body cannot be sent twice: a POST gets the answer as it is, and keeps the nonce.
     let post = s.browser().post(s.url("/app/api/c")).header("cookie", &session).header("x-csrf", "1").body("x=1");
     assert_eq!(post.send().await.unwrap().status(), 200, "the kept nonce was still good");
+}
+
+#[tokio::test]
+async fn readiness_waits_for_the_authorization_server_and_logins_say_it_is_down() {
+    // An AS that does not answer: /readyz says so, and a login is 503, not a hang or a 500.
+    init();
+    let pki = TestPki::new();
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let key = SigningKey::generate(Alg::Es256).unwrap();
+    let key_path = write_file(pki.dir(), "bff.key", &key.to_pkcs8_pem().unwrap());
+    let yaml = format!(
+        "listen:\n  address: 127.0.0.1:0\n  public_url: https://{GATEWAY_HOST}\n  tls:\n    cert: {}\n    key: {}\nadmin:\n  address: 127.0.0.1:0\nlogin:\n  - name: web\n    issuer: https://localhost:{closed}\n    ca: {}\n    client_id: c\n    client_key: {}\n    redirect_uri: https://{GATEWAY_HOST}/auth/callback\n    scopes: [openid]\n    return_to: [/app/]\n    timeout: 2s\nroutes:\n  - name: app\n    match: {{ path_prefix: /app/api }}\n    upstream: http://127.0.0.1:9\n    auth: session\n    login: web\n",
+        pki.server_cert_path().display(),
+        pki.server_key_path().display(),
+        pki.ca_pem_path().display(),
+        key_path.display(),
+    );
+    let config = Config::from_yaml(&yaml, "t.yaml", pki.dir()).unwrap_or_else(|e| panic!("{e}"));
+    let gateway = fapi_gateway::start(config).await.unwrap();
+    let admin = gateway.admin_addr().unwrap();
+    let readyz = reqwest::get(format!("http://{admin}/readyz")).await.unwrap();
+    let (status, body) = json_of(readyz).await;
+    assert_eq!((status, &body["login_as_discovered"]), (503, &json!(false)), "{body}");
+    let http = client(&pki, gateway.local_addr(), None, false);
+    let login = http.get(gateway_url(gateway.local_addr(), "/auth/login")).send().await.unwrap();
+    let (status, body) = json_of(login).await;
+    assert_eq!((status, body["error"].as_str()), (503, Some("login_as_unavailable")), "{body}");
 }

@@ -241,7 +241,12 @@ fn login_runtimes(
         let kept = previous.and_then(|p| p.logins.iter().find(same)).cloned();
         logins.push(match kept {
             Some(runtime) => runtime,
-            None => Arc::new(crate::login::LoginRuntime::new(settings)?.counting(metrics.login_refreshes.clone())),
+            None => {
+                let runtime =
+                    Arc::new(crate::login::LoginRuntime::new(settings)?.counting(metrics.login_refreshes.clone()));
+                tokio::spawn(runtime.clone().prefetch());
+                runtime
+            }
         });
     }
     Ok(logins)

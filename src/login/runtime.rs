@@ -60,7 +60,9 @@ pub struct LoginRuntime {
     pub settings: LoginSettings,
     client: AsClient,
     client_key: SigningKey,
-    discovered: AsyncMutex<Option<Arc<Discovered>>>,
+    /// The AS once discovered (read without a lock), and the lock of one discovery at a time.
+    found: arc_swap::ArcSwapOption<Discovered>,
+    discovering: AsyncMutex<()>,
     transactions: Transactions,
     pub sessions: Sessions,
     /// The origin of `redirect_uri`: the application's, which `Origin` must match.
@@ -119,7 +121,8 @@ impl LoginRuntime {
             settings: settings.clone(),
             client,
             client_key,
-            discovered: AsyncMutex::new(None),
+            found: arc_swap::ArcSwapOption::empty(),
+            discovering: AsyncMutex::new(()),
             transactions: Transactions::default(),
             app_origin,
             refreshes: Default::default(),
@@ -174,10 +177,24 @@ impl LoginRuntime {
         result.unwrap_or_else(|answer| answer)
     }
 
+    /// Whether the AS has been discovered (for `/readyz`).
+    pub fn is_discovered(&self) -> bool {
+        self.found.load().is_some()
+    }
+
+    /// Discovers the AS now (at start, and when `/readyz` finds it not yet discovered);
+    /// failures are logged and retried by the next login or probe.
+    pub async fn prefetch(self: Arc<Self>) {
+        let _ = self.discovered().await;
+    }
+
     async fn discovered(&self) -> Result<Arc<Discovered>, Answer> {
-        let mut slot = self.discovered.lock().await;
-        if let Some(found) = slot.as_ref() {
-            return Ok(found.clone());
+        if let Some(found) = self.found.load_full() {
+            return Ok(found);
+        }
+        let _one_at_a_time = self.discovering.lock().await;
+        if let Some(found) = self.found.load_full() {
+            return Ok(found);
         }
         let metadata = self.client.discover(&self.settings.issuer).await.map_err(|e| {
             tracing::warn!(login = %self.settings.name, error = %e, "authorization server discovery failed");
@@ -201,7 +218,7 @@ impl LoginRuntime {
             unavailable()
         })?;
         let found = Arc::new(Discovered { metadata, keys: Arc::new(keys) });
-        *slot = Some(found.clone());
+        self.found.store(Some(found.clone()));
         Ok(found)
     }
 
@@ -420,7 +437,7 @@ impl LoginRuntime {
         if let Some(session) = &ended {
             self.revoke(session).await;
         }
-        let end_session_url = match self.discovered.lock().await.as_ref() {
+        let end_session_url = match self.found.load_full().as_ref() {
             Some(found) => found.metadata.end_session_endpoint.as_ref().map(|url| {
                 let query = form_urlencoded::Serializer::new(String::new())
                     .append_pair("client_id", &self.settings.client_id)
@@ -564,7 +581,7 @@ impl LoginRuntime {
 
     /// Revokes the session's refresh token (RFC 7009) when the AS has a revocation endpoint.
     async fn revoke(&self, session: &Session) {
-        let (Some(tokens), Some(found)) = (session.tokens(), self.discovered.lock().await.clone()) else { return };
+        let (Some(tokens), Some(found)) = (session.tokens(), self.found.load_full()) else { return };
         let (Some(refresh_token), Some(endpoint)) =
             (tokens.refresh_token, found.metadata.revocation_endpoint.as_deref())
         else {
