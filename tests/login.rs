@@ -42,6 +42,18 @@ impl Setup {
 
     /// `rs_nonce`: the resource server's route demands DPoP nonces.
     async fn start_with(chained: bool, access_token_ttl: u64, rs_nonce: bool) -> Setup {
+        Self::start_full(chained, access_token_ttl, rs_nonce, false, false).await
+    }
+
+    /// `as_requires_jar`: the AS refuses pushed requests without a signed request object;
+    /// `jar`: the login sends one.
+    async fn start_full(
+        chained: bool,
+        access_token_ttl: u64,
+        rs_nonce: bool,
+        as_requires_jar: bool,
+        jar: bool,
+    ) -> Setup {
         init();
         let pki = TestPki::new();
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
@@ -50,8 +62,13 @@ impl Setup {
         let mut jwk = client_key.public_jwk();
         jwk["kid"] = json!("bff-1");
         let key_path = write_file(pki.dir(), "bff.key", &client_key.to_pkcs8_pem().unwrap());
-        let options = AsOptions { require_nonce: true, access_token_ttl, ..AsOptions::default() }
-            .client(AsClient::private_key_jwt(CLIENT_ID, jwk, &redirect_uri));
+        let options = AsOptions {
+            require_nonce: true,
+            access_token_ttl,
+            require_signed_request_object: as_requires_jar,
+            ..AsOptions::default()
+        }
+        .client(AsClient::private_key_jwt(CLIENT_ID, jwk, &redirect_uri));
         let provider = OidcProvider::start(&pki, options).await;
         let upstream = Upstream::start().await;
         let resource_server = match chained {
@@ -85,6 +102,7 @@ login:
     scopes: [openid, accounts:read]
     resource: [https://api.test]
     return_to: [/app/]
+    request_object: {request_object}
 routes:
   - name: app-api
     match: {{ path_prefix: /app/api }}
@@ -97,6 +115,7 @@ routes:
             issuer = provider.issuer(),
             ca = pki.ca_pem_path().display(),
             key_path = key_path.display(),
+            request_object = if jar { "signed" } else { "none" },
         );
         let config = Config::from_yaml(&yaml, "login.yaml", pki.dir()).unwrap_or_else(|e| panic!("{e}\n{yaml}"));
         let gateway = fapi_gateway::start(config).await.expect("gateway starts");
@@ -576,4 +595,21 @@ async fn readiness_waits_for_the_authorization_server_and_logins_say_it_is_down(
     let login = http.get(gateway_url(gateway.local_addr(), "/auth/login")).send().await.unwrap();
     let (status, body) = json_of(login).await;
     assert_eq!((status, body["error"].as_str()), (503, Some("login_as_unavailable")), "{body}");
+}
+
+#[tokio::test]
+async fn a_signed_request_object_carries_the_login_to_an_as_that_requires_it() {
+    // FAPI 2.0 Message Signing: the PAR holds a JAR (RFC 9101) signed with the client key,
+    // and the AS refuses plain parameters.
+    let ttl = AsOptions::default().access_token_ttl;
+    let s = Setup::start_full(false, ttl, false, true, true).await;
+    let session = s.login().await;
+    let api = s.browser().get(s.url("/app/api/x")).header("cookie", &session).header("x-csrf", "1");
+    assert_eq!(api.send().await.unwrap().status(), 200);
+    // Such an AS refuses a login without one: 502, no transaction cookie.
+    let plain = Setup::start_full(false, ttl, false, true, false).await;
+    let response = plain.browser().get(plain.url("/auth/login")).send().await.unwrap();
+    assert!(set_cookies(&response).is_empty());
+    let (status, body) = json_of(response).await;
+    assert_eq!((status, body["error"].as_str()), (502, Some("login_par_failed")), "{body}");
 }

@@ -27,6 +27,9 @@ pub struct LoginSettings {
     pub scopes: Vec<String>,
     pub resource: Vec<String>,
     pub response_mode: ResponseMode,
+    /// `signed`: the PAR carries the parameters as a request object signed with the client
+    /// key (JAR, RFC 9101; FAPI 2.0 Message Signing).
+    pub request_object: RequestObject,
     pub paths: LoginPaths,
     /// Allowed post-login path prefixes.
     pub return_to: Vec<String>,
@@ -88,9 +91,6 @@ pub(super) fn login(ctx: &Ctx<'_>, i: usize, spanned: Spanned<RawLogin>) -> Resu
     };
     if raw.client_cert.is_some() || raw.client_cert_key.is_some() {
         return Err(err("client_cert", "only used with `client_auth: tls_client_auth`, which is not supported yet"));
-    }
-    if raw.request_object == Some(RequestObject::Signed) {
-        return Err(err("request_object", "`signed` (JAR inside the PAR) is not supported yet: use `none`"));
     }
     let redirect = &raw.redirect_uri;
     if !redirect.is_https() || redirect.0.query().is_some() {
@@ -166,6 +166,7 @@ pub(super) fn login(ctx: &Ctx<'_>, i: usize, spanned: Spanned<RawLogin>) -> Resu
         scopes: raw.scopes,
         resource: raw.resource,
         response_mode: raw.response_mode.unwrap_or(ResponseMode::Jwt),
+        request_object: raw.request_object.unwrap_or(RequestObject::None),
         paths,
         return_to: raw.return_to,
         session,

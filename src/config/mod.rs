@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use login::{LoginPaths, LoginSettings, SessionSettings};
-pub use raw::{Binding, ClientAuth, ForwardToken, NonceMode, ReplayOnError, ResponseMode, RestartGuard};
+pub use raw::{Binding, ClientAuth, ForwardToken, NonceMode, ReplayOnError, RequestObject, ResponseMode, RestartGuard};
 
 use crate::jose::Alg;
 

@@ -436,7 +436,6 @@ fn login_mistakes_are_refused_with_their_key() {
         (LOGIN.replace("return_to: [/app/]", "return_to: []"), "login[0].return_to"),
         (LOGIN.replace("scopes: [openid, accounts:read]", "scopes: [\"openid accounts:read\"]"), "login[0].scopes"),
         (LOGIN.to_string() + "    client_auth: tls_client_auth\n", "login[0].client_auth"),
-        (LOGIN.to_string() + "    request_object: signed\n", "login[0].request_object"),
         (LOGIN.to_string() + "    session: { store: redis }\n", "login[0].session.store"),
         (LOGIN.to_string() + "    paths: { login: /auth/callback }\n", "login[0].paths.login"),
     ];

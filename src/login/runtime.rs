@@ -29,7 +29,7 @@ use super::session::{
 use crate::answer::Answer;
 use crate::auth::jwks::IssuerKeys;
 use crate::body::{ProxyBody, full};
-use crate::config::{Issuer, JwksCacheSettings, KeySource, LoginSettings, ResponseMode};
+use crate::config::{Issuer, JwksCacheSettings, KeySource, LoginSettings, RequestObject, ResponseMode};
 use crate::jose::{Alg, SigningKey, constant_time_eq, sha256, unix_now};
 use crate::principal::UpstreamCredential;
 use crate::secret::Secret;
@@ -274,6 +274,28 @@ impl LoginRuntime {
         }
         for resource in &self.settings.resource {
             form.push(("resource", resource));
+        }
+        // JAR: every authorization parameter inside a request object signed by the client.
+        let request_object;
+        if self.settings.request_object == RequestObject::Signed {
+            let params: Vec<(&str, &str)> =
+                form.iter().copied().filter(|(name, _)| !name.starts_with("client_assertion")).collect();
+            request_object = super::client_auth::request_object(
+                &self.client_key,
+                self.settings.client_key_id.as_deref(),
+                &self.settings.client_id,
+                &found.metadata.issuer,
+                &params,
+            )
+            .map_err(|_| {
+                failure(StatusCode::INTERNAL_SERVER_ERROR, "login_internal", "the login could not be started")
+            })?;
+            form = vec![
+                ("client_id", &self.settings.client_id),
+                ("request", &request_object),
+                ("client_assertion_type", ASSERTION_TYPE),
+                ("client_assertion", &assertion),
+            ];
         }
         let pushed = self.client.push(&found.metadata, &form).await.map_err(|e| {
             tracing::warn!(login = %self.settings.name, error = %e, "pushed authorization request failed");

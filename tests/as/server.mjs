@@ -170,6 +170,8 @@ const configuration = {
     fapi: { enabled: true, profile: '2.0' },
     pushedAuthorizationRequests: { enabled: true, requirePushedAuthorizationRequests: true },
     jwtResponseModes: { enabled: true },
+    // Signed request objects (JAR, RFC 9101) inside the PAR: FAPI 2.0 Message Signing.
+    requestObjects: { enabled: true, requireSignedRequestObject: Boolean(cfg.require_signed_request_object) },
     dPoP: {
       enabled: true,
       nonceSecret: crypto.randomBytes(32),

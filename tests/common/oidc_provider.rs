@@ -156,6 +156,8 @@ pub struct AsOptions {
     pub mtls: bool,
     /// Rotate the refresh token on every refresh (default `true`, as the conformance suite).
     pub rotate_refresh_tokens: bool,
+    /// Refuse pushed requests without a signed request object (JAR).
+    pub require_signed_request_object: bool,
 }
 
 impl Default for AsOptions {
@@ -171,6 +173,7 @@ impl Default for AsOptions {
             access_token_ttl: 300,
             mtls: false,
             rotate_refresh_tokens: true,
+            require_signed_request_object: false,
         }
     }
 }
@@ -275,6 +278,7 @@ impl OidcProvider {
             "account": options.account,
             "auto_interaction": options.auto_interaction,
             "rotate_refresh_tokens": options.rotate_refresh_tokens,
+            "require_signed_request_object": options.require_signed_request_object,
             "clients": options.clients.iter().map(AsClient::metadata).collect::<Vec<_>>(),
         });
         let cfg_path = pki.dir().join(format!("oidc-provider-{}.json", random_id()));
