@@ -42,7 +42,7 @@ impl Setup {
 
     /// `rs_nonce`: the resource server's route demands DPoP nonces.
     async fn start_with(chained: bool, access_token_ttl: u64, rs_nonce: bool) -> Setup {
-        Self::start_full(chained, access_token_ttl, rs_nonce, false, false).await
+        Self::start_full(chained, access_token_ttl, rs_nonce, false, false, false).await
     }
 
     /// `as_requires_jar`: the AS refuses pushed requests without a signed request object;
@@ -53,6 +53,7 @@ impl Setup {
         rs_nonce: bool,
         as_requires_jar: bool,
         jar: bool,
+        mtls: bool,
     ) -> Setup {
         init();
         let pki = TestPki::new();
@@ -66,9 +67,28 @@ impl Setup {
             require_nonce: true,
             access_token_ttl,
             require_signed_request_object: as_requires_jar,
+            mtls,
             ..AsOptions::default()
-        }
-        .client(AsClient::private_key_jwt(CLIENT_ID, jwk, &redirect_uri));
+        };
+        // tls_client_auth: a certificate of the test client CA, matched by its subject.
+        let (options, client_auth) = if mtls {
+            let cert = pki.ca_signed_client("gateway-bff");
+            let cert_path = write_file(pki.dir(), "bff-client.pem", &cert.cert_pem);
+            let cert_key = write_file(pki.dir(), "bff-client.key", &cert.key_pem);
+            (
+                options.client(AsClient::tls_client_auth(CLIENT_ID, "CN=gateway-bff", &redirect_uri)),
+                format!(
+                    "    client_auth: tls_client_auth\n    client_cert: {}\n    client_cert_key: {}\n",
+                    cert_path.display(),
+                    cert_key.display()
+                ),
+            )
+        } else {
+            (
+                options.client(AsClient::private_key_jwt(CLIENT_ID, jwk, &redirect_uri)),
+                format!("    client_key: {}\n    client_key_id: bff-1\n", key_path.display()),
+            )
+        };
         let provider = OidcProvider::start(&pki, options).await;
         let upstream = Upstream::start().await;
         let resource_server = match chained {
@@ -96,9 +116,7 @@ login:
     issuer: {issuer}
     ca: {ca}
     client_id: {CLIENT_ID}
-    client_key: {key_path}
-    client_key_id: bff-1
-    redirect_uri: {redirect_uri}
+{client_auth}    redirect_uri: {redirect_uri}
     scopes: [openid, accounts:read]
     resource: [https://api.test]
     return_to: [/app/]
@@ -114,7 +132,6 @@ routes:
             key = pki.server_key_path().display(),
             issuer = provider.issuer(),
             ca = pki.ca_pem_path().display(),
-            key_path = key_path.display(),
             request_object = if jar { "signed" } else { "none" },
         );
         let config = Config::from_yaml(&yaml, "login.yaml", pki.dir()).unwrap_or_else(|e| panic!("{e}\n{yaml}"));
@@ -602,14 +619,28 @@ async fn a_signed_request_object_carries_the_login_to_an_as_that_requires_it() {
     // FAPI 2.0 Message Signing: the PAR holds a JAR (RFC 9101) signed with the client key,
     // and the AS refuses plain parameters.
     let ttl = AsOptions::default().access_token_ttl;
-    let s = Setup::start_full(false, ttl, false, true, true).await;
+    let s = Setup::start_full(false, ttl, false, true, true, false).await;
     let session = s.login().await;
     let api = s.browser().get(s.url("/app/api/x")).header("cookie", &session).header("x-csrf", "1");
     assert_eq!(api.send().await.unwrap().status(), 200);
     // Such an AS refuses a login without one: 502, no transaction cookie.
-    let plain = Setup::start_full(false, ttl, false, true, false).await;
+    let plain = Setup::start_full(false, ttl, false, true, false, false).await;
     let response = plain.browser().get(plain.url("/auth/login")).send().await.unwrap();
     assert!(set_cookies(&response).is_empty());
     let (status, body) = json_of(response).await;
     assert_eq!((status, body["error"].as_str()), (502, Some("login_par_failed")), "{body}");
+}
+
+#[tokio::test]
+async fn tls_client_auth_logs_in_over_the_mtls_aliases() {
+    // RFC 8705 §2.1 client authentication: PAR and the token request on the AS's
+    // mtls_endpoint_aliases with the client certificate, no client assertion.
+    let s = Setup::start_full(false, AsOptions::default().access_token_ttl, false, false, false, true).await;
+    let session = s.login().await;
+    let api = s.browser().get(s.url("/app/api/x")).header("cookie", &session).header("x-csrf", "1");
+    assert_eq!(api.send().await.unwrap().status(), 200);
+    let token = s.upstream.last().unwrap().headers["authorization"].to_str().unwrap().to_string();
+    let claims = s.provider.verify_jwt(token.strip_prefix("DPoP ").unwrap());
+    assert_eq!(claims["client_id"], CLIENT_ID);
+    assert!(claims["cnf"]["jkt"].is_string(), "still DPoP-bound: {claims}");
 }

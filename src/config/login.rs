@@ -11,6 +11,16 @@ use super::raw::{LoginClientAuth, RawLogin, RequestObject, ResponseMode, Session
 use super::validate::Ctx;
 use crate::jose::Alg;
 
+/// How the gateway authenticates to the AS (FAPI 2.0 §5.3.3.1-2).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LoginAuth {
+    /// A client assertion signed with this PKCS#8 PEM key (named `kid` when given).
+    PrivateKeyJwt { key: PathBuf, kid: Option<String> },
+    /// Mutual TLS with this certificate chain and key (RFC 8705 §2.1), on the AS's
+    /// `mtls_endpoint_aliases`.
+    TlsClientAuth { cert: PathBuf, key: PathBuf },
+}
+
 /// One `login:` entry.
 #[derive(Clone, Debug)]
 pub struct LoginSettings {
@@ -18,9 +28,7 @@ pub struct LoginSettings {
     pub issuer: String,
     pub ca: Option<PathBuf>,
     pub client_id: String,
-    /// `private_key_jwt`: the client's key file and its `kid`.
-    pub client_key: PathBuf,
-    pub client_key_id: Option<String>,
+    pub client_auth: LoginAuth,
     pub redirect_uri: String,
     /// The path of `redirect_uri`, which the gateway serves (the callback).
     pub callback_path: String,
@@ -77,20 +85,39 @@ pub(super) fn login(ctx: &Ctx<'_>, i: usize, spanned: Spanned<RawLogin>) -> Resu
     if raw.client_id.is_empty() {
         return Err(err("client_id", "must not be empty"));
     }
-    let client_key = match raw.client_auth.unwrap_or(LoginClientAuth::PrivateKeyJwt) {
-        LoginClientAuth::PrivateKeyJwt => raw
-            .client_key
-            .map(|p| ctx.path(p))
-            .ok_or_else(|| err("client_key", "`client_auth: private_key_jwt` needs the client's key file"))?,
-        LoginClientAuth::TlsClientAuth => {
-            return Err(err(
-                "client_auth",
-                "`tls_client_auth` is not supported yet by the login mode: use `private_key_jwt` with `client_key`",
-            ));
+    let client_auth = match raw.client_auth.unwrap_or(LoginClientAuth::PrivateKeyJwt) {
+        LoginClientAuth::PrivateKeyJwt => {
+            if raw.client_cert.is_some() || raw.client_cert_key.is_some() {
+                return Err(err("client_cert", "only used with `client_auth: tls_client_auth`"));
+            }
+            LoginAuth::PrivateKeyJwt {
+                key: raw
+                    .client_key
+                    .map(|p| ctx.path(p))
+                    .ok_or_else(|| err("client_key", "`client_auth: private_key_jwt` needs the client's key file"))?,
+                kid: raw.client_key_id,
+            }
         }
+        LoginClientAuth::TlsClientAuth => match (raw.client_cert, raw.client_cert_key) {
+            (Some(cert), Some(key)) => {
+                if raw.client_key.is_some() {
+                    return Err(err("client_key", "only used with `client_auth: private_key_jwt`"));
+                }
+                LoginAuth::TlsClientAuth { cert: ctx.path(cert), key: ctx.path(key) }
+            }
+            _ => {
+                return Err(err(
+                    "client_cert",
+                    "`client_auth: tls_client_auth` needs `client_cert` and `client_cert_key` (PEM)",
+                ));
+            }
+        },
     };
-    if raw.client_cert.is_some() || raw.client_cert_key.is_some() {
-        return Err(err("client_cert", "only used with `client_auth: tls_client_auth`, which is not supported yet"));
+    if raw.request_object == Some(RequestObject::Signed) && matches!(client_auth, LoginAuth::TlsClientAuth { .. }) {
+        return Err(err(
+            "request_object",
+            "`signed` request objects are signed with the client key: use `client_auth: private_key_jwt`",
+        ));
     }
     let redirect = &raw.redirect_uri;
     if !redirect.is_https() || redirect.0.query().is_some() {
@@ -159,8 +186,7 @@ pub(super) fn login(ctx: &Ctx<'_>, i: usize, spanned: Spanned<RawLogin>) -> Resu
         issuer: raw.issuer,
         ca: raw.ca.map(|p| ctx.path(p)),
         client_id: raw.client_id,
-        client_key,
-        client_key_id: raw.client_key_id,
+        client_auth,
         redirect_uri: redirect.to_string(),
         callback_path,
         scopes: raw.scopes,

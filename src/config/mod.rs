@@ -19,7 +19,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use login::{LoginPaths, LoginSettings, SessionSettings};
+pub use login::{LoginAuth, LoginPaths, LoginSettings, SessionSettings};
 pub use raw::{Binding, ClientAuth, ForwardToken, NonceMode, ReplayOnError, RequestObject, ResponseMode, RestartGuard};
 
 use crate::jose::Alg;
@@ -319,7 +319,13 @@ impl Config {
             keys.push(("dpop.nonce_secret_file".to_string(), path.as_path()));
         }
         for (i, login) in self.logins.iter().enumerate() {
-            keys.push((format!("login[{i}].client_key"), login.client_key.as_path()));
+            match &login.client_auth {
+                LoginAuth::PrivateKeyJwt { key, .. } => keys.push((format!("login[{i}].client_key"), key.as_path())),
+                LoginAuth::TlsClientAuth { cert, key } => {
+                    keys.push((format!("login[{i}].client_cert"), cert.as_path()));
+                    keys.push((format!("login[{i}].client_cert_key"), key.as_path()));
+                }
+            }
             if let Some(ca) = &login.ca {
                 keys.push((format!("login[{i}].ca"), ca.as_path()));
             }

@@ -413,7 +413,7 @@ fn a_login_entry_gets_its_defaults_and_a_session_route_names_it() {
     let login = &c.logins[0];
     assert_eq!(login.callback_path, "/auth/callback");
     assert_eq!(login.redirect_uri, "https://app.example.com/auth/callback");
-    assert_eq!(login.client_key, Path::new("/etc/fapi/secrets/web-bff.key"));
+    assert_eq!(login.client_auth, LoginAuth::PrivateKeyJwt { key: "/etc/fapi/secrets/web-bff.key".into(), kid: None });
     assert_eq!(
         login.paths,
         LoginPaths { login: "/auth/login".into(), logout: "/auth/logout".into(), session: "/auth/session".into() }
@@ -435,7 +435,12 @@ fn login_mistakes_are_refused_with_their_key() {
         (LOGIN.replace("return_to: [/app/]", "return_to: [//evil.test/]"), "login[0].return_to"),
         (LOGIN.replace("return_to: [/app/]", "return_to: []"), "login[0].return_to"),
         (LOGIN.replace("scopes: [openid, accounts:read]", "scopes: [\"openid accounts:read\"]"), "login[0].scopes"),
-        (LOGIN.to_string() + "    client_auth: tls_client_auth\n", "login[0].client_auth"),
+        (LOGIN.to_string() + "    client_auth: tls_client_auth\n", "login[0].client_cert"),
+        (
+            LOGIN.replace("    client_key: secrets/web-bff.key\n", "")
+                + "    client_auth: tls_client_auth\n    client_cert: c.pem\n",
+            "login[0].client_cert",
+        ),
         (LOGIN.to_string() + "    session: { store: redis }\n", "login[0].session.store"),
         (LOGIN.to_string() + "    paths: { login: /auth/callback }\n", "login[0].paths.login"),
     ];

@@ -69,6 +69,15 @@ pub struct AsMetadata {
     pub authorization_response_iss_parameter_supported: bool,
     #[serde(default)]
     pub response_modes_supported: Vec<String>,
+    /// RFC 8705 §5: the endpoints a client authenticating with mutual TLS must use.
+    pub mtls_endpoint_aliases: Option<MtlsAliases>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct MtlsAliases {
+    pub token_endpoint: Option<String>,
+    pub pushed_authorization_request_endpoint: Option<String>,
+    pub revocation_endpoint: Option<String>,
 }
 
 impl AsMetadata {
@@ -153,19 +162,43 @@ pub struct AsClient {
     timeout: Duration,
     /// The last `DPoP-Nonce` this AS sent (RFC 9449 §8.2).
     nonce: Mutex<Option<String>>,
+    /// The client authenticates with its TLS certificate: use the `mtls_endpoint_aliases`.
+    mtls: bool,
 }
 
 impl AsClient {
-    /// A client trusting the system roots plus `ca`, with `timeout` for each call.
-    pub fn new(ca: Option<&std::path::Path>, timeout: Duration) -> Result<Self, LoginError> {
-        let tls = crate::tls::client::client_config(ca)?;
+    /// A client trusting the system roots plus `ca`, with `timeout` for each call;
+    /// `identity` (certificate chain and key files) for `tls_client_auth`.
+    pub fn new(
+        ca: Option<&std::path::Path>,
+        timeout: Duration,
+        identity: Option<(&std::path::Path, &std::path::Path)>,
+    ) -> Result<Self, LoginError> {
+        let tls = match identity {
+            Some((cert, key)) => crate::tls::client::client_config_with_identity(ca, cert, key)?,
+            None => crate::tls::client::client_config(ca)?,
+        };
         let connector =
             hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls).https_only().enable_http1().build();
         Ok(AsClient {
             client: Client::builder(TokioExecutor::new()).build(connector),
             timeout,
             nonce: Mutex::new(None),
+            mtls: identity.is_some(),
         })
+    }
+
+    /// `plain`, or its mutual-TLS alias (RFC 8705 §5) when the client authenticates with TLS.
+    fn endpoint<'m>(
+        &self,
+        plain: &'m str,
+        alias: impl Fn(&'m MtlsAliases) -> Option<&'m String>,
+        metadata: &'m AsMetadata,
+    ) -> &'m str {
+        match (&metadata.mtls_endpoint_aliases, self.mtls) {
+            (Some(aliases), true) => alias(aliases).map_or(plain, String::as_str),
+            _ => plain,
+        }
     }
 
     /// Fetches the metadata of `issuer` (RFC 8414 §3, then OpenID Connect Discovery §4) and
@@ -199,7 +232,8 @@ impl AsClient {
     /// Pushes an authorization request (RFC 9126 §2.1): `form` holds every parameter and the
     /// client authentication; the answer's `request_uri` goes to the browser.
     pub async fn push(&self, metadata: &AsMetadata, form: &[(&str, &str)]) -> Result<PushedRequest, LoginError> {
-        let url = metadata.par_endpoint()?;
+        let url =
+            self.endpoint(metadata.par_endpoint()?, |a| a.pushed_authorization_request_endpoint.as_ref(), metadata);
         let answer = self.post_form(url, form, None).await?;
         if answer.status != StatusCode::CREATED && answer.status != StatusCode::OK {
             return Err(refusal("the PAR endpoint", &answer));
@@ -217,7 +251,7 @@ impl AsClient {
         dpop_key: &SigningKey,
         fresh_form: impl Fn() -> Result<Vec<(String, String)>, LoginError>,
     ) -> Result<TokenResponse, LoginError> {
-        let url = metadata.token_endpoint.as_str();
+        let url = self.endpoint(&metadata.token_endpoint, |a| a.token_endpoint.as_ref(), metadata);
         let mut retried = false;
         loop {
             let nonce = self.current_nonce();
@@ -239,7 +273,10 @@ impl AsClient {
     }
 
     /// Revokes a token (RFC 7009 §2.1); `form` holds it and the client authentication.
-    pub async fn revoke(&self, endpoint: &str, form: &[(&str, &str)]) -> Result<(), LoginError> {
+    pub async fn revoke(&self, metadata: &AsMetadata, form: &[(&str, &str)]) -> Result<(), LoginError> {
+        let plain =
+            metadata.revocation_endpoint.as_deref().ok_or(LoginError::MissingMetadata("revocation_endpoint"))?;
+        let endpoint = self.endpoint(plain, |a| a.revocation_endpoint.as_ref(), metadata);
         let answer = self.post_form(endpoint, form, None).await?;
         if answer.status == StatusCode::OK { Ok(()) } else { Err(refusal("the revocation endpoint", &answer)) }
     }

@@ -29,7 +29,7 @@ use super::session::{
 use crate::answer::Answer;
 use crate::auth::jwks::IssuerKeys;
 use crate::body::{ProxyBody, full};
-use crate::config::{Issuer, JwksCacheSettings, KeySource, LoginSettings, RequestObject, ResponseMode};
+use crate::config::{Issuer, JwksCacheSettings, KeySource, LoginAuth, LoginSettings, RequestObject, ResponseMode};
 use crate::jose::{Alg, SigningKey, constant_time_eq, sha256, unix_now};
 use crate::principal::UpstreamCredential;
 use crate::secret::Secret;
@@ -59,7 +59,8 @@ struct Discovered {
 pub struct LoginRuntime {
     pub settings: LoginSettings,
     client: AsClient,
-    client_key: SigningKey,
+    /// `private_key_jwt`: the key and its `kid`; `None` with `tls_client_auth`.
+    client_key: Option<(SigningKey, Option<String>)>,
     /// The AS once discovered (read without a lock), and the lock of one discovery at a time.
     found: arc_swap::ArcSwapOption<Discovered>,
     discovering: AsyncMutex<()>,
@@ -77,16 +78,22 @@ pub struct LoginRuntime {
 impl LoginRuntime {
     pub fn new(settings: &LoginSettings) -> Result<LoginRuntime, LoginSetupError> {
         let name = settings.name.clone();
-        let key_error = |reason: String| LoginSetupError::ClientKey {
-            name: name.clone(),
-            path: settings.client_key.display().to_string(),
-            reason,
+        let (client_key, identity) = match &settings.client_auth {
+            LoginAuth::PrivateKeyJwt { key, kid } => {
+                let key_error = |reason: String| LoginSetupError::ClientKey {
+                    name: name.clone(),
+                    path: key.display().to_string(),
+                    reason,
+                };
+                let pem = std::fs::read(key).map_err(|e| key_error(e.to_string()))?;
+                let signing = [Alg::Es256, Alg::Ps256, Alg::EdDsa]
+                    .into_iter()
+                    .find_map(|alg| SigningKey::from_pkcs8_pem(alg, &pem).ok())
+                    .ok_or_else(|| key_error("not a PKCS#8 PEM key for ES256, PS256 or EdDSA".into()))?;
+                (Some((signing, kid.clone())), None)
+            }
+            LoginAuth::TlsClientAuth { cert, key } => (None, Some((cert.as_path(), key.as_path()))),
         };
-        let pem = std::fs::read(&settings.client_key).map_err(|e| key_error(e.to_string()))?;
-        let client_key = [Alg::Es256, Alg::Ps256, Alg::EdDsa]
-            .into_iter()
-            .find_map(|alg| SigningKey::from_pkcs8_pem(alg, &pem).ok())
-            .ok_or_else(|| key_error("not a PKCS#8 PEM key for ES256, PS256 or EdDSA".into()))?;
         let mut secrets = Vec::new();
         for path in &settings.session.secret_files {
             let secret = std::fs::read(path).map_err(|e| LoginSetupError::Secret {
@@ -112,7 +119,7 @@ impl LoginRuntime {
             })?;
             secrets.push(random);
         }
-        let client = AsClient::new(settings.ca.as_deref(), settings.timeout)
+        let client = AsClient::new(settings.ca.as_deref(), settings.timeout, identity)
             .map_err(|source| LoginSetupError::Client { name: name.clone(), source })?;
         let secs = |d: Duration| i64::try_from(d.as_secs()).unwrap_or(i64::MAX);
         let app_origin = origin_of(&settings.redirect_uri);
@@ -222,14 +229,20 @@ impl LoginRuntime {
         Ok(found)
     }
 
-    fn assertion(&self, audience: &str) -> Result<String, LoginError> {
-        Ok(client_assertion(
-            &self.client_key,
-            self.settings.client_key_id.as_deref(),
-            &self.settings.client_id,
-            audience,
-            None,
-        )?)
+    /// The client authentication parameters of a call to the AS (`client_id` goes with the
+    /// grant): a fresh `private_key_jwt` assertion, or none with `tls_client_auth` (the TLS
+    /// connection authenticates).
+    fn client_auth_form(&self, audience: &str) -> Result<Vec<(String, String)>, LoginError> {
+        match &self.client_key {
+            Some((key, kid)) => Ok(vec![
+                ("client_assertion_type".into(), ASSERTION_TYPE.into()),
+                (
+                    "client_assertion".into(),
+                    client_assertion(key, kid.as_deref(), &self.settings.client_id, audience, None)?,
+                ),
+            ]),
+            None => Ok(Vec::new()),
+        }
     }
 
     /// `GET paths.login?return_to=…`: PAR, then 303 to the authorization endpoint.
@@ -250,7 +263,7 @@ impl LoginRuntime {
             failure(StatusCode::INTERNAL_SERVER_ERROR, "login_internal", "the login could not be started")
         })?);
         let jkt = dpop_key.thumbprint_b64();
-        let assertion = self.assertion(&found.metadata.issuer).map_err(|_| {
+        let auth = self.client_auth_form(&found.metadata.issuer).map_err(|_| {
             failure(StatusCode::INTERNAL_SERVER_ERROR, "login_internal", "the login could not be started")
         })?;
         let scope = self.settings.scopes.join(" ");
@@ -263,8 +276,6 @@ impl LoginRuntime {
             ("code_challenge", &pkce.challenge),
             ("code_challenge_method", "S256"),
             ("dpop_jkt", &jkt),
-            ("client_assertion_type", ASSERTION_TYPE),
-            ("client_assertion", &assertion),
         ];
         if self.settings.response_mode == ResponseMode::Jwt {
             form.push(("response_mode", "jwt"));
@@ -277,26 +288,20 @@ impl LoginRuntime {
         }
         // JAR: every authorization parameter inside a request object signed by the client.
         let request_object;
-        if self.settings.request_object == RequestObject::Signed {
-            let params: Vec<(&str, &str)> =
-                form.iter().copied().filter(|(name, _)| !name.starts_with("client_assertion")).collect();
+        if let (RequestObject::Signed, Some((key, kid))) = (self.settings.request_object, &self.client_key) {
             request_object = super::client_auth::request_object(
-                &self.client_key,
-                self.settings.client_key_id.as_deref(),
+                key,
+                kid.as_deref(),
                 &self.settings.client_id,
                 &found.metadata.issuer,
-                &params,
+                &form,
             )
             .map_err(|_| {
                 failure(StatusCode::INTERNAL_SERVER_ERROR, "login_internal", "the login could not be started")
             })?;
-            form = vec![
-                ("client_id", &self.settings.client_id),
-                ("request", &request_object),
-                ("client_assertion_type", ASSERTION_TYPE),
-                ("client_assertion", &assertion),
-            ];
+            form = vec![("client_id", &self.settings.client_id), ("request", &request_object)];
         }
+        form.extend(auth.iter().map(|(k, v)| (k.as_str(), v.as_str())));
         let pushed = self.client.push(&found.metadata, &form).await.map_err(|e| {
             tracing::warn!(login = %self.settings.name, error = %e, "pushed authorization request failed");
             failure(StatusCode::BAD_GATEWAY, "login_par_failed", "the authorization server refused the login request")
@@ -380,16 +385,15 @@ impl LoginRuntime {
         let tokens = self
             .client
             .token(&found.metadata, &transaction.dpop_key, || {
-                let assertion = self.assertion(&found.metadata.issuer)?;
-                Ok(vec![
+                let mut form = vec![
                     ("grant_type".into(), "authorization_code".into()),
                     ("code".into(), code.clone()),
                     ("redirect_uri".into(), self.settings.redirect_uri.clone()),
                     ("code_verifier".into(), verifier.clone()),
                     ("client_id".into(), self.settings.client_id.clone()),
-                    ("client_assertion_type".into(), ASSERTION_TYPE.into()),
-                    ("client_assertion".into(), assertion),
-                ])
+                ];
+                form.extend(self.client_auth_form(&found.metadata.issuer)?);
+                Ok(form)
             })
             .await
             .map_err(|e| {
@@ -550,13 +554,13 @@ impl LoginRuntime {
         let answer = self
             .client
             .token(&found.metadata, &session.dpop_key, || {
-                Ok(vec![
+                let mut form = vec![
                     ("grant_type".into(), "refresh_token".into()),
                     ("refresh_token".into(), refresh_token.expose().clone()),
                     ("client_id".into(), self.settings.client_id.clone()),
-                    ("client_assertion_type".into(), ASSERTION_TYPE.into()),
-                    ("client_assertion".into(), self.assertion(&found.metadata.issuer)?),
-                ])
+                ];
+                form.extend(self.client_auth_form(&found.metadata.issuer)?);
+                Ok(form)
             })
             .await;
         match answer {
@@ -604,20 +608,18 @@ impl LoginRuntime {
     /// Revokes the session's refresh token (RFC 7009) when the AS has a revocation endpoint.
     async fn revoke(&self, session: &Session) {
         let (Some(tokens), Some(found)) = (session.tokens(), self.found.load_full()) else { return };
-        let (Some(refresh_token), Some(endpoint)) =
-            (tokens.refresh_token, found.metadata.revocation_endpoint.as_deref())
-        else {
+        let Some(refresh_token) = tokens.refresh_token else { return };
+        if found.metadata.revocation_endpoint.is_none() {
             return;
-        };
-        let Ok(assertion) = self.assertion(&found.metadata.issuer) else { return };
-        let form = [
+        }
+        let Ok(auth) = self.client_auth_form(&found.metadata.issuer) else { return };
+        let mut form = vec![
             ("token", refresh_token.expose().as_str()),
             ("token_type_hint", "refresh_token"),
             ("client_id", self.settings.client_id.as_str()),
-            ("client_assertion_type", ASSERTION_TYPE),
-            ("client_assertion", assertion.as_str()),
         ];
-        if let Err(e) = self.client.revoke(endpoint, &form).await {
+        form.extend(auth.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        if let Err(e) = self.client.revoke(&found.metadata, &form).await {
             tracing::warn!(login = %self.settings.name, error = %e, "revoking the refresh token at logout failed");
         }
     }
