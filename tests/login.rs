@@ -644,3 +644,23 @@ async fn tls_client_auth_logs_in_over_the_mtls_aliases() {
     assert_eq!(claims["client_id"], CLIENT_ID);
     assert!(claims["cnf"]["jkt"].is_string(), "still DPoP-bound: {claims}");
 }
+
+#[tokio::test]
+async fn a_new_login_ends_the_session_the_browser_had() {
+    // Session fixation: the callback mints a new session and the old cookie stops working.
+    let s = Setup::start().await;
+    let old = s.login().await;
+    let (location, tx_cookie) = s.begin("/app/home").await;
+    let callback = s.authorize(&location).await;
+    let response =
+        s.browser().get(s.url(&callback)).header("cookie", format!("{tx_cookie}; {old}")).send().await.unwrap();
+    assert_eq!(response.status(), 303);
+    let new = set_cookies(&response).into_iter().find(|c| c.starts_with("__Host-fapi-session=")).unwrap();
+    let new = new.split(';').next().unwrap().to_string();
+    assert_ne!(new, old);
+    let with = |cookie: &str| {
+        s.browser().get(s.url("/app/api/x")).header("cookie", cookie.to_string()).header("x-csrf", "1").send()
+    };
+    assert_eq!(with(&old).await.unwrap().status(), 401, "the old session ended");
+    assert_eq!(with(&new).await.unwrap().status(), 200);
+}

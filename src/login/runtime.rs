@@ -425,6 +425,10 @@ impl LoginRuntime {
             }
             (None, false) => None,
         };
+        // A session this browser had before is ended, never carried over (fixation).
+        if let Some(previous) = cookie(headers, &self.settings.session.cookie) {
+            self.sessions.end(previous);
+        }
         let tokens = session_tokens(tokens);
         let session = Session::new(sub, tokens_scope, tokens, transaction.dpop_key);
         let value = self
