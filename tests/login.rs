@@ -85,7 +85,10 @@ impl Setup {
             )
         } else {
             (
-                options.client(AsClient::private_key_jwt(CLIENT_ID, jwk, &redirect_uri)),
+                options.client(
+                    AsClient::private_key_jwt(CLIENT_ID, jwk, &redirect_uri)
+                        .post_logout_redirect_uri(&format!("https://{GATEWAY_HOST}:{port}/bye")),
+                ),
                 format!("    client_key: {}\n    client_key_id: bff-1\n", key_path.display()),
             )
         };
@@ -120,6 +123,7 @@ login:
     scopes: [openid, accounts:read]
     resource: [https://api.test]
     return_to: [/app/]
+    post_logout_redirect_uri: https://{GATEWAY_HOST}:{port}/bye
     request_object: {request_object}
 routes:
   - name: app-api
@@ -308,7 +312,11 @@ async fn a_browser_logs_in_calls_the_api_through_its_session_and_logs_out() {
     let cleared = set_cookies(&response);
     let (status, body) = json_of(response).await;
     assert_eq!((status, &body["logged_out"]), (200, &json!(true)), "{body}");
-    assert!(body["end_session_url"].as_str().unwrap().contains("client_id=web-bff"), "{body}");
+    let end_session = body["end_session_url"].as_str().unwrap();
+    assert!(end_session.starts_with(&s.provider.endpoint("end_session_endpoint")), "{body}");
+    assert_eq!(query_param(end_session, "client_id").as_deref(), Some(CLIENT_ID));
+    assert_eq!(query_param(end_session, "post_logout_redirect_uri"), Some(s.url("/bye")));
+    assert!(query_param(end_session, "id_token_hint").is_none(), "no ID token in the address bar");
     assert!(cleared.iter().any(|c| c.starts_with("__Host-fapi-session=;") && c.contains("Max-Age=0")));
     let hits = s.upstream.hits();
     let after = s.browser().get(s.url("/app/api/accounts")).header("cookie", &session).header("x-csrf", "1");

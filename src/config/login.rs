@@ -41,6 +41,8 @@ pub struct LoginSettings {
     pub paths: LoginPaths,
     /// Allowed post-login path prefixes.
     pub return_to: Vec<String>,
+    /// Named in the RP-initiated logout URL the logout endpoint answers with.
+    pub post_logout_redirect_uri: Option<String>,
     pub session: SessionSettings,
     pub timeout: Duration,
     pub algorithms: Vec<Alg>,
@@ -195,6 +197,7 @@ pub(super) fn login(ctx: &Ctx<'_>, i: usize, spanned: Spanned<RawLogin>) -> Resu
         request_object: raw.request_object.unwrap_or(RequestObject::None),
         paths,
         return_to: raw.return_to,
+        post_logout_redirect_uri: raw.post_logout_redirect_uri.map(|u| u.to_string()),
         session,
         timeout: raw.timeout.map_or(Duration::from_secs(10), |d| d.0),
         algorithms,

@@ -60,6 +60,8 @@ pub struct RawLogin {
     pub paths: Option<RawLoginPaths>,
     /// Allowed post-login path prefixes (relative paths only).
     pub return_to: Vec<String>,
+    /// Where the AS sends the browser after RP-initiated logout (registered with the AS).
+    pub post_logout_redirect_uri: Option<HttpUrl>,
     pub session: Option<RawSession>,
     /// Defaults to 10 s: the deadline of each call to the AS.
     pub timeout: Option<HumanDuration>,

@@ -469,9 +469,12 @@ impl LoginRuntime {
         }
         let end_session_url = match self.found.load_full().as_ref() {
             Some(found) => found.metadata.end_session_endpoint.as_ref().map(|url| {
-                let query = form_urlencoded::Serializer::new(String::new())
-                    .append_pair("client_id", &self.settings.client_id)
-                    .finish();
+                let mut query = form_urlencoded::Serializer::new(String::new());
+                query.append_pair("client_id", &self.settings.client_id);
+                if let Some(uri) = &self.settings.post_logout_redirect_uri {
+                    query.append_pair("post_logout_redirect_uri", uri);
+                }
+                let query = query.finish();
                 format!("{url}{}{query}", if url.contains('?') { "&" } else { "?" })
             }),
             None => None,
