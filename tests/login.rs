@@ -18,6 +18,32 @@ use serde_json::{Value, json};
 
 const CLIENT_ID: &str = "web-bff";
 
+/// What a [`Setup`] differs in.
+#[derive(Clone, Copy)]
+struct Variant {
+    chained: bool,
+    access_token_ttl: u64,
+    rs_nonce: bool,
+    as_requires_jar: bool,
+    jar: bool,
+    mtls: bool,
+    query_mode: bool,
+}
+
+impl Default for Variant {
+    fn default() -> Self {
+        Variant {
+            chained: false,
+            access_token_ttl: AsOptions::default().access_token_ttl,
+            rs_nonce: false,
+            as_requires_jar: false,
+            jar: false,
+            mtls: false,
+            query_mode: false,
+        }
+    }
+}
+
 struct Setup {
     pki: TestPki,
     provider: OidcProvider,
@@ -42,19 +68,13 @@ impl Setup {
 
     /// `rs_nonce`: the resource server's route demands DPoP nonces.
     async fn start_with(chained: bool, access_token_ttl: u64, rs_nonce: bool) -> Setup {
-        Self::start_full(chained, access_token_ttl, rs_nonce, false, false, false).await
+        Self::start_full(Variant { chained, access_token_ttl, rs_nonce, ..Variant::default() }).await
     }
 
     /// `as_requires_jar`: the AS refuses pushed requests without a signed request object;
     /// `jar`: the login sends one.
-    async fn start_full(
-        chained: bool,
-        access_token_ttl: u64,
-        rs_nonce: bool,
-        as_requires_jar: bool,
-        jar: bool,
-        mtls: bool,
-    ) -> Setup {
+    async fn start_full(variant: Variant) -> Setup {
+        let Variant { chained, access_token_ttl, rs_nonce, as_requires_jar, jar, mtls, query_mode } = variant;
         init();
         let pki = TestPki::new();
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
@@ -125,6 +145,7 @@ login:
     return_to: [/app/]
     post_logout_redirect_uri: https://{GATEWAY_HOST}:{port}/bye
     request_object: {request_object}
+    response_mode: {response_mode}
 routes:
   - name: app-api
     match: {{ path_prefix: /app/api }}
@@ -137,6 +158,7 @@ routes:
             issuer = provider.issuer(),
             ca = pki.ca_pem_path().display(),
             request_object = if jar { "signed" } else { "none" },
+            response_mode = if query_mode { "query" } else { "jwt" },
         );
         let config = Config::from_yaml(&yaml, "login.yaml", pki.dir()).unwrap_or_else(|e| panic!("{e}\n{yaml}"));
         let gateway = fapi_gateway::start(config).await.expect("gateway starts");
@@ -626,13 +648,12 @@ async fn readiness_waits_for_the_authorization_server_and_logins_say_it_is_down(
 async fn a_signed_request_object_carries_the_login_to_an_as_that_requires_it() {
     // FAPI 2.0 Message Signing: the PAR holds a JAR (RFC 9101) signed with the client key,
     // and the AS refuses plain parameters.
-    let ttl = AsOptions::default().access_token_ttl;
-    let s = Setup::start_full(false, ttl, false, true, true, false).await;
+    let s = Setup::start_full(Variant { as_requires_jar: true, jar: true, ..Variant::default() }).await;
     let session = s.login().await;
     let api = s.browser().get(s.url("/app/api/x")).header("cookie", &session).header("x-csrf", "1");
     assert_eq!(api.send().await.unwrap().status(), 200);
     // Such an AS refuses a login without one: 502, no transaction cookie.
-    let plain = Setup::start_full(false, ttl, false, true, false, false).await;
+    let plain = Setup::start_full(Variant { as_requires_jar: true, ..Variant::default() }).await;
     let response = plain.browser().get(plain.url("/auth/login")).send().await.unwrap();
     assert!(set_cookies(&response).is_empty());
     let (status, body) = json_of(response).await;
@@ -643,7 +664,7 @@ async fn a_signed_request_object_carries_the_login_to_an_as_that_requires_it() {
 async fn tls_client_auth_logs_in_over_the_mtls_aliases() {
     // RFC 8705 §2.1 client authentication: PAR and the token request on the AS's
     // mtls_endpoint_aliases with the client certificate, no client assertion.
-    let s = Setup::start_full(false, AsOptions::default().access_token_ttl, false, false, false, true).await;
+    let s = Setup::start_full(Variant { mtls: true, ..Variant::default() }).await;
     let session = s.login().await;
     let api = s.browser().get(s.url("/app/api/x")).header("cookie", &session).header("x-csrf", "1");
     assert_eq!(api.send().await.unwrap().status(), 200);
@@ -671,4 +692,25 @@ async fn a_new_login_ends_the_session_the_browser_had() {
     };
     assert_eq!(with(&old).await.unwrap().status(), 401, "the old session ended");
     assert_eq!(with(&new).await.unwrap().status(), 200);
+}
+
+#[tokio::test]
+async fn a_plain_query_response_needs_the_right_iss() {
+    // response_mode: query (RFC 9207): code, state and iss in the query; iss must be exact.
+    let s = Setup::start_full(Variant { query_mode: true, ..Variant::default() }).await;
+    let (location, tx_cookie) = s.begin("/app/home").await;
+    let callback = s.authorize(&location).await;
+    let url = s.url(&callback);
+    assert!(query_param(&url, "code").is_some() && query_param(&url, "response").is_none(), "{callback}");
+    assert_eq!(query_param(&url, "iss").as_deref(), Some(s.provider.issuer()));
+    // A forged iss, or none: refused, and no session.
+    for forged in [callback.replace("iss=", "iss=x"), callback.replace("iss=", "was=")] {
+        let response = s.browser().get(s.url(&forged)).header("cookie", &tx_cookie).send().await.unwrap();
+        assert!(set_cookies(&response).is_empty());
+        let (status, body) = json_of(response).await;
+        assert_eq!((status, body["error"].as_str()), (400, Some("login_wrong_iss")), "{body}");
+    }
+    let response = s.browser().get(s.url(&callback)).header("cookie", &tx_cookie).send().await.unwrap();
+    assert_eq!(response.status(), 303, "{:?}", response.text().await);
+    assert!(set_cookies(&response).iter().any(|c| c.starts_with("__Host-fapi-session=")));
 }
