@@ -387,6 +387,14 @@ async fn forged_replayed_and_foreign_callbacks_make_no_session() {
     let missing = s.browser().get(s.url("/auth/callback")).send().await.unwrap();
     let (status, body) = json_of(missing).await;
     assert_eq!((status, body["error"].as_str()), (400, Some("login_no_response")), "{body}");
+    // A browser navigating gets a page saying the same, escaped, with a way back.
+    let page =
+        s.browser().get(s.url("/auth/callback?response=x")).header("accept", "text/html,*/*").send().await.unwrap();
+    assert_eq!(page.status(), 400);
+    assert_eq!(page.headers()["content-type"], "text/html; charset=utf-8");
+    let html = page.text().await.unwrap();
+    assert!(html.contains("the authorization response is not a well-formed JWT"), "{html}");
+    assert!(html.contains("<code>jarm_malformed</code>") && html.contains("href=\"/auth/login\""), "{html}");
 }
 
 #[tokio::test]

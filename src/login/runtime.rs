@@ -172,7 +172,8 @@ impl LoginRuntime {
         }
     }
 
-    /// Answers one of this login's endpoints.
+    /// Answers one of this login's endpoints. A refusal of the login or the callback — pages
+    /// a browser navigates to — is an HTML page when the browser asks for HTML, else JSON.
     pub async fn answer(&self, endpoint: Endpoint, query: Option<&str>, headers: &HeaderMap) -> Answer {
         let result = match endpoint {
             Endpoint::Login => self.begin(query).await,
@@ -181,7 +182,13 @@ impl LoginRuntime {
             Endpoint::Logout => self.logout(headers).await,
             Endpoint::WrongMethod => Err(failure(StatusCode::METHOD_NOT_ALLOWED, "login_method", "wrong method")),
         };
-        result.unwrap_or_else(|answer| answer)
+        match result {
+            Ok(answer) => answer,
+            Err(refusal) if matches!(endpoint, Endpoint::Login | Endpoint::Callback) && wants_html(headers) => {
+                as_page(refusal, &self.settings.paths.login).await
+            }
+            Err(refusal) => refusal,
+        }
     }
 
     /// Whether the AS has been discovered (for `/readyz`).
@@ -799,6 +806,40 @@ fn add_common(headers: &mut HeaderMap, cookies: &[String]) {
             headers.append(SET_COOKIE, value);
         }
     }
+}
+
+/// Whether the request prefers an HTML page (a browser navigating) to JSON.
+fn wants_html(headers: &HeaderMap) -> bool {
+    headers.get(http::header::ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(|accept| accept.contains("text/html"))
+}
+
+/// A JSON refusal as a small HTML page with the same status and reason: what failed, in
+/// words, and a link to try again. Text is HTML-escaped.
+async fn as_page(refusal: Answer, login_path: &str) -> Answer {
+    use http_body_util::BodyExt as _;
+    let Answer::Respond { response, reason } = refusal else { return refusal };
+    let (parts, body) = response.into_parts();
+    let bytes = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    let parsed: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
+    let description = parsed["error_description"].as_str().unwrap_or("the login could not be completed");
+    let escape = |text: &str| {
+        text.replace('&', "&amp;")
+            .replace('<', "&lt;")
+            .replace('>', "&gt;")
+            .replace('"', "&quot;")
+            .replace('\'', "&#39;")
+    };
+    let page = format!(
+        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>Login failed</title></head>\n<body>\n<h1>Login failed</h1>\n<p>{}</p>\n<p><small>Reason: <code>{}</code> (status {})</small></p>\n<p><a href=\"{}\">Log in again</a></p>\n</body></html>\n",
+        escape(description),
+        escape(reason),
+        parts.status.as_u16(),
+        escape(login_path),
+    );
+    let mut response = Response::from_parts(parts, full(Bytes::from(page)));
+    response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
+    response.headers_mut().insert("content-security-policy", HeaderValue::from_static("default-src 'none'"));
+    Answer::Respond { response: Box::new(response), reason }
 }
 
 /// A refusal with a body of its own.
