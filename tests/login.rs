@@ -28,6 +28,8 @@ struct Variant {
     jar: bool,
     mtls: bool,
     query_mode: bool,
+    /// Sessions in a real Redis, and a second gateway instance sharing them.
+    redis: bool,
 }
 
 impl Default for Variant {
@@ -40,6 +42,7 @@ impl Default for Variant {
             jar: false,
             mtls: false,
             query_mode: false,
+            redis: false,
         }
     }
 }
@@ -53,6 +56,9 @@ struct Setup {
     /// With [`Setup::chained`]: the resource server in front of the upstream — another
     /// fapi-gateway with a `binding: dpop` route for the AS's tokens.
     resource_server: Option<(fapi_gateway::GatewayHandle, u16)>,
+    /// With `Variant::redis`: the shared store and the second instance (and its port).
+    _redis: Option<common::redis::RedisServer>,
+    twin: Option<(fapi_gateway::GatewayHandle, u16)>,
 }
 
 impl Setup {
@@ -74,7 +80,7 @@ impl Setup {
     /// `as_requires_jar`: the AS refuses pushed requests without a signed request object;
     /// `jar`: the login sends one.
     async fn start_full(variant: Variant) -> Setup {
-        let Variant { chained, access_token_ttl, rs_nonce, as_requires_jar, jar, mtls, query_mode } = variant;
+        let Variant { chained, access_token_ttl, rs_nonce, as_requires_jar, jar, mtls, query_mode, redis } = variant;
         init();
         let pki = TestPki::new();
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
@@ -124,6 +130,21 @@ impl Setup {
                 (format!("https://localhost:{rs_port}"), format!("    upstream_ca: {}\n", pki.ca_pem_path().display()))
             }
         };
+        let redis_server = match redis {
+            true => Some(common::redis::RedisServer::start().await),
+            false => None,
+        };
+        let session = match &redis_server {
+            None => String::new(),
+            Some(server) => {
+                let secret = write_file(pki.dir(), "session.key", "a session secret every instance shares, 32+ bytes");
+                format!(
+                    "    session:\n      store: redis\n      redis: {{ url: \"{}\" }}\n      secret_file: {}\n",
+                    server.url(),
+                    secret.display()
+                )
+            }
+        };
         let yaml = format!(
             r#"
 listen:
@@ -146,6 +167,7 @@ login:
     post_logout_redirect_uri: https://{GATEWAY_HOST}:{port}/bye
     request_object: {request_object}
     response_mode: {response_mode}
+{session}
 routes:
   - name: app-api
     match: {{ path_prefix: /app/api }}
@@ -162,7 +184,17 @@ routes:
         );
         let config = Config::from_yaml(&yaml, "login.yaml", pki.dir()).unwrap_or_else(|e| panic!("{e}\n{yaml}"));
         let gateway = fapi_gateway::start(config).await.expect("gateway starts");
-        Setup { pki, provider, upstream, gateway, port, resource_server }
+        let twin = match redis {
+            false => None,
+            true => {
+                let twin_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+                let yaml =
+                    yaml.replace(&format!("address: 127.0.0.1:{port}"), &format!("address: 127.0.0.1:{twin_port}"));
+                let config = Config::from_yaml(&yaml, "twin.yaml", pki.dir()).unwrap();
+                Some((fapi_gateway::start(config).await.expect("twin starts"), twin_port))
+            }
+        };
+        Setup { pki, provider, upstream, gateway, port, resource_server, _redis: redis_server, twin }
     }
 
     /// A browser-like client of the gateway that does not follow redirects.
@@ -180,6 +212,21 @@ routes:
 
     fn url(&self, path: &str) -> String {
         format!("https://{GATEWAY_HOST}:{}{path}", self.port)
+    }
+
+    /// A browser-like client of the second instance, and its URL for `path`.
+    fn twin(&self, path: &str) -> (reqwest::Client, String) {
+        let (twin, port) = self.twin.as_ref().expect("a twin");
+        let tls = self.pki.rustls_client_config(None, &[b"http/1.1"]);
+        let client = reqwest::Client::builder()
+            .no_proxy()
+            .timeout(Duration::from_secs(20))
+            .redirect(reqwest::redirect::Policy::none())
+            .resolve(GATEWAY_HOST, twin.local_addr())
+            .tls_backend_preconfigured(tls)
+            .build()
+            .unwrap();
+        (client, format!("https://{GATEWAY_HOST}:{port}{path}"))
     }
 
     /// Starts a login: the 303 and its transaction cookie (`name=value`).
@@ -721,4 +768,42 @@ async fn a_plain_query_response_needs_the_right_iss() {
     let response = s.browser().get(s.url(&callback)).header("cookie", &tx_cookie).send().await.unwrap();
     assert_eq!(response.status(), 303, "{:?}", response.text().await);
     assert!(set_cookies(&response).iter().any(|c| c.starts_with("__Host-fapi-session=")));
+}
+
+#[tokio::test]
+async fn with_the_redis_store_a_login_and_its_session_span_instances() {
+    // Two gateway instances sharing login state in a real Redis: a login started on A
+    // completes on B, the session works on both, and a logout on A ends it on B.
+    if common::redis::missing() {
+        return;
+    }
+    let s = Setup::start_full(Variant { redis: true, ..Variant::default() }).await;
+    let (location, tx_cookie) = s.begin("/app/home").await;
+    let callback = s.authorize(&location).await;
+    let (b, b_url) = s.twin(&callback);
+    let response = b.get(b_url).header("cookie", &tx_cookie).send().await.unwrap();
+    assert_eq!(response.status(), 303, "{:?}", response.text().await);
+    let session = set_cookies(&response).into_iter().find(|c| c.starts_with("__Host-fapi-session=")).unwrap();
+    let session = session.split(';').next().unwrap().to_string();
+    // The callback is single use on every instance.
+    let (b, b_url) = s.twin(&callback);
+    let again = b.get(b_url).header("cookie", &tx_cookie).send().await.unwrap();
+    assert_eq!(json_of(again).await.1["error"], "login_unknown_state");
+    let (b, b_api) = s.twin("/app/api/x");
+    let on_b = b.get(&b_api).header("cookie", &session).header("x-csrf", "1").send().await.unwrap();
+    assert_eq!(on_b.status(), 200);
+    let on_a = s.browser().get(s.url("/app/api/x")).header("cookie", &session).header("x-csrf", "1");
+    assert_eq!(on_a.send().await.unwrap().status(), 200);
+    assert_eq!(s.upstream.hits(), 2);
+    let logout = s.browser().post(s.url("/auth/logout")).header("cookie", &session).header("x-csrf", "1");
+    assert_eq!(logout.send().await.unwrap().status(), 200);
+    let after = b.get(&b_api).header("cookie", &session).header("x-csrf", "1").send().await.unwrap();
+    let (status, body) = json_of(after).await;
+    assert_eq!((status, body["error"].as_str()), (401, Some("login_required")), "{body}");
+    assert_eq!(s.upstream.hits(), 2);
+}
+
+#[test]
+fn redis_server_is_installed() {
+    assert!(common::redis::installed(), "{}", common::redis::MISSING);
 }

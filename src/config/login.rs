@@ -64,12 +64,22 @@ pub struct LoginPaths {
 
 #[derive(Clone, Debug)]
 pub struct SessionSettings {
+    pub store: SessionStore,
     pub cookie: String,
     pub idle_timeout: Duration,
     pub max_lifetime: Duration,
     /// Session secrets (32+ bytes each): the first tags new cookies, all verify. Empty: a
     /// random secret made at start (sessions end with the process anyway in memory).
     pub secret_files: Vec<PathBuf>,
+}
+
+/// Where transactions and sessions live.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SessionStore {
+    /// This instance only.
+    Memory,
+    /// Shared by every instance (sealed records, expiring by themselves).
+    Redis { url: crate::config::SecretUrl, key_prefix: String, ca: Option<PathBuf>, timeout: Duration },
 }
 
 /// Validates `login[i]`.
@@ -154,14 +164,38 @@ pub(super) fn login(ctx: &Ctx<'_>, i: usize, spanned: Spanned<RawLogin>) -> Resu
         }
     }
     let raw_session = raw.session.unwrap_or_default();
-    if raw_session.store == Some(SessionStoreKind::Redis) {
-        return Err(err("session.store", "`redis` is not supported yet by the login mode: use `memory`"));
-    }
+    let store = match (raw_session.store.unwrap_or(SessionStoreKind::Memory), raw_session.redis) {
+        (SessionStoreKind::Memory, None) => SessionStore::Memory,
+        (SessionStoreKind::Memory, Some(_)) => {
+            return Err(err("session.redis", "only used with `session.store: redis`"));
+        }
+        (SessionStoreKind::Redis, None) => {
+            return Err(err("session.redis", "`session.store: redis` needs `session.redis: { url: redis://… }`"));
+        }
+        (SessionStoreKind::Redis, Some(redis)) => {
+            if !redis.url.starts_with("redis://") && !redis.url.starts_with("rediss://") {
+                return Err(err("session.redis.url", "must start with redis:// or rediss://"));
+            }
+            if raw_session.secret_file.is_none() {
+                return Err(err(
+                    "session.secret_file",
+                    "`session.store: redis` needs a session secret shared by every instance (32+ bytes in a file)",
+                ));
+            }
+            SessionStore::Redis {
+                url: crate::config::SecretUrl(redis.url),
+                key_prefix: redis.key_prefix.unwrap_or_else(|| format!("fapi-gateway:login:{}:", raw.name)),
+                ca: redis.ca.map(|p| ctx.path(p)),
+                timeout: redis.timeout.map_or(Duration::from_millis(500), |d| d.0),
+            }
+        }
+    };
     let cookie = raw_session.cookie.unwrap_or_else(|| "__Host-fapi-session".into());
     if cookie.is_empty() || !cookie.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b)) {
         return Err(err("session.cookie", "must be a cookie name of letters, digits, `-` and `_`"));
     }
     let session = SessionSettings {
+        store,
         cookie,
         idle_timeout: raw_session.idle_timeout.map_or(Duration::from_secs(30 * 60), |d| d.0),
         max_lifetime: raw_session.max_lifetime.map_or(Duration::from_secs(12 * 3600), |d| d.0),

@@ -19,7 +19,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use login::{LoginAuth, LoginPaths, LoginSettings, SessionSettings};
+pub use login::{LoginAuth, LoginPaths, LoginSettings, SessionSettings, SessionStore};
 pub use raw::{Binding, ClientAuth, ForwardToken, NonceMode, ReplayOnError, RequestObject, ResponseMode, RestartGuard};
 
 use crate::jose::Alg;

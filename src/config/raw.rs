@@ -84,8 +84,24 @@ pub struct RawSession {
     pub idle_timeout: Option<HumanDuration>,
     pub max_lifetime: Option<HumanDuration>,
     pub store: Option<SessionStoreKind>,
+    /// `store: redis`: where.
+    pub redis: Option<RawSessionRedis>,
     /// 32+ bytes; a list for rotation (the first signs).
     pub secret_file: Option<OneOrMany<PathBuf>>,
+}
+
+/// `login[].session.redis`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSessionRedis {
+    /// `redis://[user:password@]host:port/db` or `rediss://…`.
+    pub url: String,
+    /// Defaults to `fapi-gateway:login:<login name>:`.
+    pub key_prefix: Option<String>,
+    /// Extra trust anchors (PEM) for `rediss://`.
+    pub ca: Option<PathBuf>,
+    /// Defaults to 500 ms.
+    pub timeout: Option<HumanDuration>,
 }
 
 /// A value or a list of values.

@@ -441,7 +441,11 @@ fn login_mistakes_are_refused_with_their_key() {
                 + "    client_auth: tls_client_auth\n    client_cert: c.pem\n",
             "login[0].client_cert",
         ),
-        (LOGIN.to_string() + "    session: { store: redis }\n", "login[0].session.store"),
+        (LOGIN.to_string() + "    session: { store: redis }\n", "login[0].session.redis"),
+        (
+            LOGIN.to_string() + "    session: { store: redis, redis: { url: \"redis://r:6379\" } }\n",
+            "login[0].session.secret_file",
+        ),
         (LOGIN.to_string() + "    paths: { login: /auth/callback }\n", "login[0].paths.login"),
     ];
     for (login, key) in cases {

@@ -20,6 +20,7 @@ pub mod id_token;
 pub mod jarm;
 pub mod pkce;
 pub mod proof;
+pub mod redis_store;
 pub mod runtime;
 pub mod session;
 

@@ -23,13 +23,16 @@ use super::as_client::{AsClient, AsMetadata, LoginError};
 use super::client_auth::{ASSERTION_TYPE, client_assertion};
 use super::jarm::{self, Outcome};
 use super::pkce::{Pkce, random_token};
+use super::redis_store::RedisLoginStore;
 use super::session::{
     Session, SessionMiss, SessionTokens, Sessions, Transaction, Transactions, transaction_cookie_name,
 };
 use crate::answer::Answer;
 use crate::auth::jwks::IssuerKeys;
 use crate::body::{ProxyBody, full};
-use crate::config::{Issuer, JwksCacheSettings, KeySource, LoginAuth, LoginSettings, RequestObject, ResponseMode};
+use crate::config::{
+    Issuer, JwksCacheSettings, KeySource, LoginAuth, LoginSettings, RequestObject, ResponseMode, SessionStore,
+};
 use crate::jose::{Alg, SigningKey, constant_time_eq, sha256, unix_now};
 use crate::principal::UpstreamCredential;
 use crate::secret::Secret;
@@ -47,6 +50,8 @@ pub enum LoginSetupError {
     Secret { name: String, path: String, reason: String },
     #[error("login {name}: {source}")]
     Client { name: String, source: LoginError },
+    #[error("login {name}: the session store: {reason}")]
+    Store { name: String, reason: String },
 }
 
 /// The AS as discovered: metadata and its key set.
@@ -122,15 +127,29 @@ impl LoginRuntime {
         let client = AsClient::new(settings.ca.as_deref(), settings.timeout, identity)
             .map_err(|source| LoginSetupError::Client { name: name.clone(), source })?;
         let secs = |d: Duration| i64::try_from(d.as_secs()).unwrap_or(i64::MAX);
+        let shared = match &settings.session.store {
+            SessionStore::Memory => None,
+            SessionStore::Redis { url, key_prefix, ca, timeout } => {
+                let secret = secrets.first().map(Vec::as_slice).unwrap_or_default();
+                let store = RedisLoginStore::new(&url.0, ca.as_deref(), key_prefix, *timeout, secret)
+                    .map_err(|reason| LoginSetupError::Store { name: name.clone(), reason })?;
+                Some(Arc::new(store))
+            }
+        };
         let app_origin = origin_of(&settings.redirect_uri);
         Ok(LoginRuntime {
-            sessions: Sessions::new(&secrets, secs(settings.session.idle_timeout), secs(settings.session.max_lifetime)),
+            sessions: Sessions::new(
+                &secrets,
+                secs(settings.session.idle_timeout),
+                secs(settings.session.max_lifetime),
+                shared.clone(),
+            ),
             settings: settings.clone(),
             client,
             client_key,
             found: arc_swap::ArcSwapOption::empty(),
             discovering: AsyncMutex::new(()),
-            transactions: Transactions::default(),
+            transactions: Transactions::new(shared),
             app_origin,
             refreshes: Default::default(),
         })
@@ -178,7 +197,7 @@ impl LoginRuntime {
         let result = match endpoint {
             Endpoint::Login => self.begin(query).await,
             Endpoint::Callback => self.callback(query, headers).await,
-            Endpoint::Session => self.session_info(headers),
+            Endpoint::Session => self.session_info(headers).await,
             Endpoint::Logout => self.logout(headers).await,
             Endpoint::WrongMethod => Err(failure(StatusCode::METHOD_NOT_ALLOWED, "login_method", "wrong method")),
         };
@@ -323,7 +342,8 @@ impl LoginRuntime {
             created: unix_now(),
         };
         let cookie_name = transaction_cookie_name(&state);
-        if !self.transactions.insert(state, transaction) {
+        let stored = self.transactions.insert(state, transaction).await.map_err(|_| store_down())?;
+        if !stored {
             return Err(failure(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "login_busy",
@@ -365,9 +385,10 @@ impl LoginRuntime {
             }
             ResponseMode::Query => plain_response(query, &self.settings.issuer)?,
         };
-        let transaction = self.transactions.take(&response.state).ok_or_else(|| {
-            failure(StatusCode::BAD_REQUEST, "login_unknown_state", "this login is unknown, finished or expired")
-        })?;
+        let transaction =
+            self.transactions.take(&response.state).await.map_err(|_| store_down())?.ok_or_else(|| {
+                failure(StatusCode::BAD_REQUEST, "login_unknown_state", "this login is unknown, finished or expired")
+            })?;
         let presented = cookie(headers, &transaction_cookie_name(&response.state));
         if !presented.is_some_and(|v| constant_time_eq(&sha256(v.as_bytes()), &transaction.cookie_hash)) {
             return Err(failure(
@@ -434,14 +455,15 @@ impl LoginRuntime {
         };
         // A session this browser had before is ended, never carried over (fixation).
         if let Some(previous) = cookie(headers, &self.settings.session.cookie) {
-            self.sessions.end(previous);
+            self.sessions.end(previous).await;
         }
         let tokens = session_tokens(tokens);
         let session = Session::new(sub, tokens_scope, tokens, transaction.dpop_key);
         let value = self
             .sessions
             .create(session)
-            .map_err(|_| failure(StatusCode::INTERNAL_SERVER_ERROR, "login_internal", "the session could not be made"))?
+            .await
+            .map_err(|_| store_down())?
             .ok_or_else(|| failure(StatusCode::SERVICE_UNAVAILABLE, "login_busy", "too many sessions"))?;
         let session_cookie = format!(
             "{}={value}; Path=/; Secure; HttpOnly; SameSite=Lax; Max-Age={}",
@@ -455,8 +477,8 @@ impl LoginRuntime {
     }
 
     /// `GET paths.session` (CSRF header required): who is logged in, never a token.
-    fn session_info(&self, headers: &HeaderMap) -> Result<Answer, Answer> {
-        let session = self.session_of(headers)?;
+    async fn session_info(&self, headers: &HeaderMap) -> Result<Answer, Answer> {
+        let session = self.session_of(headers).await?;
         let body = json!({
             "sub": session.sub,
             "scope": session.scope,
@@ -470,7 +492,10 @@ impl LoginRuntime {
     async fn logout(&self, headers: &HeaderMap) -> Result<Answer, Answer> {
         self.csrf(headers)?;
         let clear = format!("{}=; Path=/; Secure; HttpOnly; SameSite=Lax; Max-Age=0", self.settings.session.cookie);
-        let ended = cookie(headers, &self.settings.session.cookie).and_then(|c| self.sessions.end(c));
+        let ended = match cookie(headers, &self.settings.session.cookie) {
+            Some(value) => self.sessions.end(value).await,
+            None => None,
+        };
         if let Some(session) = &ended {
             self.revoke(session).await;
         }
@@ -504,16 +529,21 @@ impl LoginRuntime {
         }
     }
 
-    fn session_of(&self, headers: &HeaderMap) -> Result<Arc<Session>, Answer> {
+    async fn session_of(&self, headers: &HeaderMap) -> Result<Arc<Session>, Answer> {
         self.csrf(headers)?;
-        let value = cookie(headers, &self.settings.session.cookie);
-        value.ok_or(SessionMiss::NoSession).and_then(|v| self.sessions.find(v)).map_err(|miss| {
+        let found = match cookie(headers, &self.settings.session.cookie) {
+            Some(value) => self.sessions.find(value).await,
+            None => Err(SessionMiss::NoSession),
+        };
+        found.map_err(|miss| {
+            let description = match miss {
+                SessionMiss::NoSession => "there is no session: log in first",
+                SessionMiss::Ended => "the session has ended: log in again",
+                SessionMiss::Unavailable => return store_down(),
+            };
             let body = json!({
                 "error": "login_required",
-                "error_description": match miss {
-                    SessionMiss::NoSession => "there is no session: log in first",
-                    SessionMiss::Ended => "the session has ended: log in again",
-                },
+                "error_description": description,
                 "login_url": self.settings.paths.login,
             });
             refusal_body(StatusCode::UNAUTHORIZED, "session_required", &body)
@@ -529,7 +559,7 @@ impl LoginRuntime {
         htu: &str,
         headers: &HeaderMap,
     ) -> Result<(UpstreamProofs, UpstreamCredential), Answer> {
-        let session = self.session_of(headers)?;
+        let session = self.session_of(headers).await?;
         let tokens = self.fresh_tokens(&session, headers).await?;
         let proofs = UpstreamProofs {
             session,
@@ -564,6 +594,58 @@ impl LoginRuntime {
         let Some(refresh_token) = current.refresh_token.clone().filter(|_| due(&current)) else {
             return Ok(current);
         };
+        // Several instances: one refresh per session among them all (a lock with a lease);
+        // the others wait for its tokens.
+        if let (Some(store), Some(id)) = (self.sessions.shared(), session.id) {
+            let lock = store.key("lock", &id);
+            if !store.lock(&lock, REFRESH_LEASE).await.map_err(|_| store_down())? {
+                return self.await_refresh(session, headers, &current).await;
+            }
+            let refreshed = self.refresh(session, headers, current, refresh_token).await;
+            let _ = store.delete(&lock).await;
+            return refreshed;
+        }
+        self.refresh(session, headers, current, refresh_token).await
+    }
+
+    /// Another instance refreshes this session: wait (up to the lease) for its new tokens.
+    async fn await_refresh(
+        &self,
+        session: &Arc<Session>,
+        headers: &HeaderMap,
+        current: &SessionTokens,
+    ) -> Result<SessionTokens, Answer> {
+        let deadline = tokio::time::Instant::now() + REFRESH_LEASE;
+        while tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let now = self.session_of(headers).await?;
+            if let Some(tokens) = now.tokens()
+                && tokens.access_token.expose() != current.access_token.expose()
+            {
+                session.replace_tokens(tokens.clone());
+                return Ok(tokens);
+            }
+        }
+        match current.access_expires_at {
+            Some(at) if at > unix_now() => Ok(current.clone()),
+            _ => Err(failure(
+                StatusCode::BAD_GATEWAY,
+                "session_refresh_failed",
+                "the session's token could not be renewed",
+            )),
+        }
+    }
+
+    /// Redeems the refresh token (the caller holds the session's refresh lock).
+    async fn refresh(
+        &self,
+        session: &Arc<Session>,
+        headers: &HeaderMap,
+        current: SessionTokens,
+        refresh_token: Secret<String>,
+    ) -> Result<SessionTokens, Answer> {
+        let lapsed =
+            || failure(StatusCode::BAD_GATEWAY, "session_refresh_failed", "the session's token could not be renewed");
         let found = self.discovered().await?;
         let answer = self
             .client
@@ -585,13 +667,16 @@ impl LoginRuntime {
                     renewed.refresh_token = Some(refresh_token);
                 }
                 session.replace_tokens(renewed.clone());
+                if self.sessions.save(session).await.is_err() {
+                    tracing::warn!(login = %self.settings.name, "the refreshed tokens could not be stored");
+                }
                 self.count_refresh("ok");
                 tracing::debug!(login = %self.settings.name, "session token refreshed");
                 Ok(renewed)
             }
             Err(LoginError::Refused { error, .. }) if error == "invalid_grant" => {
                 if let Some(value) = cookie(headers, &self.settings.session.cookie) {
-                    self.sessions.end(value);
+                    self.sessions.end(value).await;
                 }
                 self.count_refresh("refused");
                 tracing::info!(login = %self.settings.name, "the refresh token was refused; the session ended");
@@ -668,6 +753,18 @@ impl std::fmt::Debug for UpstreamProofs {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("UpstreamProofs").field("method", &self.method).field("htu", &self.htu).finish_non_exhaustive()
     }
+}
+
+/// How long one instance may hold a session's refresh lock.
+const REFRESH_LEASE: Duration = Duration::from_secs(10);
+
+/// The shared store did not answer.
+fn store_down() -> Answer {
+    failure(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "session_store_unavailable",
+        "the session store cannot be reached; try again",
+    )
 }
 
 /// Refresh this long before the access token expires.

@@ -15,7 +15,10 @@ use std::sync::{Arc, Mutex};
 
 use aws_lc_rs::hmac;
 
+use serde::{Deserialize, Serialize};
+
 use super::pkce::{RandomError, random_token};
+use super::redis_store::{RedisLoginStore, StoreError};
 use crate::jose::{SigningKey, b64url_decode, b64url_encode, constant_time_eq, sha256, unix_now};
 use crate::secret::Secret;
 
@@ -45,29 +48,83 @@ pub fn transaction_cookie_name(state: &str) -> String {
     format!("__Host-fapi-login-{}", &digest[..10])
 }
 
-/// Logins in progress.
+/// Logins in progress: in memory, or in the shared Redis store.
 #[derive(Default)]
 pub struct Transactions {
     open: Mutex<HashMap<String, Transaction>>,
+    redis: Option<Arc<RedisLoginStore>>,
+}
+
+/// A transaction as the Redis store keeps it.
+#[derive(Serialize, Deserialize)]
+struct StoredTransaction {
+    verifier: String,
+    nonce: Option<String>,
+    /// The DPoP key, PKCS#8 PEM (the record is sealed).
+    key: String,
+    return_to: String,
+    cookie_hash: String,
+    created: i64,
 }
 
 impl Transactions {
+    pub fn new(redis: Option<Arc<RedisLoginStore>>) -> Transactions {
+        Transactions { open: Mutex::default(), redis }
+    }
+
     /// Records a transaction under `state`; `false` when too many are open.
-    pub fn insert(&self, state: String, transaction: Transaction) -> bool {
-        let Ok(mut open) = self.open.lock() else { return false };
+    pub async fn insert(&self, state: String, transaction: Transaction) -> Result<bool, StoreError> {
+        if let Some(redis) = &self.redis {
+            let stored = StoredTransaction {
+                verifier: transaction.code_verifier.expose().clone(),
+                nonce: transaction.nonce,
+                key: transaction.dpop_key.to_pkcs8_pem().map_err(|_| StoreError::Sealed)?,
+                return_to: transaction.return_to,
+                cookie_hash: b64url_encode(&transaction.cookie_hash),
+                created: transaction.created,
+            };
+            let json = serde_json::to_vec(&stored).map_err(|_| StoreError::Sealed)?;
+            let ttl = std::time::Duration::from_secs(TRANSACTION_TTL_SECS.unsigned_abs());
+            redis.put(&redis.key("tx", state.as_bytes()), &json, ttl).await?;
+            return Ok(true);
+        }
+        let Ok(mut open) = self.open.lock() else { return Ok(false) };
         let now = unix_now();
         open.retain(|_, t| now - t.created < TRANSACTION_TTL_SECS);
         if open.len() >= MAX_TRANSACTIONS {
-            return false;
+            return Ok(false);
         }
         open.insert(state, transaction);
-        true
+        Ok(true)
     }
 
     /// Takes the transaction of `state` out (single use), if it is open and not expired.
-    pub fn take(&self, state: &str) -> Option<Transaction> {
-        let transaction = self.open.lock().ok()?.remove(state)?;
-        (unix_now() - transaction.created < TRANSACTION_TTL_SECS).then_some(transaction)
+    pub async fn take(&self, state: &str) -> Result<Option<Transaction>, StoreError> {
+        let transaction = match &self.redis {
+            Some(redis) => {
+                let Some(json) = redis.take(&redis.key("tx", state.as_bytes())).await? else { return Ok(None) };
+                let stored: StoredTransaction = serde_json::from_slice(&json).map_err(|_| StoreError::Sealed)?;
+                let key = SigningKey::from_pkcs8_pem(crate::jose::Alg::Es256, stored.key.as_bytes())
+                    .map_err(|_| StoreError::Sealed)?;
+                let cookie_hash: [u8; 32] = b64url_decode(&stored.cookie_hash)
+                    .ok()
+                    .and_then(|h| h.try_into().ok())
+                    .ok_or(StoreError::Sealed)?;
+                Transaction {
+                    code_verifier: Secret::new(stored.verifier),
+                    nonce: stored.nonce,
+                    dpop_key: Arc::new(key),
+                    return_to: stored.return_to,
+                    cookie_hash,
+                    created: stored.created,
+                }
+            }
+            None => match self.open.lock().ok().and_then(|mut open| open.remove(state)) {
+                Some(transaction) => transaction,
+                None => return Ok(None),
+            },
+        };
+        Ok((unix_now() - transaction.created < TRANSACTION_TTL_SECS).then_some(transaction))
     }
 }
 
@@ -92,6 +149,8 @@ pub struct Session {
     last_seen: AtomicI64,
     /// The last `DPoP-Nonce` an upstream asked for (RFC 9449 §8.2: used in later proofs).
     upstream_nonce: Mutex<Option<String>>,
+    /// The session's id, once stored.
+    pub id: Option<[u8; 32]>,
 }
 
 impl Session {
@@ -111,7 +170,13 @@ impl Session {
             created: now,
             last_seen: AtomicI64::new(now),
             upstream_nonce: Mutex::new(None),
+            id: None,
         }
+    }
+
+    fn with_id(mut self, id: [u8; 32]) -> Session {
+        self.id = Some(id);
+        self
     }
 
     /// The upstream's last nonce, if any.
@@ -138,6 +203,34 @@ impl Session {
     }
 }
 
+/// A session as the Redis store keeps it.
+#[derive(Serialize, Deserialize)]
+struct StoredSession {
+    sub: Option<String>,
+    scope: Option<String>,
+    access_token: String,
+    refresh_token: Option<String>,
+    expires_at: Option<i64>,
+    /// The DPoP key, PKCS#8 PEM (the record is sealed).
+    key: String,
+    created: i64,
+}
+
+impl StoredSession {
+    fn of(session: &Session) -> Option<StoredSession> {
+        let tokens = session.tokens()?;
+        Some(StoredSession {
+            sub: session.sub.clone(),
+            scope: session.scope.clone(),
+            access_token: tokens.access_token.expose().clone(),
+            refresh_token: tokens.refresh_token.map(|t| t.expose().clone()),
+            expires_at: tokens.access_expires_at,
+            key: session.dpop_key.to_pkcs8_pem().ok()?,
+            created: session.created,
+        })
+    }
+}
+
 /// Why a session cookie was not honoured.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SessionMiss {
@@ -145,51 +238,117 @@ pub enum SessionMiss {
     NoSession,
     /// The session ended (logout, idle or lifetime limit).
     Ended,
+    /// The shared store cannot answer now.
+    Unavailable,
 }
 
-/// The sessions of one login, and the secrets their cookies are tagged with.
+/// The sessions of one login, and the secrets their cookies are tagged with. With the Redis
+/// store the records live there and `open` caches them (keeping each session's refresh
+/// lock and upstream nonce on this instance).
 pub struct Sessions {
     /// The first tags new cookies; every one verifies (rotation).
     secrets: Vec<hmac::Key>,
     open: Mutex<HashMap<[u8; 32], Arc<Session>>>,
+    redis: Option<Arc<RedisLoginStore>>,
     idle_secs: i64,
     lifetime_secs: i64,
 }
 
 impl Sessions {
     /// `secrets` must not be empty.
-    pub fn new(secrets: &[Vec<u8>], idle_secs: i64, lifetime_secs: i64) -> Sessions {
+    pub fn new(
+        secrets: &[Vec<u8>],
+        idle_secs: i64,
+        lifetime_secs: i64,
+        redis: Option<Arc<RedisLoginStore>>,
+    ) -> Sessions {
         Sessions {
             secrets: secrets.iter().map(|s| hmac::Key::new(hmac::HMAC_SHA256, s)).collect(),
             open: Mutex::new(HashMap::new()),
+            redis,
             idle_secs,
             lifetime_secs,
         }
     }
 
+    /// Whether sessions are shared through Redis.
+    pub fn shared(&self) -> Option<&Arc<RedisLoginStore>> {
+        self.redis.as_ref()
+    }
+
+    fn idle(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.idle_secs.unsigned_abs())
+    }
+
     /// Stores `session` under a new id and returns the cookie value, or `None` when full.
-    pub fn create(&self, session: Session) -> Result<Option<String>, RandomError> {
+    pub async fn create(&self, session: Session) -> Result<Option<String>, StoreError> {
         let mut id = [0u8; 32];
-        aws_lc_rs::rand::fill(&mut id).map_err(|_| RandomError)?;
+        aws_lc_rs::rand::fill(&mut id).map_err(|_| StoreError::Sealed)?;
+        if let Some(redis) = &self.redis {
+            let stored = StoredSession::of(&session).ok_or(StoreError::Sealed)?;
+            let json = serde_json::to_vec(&stored).map_err(|_| StoreError::Sealed)?;
+            redis.put(&redis.key("s", &id), &json, self.idle()).await?;
+        }
         let Ok(mut open) = self.open.lock() else { return Ok(None) };
         if open.len() >= MAX_SESSIONS {
             let now = unix_now();
             open.retain(|_, s| self.alive(s, now));
-            if open.len() >= MAX_SESSIONS {
+            if open.len() >= MAX_SESSIONS && self.redis.is_none() {
                 return Ok(None);
             }
+            if open.len() >= MAX_SESSIONS {
+                open.clear();
+            }
         }
-        open.insert(id, Arc::new(session));
+        open.insert(id, Arc::new(session.with_id(id)));
         let Some(key) = self.secrets.first() else { return Ok(None) };
         Ok(Some(format!("{}.{}", b64url_encode(&id), b64url_encode(&hmac::sign(key, &id).as_ref()[..16]))))
     }
 
     /// The session a cookie value names, refreshing its idle clock.
-    pub fn find(&self, cookie: &str) -> Result<Arc<Session>, SessionMiss> {
+    pub async fn find(&self, cookie: &str) -> Result<Arc<Session>, SessionMiss> {
         let id = self.verify(cookie).ok_or(SessionMiss::NoSession)?;
+        let now = unix_now();
+        if let Some(redis) = &self.redis {
+            let key = redis.key("s", &id);
+            let Some(json) = redis.get(&key).await.map_err(|_| SessionMiss::Unavailable)? else {
+                if let Ok(mut open) = self.open.lock() {
+                    open.remove(&id);
+                }
+                return Err(SessionMiss::Ended);
+            };
+            let stored: StoredSession = serde_json::from_slice(&json).map_err(|_| SessionMiss::Unavailable)?;
+            if now - stored.created >= self.lifetime_secs {
+                let _ = redis.delete(&key).await;
+                return Err(SessionMiss::Ended);
+            }
+            let _ = redis.touch(&key, self.idle()).await;
+            let mut open = self.open.lock().map_err(|_| SessionMiss::Unavailable)?;
+            // The cached session, when it is this record; else the record, cached.
+            if let Some(cached) = open.get(&id)
+                && cached.tokens().is_some_and(|t| *t.access_token.expose() == stored.access_token)
+            {
+                cached.last_seen.store(now, Ordering::Relaxed);
+                return Ok(cached.clone());
+            }
+            let key = SigningKey::from_pkcs8_pem(crate::jose::Alg::Es256, stored.key.as_bytes())
+                .map_err(|_| SessionMiss::Unavailable)?;
+            let tokens = SessionTokens {
+                access_token: Secret::new(stored.access_token),
+                refresh_token: stored.refresh_token.map(Secret::new),
+                access_expires_at: stored.expires_at,
+            };
+            let mut session = Session::new(stored.sub, stored.scope, tokens, Arc::new(key)).with_id(id);
+            session.created = stored.created;
+            let session = Arc::new(session);
+            if open.len() >= MAX_SESSIONS {
+                open.clear();
+            }
+            open.insert(id, session.clone());
+            return Ok(session);
+        }
         let mut open = self.open.lock().map_err(|_| SessionMiss::NoSession)?;
         let session = open.get(&id).cloned().ok_or(SessionMiss::Ended)?;
-        let now = unix_now();
         if !self.alive(&session, now) {
             open.remove(&id);
             return Err(SessionMiss::Ended);
@@ -198,13 +357,44 @@ impl Sessions {
         Ok(session)
     }
 
-    /// Ends the session a cookie value names; `true` when there was one.
-    pub fn end(&self, cookie: &str) -> Option<Arc<Session>> {
-        let id = self.verify(cookie)?;
-        self.open.lock().ok()?.remove(&id)
+    /// Writes a session's refreshed tokens back to the shared store (nothing in memory mode).
+    pub async fn save(&self, session: &Session) -> Result<(), StoreError> {
+        let (Some(redis), Some(id)) = (&self.redis, session.id) else { return Ok(()) };
+        let stored = StoredSession::of(session).ok_or(StoreError::Sealed)?;
+        let json = serde_json::to_vec(&stored).map_err(|_| StoreError::Sealed)?;
+        redis.put(&redis.key("s", &id), &json, self.idle()).await
     }
 
-    /// Sessions open now (for the metric).
+    /// Ends the session a cookie value names, on every instance; the session when there was
+    /// one.
+    pub async fn end(&self, cookie: &str) -> Option<Arc<Session>> {
+        let id = self.verify(cookie)?;
+        let local = self.open.lock().ok().and_then(|mut open| open.remove(&id));
+        if let Some(redis) = &self.redis {
+            let key = redis.key("s", &id);
+            let remote = match local.clone() {
+                Some(session) => Some(session),
+                None => self.find_remote_for_end(redis, &key).await,
+            };
+            let _ = redis.delete(&key).await;
+            return remote;
+        }
+        local
+    }
+
+    async fn find_remote_for_end(&self, redis: &RedisLoginStore, key: &str) -> Option<Arc<Session>> {
+        let json = redis.get(key).await.ok()??;
+        let stored: StoredSession = serde_json::from_slice(&json).ok()?;
+        let dpop_key = SigningKey::from_pkcs8_pem(crate::jose::Alg::Es256, stored.key.as_bytes()).ok()?;
+        let tokens = SessionTokens {
+            access_token: Secret::new(stored.access_token),
+            refresh_token: stored.refresh_token.map(Secret::new),
+            access_expires_at: stored.expires_at,
+        };
+        Some(Arc::new(Session::new(stored.sub, stored.scope, tokens, Arc::new(dpop_key))))
+    }
+
+    /// Sessions open now on this instance (for the metric).
     pub fn len(&self) -> usize {
         self.open.lock().map_or(0, |o| o.len())
     }
@@ -246,11 +436,11 @@ mod tests {
         Session::new(Some("alice".into()), None, tokens, key)
     }
 
-    #[test]
-    fn cookies_name_their_session_and_forgeries_do_not() {
-        let sessions = Sessions::new(&[b"a secret of at least thirty-two bytes!".to_vec()], 60, 3600);
-        let cookie = sessions.create(session()).unwrap().unwrap();
-        assert_eq!(sessions.find(&cookie).unwrap().sub.as_deref(), Some("alice"));
+    #[tokio::test]
+    async fn cookies_name_their_session_and_forgeries_do_not() {
+        let sessions = Sessions::new(&[b"a secret of at least thirty-two bytes!".to_vec()], 60, 3600, None);
+        let cookie = sessions.create(session()).await.unwrap().unwrap();
+        assert_eq!(sessions.find(&cookie).await.unwrap().sub.as_deref(), Some("alice"));
         let (id, tag) = cookie.split_once('.').unwrap();
         let mut forged_tag = b64url_decode(tag).unwrap();
         forged_tag[0] ^= 1;
@@ -261,17 +451,17 @@ mod tests {
             String::new(),
             "x.y".into(),
         ] {
-            assert_eq!(sessions.find(&forged).err(), Some(SessionMiss::NoSession), "{forged}");
+            assert_eq!(sessions.find(&forged).await.err(), Some(SessionMiss::NoSession), "{forged}");
         }
         // Another secret does not verify; a rotated list that still has it does.
-        let other = Sessions::new(&[b"another secret of thirty-two bytes or more".to_vec()], 60, 3600);
-        assert_eq!(other.find(&cookie).err(), Some(SessionMiss::NoSession));
-        assert!(sessions.end(&cookie).is_some());
-        assert_eq!(sessions.find(&cookie).err(), Some(SessionMiss::Ended));
+        let other = Sessions::new(&[b"another secret of thirty-two bytes or more".to_vec()], 60, 3600, None);
+        assert_eq!(other.find(&cookie).await.err(), Some(SessionMiss::NoSession));
+        assert!(sessions.end(&cookie).await.is_some());
+        assert_eq!(sessions.find(&cookie).await.err(), Some(SessionMiss::Ended));
     }
 
-    #[test]
-    fn transactions_are_single_use() {
+    #[tokio::test]
+    async fn transactions_are_single_use() {
         let transactions = Transactions::default();
         let (_, hash) = transaction_secret().unwrap();
         let key = Arc::new(SigningKey::generate(Alg::Es256).unwrap());
@@ -283,9 +473,9 @@ mod tests {
             cookie_hash: hash,
             created: unix_now(),
         };
-        assert!(transactions.insert("s1".into(), t));
-        assert!(transactions.take("s1").is_some());
-        assert!(transactions.take("s1").is_none(), "a state is good once");
+        assert!(transactions.insert("s1".into(), t).await.unwrap());
+        assert!(transactions.take("s1").await.unwrap().is_some());
+        assert!(transactions.take("s1").await.unwrap().is_none(), "a state is good once");
         assert!(transaction_cookie_name("s1").starts_with("__Host-fapi-login-"));
         assert_ne!(transaction_cookie_name("s1"), transaction_cookie_name("s2"));
     }
