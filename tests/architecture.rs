@@ -155,10 +155,13 @@ fn rust_files(dir: &Path) -> Vec<PathBuf> {
     files
 }
 
-/// Adds the paths after every `crate::` in `text` to `found`, skipping `//` comments.
+/// Adds the paths after every `crate::` in `text` to `found`, skipping `//` comments. The
+/// lines are joined first, so a `use crate::a::{…}` group spread over lines is read whole.
 fn collect(text: &str, found: &mut BTreeSet<String>) {
-    for line in text.lines() {
-        let mut rest = line.split("//").next().unwrap_or_default();
+    let joined: Vec<&str> = text.lines().map(|line| line.split("//").next().unwrap_or_default()).collect();
+    let joined = joined.join(" ");
+    {
+        let mut rest = joined.as_str();
         while let Some(at) = rest.find("crate::") {
             // `other_crate::` is not ours.
             let preceded_by_ident = rest[..at].chars().last().is_some_and(|c| c.is_alphanumeric() || c == '_');
@@ -168,7 +171,7 @@ fn collect(text: &str, found: &mut BTreeSet<String>) {
             }
             let (paths, consumed) = path_list(rest);
             found.extend(paths);
-            rest = &rest[consumed..];
+            rest = &rest[consumed.min(rest.len())..];
         }
     }
 }
