@@ -130,6 +130,9 @@ enum Command {
         /// The tokens' `aud`.
         #[arg(long, default_value = "https://localhost:8443")]
         audience: String,
+        /// The issuer identifier: the tokens' `iss` and the metadata's `issuer`.
+        #[arg(long, default_value = "https://localhost:9443")]
+        issuer: String,
     },
 }
 
@@ -147,7 +150,9 @@ fn main() -> ExitCode {
     match cli.command {
         Some(Command::CheckConfig { file }) => check_config(&file.unwrap_or(cli.config), overrides),
         Some(Command::Demo { once, dir }) => demo(&cli.config, dir.as_deref(), once, cli.workers),
-        Some(Command::DevAs { address, dir, hosts, audience }) => dev_as(address, &dir, &hosts, &audience),
+        Some(Command::DevAs { address, dir, hosts, issuer, audience }) => {
+            dev_as(address, &dir, &hosts, &issuer, &audience)
+        }
         Some(Command::Completions { shell }) => {
             clap_complete::generate(
                 shell,
@@ -424,7 +429,7 @@ fn demo(config: &std::path::Path, dir: Option<&std::path::Path>, once: bool, wor
         Err(code) => return code,
     };
     match runtime.block_on(fapi_gateway::demo::run(DemoOptions { folder, once })) {
-        Ok(played) if played.iter().all(|s| s.expected == s.got) => ExitCode::SUCCESS,
+        Ok(played) if played.iter().all(fapi_gateway::demo::Scenario::ended_as_expected) => ExitCode::SUCCESS,
         Ok(_) => ExitCode::FAILURE,
         Err(e) => {
             eprintln!("error: {e}");
@@ -433,12 +438,18 @@ fn demo(config: &std::path::Path, dir: Option<&std::path::Path>, once: bool, wor
     }
 }
 
-fn dev_as(address: std::net::SocketAddr, dir: &std::path::Path, hosts: &[String], audience: &str) -> ExitCode {
+fn dev_as(
+    address: std::net::SocketAddr,
+    dir: &std::path::Path,
+    hosts: &[String],
+    issuer: &str,
+    audience: &str,
+) -> ExitCode {
     let runtime = match runtime(None) {
         Ok(rt) => rt,
         Err(code) => return code,
     };
-    match runtime.block_on(fapi_gateway::demo::run_dev_as(address, dir, hosts, audience)) {
+    match runtime.block_on(fapi_gateway::demo::run_dev_as(address, dir, hosts, issuer, audience)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");

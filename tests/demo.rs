@@ -23,6 +23,20 @@ const SCENARIOS: [&str; 6] = [
     "DPoP token downgraded to Bearer",
 ];
 
+/// The login story's steps (a scripted browser against the bundled `login:` entry).
+const LOGIN_STORY: [&str; 10] = [
+    "browser: API call before logging in",
+    "login: PAR, then 303 to the AS",
+    "AS: consent page, Allow",
+    "forged JARM response (attacker's key)",
+    "genuine JARM response: session",
+    "the same JARM response replayed",
+    "API call through the session",
+    "API call without X-CSRF (cross-site)",
+    "logout",
+    "the session cookie after logout",
+];
+
 /// The demo's ports are fixed: one demo at a time.
 static PORTS: Mutex<()> = Mutex::new(());
 
@@ -50,9 +64,14 @@ fn text(bytes: &[u8]) -> String {
 fn assert_scenarios_played(output: &Output) {
     let out = text(&output.stdout);
     assert!(output.status.success(), "demo failed: {out}\n{}", text(&output.stderr));
-    for line in SCENARIOS {
+    for line in SCENARIOS.iter().chain(&LOGIN_STORY) {
         assert!(out.contains(line), "{line} missing:\n{out}");
     }
+    // What the browser saw: the upstream got the session's DPoP token, never the cookie;
+    // the forged response was refused for its signature.
+    assert!(out.contains("upstream got Authorization: DPoP, DPoP proof: present, cookie: -"), "{out}");
+    assert!(out.contains("error: jarm_bad_signature, no session"), "{out}");
+    assert!(out.contains("Location: /app/, __Host-fapi-session=…; Path=/; Secure; HttpOnly; SameSite=Lax"), "{out}");
     assert!(out.contains("Every scenario ended as expected"), "{out}");
     assert!(
         out.contains(r#"DPoP error="invalid_dpop_proof", error_description="the DPoP proof was already used""#),
@@ -91,7 +110,8 @@ fn demo_from_another_folder_uses_the_data_folder_and_leaves_the_current_one_alon
         std::fs::read_to_string(Path::new(REPO).join("gateway.yaml")).unwrap(),
         "the bundled gateway.yaml"
     );
-    for file in ["ca.pem", "server.pem", "server.key", "client.pem", "thief.pem", "dev-issuer.key"] {
+    for file in ["ca.pem", "server.pem", "server.key", "client.pem", "thief.pem", "dev-issuer.key", "login-client.key"]
+    {
         assert!(data.join("certs").join(file).exists(), "{file} generated");
     }
     let out = text(&output.stdout);
@@ -281,7 +301,16 @@ fn dev_as_alone_serves_tokens_under_its_extra_host_names() {
     let dir = tempfile::tempdir().unwrap();
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let mut child = Command::new(BIN)
-        .args(["dev-as", "--address", &format!("127.0.0.1:{port}"), "--host", "dev-as", "--dir"])
+        .args([
+            "dev-as",
+            "--address",
+            &format!("127.0.0.1:{port}"),
+            "--host",
+            "dev-as",
+            "--issuer",
+            "https://issuer.test",
+        ])
+        .arg("--dir")
         .arg(dir.path())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -311,16 +340,30 @@ fn dev_as_alone_serves_tokens_under_its_extra_host_names() {
     ));
     let without = curl("-d grant_type=client_credentials");
     let wrong_grant = curl("-d grant_type=password");
+    let metadata = sh(
+        &format!(
+            "curl -s --max-time 5 --resolve dev-as:{port}:127.0.0.1 --cacert {ca} https://dev-as:{port}/.well-known/oauth-authorization-server",
+            ca = certs.join("ca.pem").display()
+        ),
+        certs,
+    );
     let _ = child.kill();
     let _ = child.wait();
     let body: serde_json::Value = serde_json::from_slice(&with_cert.stdout).unwrap_or_else(|e| {
         panic!("{e}: {} {}", text(&with_cert.stdout), text(&with_cert.stderr));
     });
     assert_eq!(body["token_type"], "Bearer");
+    // `--issuer` names the tokens' iss and the metadata's issuer; the metadata has the login
+    // flow's endpoints on the origin that was called.
+    let metadata: serde_json::Value = serde_json::from_slice(&metadata.stdout).unwrap();
+    assert_eq!(metadata["issuer"], "https://issuer.test");
+    assert_eq!(metadata["pushed_authorization_request_endpoint"], format!("https://dev-as:{port}/par"));
+    assert_eq!(metadata["require_pushed_authorization_requests"], true);
     assert_eq!(body["scope"], "accounts:read payments:write");
     let payload = body["access_token"].as_str().unwrap().split('.').nth(1).unwrap().to_string();
     let claims: serde_json::Value =
         serde_json::from_slice(&fapi_gateway::jose::b64url_decode(&payload).unwrap()).unwrap();
+    assert_eq!(claims["iss"], "https://issuer.test");
     let der = rustls_pki_types_first_cert(&certs.join("client.pem"));
     assert_eq!(
         claims["cnf"]["x5t#S256"],
@@ -335,4 +378,83 @@ fn rustls_pki_types_first_cert(path: &Path) -> Vec<u8> {
     use rustls::pki_types::CertificateDer;
     use rustls::pki_types::pem::PemObject as _;
     CertificateDer::pem_file_iter(path).unwrap().next().unwrap().unwrap().to_vec()
+}
+
+#[allow(dead_code)]
+#[path = "common/webdriver.rs"]
+mod webdriver;
+
+/// Polls `script` in the page until it returns something `done` accepts (10 s at most).
+async fn wait_for(
+    browser: &webdriver::Browser,
+    script: &str,
+    done: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let value = browser.run(script).await;
+        if done(&value) {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "`{script}` gave {value}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[test]
+fn a_person_logs_in_with_a_real_browser_at_the_printed_url() {
+    // Headless Chromium over WebDriver does what the hint tells a person to do: open the
+    // printed URL, Allow on the development AS's consent page, use the app, log out.
+    let _turn = turn();
+    let (cwd, home) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (_demo, printed) = RunningDemo::start(cwd.path(), home.path());
+    let url = printed
+        .lines()
+        .map(str::trim)
+        .find(|l| l.starts_with("https://") && l.contains("/auth/login?return_to="))
+        .unwrap_or_else(|| panic!("no login URL among the hints: {printed}"))
+        .to_string();
+    assert_eq!(url, "https://localhost:8443/auth/login?return_to=/app/");
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        let browser = webdriver::Browser::start(&["gateway.localhost"]).await;
+        let current = || async { browser.current_url().await };
+        let text_of = |id: &str| format!("return document.getElementById('{id}').textContent");
+        browser.go(&url).await;
+        // The gateway pushed the request: only client_id and request_uri are in the URL.
+        let consent = current().await;
+        assert!(
+            consent.starts_with("https://localhost:9443/authorize?client_id=demo-web&request_uri=urn"),
+            "{consent}"
+        );
+        let page = browser.run("return document.body.innerText").await;
+        assert!(page.as_str().unwrap().contains("demo-web asks to sign you in as alice"), "{page}");
+        browser.run("document.getElementById('allow').click()").await;
+
+        let status =
+            wait_for(&browser, &text_of("status"), |v| v.as_str().is_some_and(|s| s.starts_with("Signed in"))).await;
+        assert_eq!(current().await, "https://localhost:8443/app/");
+        assert!(status.as_str().unwrap().contains("Signed in as alice (scope: openid accounts:read)"), "{status}");
+        let cookies = browser.run("return document.cookie").await;
+        assert_eq!(cookies, "", "the session cookie is HttpOnly and nothing else is kept");
+
+        browser.run("document.getElementById('call').click()").await;
+        let out = wait_for(&browser, &text_of("out"), |v| v.as_str().is_some_and(|s| s.contains("->"))).await;
+        let out = out.as_str().unwrap();
+        assert!(out.starts_with("GET /app/api/accounts/1 -> 200"), "{out}");
+        assert!(out.contains(r#""authorization":"DPoP""#) && out.contains(r#""cookie":"-""#), "{out}");
+
+        browser.run("document.getElementById('logout').click()").await;
+        let back = wait_for(&browser, "return location.href", |v| {
+            v.as_str().is_some_and(|u| u.starts_with("https://localhost:9443/logout"))
+        })
+        .await;
+        assert!(
+            back.as_str().unwrap().contains("post_logout_redirect_uri=https%3A%2F%2Flocalhost%3A8443%2Fapp%2F"),
+            "{back}"
+        );
+        browser.run("document.getElementById('back').click()").await;
+        wait_for(&browser, &text_of("status"), |v| v == "Not signed in.").await;
+        assert_eq!(current().await, "https://localhost:8443/app/");
+    });
 }

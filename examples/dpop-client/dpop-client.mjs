@@ -16,18 +16,8 @@ const gatewayUrl = process.env.GATEWAY_URL ?? 'https://localhost:8443';
 const resourcePath = process.env.RESOURCE_PATH ?? '/payments/1';
 const scope = process.env.SCOPE ?? 'payments:write';
 
-// The development AS's metadata names an issuer (`https://issuer.localhost`, the tokens'
-// `iss`) other than its address, so it is configured by hand instead of discovered.
-const config = new client.Configuration(
-  {
-    issuer: 'https://issuer.localhost',
-    token_endpoint: `${asUrl}/token`,
-    dpop_signing_alg_values_supported: ['ES256'],
-  },
-  'demo-client',
-  undefined,
-  client.None(),
-);
+// Discovered (RFC 8414): the development AS's issuer is its own origin.
+const config = await client.discovery(new URL(asUrl), 'demo-client', undefined, client.None());
 
 const DPoP = client.getDPoPHandle(config, await client.randomDPoPKeyPair('ES256'));
 const tokens = await client.clientCredentialsGrant(config, { scope }, { DPoP });

@@ -1,8 +1,9 @@
 //! The demo's development authorization server: mints ES256 `at+jwt` access tokens bound
-//! to a client certificate (RFC 8705) or a DPoP key (RFC 9449), signs DPoP proofs for the
-//! demo clients; [`super::dev_as_server`] serves its keys and token endpoint over HTTPS. Development only: its key lives in
-//! `certs/dev-issuer.key` (PKCS#8 PEM), which is public. Every signature is made by
-//! [`SigningKey`].
+//! to a client certificate (RFC 8705) or a DPoP key (RFC 9449), and signs its other JWTs
+//! (JARM responses, ID tokens) and the demo clients' DPoP proofs;
+//! [`super::dev_as_server`] serves its endpoints over HTTPS and [`super::dev_as_flow`] runs
+//! its authorization-code flow. Development only: its key lives in `certs/dev-issuer.key`
+//! (PKCS#8 PEM), which is public. Every signature is made by [`SigningKey`].
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -12,8 +13,9 @@ use serde_json::{Value, json};
 use super::DemoError;
 use crate::jose::{Alg, SigningKey, b64url_encode, sha256};
 
-/// The issuer identifier the bundled `gateway.yaml` trusts.
-pub const ISSUER: &str = "https://issuer.localhost";
+/// The issuer identifier the bundled `gateway.yaml` trusts: the server's own origin, so that
+/// its metadata can be discovered from it (RFC 8414 §3).
+pub const ISSUER: &str = "https://localhost:9443";
 const KID: &str = "dev-issuer-1";
 const TOKEN_LIFETIME_SECS: i64 = 600;
 /// The algorithm of the issuer's key and of the demo clients' DPoP keys.
@@ -53,28 +55,72 @@ pub fn dpop_proof(
     Ok(key.sign_compact(&json!({"typ": "dpop+jwt", "jwk": key.public_jwk()}), &claims)?)
 }
 
+/// The login client the development AS registers for `fapi-gateway dev-as`: the bundled
+/// `gateway.yaml`'s `login:` entry (a test keeps them equal). The demo registers whatever its
+/// configuration's entry says.
+pub struct DemoLogin {
+    pub client_id: &'static str,
+    pub redirect_uri: &'static str,
+    pub post_logout_redirect_uri: &'static str,
+}
+
+pub const DEMO_LOGIN: DemoLogin = DemoLogin {
+    client_id: "demo-web",
+    redirect_uri: "https://localhost:8443/auth/callback",
+    post_logout_redirect_uri: "https://localhost:8443/app/",
+};
+
+/// The user every token of the development issuer is for.
+pub const SUBJECT: &str = "alice";
+
 /// Mints access tokens as the development issuer.
 pub struct DevIssuer {
     key: SigningKey,
+    issuer: String,
     audience: String,
 }
 
 impl DevIssuer {
-    /// The issuer with the PKCS#8 PEM key in `key_file` (`certs/dev-issuer.key`).
-    pub fn new(key_file: &Path, audience: &str) -> Result<Self, DemoError> {
-        Ok(DevIssuer { key: SigningKey::from_pkcs8_pem_file(ALG, key_file)?, audience: audience.to_string() })
+    /// The issuer `issuer` (the tokens' `iss`) with the PKCS#8 PEM key in `key_file`
+    /// (`certs/dev-issuer.key`).
+    pub fn new(key_file: &Path, issuer: &str, audience: &str) -> Result<Self, DemoError> {
+        Ok(DevIssuer {
+            key: SigningKey::from_pkcs8_pem_file(ALG, key_file)?,
+            issuer: issuer.to_string(),
+            audience: audience.to_string(),
+        })
+    }
+
+    /// Its issuer identifier.
+    pub fn issuer(&self) -> &str {
+        &self.issuer
     }
 
     /// An access token for `scope`, bound as `cnf` says.
     pub fn token(&self, scope: &str, cnf: Value) -> Result<String, DemoError> {
+        self.token_for("demo-client", scope, cnf)
+    }
+
+    /// An access token for the client `client_id`.
+    pub fn token_for(&self, client_id: &str, scope: &str, cnf: Value) -> Result<String, DemoError> {
         let now = crate::jose::unix_now();
         let mut jti = [0u8; 12];
         let _ = aws_lc_rs::rand::fill(&mut jti);
         let claims = json!({
-            "iss": ISSUER, "aud": self.audience, "sub": "alice", "client_id": "demo-client",
+            "iss": self.issuer, "aud": self.audience, "sub": SUBJECT, "client_id": client_id,
             "iat": now, "exp": now + TOKEN_LIFETIME_SECS, "jti": b64url_encode(&jti), "scope": scope, "cnf": cnf,
         });
         Ok(self.key.sign_compact(&json!({"typ": "at+jwt", "kid": KID}), &claims)?)
+    }
+
+    /// Any other JWT of the issuer (a JARM response, an ID token): `claims` signed with its
+    /// key, the header naming `kid` and `typ` when given.
+    pub fn sign(&self, typ: Option<&str>, claims: &Value) -> Result<String, DemoError> {
+        let mut header = json!({"kid": KID});
+        if let Some(typ) = typ {
+            header["typ"] = json!(typ);
+        }
+        Ok(self.key.sign_compact(&header, claims)?)
     }
 
     /// A token bound to the client certificate with this DER encoding.
@@ -125,7 +171,7 @@ mod tests {
     #[test]
     fn the_checked_in_issuer_key_still_loads_and_matches_its_jwks() {
         let certs = Path::new(env!("CARGO_MANIFEST_DIR")).join("certs");
-        let issuer = DevIssuer::new(&certs.join("dev-issuer.key"), "https://api.localhost").unwrap();
+        let issuer = DevIssuer::new(&certs.join("dev-issuer.key"), ISSUER, "https://api.localhost").unwrap();
         let file = std::fs::read_to_string(certs.join("dev-issuer-jwks.json")).unwrap();
         let published: Value = serde_json::from_str(&file).unwrap();
         assert_eq!(published["keys"][0], jwks_entry(&issuer.key));
@@ -145,11 +191,24 @@ mod tests {
     }
 
     #[test]
+    fn dev_as_registers_the_bundled_login_client() {
+        let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let config = crate::config::Config::from_yaml(super::super::BUNDLED_CONFIG, "gateway.yaml", repo).unwrap();
+        assert_eq!(config.issuers[0].issuer, ISSUER, "the resource side trusts the development AS");
+        let login = &config.logins[0];
+        assert_eq!(login.issuer, ISSUER, "the login discovers the development AS");
+        assert_eq!(
+            (login.client_id.as_str(), login.redirect_uri.as_str(), login.post_logout_redirect_uri.as_deref()),
+            (DEMO_LOGIN.client_id, DEMO_LOGIN.redirect_uri, Some(DEMO_LOGIN.post_logout_redirect_uri))
+        );
+    }
+
+    #[test]
     fn dpop_tokens_and_proofs_name_the_client_key() {
         let dir = tempfile::tempdir().unwrap();
         let key_file = dir.path().join("dev-issuer.key");
         std::fs::write(&key_file, generate_key().unwrap().to_pkcs8_pem().unwrap()).unwrap();
-        let issuer = DevIssuer::new(&key_file, "https://api.localhost").unwrap();
+        let issuer = DevIssuer::new(&key_file, ISSUER, "https://api.localhost").unwrap();
         let client = generate_key().unwrap();
 
         let token = issuer.dpop_token("payments:write", &client).unwrap();

@@ -2,12 +2,15 @@
 //! `fapi-gateway dev-as`:
 //!
 //! - `GET /jwks`: the issuer's public key set;
-//! - `GET /.well-known/oauth-authorization-server`: RFC 8414 metadata naming the token
-//!   endpoint (its `issuer` is the tokens' `iss`, not this address: configure clients by hand);
+//! - `GET /.well-known/oauth-authorization-server`: RFC 8414 metadata (its `issuer` is the
+//!   tokens' `iss`; the endpoints are on the origin the request came to);
 //! - `POST /token`: the client-credentials grant (RFC 6749 §4.4) for any client. With a valid
 //!   `DPoP` proof (RFC 9449 §5) the token is bound to the proof's key (`cnf.jkt`); else with a
 //!   TLS client certificate it is bound to that certificate (RFC 8705 §3, `cnf."x5t#S256"`);
-//!   with neither it is refused, since the gateway accepts only bound tokens.
+//!   with neither it is refused, since the gateway accepts only bound tokens;
+//! - with a registered login client, the authorization-code flow of [`super::dev_as_flow`]:
+//!   `POST /par`, `GET`/`POST /authorize`, the code and refresh grants at `POST /token`,
+//!   `POST /revoke`, `GET /logout`.
 //!
 //! Development only: every client gets a token, and the issuer's key is public.
 
@@ -21,7 +24,8 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
 
-use super::dev_as::{DevIssuer, ISSUER};
+use super::dev_as::DevIssuer;
+use super::dev_as_flow::CodeFlow;
 use crate::jose::{Alg, CompactJws, PublicKey, b64url_encode, sha256, unix_now};
 
 /// Scopes granted when the request names none: everything the bundled routes ask for.
@@ -30,20 +34,27 @@ pub const DEFAULT_SCOPE: &str = "accounts:read payments:write";
 const PROOF_WINDOW_SECS: i64 = 60;
 const MAX_FORM_BYTES: usize = 8 * 1024;
 
+/// What the server answers for.
+pub struct DevServer {
+    pub issuer: Arc<DevIssuer>,
+    /// The authorization-code flow, when a login client is registered.
+    pub flow: Option<CodeFlow>,
+}
+
 /// Serves the endpoints over TLS on `listener` until the process ends. `tls` should ask for
 /// (but not require) a client certificate, so that certificate-bound tokens can be issued.
-pub fn serve(issuer: Arc<DevIssuer>, listener: tokio::net::TcpListener, tls: Arc<rustls::ServerConfig>) {
+pub fn serve(server: Arc<DevServer>, listener: tokio::net::TcpListener, tls: Arc<rustls::ServerConfig>) {
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
     tokio::spawn(async move {
         loop {
             let Ok((tcp, _)) = listener.accept().await else { continue };
-            let (acceptor, issuer) = (acceptor.clone(), issuer.clone());
+            let (acceptor, server) = (acceptor.clone(), server.clone());
             tokio::spawn(async move {
                 let Ok(tls) = acceptor.accept(tcp).await else { return };
                 let client_cert = tls.get_ref().1.peer_certificates().and_then(|c| c.first()).map(|c| c.to_vec());
                 let service = service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
-                    let (issuer, client_cert) = (issuer.clone(), client_cert.clone());
-                    async move { Ok::<_, Infallible>(answer(&issuer, request, client_cert.as_deref()).await) }
+                    let (server, client_cert) = (server.clone(), client_cert.clone());
+                    async move { Ok::<_, Infallible>(answer(&server, request, client_cert.as_deref()).await) }
                 });
                 let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tls), service).await;
             });
@@ -51,10 +62,10 @@ pub fn serve(issuer: Arc<DevIssuer>, listener: tokio::net::TcpListener, tls: Arc
     });
 }
 
-type Response = hyper::Response<Full<Bytes>>;
+pub(super) type Response = hyper::Response<Full<Bytes>>;
 
 async fn answer(
-    issuer: &DevIssuer,
+    server: &DevServer,
     request: hyper::Request<hyper::body::Incoming>,
     client_cert: Option<&[u8]>,
 ) -> Response {
@@ -62,32 +73,90 @@ async fn answer(
         Some(host) => format!("https://{host}"),
         None => return oauth_error(StatusCode::BAD_REQUEST, "invalid_request", "a Host header is required"),
     };
-    match (request.method().clone(), request.uri().path()) {
-        (Method::GET, "/jwks") => json_response(StatusCode::OK, issuer.jwks()),
-        (Method::GET, "/.well-known/oauth-authorization-server") => json_response(StatusCode::OK, metadata(&origin)),
-        (Method::POST, "/token") => {
-            let (parts, body) = request.into_parts();
-            match Limited::new(body, MAX_FORM_BYTES).collect().await {
-                Ok(body) => token(issuer, &parts.headers, &body.to_bytes(), client_cert, &format!("{origin}/token")),
-                Err(_) => oauth_error(StatusCode::BAD_REQUEST, "invalid_request", "the request body is too large"),
-            }
+    let (parts, body) = request.into_parts();
+    let query = parts.uri.query().unwrap_or("").to_string();
+    let flow = server.flow.as_ref();
+    let read_form = || async {
+        match Limited::new(body, MAX_FORM_BYTES).collect().await {
+            Ok(body) => Ok(body.to_bytes()),
+            Err(_) => Err(oauth_error(StatusCode::BAD_REQUEST, "invalid_request", "the request body is too large")),
         }
-        (_, "/token") => oauth_error(StatusCode::METHOD_NOT_ALLOWED, "invalid_request", "use POST"),
+    };
+    match (parts.method.clone(), parts.uri.path(), flow) {
+        (Method::GET, "/jwks", _) => json_response(StatusCode::OK, server.issuer.jwks()),
+        (Method::GET, "/.well-known/oauth-authorization-server", _) => {
+            json_response(StatusCode::OK, metadata(server, &origin))
+        }
+        (Method::POST, "/token", _) => match read_form().await {
+            Ok(form) if !matches!(grant_type(&form).as_deref(), Some("authorization_code" | "refresh_token")) => {
+                token(&server.issuer, &parts.headers, &form, client_cert, &format!("{origin}/token"))
+            }
+            Ok(form) => flow.map_or_else(
+                || oauth_error(StatusCode::BAD_REQUEST, "unsupported_grant_type", "no login client"),
+                |flow| flow.token(&parts.headers, &form, &format!("{origin}/token")),
+            ),
+            Err(refusal) => refusal,
+        },
+        (Method::POST, "/par", Some(flow)) => match read_form().await {
+            Ok(form) => flow.push(&form),
+            Err(refusal) => refusal,
+        },
+        (Method::GET, "/authorize", Some(flow)) => flow.authorize(&query),
+        (Method::POST, "/authorize", Some(flow)) => match read_form().await {
+            Ok(form) => flow.decide(&form),
+            Err(refusal) => refusal,
+        },
+        (Method::POST, "/revoke", Some(flow)) => match read_form().await {
+            Ok(form) => flow.revoke(&form),
+            Err(refusal) => refusal,
+        },
+        (Method::GET, "/logout", Some(flow)) => flow.end_session(&query),
+        (_, "/token" | "/par" | "/revoke", _) => {
+            oauth_error(StatusCode::METHOD_NOT_ALLOWED, "invalid_request", "use POST")
+        }
         _ => json_response(StatusCode::NOT_FOUND, json!({"error": "not_found"}).to_string()),
     }
 }
 
-fn metadata(origin: &str) -> String {
-    json!({
-        "issuer": ISSUER,
+fn grant_type(form: &[u8]) -> Option<String> {
+    form_urlencoded::parse(form).find(|(name, _)| name == "grant_type").map(|(_, value)| value.into_owned())
+}
+
+fn metadata(server: &DevServer, origin: &str) -> String {
+    let mut metadata = json!({
+        "issuer": server.issuer.issuer(),
         "token_endpoint": format!("{origin}/token"),
         "jwks_uri": format!("{origin}/jwks"),
         "grant_types_supported": ["client_credentials"],
         "token_endpoint_auth_methods_supported": ["none", "self_signed_tls_client_auth"],
         "dpop_signing_alg_values_supported": ["ES256", "PS256", "EdDSA"],
         "tls_client_certificate_bound_access_tokens": true,
-    })
-    .to_string()
+    });
+    if server.flow.is_some() {
+        let login = json!({
+            "authorization_endpoint": format!("{origin}/authorize"),
+            "pushed_authorization_request_endpoint": format!("{origin}/par"),
+            "require_pushed_authorization_requests": true,
+            "revocation_endpoint": format!("{origin}/revoke"),
+            "end_session_endpoint": format!("{origin}/logout"),
+            "grant_types_supported": ["authorization_code", "refresh_token", "client_credentials"],
+            "response_types_supported": ["code"],
+            "response_modes_supported": ["jwt", "query.jwt", "query"],
+            "authorization_signing_alg_values_supported": ["ES256"],
+            "authorization_response_iss_parameter_supported": true,
+            "code_challenge_methods_supported": ["S256"],
+            "token_endpoint_auth_methods_supported": ["private_key_jwt", "none", "self_signed_tls_client_auth"],
+            "token_endpoint_auth_signing_alg_values_supported": ["ES256"],
+            "request_object_signing_alg_values_supported": ["ES256"],
+            "id_token_signing_alg_values_supported": ["ES256"],
+            "scopes_supported": ["openid", "accounts:read", "payments:write"],
+            "subject_types_supported": ["public"],
+        });
+        for (name, value) in login.as_object().into_iter().flatten() {
+            metadata[name] = value.clone();
+        }
+    }
+    metadata.to_string()
 }
 
 /// The client-credentials grant.
@@ -111,20 +180,14 @@ fn token(
         return oauth_error(
             StatusCode::BAD_REQUEST,
             "unsupported_grant_type",
-            "this development server knows only grant_type=client_credentials",
+            "this development server knows grant_type=client_credentials (and authorization_code and refresh_token for its login client)",
         );
     }
     let scope = scope.filter(|s| !s.trim().is_empty()).unwrap_or_else(|| DEFAULT_SCOPE.to_string());
-    let mut proofs = headers.get_all("dpop").iter();
-    let (cnf, token_type) = match (proofs.next(), proofs.next()) {
-        (Some(_), Some(_)) => {
-            return oauth_error(StatusCode::BAD_REQUEST, "invalid_dpop_proof", "send exactly one DPoP header");
-        }
-        (Some(proof), None) => match proof_thumbprint(proof, token_url) {
-            Ok(jkt) => (json!({ "jkt": jkt }), "DPoP"),
-            Err(why) => return oauth_error(StatusCode::BAD_REQUEST, "invalid_dpop_proof", why),
-        },
-        (None, _) => match client_cert {
+    let (cnf, token_type) = match proof_of_possession(headers, token_url) {
+        Err(refusal) => return refusal.into_response(),
+        Ok(Some(proof)) => (json!({ "jkt": proof.jkt }), "DPoP"),
+        Ok(None) => match client_cert {
             Some(der) => (json!({ "x5t#S256": b64url_encode(&sha256(der)) }), "Bearer"),
             None => {
                 return oauth_error(
@@ -145,9 +208,32 @@ fn token(
     }
 }
 
+/// A token request's checked DPoP proof.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) struct TokenProof {
+    /// The RFC 7638 thumbprint of its key.
+    pub jkt: String,
+    pub nonce: Option<String>,
+}
+
+/// The request's DPoP proof, checked; `None` without one; a refusal when there are several
+/// or it is bad.
+pub(super) fn proof_of_possession(headers: &HeaderMap, token_url: &str) -> Result<Option<TokenProof>, Refusal> {
+    let mut proofs = headers.get_all("dpop").iter();
+    match (proofs.next(), proofs.next()) {
+        (Some(_), Some(_)) => {
+            Err(Refusal::new(StatusCode::BAD_REQUEST, "invalid_dpop_proof", "send exactly one DPoP header"))
+        }
+        (Some(proof), None) => proof_thumbprint(proof, token_url)
+            .map(Some)
+            .map_err(|why| Refusal::new(StatusCode::BAD_REQUEST, "invalid_dpop_proof", why)),
+        (None, _) => Ok(None),
+    }
+}
+
 /// Checks a token request's DPoP proof (RFC 9449 §4.3, without replay tracking) and returns
-/// the RFC 7638 thumbprint of its key.
-fn proof_thumbprint(proof: &HeaderValue, token_url: &str) -> Result<String, &'static str> {
+/// the thumbprint of its key and its nonce.
+fn proof_thumbprint(proof: &HeaderValue, token_url: &str) -> Result<TokenProof, &'static str> {
     let proof = proof.to_str().map_err(|_| "the DPoP header is not text")?;
     let jws = CompactJws::parse(proof, 8 * 1024).map_err(|_| "the DPoP proof is not a compact JWS")?;
     if jws.header_str("typ") != Some("dpop+jwt") {
@@ -174,13 +260,15 @@ fn proof_thumbprint(proof: &HeaderValue, token_url: &str) -> Result<String, &'st
         return Err("the DPoP proof needs a jti");
     }
     match claims["iat"].as_i64() {
-        Some(iat) if (iat - unix_now()).abs() <= PROOF_WINDOW_SECS => Ok(key.thumbprint_b64()),
+        Some(iat) if (iat - unix_now()).abs() <= PROOF_WINDOW_SECS => {
+            Ok(TokenProof { jkt: key.thumbprint_b64(), nonce: claims["nonce"].as_str().map(str::to_string) })
+        }
         Some(_) => Err("the DPoP proof's iat is not within 60 seconds of now"),
         None => Err("the DPoP proof needs a numeric iat"),
     }
 }
 
-fn json_response(status: StatusCode, body: String) -> Response {
+pub(super) fn json_response(status: StatusCode, body: String) -> Response {
     let mut response = hyper::Response::new(Full::new(Bytes::from(body)));
     *response.status_mut() = status;
     let headers = response.headers_mut();
@@ -189,7 +277,36 @@ fn json_response(status: StatusCode, body: String) -> Response {
     response
 }
 
-fn oauth_error(status: StatusCode, error: &str, description: &str) -> Response {
+/// An OAuth error answer (RFC 6749 §5.2), before it becomes a response.
+#[derive(Debug)]
+pub(super) struct Refusal {
+    status: StatusCode,
+    error: &'static str,
+    description: String,
+    /// A `DPoP-Nonce` to send with it (RFC 9449 §8).
+    dpop_nonce: Option<String>,
+}
+
+impl Refusal {
+    pub fn new(status: StatusCode, error: &'static str, description: &str) -> Refusal {
+        Refusal { status, error, description: description.to_string(), dpop_nonce: None }
+    }
+
+    pub fn with_dpop_nonce(mut self, nonce: &str) -> Refusal {
+        self.dpop_nonce = Some(nonce.to_string());
+        self
+    }
+
+    pub fn into_response(self) -> Response {
+        let mut response = oauth_error(self.status, self.error, &self.description);
+        if let Some(value) = self.dpop_nonce.and_then(|n| HeaderValue::from_str(&n).ok()) {
+            response.headers_mut().insert("dpop-nonce", value);
+        }
+        response
+    }
+}
+
+pub(super) fn oauth_error(status: StatusCode, error: &str, description: &str) -> Response {
     json_response(status, json!({"error": error, "error_description": description}).to_string())
 }
 
@@ -216,7 +333,10 @@ mod tests {
     #[test]
     fn a_good_proof_gives_its_key_thumbprint() {
         let key = SigningKey::generate(Alg::Es256).unwrap();
-        assert_eq!(proof_thumbprint(&proof(&key, json!({}), json!({})), URL), Ok(key.thumbprint_b64()));
+        assert_eq!(
+            proof_thumbprint(&proof(&key, json!({}), json!({"nonce": "n"})), URL),
+            Ok(TokenProof { jkt: key.thumbprint_b64(), nonce: Some("n".into()) })
+        );
     }
 
     #[test]

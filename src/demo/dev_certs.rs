@@ -72,6 +72,10 @@ pub fn ensure(dir: &Path, extra_hosts: &[String]) -> Result<Vec<&'static str>, D
         write(dir, "dev-issuer-jwks.json", &serde_json::json!({ "keys": [jwk] }).to_string())?;
         written.extend(["dev-issuer.key", "dev-issuer-jwks.json"]);
     }
+    if missing(&["login-client.key"]) {
+        write(dir, "login-client.key", &super::dev_as::generate_key()?.to_pkcs8_pem()?)?;
+        written.push("login-client.key");
+    }
     Ok(written)
 }
 
@@ -85,7 +89,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("fapi-dev-certs-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let written = ensure(&dir, &[]).unwrap();
-        assert_eq!(written.len(), 9);
+        assert_eq!(written.len(), 10);
         let tls = crate::config::ServerTls {
             cert: dir.join("server.pem"),
             key: dir.join("server.key"),
@@ -103,7 +107,8 @@ mod tests {
     fn a_generated_issuer_key_matches_its_jwks() {
         let dir = tempfile::tempdir().unwrap();
         assert!(ensure(dir.path(), &[]).unwrap().contains(&"dev-issuer.key"));
-        let issuer = super::super::dev_as::DevIssuer::new(&dir.path().join("dev-issuer.key"), "https://a").unwrap();
+        let issuer =
+            super::super::dev_as::DevIssuer::new(&dir.path().join("dev-issuer.key"), "https://i", "https://a").unwrap();
         let token = issuer.mtls_token("s", b"cert").unwrap();
         let jwks = std::fs::read_to_string(dir.path().join("dev-issuer-jwks.json")).unwrap();
         let jwks: serde_json::Value = serde_json::from_str(&jwks).unwrap();

@@ -10,24 +10,27 @@
 //! own ([`DemoFolder`]); it writes nothing before its configuration and ports are checked.
 //! Development only.
 
+pub mod browser;
 pub mod dev_as;
+pub mod dev_as_flow;
 pub mod dev_as_server;
 pub mod dev_certs;
+pub mod echo;
+pub mod http;
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Empty, Full};
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::PrivateKeyDer;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 
-use crate::config::Config;
+use crate::config::{Config, LoginAuth};
 use dev_as::{DevIssuer, dpop_proof};
+use dev_as_flow::{CodeFlow, LoginClient};
+use dev_as_server::DevServer;
+use http::{DemoHttp, Identity, Outgoing, Reply};
 
 /// Why the demo could not run.
 #[derive(Debug, thiserror::Error)]
@@ -47,113 +50,50 @@ pub struct Scenario {
     pub name: &'static str,
     pub expected: u16,
     pub got: u16,
+    /// What came back beside the status: the `WWW-Authenticate` challenge, or for the login
+    /// story what the browser saw.
     pub challenge: String,
+    /// What else went wrong although the status was the expected one.
+    pub surprise: Option<String>,
 }
 
-/// A client identity: certificate chain and key, read from `certs/`.
-struct Identity {
-    chain: Vec<CertificateDer<'static>>,
-    key: PrivateKeyDer<'static>,
-}
-
-impl Identity {
-    fn load(cert: &Path, key: &Path) -> Result<Self, DemoError> {
-        let read = |p: &Path, e: String| DemoError::Setup(format!("cannot read {}: {e}", p.display()));
-        let chain = CertificateDer::pem_file_iter(cert)
-            .and_then(|i| i.collect::<Result<Vec<_>, _>>())
-            .map_err(|e| read(cert, e.to_string()))?;
-        let key = PrivateKeyDer::from_pem_file(key).map_err(|e| read(key, e.to_string()))?;
-        Ok(Identity { chain, key })
+impl Scenario {
+    fn new(name: &'static str, expected: u16, answer: &Reply) -> Scenario {
+        Scenario { name, expected, got: answer.status, challenge: answer.header("www-authenticate"), surprise: None }
     }
 
-    fn der(&self) -> &[u8] {
-        self.chain.first().map_or(&[], |c| c.as_ref())
+    /// Whether it ended as the story says.
+    pub fn ended_as_expected(&self) -> bool {
+        self.expected == self.got && self.surprise.is_none()
     }
 }
 
-/// A minimal HTTPS client: one request per connection, trusting only the dev CA.
-struct Client {
-    roots: Arc<rustls::RootCertStore>,
+fn load_identity(cert: &Path, key: &Path) -> Result<Identity, DemoError> {
+    let read = |p: &Path, e: String| DemoError::Setup(format!("cannot read {}: {e}", p.display()));
+    let chain = CertificateDer::pem_file_iter(cert)
+        .and_then(|i| i.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| read(cert, e.to_string()))?;
+    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| read(key, e.to_string()))?;
+    Ok(Identity { chain, key })
+}
+
+/// The legitimate clients and thieves of the resource story: GET requests to the gateway.
+struct Client<'a> {
+    http: &'a DemoHttp,
     gateway: SocketAddr,
+    host: String,
 }
 
-/// A response as the demo reports it.
-struct Answer {
-    status: u16,
-    challenge: String,
-    nonce: Option<String>,
-}
-
-impl Client {
+impl Client<'_> {
     async fn send(
         &self,
         path: &str,
         identity: Option<&Identity>,
         headers: &[(&str, String)],
-    ) -> Result<Answer, DemoError> {
-        let err = |e: String| DemoError::Setup(format!("demo client: {e}"));
-        let builder = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
-            .with_safe_default_protocol_versions()
-            .map_err(|e| err(e.to_string()))?
-            .with_root_certificates(self.roots.clone());
-        let config = match identity {
-            Some(id) => {
-                builder.with_client_auth_cert(id.chain.clone(), id.key.clone_key()).map_err(|e| err(e.to_string()))?
-            }
-            None => builder.with_no_client_auth(),
-        };
-        let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-        let tcp = tokio::net::TcpStream::connect(self.gateway).await.map_err(|e| err(e.to_string()))?;
-        let name = ServerName::try_from("localhost").map_err(|e| err(e.to_string()))?;
-        let tls = connector.connect(name, tcp).await.map_err(|e| err(e.to_string()))?;
-        let (mut sender, connection) =
-            hyper::client::conn::http1::handshake(TokioIo::new(tls)).await.map_err(|e| err(e.to_string()))?;
-        tokio::spawn(connection);
-        let mut request = hyper::Request::get(path).header("host", format!("localhost:{}", self.gateway.port()));
-        for (name, value) in headers {
-            request = request.header(*name, value.as_str());
-        }
-        let request = request.body(Empty::<Bytes>::new()).map_err(|e| err(e.to_string()))?;
-        let response = sender.send_request(request).await.map_err(|e| err(e.to_string()))?;
-        let status = response.status().as_u16();
-        let header = |n: &str| {
-            response.headers().get_all(n).iter().filter_map(|v| v.to_str().ok()).collect::<Vec<_>>().join(", ")
-        };
-        let challenge = header("www-authenticate");
-        let nonce = response.headers().get("dpop-nonce").and_then(|v| v.to_str().ok()).map(str::to_string);
-        let _ = response.into_body().collect().await;
-        Ok(Answer { status, challenge, nonce })
+    ) -> Result<Reply, DemoError> {
+        let request = Outgoing { method: "GET", host: &self.host, target: path, headers, body: None };
+        self.http.send(self.gateway, identity, request).await
     }
-}
-
-/// Serves the echo upstream the bundled routes forward to: it answers with what reached it.
-fn serve_echo(listener: tokio::net::TcpListener) {
-    tokio::spawn(async move {
-        loop {
-            let Ok((tcp, _)) = listener.accept().await else { continue };
-            tokio::spawn(async move {
-                let service = service_fn(|request: hyper::Request<hyper::body::Incoming>| async move {
-                    let seen =
-                        |n: &str| request.headers().get(n).and_then(|v| v.to_str().ok()).unwrap_or("-").to_string();
-                    let body = serde_json::json!({
-                        "upstream": "echo",
-                        "method": request.method().as_str(),
-                        "path": request.uri().path(),
-                        "x-fapi-subject": seen("x-fapi-subject"),
-                        "x-fapi-client-id": seen("x-fapi-client-id"),
-                        "x-fapi-scopes": seen("x-fapi-scopes"),
-                        "client-cert": if request.headers().contains_key("client-cert") { "present" } else { "-" },
-                    });
-                    let mut response = hyper::Response::new(Full::new(Bytes::from(format!("{body}\n"))));
-                    response
-                        .headers_mut()
-                        .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
-                    Ok::<_, Infallible>(response)
-                });
-                let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tcp), service).await;
-            });
-        }
-    });
 }
 
 /// The bundled `gateway.yaml`, for a demo run outside the repository.
@@ -235,6 +175,7 @@ pub async fn run(options: DemoOptions) -> Result<Vec<Scenario>, DemoError> {
     let planned = Config::from_yaml(&text, &folder.config.display().to_string(), &base)?;
     let audience =
         planned.issuers.first().and_then(|i| i.audiences.first()).cloned().unwrap_or_else(|| origin_of(&planned));
+    let issuer_id = planned.issuers.first().map_or(dev_as::ISSUER, |i| i.issuer.as_str()).to_string();
     let upstream: SocketAddr = planned
         .routes
         .first()
@@ -269,9 +210,19 @@ pub async fn run(options: DemoOptions) -> Result<Vec<Scenario>, DemoError> {
     let origin = origin_of(&config);
 
     // 1. The development authorization server and the echo upstream.
-    let issuer = Arc::new(DevIssuer::new(&certs.join("dev-issuer.key"), &audience)?);
-    dev_as_server::serve(issuer.clone(), as_listener, dev_as_tls(certs)?);
-    serve_echo(echo_listener);
+    let issuer = Arc::new(DevIssuer::new(&certs.join("dev-issuer.key"), &issuer_id, &audience)?);
+    let login = config.logins.first().filter(|l| l.issuer == issuer_id).cloned();
+    let flow = match &login {
+        Some(login) => Some(CodeFlow::new(issuer.clone(), login_client(login)?)?),
+        None => None,
+    };
+    dev_as_server::serve(Arc::new(DevServer { issuer: issuer.clone(), flow }), as_listener, dev_as_tls(certs)?);
+    echo::serve(echo_listener);
+    let api_path = config
+        .routes
+        .iter()
+        .find(|r| matches!(r.policy, crate::config::RoutePolicy::Session { login: 0, .. }))
+        .map(|r| format!("{}/accounts/1", r.path_prefix));
 
     // 2. The gateway, on the configuration.
     let gateway = crate::start(config).await?;
@@ -282,16 +233,17 @@ pub async fn run(options: DemoOptions) -> Result<Vec<Scenario>, DemoError> {
     {
         roots.add(cert).map_err(|e| DemoError::Setup(e.to_string()))?;
     }
-    let client = Client { roots: Arc::new(roots), gateway: gateway.local_addr() };
+    let http = DemoHttp::new(roots);
+    let host = format!("localhost:{}", gateway.local_addr().port());
+    let client = Client { http: &http, gateway: gateway.local_addr(), host: host.clone() };
 
-    // 3. The story.
-    let legit = Identity::load(&certs.join("client.pem"), &certs.join("client.key"))?;
-    let thief = Identity::load(&certs.join("thief.pem"), &certs.join("thief.key"))?;
+    // 3. The resource story.
+    let legit = load_identity(&certs.join("client.pem"), &certs.join("client.key"))?;
+    let thief = load_identity(&certs.join("thief.pem"), &certs.join("thief.key"))?;
     let mut played = Vec::new();
-    let mut play = |name: &'static str, expected: u16, answer: &Answer| {
-        played.push(Scenario { name, expected, got: answer.status, challenge: answer.challenge.clone() });
-    };
-    let mtls_token = issuer.mtls_token("accounts:read", legit.der())?;
+    let mut play =
+        |name: &'static str, expected: u16, answer: &Reply| played.push(Scenario::new(name, expected, answer));
+    let mtls_token = issuer.mtls_token("accounts:read", legit.chain.first().map_or(&[], |c| c.as_ref()))?;
     let bearer = |t: &str| vec![("authorization", format!("Bearer {t}"))];
     play(
         "mTLS client with its own certificate",
@@ -310,7 +262,7 @@ pub async fn run(options: DemoOptions) -> Result<Vec<Scenario>, DemoError> {
     let dpop = |proof: String| vec![("authorization", format!("DPoP {dpop_token}")), ("dpop", proof)];
     // The payments route requires a server nonce: the first try fetches it.
     let first = client.send("/payments/1", None, &dpop(dpop_proof(&dpop_key, "GET", &url, &dpop_token, None)?)).await?;
-    let nonce = first.nonce.clone();
+    let nonce = first.headers.get("dpop-nonce").and_then(|v| v.to_str().ok()).map(str::to_string);
     let proof = dpop_proof(&dpop_key, "GET", &url, &dpop_token, nonce.as_deref())?;
     play("DPoP client (after use_dpop_nonce)", 200, &client.send("/payments/1", None, &dpop(proof.clone())).await?);
     play("the same DPoP proof replayed", 401, &client.send("/payments/1", None, &dpop(proof)).await?);
@@ -319,12 +271,34 @@ pub async fn run(options: DemoOptions) -> Result<Vec<Scenario>, DemoError> {
     play("stolen DPoP token, thief's own key", 401, &client.send("/payments/1", None, &dpop(stolen)).await?);
     play("DPoP token downgraded to Bearer", 401, &client.send("/payments/1", None, &bearer(&dpop_token)).await?);
 
-    print_table(&played);
+    print_table("scenario", &played);
+
+    // 4. The login story, when the configuration has a login at the development AS.
+    let mut login_url = None;
+    if let (Some(login), Some(api_path)) = (&login, &api_path) {
+        let sites = browser::Sites {
+            gateway: gateway.local_addr(),
+            gateway_host: &host,
+            authorization_server: as_address,
+            login,
+            api_path,
+        };
+        let story = browser::play(&http, &sites).await?;
+        print_table("login story (a scripted browser)", &story);
+        played.extend(story);
+        login_url = Some(format!("https://{host}{}?return_to=/app/", login.paths.login));
+    }
+    let failed = played.iter().filter(|s| !s.ended_as_expected()).count();
+    if failed == 0 {
+        println!("\nEvery scenario ended as expected: stolen tokens are useless.");
+    } else {
+        println!("\n{failed} scenario(s) did not end as expected (marked !).");
+    }
     if once {
         gateway.shutdown().await;
         return Ok(played);
     }
-    print_hints(&gateway, certs, as_address.port());
+    print_hints(&gateway, certs, as_address.port(), login_url.as_deref());
     let _ = tokio::signal::ctrl_c().await;
     gateway.shutdown().await;
     Ok(played)
@@ -332,17 +306,34 @@ pub async fn run(options: DemoOptions) -> Result<Vec<Scenario>, DemoError> {
 
 /// `fapi-gateway dev-as`: the development authorization server alone (for a compose file or
 /// a gateway started separately), with its certificates in `dir`.
-pub async fn run_dev_as(address: SocketAddr, dir: &Path, hosts: &[String], audience: &str) -> Result<(), DemoError> {
+/// It registers the bundled `gateway.yaml`'s login client ([`dev_as::DEMO_LOGIN`]) with the
+/// key `dir/login-client.key`.
+pub async fn run_dev_as(
+    address: SocketAddr,
+    dir: &Path,
+    hosts: &[String],
+    issuer: &str,
+    audience: &str,
+) -> Result<(), DemoError> {
     let listener = dev_as::bind(address).await?;
     let generated = dev_certs::ensure(dir, hosts)?;
     if !generated.is_empty() {
         println!("generated development certificates in {}: {}", dir.display(), generated.join(", "));
     }
-    let issuer = Arc::new(DevIssuer::new(&dir.join("dev-issuer.key"), audience)?);
-    dev_as_server::serve(issuer, listener, dev_as_tls(dir)?);
+    let dev_issuer = Arc::new(DevIssuer::new(&dir.join("dev-issuer.key"), issuer, audience)?);
+    let key = crate::jose::SigningKey::from_pkcs8_pem_file(dev_as::ALG, &dir.join("login-client.key"))?;
+    let demo = dev_as::DEMO_LOGIN;
+    let client = LoginClient {
+        client_id: demo.client_id.into(),
+        key: key.public_key().clone(),
+        redirect_uri: demo.redirect_uri.into(),
+        post_logout_redirect_uri: Some(demo.post_logout_redirect_uri.into()),
+    };
+    let flow = CodeFlow::new(dev_issuer.clone(), client)?;
+    dev_as_server::serve(Arc::new(DevServer { issuer: dev_issuer, flow: Some(flow) }), listener, dev_as_tls(dir)?);
     println!(
-        "development authorization server (NOT FOR PRODUCTION) on https://{address}: GET /jwks, POST /token (grant_type=client_credentials; a client certificate or a DPoP proof binds the token); issuer {}, audience {audience}",
-        dev_as::ISSUER
+        "development authorization server (NOT FOR PRODUCTION) on https://{address}: GET /jwks, POST /token (grant_type=client_credentials; a client certificate or a DPoP proof binds the token), and the login flow for client `{}` (POST /par, /authorize, /revoke, /logout); issuer {issuer}, audience {audience}",
+        demo.client_id
     );
     wait_for_stop().await;
     Ok(())
@@ -391,7 +382,7 @@ fn shown(path: &Path) -> String {
     }
 }
 
-fn print_hints(gateway: &crate::GatewayHandle, certs: &Path, as_port: u16) {
+fn print_hints(gateway: &crate::GatewayHandle, certs: &Path, as_port: u16, login_url: Option<&str>) {
     let port = gateway.local_addr().port();
     let (ca, cert, key) =
         (shown(&certs.join("ca.pem")), shown(&certs.join("client.pem")), shown(&certs.join("client.key")));
@@ -417,26 +408,42 @@ fn print_hints(gateway: &crate::GatewayHandle, certs: &Path, as_port: u16) {
         "  (cd examples/dpop-client && npm ci --silent && NODE_EXTRA_CA_CERTS={} node dpop-client.mjs)",
         std::path::absolute(certs.join("ca.pem")).unwrap_or_else(|_| certs.join("ca.pem")).display()
     );
+    if let Some(url) = login_url {
+        println!("\n  # the login mode in a real browser (accept the development certificate, twice:");
+        println!("  # the gateway's and the authorization server's), then Allow on the consent page:");
+        println!("  {url}");
+    }
     println!("\nCtrl-C stops everything.");
 }
 
-fn print_table(played: &[Scenario]) {
-    println!("\n{:<40} {:>8} {:>4}  WWW-Authenticate", "scenario", "expected", "got");
+fn print_table(title: &str, played: &[Scenario]) {
+    let last = if title == "scenario" { "WWW-Authenticate" } else { "what the browser saw" };
+    println!("\n{title:<40} {:>8} {:>4}  {last}", "expected", "got");
     println!("{}", "-".repeat(110));
     for s in played {
-        let mark = if s.expected == s.got { " " } else { "!" };
-        println!(
-            "{:<40} {:>8} {:>4}{mark} {}",
-            s.name,
-            s.expected,
-            s.got,
-            if s.challenge.is_empty() { "-" } else { &s.challenge }
-        );
+        let mark = if s.ended_as_expected() { " " } else { "!" };
+        let detail = if s.challenge.is_empty() { "-" } else { &s.challenge };
+        println!("{:<40} {:>8} {:>4}{mark} {detail}", s.name, s.expected, s.got);
+        if let Some(surprise) = &s.surprise {
+            println!("{:<40} {:>14}  but: {surprise}", "", "");
+        }
     }
-    let failed = played.iter().filter(|s| s.expected != s.got).count();
-    if failed == 0 {
-        println!("\nEvery scenario ended as expected: stolen tokens are useless.");
-    } else {
-        println!("\n{failed} scenario(s) did not end as expected (marked !).");
-    }
+}
+
+/// The development AS's registration of the `login:` entry: its id, redirect URIs and the
+/// public half of its `private_key_jwt` key.
+fn login_client(login: &crate::config::LoginSettings) -> Result<LoginClient, DemoError> {
+    let LoginAuth::PrivateKeyJwt { key, .. } = &login.client_auth else {
+        return Err(DemoError::Setup(format!(
+            "login `{}`: the development authorization server knows only private_key_jwt clients",
+            login.name
+        )));
+    };
+    let key = crate::jose::SigningKey::from_pkcs8_pem_file(dev_as::ALG, key)?;
+    Ok(LoginClient {
+        client_id: login.client_id.clone(),
+        key: key.public_key().clone(),
+        redirect_uri: login.redirect_uri.clone(),
+        post_logout_redirect_uri: login.post_logout_redirect_uri.clone(),
+    })
 }

@@ -919,13 +919,7 @@ async fn as_page(refusal: Answer, login_path: &str) -> Answer {
     let bytes = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
     let parsed: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
     let description = parsed["error_description"].as_str().unwrap_or("the login could not be completed");
-    let escape = |text: &str| {
-        text.replace('&', "&amp;")
-            .replace('<', "&lt;")
-            .replace('>', "&gt;")
-            .replace('"', "&quot;")
-            .replace('\'', "&#39;")
-    };
+    let escape = crate::answer::html_escape;
     let page = format!(
         "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>Login failed</title></head>\n<body>\n<h1>Login failed</h1>\n<p>{}</p>\n<p><small>Reason: <code>{}</code> (status {})</small></p>\n<p><a href=\"{}\">Log in again</a></p>\n</body></html>\n",
         escape(description),
