@@ -107,6 +107,43 @@ fn every_issuer_recipe_is_a_valid_gateway_yaml() {
 }
 
 #[test]
+fn every_login_recipe_is_a_valid_gateway_yaml_with_a_session_route() {
+    let doc = read("docs/login.md");
+    let blocks = fenced_blocks(&doc, "yaml");
+    let sections = sections(&doc);
+    for product in ["Keycloak", "Curity", "oidc-provider"] {
+        let recipes: usize = sections
+            .iter()
+            .filter(|(h, _)| h.contains(product))
+            .map(|(_, body)| fenced_blocks(body, "yaml").len())
+            .sum();
+        assert!(recipes >= 1, "docs/login.md has no ```yaml recipe under a `## …{product}…` section");
+    }
+    let mut failures = Vec::new();
+    for (n, (line, text)) in blocks.iter().enumerate() {
+        let config = match Config::from_yaml(text, &format!("docs/login.md#{n}"), root()) {
+            Ok(config) => config,
+            Err(e) => {
+                failures.push(format!("yaml block #{n} (line {line}): {e}\n{text}"));
+                continue;
+            }
+        };
+        let session_route =
+            config.routes.iter().any(|r| matches!(r.policy, fapi_gateway::config::RoutePolicy::Session { .. }));
+        if config.logins.is_empty() || !session_route {
+            failures.push(format!(
+                "yaml block #{n} (line {line}): a login recipe needs `login:` and an `auth: session` route"
+            ));
+            continue;
+        }
+        if let Err(e) = fapi_gateway::check_files(&config) {
+            failures.push(format!("yaml block #{n} (line {line}): {e}\n{text}"));
+        }
+    }
+    assert!(failures.is_empty(), "invalid recipes in docs/login.md:\n\n{}", failures.join("\n\n"));
+}
+
+#[test]
 fn every_product_has_a_recipe() {
     let doc = read("docs/issuers.md");
     let sections = sections(&doc);

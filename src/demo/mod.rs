@@ -287,6 +287,11 @@ pub async fn run(options: DemoOptions) -> Result<Vec<Scenario>, DemoError> {
         print_table("login story (a scripted browser)", &story);
         played.extend(story);
         login_url = Some(format!("https://{host}{}?return_to=/app/", login.paths.login));
+    } else {
+        println!(
+            "\n(no login story: {} has no `login:` entry for the development authorization server {issuer_id} with an `auth: session` route; the bundled gateway.yaml has one: move this file away, or give another --dir, to get it)",
+            folder.config.display(),
+        );
     }
     let failed = played.iter().filter(|s| !s.ended_as_expected()).count();
     if failed == 0 {
