@@ -37,11 +37,17 @@ pub struct Readiness {
     pub replay_store_reachable: bool,
     /// Every `login:` entry's authorization server has been discovered (true without any).
     pub login_as_discovered: bool,
+    /// Every `login:` entry's shared session store (Redis) answers (true without any).
+    pub login_store_reachable: bool,
 }
 
 impl Readiness {
     pub fn ready(&self) -> bool {
-        !self.draining && self.keys_loaded && self.replay_store_reachable && self.login_as_discovered
+        !self.draining
+            && self.keys_loaded
+            && self.replay_store_reachable
+            && self.login_as_discovered
+            && self.login_store_reachable
     }
 }
 
@@ -73,13 +79,25 @@ pub async fn readiness(state: &GatewayState, drain: &Drain) -> Readiness {
     };
     // Not yet discovered: try again in the background (the answer does not wait for it).
     let mut login_as_discovered = true;
+    let mut login_store_reachable = true;
     for login in &state.logins {
         if !login.is_discovered() {
             login_as_discovered = false;
             tokio::spawn(login.clone().prefetch());
         }
+        if let Some(store) = login.sessions.shared()
+            && !store.is_reachable().await
+        {
+            login_store_reachable = false;
+        }
     }
-    Readiness { draining: drain.is_draining(), keys_loaded, replay_store_reachable, login_as_discovered }
+    Readiness {
+        draining: drain.is_draining(),
+        keys_loaded,
+        replay_store_reachable,
+        login_as_discovered,
+        login_store_reachable,
+    }
 }
 
 /// Serves the admin endpoints until `shutdown` turns true (or its sender is dropped).
@@ -136,6 +154,7 @@ async fn handle(state: &GatewayState, drain: &Drain, request: Request<Incoming>)
                 "draining": r.draining,
                 "keys_loaded": r.keys_loaded,
                 "login_as_discovered": r.login_as_discovered,
+                "login_store_reachable": r.login_store_reachable,
                 "replay_store_reachable": r.replay_store_reachable,
             });
             let mut response = text(status, format!("{body}\n"));

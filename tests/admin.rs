@@ -42,7 +42,7 @@ async fn ready_once_the_issuers_keys_are_loaded() {
     assert_eq!(status, 200);
     assert_eq!(
         body,
-        serde_json::json!({"ready": true, "draining": false, "keys_loaded": true, "replay_store_reachable": true, "login_as_discovered": true})
+        serde_json::json!({"ready": true, "draining": false, "keys_loaded": true, "replay_store_reachable": true, "login_as_discovered": true, "login_store_reachable": true})
     );
 }
 

@@ -57,7 +57,7 @@ struct Setup {
     /// fapi-gateway with a `binding: dpop` route for the AS's tokens.
     resource_server: Option<(fapi_gateway::GatewayHandle, u16)>,
     /// With `Variant::redis`: the shared store and the second instance (and its port).
-    _redis: Option<common::redis::RedisServer>,
+    redis: Option<common::redis::RedisServer>,
     twin: Option<(fapi_gateway::GatewayHandle, u16)>,
 }
 
@@ -194,7 +194,7 @@ routes:
                 Some((fapi_gateway::start(config).await.expect("twin starts"), twin_port))
             }
         };
-        Setup { pki, provider, upstream, gateway, port, resource_server, _redis: redis_server, twin }
+        Setup { pki, provider, upstream, gateway, port, resource_server, redis: redis_server, twin }
     }
 
     /// A browser-like client of the gateway that does not follow redirects.
@@ -777,7 +777,13 @@ async fn with_the_redis_store_a_login_and_its_session_span_instances() {
     if common::redis::missing() {
         return;
     }
-    let s = Setup::start_full(Variant { redis: true, ..Variant::default() }).await;
+    let mut s = Setup::start_full(Variant { redis: true, ..Variant::default() }).await;
+    let readyz = |s: &Setup| {
+        let admin = s.gateway.admin_addr().unwrap();
+        async move { json_of(reqwest::get(format!("http://{admin}/readyz")).await.unwrap()).await }
+    };
+    let (_, ready) = readyz(&s).await;
+    assert_eq!(ready["login_store_reachable"], json!(true), "{ready}");
     let (location, tx_cookie) = s.begin("/app/home").await;
     let callback = s.authorize(&location).await;
     let (b, b_url) = s.twin(&callback);
@@ -801,6 +807,14 @@ async fn with_the_redis_store_a_login_and_its_session_span_instances() {
     let (status, body) = json_of(after).await;
     assert_eq!((status, body["error"].as_str()), (401, Some("login_required")), "{body}");
     assert_eq!(s.upstream.hits(), 2);
+
+    // Redis gone: /readyz takes the instance out of rotation, and a login is 503, not a 500.
+    s.redis.as_mut().unwrap().kill();
+    let (status, ready) = readyz(&s).await;
+    assert_eq!((status, &ready["login_store_reachable"]), (503, &json!(false)), "{ready}");
+    let login = s.browser().get(s.url("/auth/login?return_to=/app/home")).send().await.unwrap();
+    let (status, body) = json_of(login).await;
+    assert_eq!((status, body["error"].as_str()), (503, Some("session_store_unavailable")), "{body}");
 }
 
 #[test]

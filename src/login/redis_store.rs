@@ -101,6 +101,11 @@ impl RedisLoginStore {
         }
     }
 
+    /// Whether Redis answers a PING within the timeout (for `/readyz`).
+    pub async fn is_reachable(&self) -> bool {
+        self.run::<String>(redis::cmd("PING")).await.is_ok()
+    }
+
     /// Stores `plain` sealed under `key` for `ttl`.
     pub async fn put(&self, key: &str, plain: &[u8], ttl: Duration) -> Result<(), StoreError> {
         let sealed = self.seal(key, plain)?;
