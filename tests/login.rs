@@ -174,7 +174,12 @@ routes:
     upstream: {route_upstream}
 {upstream_ca}    auth: session
     login: web
+  - name: site
+    match: {{ path_prefix: /site }}
+    upstream: {site_upstream}
+    auth: none
 "#,
+            site_upstream = upstream.url(),
             cert = pki.server_cert_path().display(),
             key = pki.server_key_path().display(),
             issuer = provider.issuer(),
@@ -362,6 +367,15 @@ async fn a_browser_logs_in_calls_the_api_through_its_session_and_logs_out() {
     assert_eq!(access["sub"], s.provider.account());
     assert_eq!(seen.headers["cookie"], "theme=dark", "the session cookie stays at the gateway");
     assert!(seen.headers.get("x-csrf").is_none());
+    // On any other route too: the gateway's cookies are its own (a public page's upstream
+    // could replay the session cookie otherwise); other cookies and headers pass.
+    let page = s.browser().get(s.url("/site/index.html")).header("cookie", format!("{session}; theme=dark"));
+    let response = page.header("x-csrf", "1").send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let seen = s.upstream.last().unwrap();
+    assert_eq!(seen.headers["cookie"], "theme=dark", "no session cookie upstream of a public route");
+    assert_eq!(seen.headers["x-csrf"], "1", "a public route's upstream may use the header");
+    assert!(seen.headers.get("authorization").is_none());
 
     // The AS was discovered: the instance is ready.
     let admin = s.gateway.admin_addr().unwrap();

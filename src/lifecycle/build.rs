@@ -223,6 +223,7 @@ pub(super) async fn build(
         config,
         validator,
         metrics,
+        login_cookies: logins.iter().map(|l| l.settings.session.cookie.clone()).collect(),
         logins,
     });
     Ok(Live { state, server_tls })

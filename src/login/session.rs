@@ -42,10 +42,13 @@ pub struct Transaction {
     pub created: i64,
 }
 
+/// The start of every login-transaction cookie's name.
+pub const TRANSACTION_COOKIE_PREFIX: &str = "__Host-fapi-login-";
+
 /// The transaction cookie's name for `state`.
 pub fn transaction_cookie_name(state: &str) -> String {
     let digest = b64url_encode(&sha256(state.as_bytes()));
-    format!("__Host-fapi-login-{}", &digest[..10])
+    format!("{TRANSACTION_COOKIE_PREFIX}{}", &digest[..10])
 }
 
 /// Logins in progress: in memory, or in the shared Redis store.

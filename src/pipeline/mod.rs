@@ -65,6 +65,9 @@ pub struct GatewayState {
     pub metrics: Arc<Metrics>,
     /// The `login:` entries, running, in `config.logins` order.
     pub logins: Vec<Arc<crate::login::LoginRuntime>>,
+    /// Their session cookies' names: with the login-transaction cookies, the gateway's own
+    /// cookies, which no upstream gets (empty without `login:`).
+    pub login_cookies: Vec<String>,
 }
 
 /// One route with what serving it takes: its upstream and its metric handles.
@@ -123,12 +126,8 @@ impl GatewayState {
             principal,
             max_body_bytes: self.config.limits.max_body_bytes,
             strip_headers: &self.config.listen.strip_headers,
-            session_cookie: match route.spec.policy {
-                crate::config::RoutePolicy::Session { login, .. } => {
-                    self.logins.get(login).map(|l| l.settings.session.cookie.as_str())
-                }
-                _ => None,
-            },
+            login_cookies: &self.login_cookies,
+            session_route: matches!(route.spec.policy, crate::config::RoutePolicy::Session { .. }),
             upstream_proofs: exchange.notes.upstream_proofs.as_ref(),
         };
         route.upstream.forward(request, &route.spec, ctx).await

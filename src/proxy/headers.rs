@@ -145,11 +145,13 @@ pub fn join_cookie_crumbs(headers: &mut HeaderMap) {
     }
 }
 
-/// On a session route: removes the `X-CSRF` header, the session cookie `name` and every
-/// login-transaction cookie from what goes upstream; other cookies stay (one `Cookie`
+/// Removes the gateway's own cookies — the session cookies `names` and every
+/// login-transaction cookie — from what goes upstream; other cookies stay (one `Cookie`
 /// header, crumbs joined first).
-pub fn strip_session(headers: &mut HeaderMap, name: &str) {
-    headers.remove("x-csrf");
+pub fn strip_login_cookies(headers: &mut HeaderMap, names: &[String]) {
+    if !headers.contains_key(header::COOKIE) {
+        return;
+    }
     join_cookie_crumbs(headers);
     let Some(value) = headers.get(header::COOKIE).and_then(|v| v.to_str().ok()) else {
         headers.remove(header::COOKIE);
@@ -160,7 +162,9 @@ pub fn strip_session(headers: &mut HeaderMap, name: &str) {
         .map(str::trim)
         .filter(|pair| {
             let cookie = pair.split_once('=').map_or(*pair, |(n, _)| n);
-            !pair.is_empty() && cookie != name && !cookie.starts_with("__Host-fapi-login-")
+            !pair.is_empty()
+                && !names.iter().any(|n| n == cookie)
+                && !cookie.starts_with(crate::login::session::TRANSACTION_COOKIE_PREFIX)
         })
         .collect();
     match HeaderValue::from_str(&kept.join("; ")) {
@@ -307,17 +311,15 @@ mod tests {
     }
 
     #[test]
-    fn the_session_cookie_and_csrf_header_stay_at_the_gateway() {
+    fn the_gateways_cookies_stay_at_the_gateway() {
         let mut h = HeaderMap::new();
         h.append(header::COOKIE, HeaderValue::from_static("theme=dark; __Host-fapi-session=id.tag"));
         h.append(header::COOKIE, HeaderValue::from_static("__Host-fapi-login-abc=x; lang=en"));
-        h.insert("x-csrf", HeaderValue::from_static("1"));
-        strip_session(&mut h, "__Host-fapi-session");
+        strip_login_cookies(&mut h, &["__Host-fapi-session".to_string()]);
         assert_eq!(h.get(header::COOKIE).unwrap(), "theme=dark; lang=en");
-        assert!(h.get("x-csrf").is_none());
         let mut only = HeaderMap::new();
         only.insert(header::COOKIE, HeaderValue::from_static("__Host-fapi-session=id.tag"));
-        strip_session(&mut only, "__Host-fapi-session");
+        strip_login_cookies(&mut only, &["__Host-fapi-session".to_string()]);
         assert!(only.get(header::COOKIE).is_none());
     }
 

@@ -61,9 +61,12 @@ pub struct ForwardContext<'a> {
     pub max_body_bytes: u64,
     /// `listen.strip_headers`.
     pub strip_headers: &'a [HeaderName],
-    /// On a session route: the session cookie's name. It and the CSRF header never go
-    /// upstream (the upstream gets the session's token instead).
-    pub session_cookie: Option<&'a str>,
+    /// Every login's session cookie name: these and the login-transaction cookies never go
+    /// upstream, on any route (they are the gateway's credentials, not the upstream's).
+    pub login_cookies: &'a [String],
+    /// A session route: the CSRF header does not go upstream either (the upstream gets the
+    /// session's token instead).
+    pub session_route: bool,
     /// On a session route: a second proof when the upstream answers `use_dpop_nonce`; a
     /// request without a body is then sent once more with it.
     pub upstream_proofs: Option<&'a crate::login::UpstreamProofs>,
@@ -99,8 +102,11 @@ impl Upstream {
         parts.version = Version::HTTP_11;
         headers::prepare_request(headers);
         headers::strip_configured(headers, ctx.strip_headers);
-        if let Some(name) = ctx.session_cookie {
-            headers::strip_session(headers, name);
+        if ctx.session_route {
+            headers.remove(crate::login::runtime::CSRF_HEADER);
+        }
+        if !ctx.login_cookies.is_empty() {
+            headers::strip_login_cookies(headers, ctx.login_cookies);
         }
         ctx.forwarded.apply(headers, ctx.host);
         if route.forward_client_cert
