@@ -2,8 +2,9 @@
 //! `fapi-gateway dev-as`:
 //!
 //! - `GET /jwks`: the issuer's public key set;
-//! - `GET /.well-known/oauth-authorization-server`: RFC 8414 metadata (its `issuer` is the
-//!   tokens' `iss`; the endpoints are on the origin the request came to);
+//! - `GET /.well-known/oauth-authorization-server` (and `/.well-known/openid-configuration`,
+//!   the same): RFC 8414 metadata (its `issuer` is the tokens' `iss`; the endpoints are on
+//!   the origin the request came to);
 //! - `POST /token`: the client-credentials grant (RFC 6749 §4.4) for any client. With a valid
 //!   `DPoP` proof (RFC 9449 §5) the token is bound to the proof's key (`cnf.jkt`); else with a
 //!   TLS client certificate it is bound to that certificate (RFC 8705 §3, `cnf."x5t#S256"`);
@@ -84,7 +85,7 @@ async fn answer(
     };
     match (parts.method.clone(), parts.uri.path(), flow) {
         (Method::GET, "/jwks", _) => json_response(StatusCode::OK, server.issuer.jwks()),
-        (Method::GET, "/.well-known/oauth-authorization-server", _) => {
+        (Method::GET, "/.well-known/oauth-authorization-server" | "/.well-known/openid-configuration", _) => {
             json_response(StatusCode::OK, metadata(server, &origin))
         }
         (Method::POST, "/token", _) => match read_form().await {
