@@ -137,6 +137,7 @@ mod tests {
             forward_token: crate::config::ForwardToken::Bearer,
             public_origin: "https://api.test".into(),
             nonce_required: false,
+            resource_metadata_url: None,
         }
     }
 

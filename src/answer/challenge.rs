@@ -63,7 +63,7 @@ pub struct AuthDenial {
     pub reason: &'static str,
     pub description: Cow<'static, str>,
     /// The scopes the route needs, for `insufficient_scope`.
-    pub scope: Option<String>,
+    pub scope: Option<Box<str>>,
     /// The scheme the error belongs to.
     pub scheme: Scheme,
     /// Challenges offered: the route's accepted schemes.
@@ -72,7 +72,9 @@ pub struct AuthDenial {
     /// The `algs` parameter of `DPoP` challenges.
     pub dpop_algs: Option<Arc<str>>,
     /// A fresh `DPoP-Nonce` to send (with `use_dpop_nonce`).
-    pub nonce: Option<String>,
+    pub nonce: Option<Box<str>>,
+    /// The route's RFC 9728 document, named on every challenge (`resource_metadata`, §5.1).
+    pub resource_metadata: Option<Arc<str>>,
 }
 
 impl AuthDenial {
@@ -88,6 +90,7 @@ impl AuthDenial {
             offer_dpop: false,
             dpop_algs: None,
             nonce: None,
+            resource_metadata: None,
         }
     }
 
@@ -108,6 +111,12 @@ impl AuthDenial {
         self.offer_bearer = matches!(binding, Binding::Mtls | Binding::Any | Binding::Bearer);
         self.offer_dpop = matches!(binding, Binding::Dpop | Binding::Any);
         self.dpop_algs = Some(dpop_algs.clone());
+        self
+    }
+
+    /// Names the route's RFC 9728 document on every challenge.
+    pub fn with_resource_metadata(mut self, url: Option<&Arc<str>>) -> Self {
+        self.resource_metadata = url.cloned();
         self
     }
 
@@ -142,6 +151,9 @@ impl AuthDenial {
         if let Some(algs) = algs {
             params.push(format!("algs=\"{}\"", quote_safe(algs)));
         }
+        if let Some(url) = &self.resource_metadata {
+            params.push(format!("resource_metadata=\"{}\"", quote_safe(url)));
+        }
         if params.is_empty() { scheme.to_string() } else { format!("{scheme} {}", params.join(", ")) }
     }
 }
@@ -166,6 +178,19 @@ mod tests {
 
     fn algs() -> Arc<str> {
         Arc::from("ES256 PS256 EdDSA")
+    }
+
+    #[test]
+    fn the_resource_metadata_url_goes_on_every_challenge() {
+        let url: Arc<str> = "https://api.test/.well-known/oauth-protected-resource/a".into();
+        let d = AuthDenial::missing_credentials().for_route(Binding::Any, &algs()).with_resource_metadata(Some(&url));
+        assert_eq!(
+            d.challenges(),
+            [
+                r#"Bearer resource_metadata="https://api.test/.well-known/oauth-protected-resource/a""#,
+                r#"DPoP algs="ES256 PS256 EdDSA", resource_metadata="https://api.test/.well-known/oauth-protected-resource/a""#,
+            ]
+        );
     }
 
     #[test]

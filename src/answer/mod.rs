@@ -12,6 +12,7 @@
 
 pub mod challenge;
 pub mod rejection;
+pub mod resource_metadata;
 
 use http::Response;
 

@@ -94,10 +94,17 @@ impl Rejection {
     }
 
     /// The challenges of an authentication refusal set to what a route with `binding`
-    /// accepts; other refusals are unchanged.
-    pub fn offering(self, binding: Binding, dpop_algs: &std::sync::Arc<str>) -> Self {
+    /// accepts, naming its RFC 9728 document when it has one; other refusals are unchanged.
+    pub fn offering(
+        self,
+        binding: Binding,
+        dpop_algs: &std::sync::Arc<str>,
+        resource_metadata: Option<&std::sync::Arc<str>>,
+    ) -> Self {
         match self {
-            Rejection::Auth(denial) => Rejection::Auth(denial.for_route(binding, dpop_algs)),
+            Rejection::Auth(denial) => {
+                Rejection::Auth(denial.for_route(binding, dpop_algs).with_resource_metadata(resource_metadata))
+            }
             other => other,
         }
     }

@@ -105,7 +105,7 @@ pub async fn authorize(
     };
     authorize_protected(validator, dpop, route, binding, scopes, &request)
         .await
-        .map_err(|rejection| rejection.offering(binding, &dpop.algs))
+        .map_err(|rejection| rejection.offering(binding, &dpop.algs, route.resource_metadata_url.as_ref()))
 }
 
 /// [`authorize`] on a protected route; refusals do not name the route's challenges yet.
@@ -141,7 +141,7 @@ async fn authorize_protected(
                 AuthDenial::dpop(AuthErrorCode::InsufficientScope, "insufficient_scope", description)
             }
         };
-        denial.scope = Some(scopes.join(" "));
+        denial.scope = Some(scopes.join(" ").into());
         return Err(denial.into());
     }
     Ok(Outcome::Authorized { token, dpop_jkt, fresh_nonce })
@@ -202,7 +202,7 @@ async fn check_dpop(
                     "this resource requires a server-provided nonce in the DPoP proof"
                 };
                 let mut denial = AuthDenial::dpop(AuthErrorCode::UseDpopNonce, "dpop_nonce_required", description);
-                denial.nonce = Some(dpop.nonces.issue(request.now));
+                denial.nonce = Some(dpop.nonces.issue(request.now).into());
                 return Err(denial.into());
             }
         }
@@ -249,7 +249,7 @@ fn restart_guard(dpop: &DpopRuntime, verified: &VerifiedProof, now: i64) -> Resu
         "dpop_nonce_after_restart",
         "the gateway restarted after this proof was made; send a new proof with the DPoP-Nonce",
     );
-    denial.nonce = Some(dpop.nonces.issue_here(now));
+    denial.nonce = Some(dpop.nonces.issue_here(now).into());
     Err(denial.into())
 }
 

@@ -40,6 +40,8 @@ impl Config {
             ("limits", debug(&previous.limits) != debug(&self.limits)),
             ("token_cache", debug(&previous.token_cache) != debug(&self.token_cache)),
             ("dpop", debug(&previous.dpop) != debug(&self.dpop)),
+            ("login", debug(&previous.logins) != debug(&self.logins)),
+            ("resource_metadata", previous.resource_metadata != self.resource_metadata),
         ] {
             if changed {
                 parts.push(label.to_string());

@@ -37,7 +37,23 @@ pub struct Config {
     pub dpop: DpopSettings,
     /// `login:` entries (browser login mode); session routes refer to them by index.
     pub logins: Vec<LoginSettings>,
+    /// `resource_metadata:` (RFC 9728), when present.
+    pub resource_metadata: Option<ResourceMetadataSettings>,
     pub routes: Vec<Route>,
+}
+
+/// Where RFC 9728 documents live: this path, then the resource's path (§3.1).
+pub const RESOURCE_METADATA_PATH: &str = "/.well-known/oauth-protected-resource";
+
+/// What `resource_metadata:` adds to the documents built from the routes (RFC 9728 §2).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ResourceMetadataSettings {
+    /// The issuers clients may get tokens from (every `issuers[].issuer` by default).
+    pub authorization_servers: Vec<String>,
+    pub resource_name: Option<String>,
+    pub resource_documentation: Option<String>,
+    pub resource_policy_uri: Option<String>,
+    pub resource_tos_uri: Option<String>,
 }
 
 /// DPoP proof checking (RFC 9449), shared by all routes.
@@ -218,6 +234,10 @@ pub struct Route {
     pub public_origin: String,
     /// Whether DPoP proofs on this route must carry a server nonce.
     pub nonce_required: bool,
+    /// With `resource_metadata:`, on a protected route: the URL of its RFC 9728 document
+    /// (`public_origin` + `/.well-known/oauth-protected-resource` + `path_prefix`), which
+    /// its challenges name.
+    pub resource_metadata_url: Option<std::sync::Arc<str>>,
 }
 
 /// What a route demands of a request.

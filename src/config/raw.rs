@@ -27,7 +27,24 @@ pub struct RawConfig {
     /// Browser login mode: the gateway as a FAPI 2.0 client of these authorization servers.
     #[serde(default)]
     pub login: Vec<Spanned<RawLogin>>,
+    /// RFC 9728 protected resource metadata; off unless present.
+    #[serde(default)]
+    pub resource_metadata: Option<Spanned<RawResourceMetadata>>,
     pub routes: Vec<Spanned<RawRoute>>,
+}
+
+/// `resource_metadata:` — OAuth 2.0 Protected Resource Metadata (RFC 9728): documents at
+/// `/.well-known/oauth-protected-resource{/route prefix}` built from the routes, named by
+/// `resource_metadata` in every challenge.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawResourceMetadata {
+    /// Defaults to every `issuers[].issuer`.
+    pub authorization_servers: Option<Vec<String>>,
+    pub resource_name: Option<String>,
+    pub resource_documentation: Option<String>,
+    pub resource_policy_uri: Option<String>,
+    pub resource_tos_uri: Option<String>,
 }
 
 /// `login:` — one browser login (the gateway as a FAPI 2.0 client, README "Login mode").
@@ -163,6 +180,7 @@ pub struct RawPieces {
     pub token_cache: Option<RawTokenCache>,
     pub dpop: Option<RawDpop>,
     pub login: Option<Vec<RawLogin>>,
+    pub resource_metadata: Option<RawResourceMetadata>,
     pub routes: Option<Vec<RawRoute>>,
 }
 

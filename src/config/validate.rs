@@ -166,6 +166,16 @@ pub(super) fn validate(raw: RawConfig, file: &str, base_dir: &Path, text: &str) 
         routes.push(route);
     }
 
+    let resource_metadata = raw
+        .resource_metadata
+        .and_then(|spanned| resource_metadata(&ctx, spanned, &issuers).map_err(|e| errors.push(e)).ok());
+    if resource_metadata.is_some() {
+        for route in routes.iter_mut().filter(|r| matches!(r.policy, RoutePolicy::Protected { .. })) {
+            route.resource_metadata_url =
+                Some(format!("{}{}{}", route.public_origin, super::RESOURCE_METADATA_PATH, route.path_prefix).into());
+        }
+    }
+
     match listen {
         Some((listen, _)) if errors.is_empty() => Ok(Config {
             source: None,
@@ -176,6 +186,7 @@ pub(super) fn validate(raw: RawConfig, file: &str, base_dir: &Path, text: &str) 
             token_cache,
             dpop,
             logins,
+            resource_metadata,
             routes,
         }),
         _ => {
@@ -186,6 +197,49 @@ pub(super) fn validate(raw: RawConfig, file: &str, base_dir: &Path, text: &str) 
             Err(errors)
         }
     }
+}
+
+/// `resource_metadata:`: every URL in it is https; the authorization servers default to
+/// the issuers.
+fn resource_metadata(
+    ctx: &Ctx<'_>,
+    spanned: Spanned<super::raw::RawResourceMetadata>,
+    issuers: &[super::Issuer],
+) -> Result<super::ResourceMetadataSettings, ConfigError> {
+    let at = spanned.referenced;
+    let raw = spanned.value;
+    let https = |key: &str, value: &str| {
+        if value.starts_with("https://") && value.len() > "https://".len() {
+            Ok(())
+        } else {
+            Err(ctx.err(at, format!("resource_metadata.{key}"), format!("`{value}` is not an https:// URL")))
+        }
+    };
+    let authorization_servers = match raw.authorization_servers {
+        Some(list) => {
+            for (i, server) in list.iter().enumerate() {
+                https(&format!("authorization_servers[{i}]"), server)?;
+            }
+            list
+        }
+        None => issuers.iter().map(|i| i.issuer.clone()).collect(),
+    };
+    for (key, value) in [
+        ("resource_documentation", &raw.resource_documentation),
+        ("resource_policy_uri", &raw.resource_policy_uri),
+        ("resource_tos_uri", &raw.resource_tos_uri),
+    ] {
+        if let Some(value) = value {
+            https(key, value)?;
+        }
+    }
+    Ok(super::ResourceMetadataSettings {
+        authorization_servers,
+        resource_name: raw.resource_name.filter(|n| !n.trim().is_empty()),
+        resource_documentation: raw.resource_documentation,
+        resource_policy_uri: raw.resource_policy_uri,
+        resource_tos_uri: raw.resource_tos_uri,
+    })
 }
 
 /// `listen:`, with the normalised origin routes inherit.
@@ -537,6 +591,7 @@ fn route(
         forward_token: raw.forward_token.unwrap_or_default(),
         public_origin,
         nonce_required: raw.nonce.unwrap_or(defaults.nonce) == NonceMode::Required,
+        resource_metadata_url: None,
     })
 }
 

@@ -215,7 +215,9 @@ pub(super) async fn build(
         .zip(upstreams)
         .map(|(spec, upstream)| ServedRoute { spec: spec.clone(), upstream, metrics: metrics.route(&spec.name) })
         .collect();
+    let resource_metadata = crate::answer::resource_metadata::ResourceMetadata::new(&config);
     let state = Arc::new(GatewayState {
+        resource_metadata,
         dpop,
         router: Router::new(&config.routes),
         unrouted: metrics.route("-"),

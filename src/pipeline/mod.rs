@@ -68,6 +68,8 @@ pub struct GatewayState {
     /// Their session cookies' names: with the login-transaction cookies, the gateway's own
     /// cookies, which no upstream gets (empty without `login:`).
     pub login_cookies: Vec<String>,
+    /// The RFC 9728 documents, with `resource_metadata:`.
+    pub resource_metadata: Option<crate::answer::resource_metadata::ResourceMetadata>,
 }
 
 /// One route with what serving it takes: its upstream and its metric handles.
@@ -94,7 +96,13 @@ impl GatewayState {
     ) -> Result<Response<ProxyBody>, Answer> {
         request.headers_mut().insert(X_REQUEST_ID, exchange.request_id.clone());
         exchange.host = canonical::canonicalise(&request, exchange.conn)?;
-        // The login mode's own endpoints come before any route.
+        // The gateway's own endpoints come before any route: RFC 9728 metadata, the login
+        // mode's pages.
+        if let Some(metadata) = &self.resource_metadata
+            && let Some(answer) = metadata.answer(request.method(), exchange.host.as_deref(), request.uri().path())
+        {
+            return Err(answer);
+        }
         for login in &self.logins {
             if let Some(endpoint) = login.endpoint(request.method(), request.uri().path()) {
                 return Err(login.answer(endpoint, request.uri().query(), request.headers()).await);
