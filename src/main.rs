@@ -335,8 +335,9 @@ fn check_config(path: &std::path::Path, overrides: Overrides) -> ExitCode {
                 }
             }
         };
+        let cors = route.cors.as_ref().map(|c| format!(", cors: {}", c.allowed_origins.join(" "))).unwrap_or_default();
         println!(
-            "route     {:<16} {}{}/ [{methods}] -> {}  {policy}{}",
+            "route     {:<16} {}{}/ [{methods}] -> {}  {policy}{}{cors}",
             route.name,
             route.host.as_deref().unwrap_or(""),
             route.path_prefix,
@@ -345,6 +346,16 @@ fn check_config(path: &std::path::Path, overrides: Overrides) -> ExitCode {
                 ", dpop nonce: required"
             } else {
                 ""
+            }
+        );
+    }
+    if let Some(metadata) = &config.resource_metadata {
+        println!(
+            "metadata  RFC 9728 at /.well-known/oauth-protected-resource[/<prefix>]; authorization servers {}",
+            if metadata.authorization_servers.is_empty() {
+                "-".to_string()
+            } else {
+                metadata.authorization_servers.join(" ")
             }
         );
     }

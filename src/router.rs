@@ -138,6 +138,7 @@ mod tests {
             public_origin: "https://api.test".into(),
             nonce_required: false,
             resource_metadata_url: None,
+            cors: None,
         }
     }
 

@@ -42,6 +42,33 @@ pub struct Config {
     pub routes: Vec<Route>,
 }
 
+/// A route's CORS policy, with its header values made once.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CorsPolicy {
+    /// Exact origins, normalised (lower-case scheme and host, no default port).
+    pub allowed_origins: Vec<String>,
+    /// `Access-Control-Allow-Methods`: the route's methods (or the usual ones).
+    pub allow_methods: http::HeaderValue,
+    /// `Access-Control-Allow-Headers`, lower case.
+    pub allow_headers: http::HeaderValue,
+    /// `Access-Control-Expose-Headers`.
+    pub expose_headers: http::HeaderValue,
+    /// `Access-Control-Max-Age`, in seconds.
+    pub max_age: http::HeaderValue,
+    /// The upstream answers preflights.
+    pub preflight_upstream: bool,
+}
+
+impl CorsPolicy {
+    /// Whether `origin` (an `Origin` header value) is one of the allowed origins. `null` and
+    /// anything malformed never is.
+    pub fn allows(&self, origin: &[u8]) -> bool {
+        let Ok(origin) = std::str::from_utf8(origin) else { return false };
+        let origin = origin.strip_suffix('/').unwrap_or(origin);
+        self.allowed_origins.iter().any(|allowed| allowed.eq_ignore_ascii_case(origin))
+    }
+}
+
 /// Where RFC 9728 documents live: this path, then the resource's path (§3.1).
 pub const RESOURCE_METADATA_PATH: &str = "/.well-known/oauth-protected-resource";
 
@@ -234,6 +261,8 @@ pub struct Route {
     pub public_origin: String,
     /// Whether DPoP proofs on this route must carry a server nonce.
     pub nonce_required: bool,
+    /// `cors:`: browser apps on these origins may call the route.
+    pub cors: Option<std::sync::Arc<CorsPolicy>>,
     /// With `resource_metadata:`, on a protected route: the URL of its RFC 9728 document
     /// (`public_origin` + `/.well-known/oauth-protected-resource` + `path_prefix`), which
     /// its challenges name.

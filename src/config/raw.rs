@@ -442,6 +442,39 @@ pub struct RawRoute {
     /// `auth: session`: the origin the upstream checks DPoP `htu` against (default: the
     /// upstream URL's).
     pub upstream_public_url: Option<HttpUrl>,
+    /// Cross-origin calls from browser apps (CORS); off unless present.
+    pub cors: Option<RawCors>,
+}
+
+/// `routes[].cors:` — which web origins may call the route from a browser, and what the
+/// gateway answers their preflights with.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCors {
+    /// Exact origins (`https://app.example.com`); no wildcard.
+    pub allowed_origins: Vec<String>,
+    /// Request headers allowed beyond `Authorization`, `DPoP` and `Content-Type`.
+    #[serde(default)]
+    pub allowed_headers: Vec<String>,
+    /// Response headers exposed beyond `WWW-Authenticate` and `DPoP-Nonce`.
+    #[serde(default)]
+    pub exposed_headers: Vec<String>,
+    /// Defaults to 10 m: how long a browser may cache a preflight answer.
+    pub max_age: Option<HumanDuration>,
+    /// Defaults to `gateway`: who answers preflights.
+    pub preflight: Option<Preflight>,
+}
+
+/// Who answers a CORS preflight (`OPTIONS` with `Access-Control-Request-Method`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Preflight {
+    /// The gateway, from `cors:`; nothing reaches authentication or the upstream.
+    #[default]
+    Gateway,
+    /// The upstream, without authentication (preflights carry no credentials); the gateway
+    /// adds no CORS headers to its answer.
+    Upstream,
 }
 
 #[derive(Debug, Deserialize)]

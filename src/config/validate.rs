@@ -577,6 +577,10 @@ fn route(
         },
         Some(url) => public_origin(url).map_err(|m| ctx.err(at, key("public_url"), m))?,
     };
+    let cors = match raw.cors {
+        None => None,
+        Some(cors) => Some(cors_policy(cors, methods.as_deref()).map_err(|(k, m)| ctx.err(at, key(k), m))?.into()),
+    };
     Ok(Route {
         name: raw.name,
         host,
@@ -592,7 +596,72 @@ fn route(
         public_origin,
         nonce_required: raw.nonce.unwrap_or(defaults.nonce) == NonceMode::Required,
         resource_metadata_url: None,
+        cors,
     })
+}
+
+/// `cors:` checked, its header values made once.
+fn cors_policy(
+    raw: super::raw::RawCors,
+    methods: Option<&[http::Method]>,
+) -> Result<super::CorsPolicy, (&'static str, String)> {
+    if raw.allowed_origins.is_empty() {
+        return Err(("cors.allowed_origins", "list at least one origin (https://app.example.com)".into()));
+    }
+    let mut allowed_origins = Vec::with_capacity(raw.allowed_origins.len());
+    for origin in &raw.allowed_origins {
+        let url = HttpUrl::parse(origin)
+            .ok()
+            .filter(|u| matches!(u.0.path(), "" | "/") && u.0.query().is_none() && !origin.contains('*'))
+            .ok_or_else(|| {
+                (
+                    "cors.allowed_origins",
+                    format!("`{origin}` is not an origin: give scheme, host and port only (https://app.example.com), no wildcard"),
+                )
+            })?;
+        allowed_origins.push(normalised_origin(&url));
+    }
+    let token = |h: &String| !h.is_empty() && h.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b));
+    for (key, list) in [("cors.allowed_headers", &raw.allowed_headers), ("cors.exposed_headers", &raw.exposed_headers)]
+    {
+        if let Some(bad) = list.iter().find(|h| !token(h)) {
+            return Err((key, format!("`{bad}` is not a header name")));
+        }
+    }
+    let mut allow_headers = vec!["authorization".to_string(), "dpop".into(), "content-type".into()];
+    allow_headers.extend(raw.allowed_headers.iter().map(|h| h.to_ascii_lowercase()));
+    let mut expose = vec!["WWW-Authenticate".to_string(), "DPoP-Nonce".into()];
+    expose.extend(raw.exposed_headers.iter().cloned());
+    let methods = match methods {
+        Some(list) => list.iter().map(http::Method::as_str).collect::<Vec<_>>().join(", "),
+        None => "GET, HEAD, POST, PUT, PATCH, DELETE".to_string(),
+    };
+    let max_age = dur(raw.max_age, Duration::from_secs(600));
+    if max_age > Duration::from_secs(86_400) {
+        return Err(("cors.max_age", "at most 24h (browsers cap it lower anyway)".into()));
+    }
+    let value = |text: String| http::HeaderValue::try_from(text).map_err(|_| ("cors", "bad header value".to_string()));
+    Ok(super::CorsPolicy {
+        allowed_origins,
+        allow_methods: value(methods)?,
+        allow_headers: value(allow_headers.join(", "))?,
+        expose_headers: value(expose.join(", "))?,
+        max_age: value(max_age.as_secs().to_string())?,
+        preflight_upstream: raw.preflight == Some(super::raw::Preflight::Upstream),
+    })
+}
+
+/// `scheme://host[:port]` of a URL: lower case, without the scheme's default port.
+fn normalised_origin(url: &HttpUrl) -> String {
+    let uri = &url.0;
+    let scheme = uri.scheme_str().unwrap_or("https").to_ascii_lowercase();
+    let host = uri.host().unwrap_or_default().to_ascii_lowercase();
+    match uri.port_u16() {
+        Some(443) if scheme == "https" => format!("{scheme}://{host}"),
+        Some(80) if scheme == "http" => format!("{scheme}://{host}"),
+        Some(port) => format!("{scheme}://{host}:{port}"),
+        None => format!("{scheme}://{host}"),
+    }
 }
 
 /// `origin` (normalised `scheme://host[:port]`) with its host replaced.

@@ -51,6 +51,10 @@ pub struct Notes {
     pub credential: Option<Secret<HeaderValue>>,
     /// On a session route: signs a second upstream proof if the upstream asks for a nonce.
     pub upstream_proofs: Option<crate::login::UpstreamProofs>,
+    /// On a route with `cors:`: the request's `Origin`, when the route allows it.
+    pub cors_origin: Option<HeaderValue>,
+    /// A preflight the upstream answered (`preflight: upstream`): its CORS headers stand.
+    pub cors_passthrough: bool,
 }
 
 impl<'s> Exchange<'s> {

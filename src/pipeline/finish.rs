@@ -52,6 +52,11 @@ pub fn finish(
             (answer.into_response(), reason, class)
         }
     };
+    if let Some(cors) = exchange.route.and_then(|r| r.spec.cors.as_deref())
+        && !exchange.notes.cors_passthrough
+    {
+        super::cors::decorate(&mut response, cors, exchange.notes.cors_origin.as_ref());
+    }
     let status = response.status().as_u16();
     let total = exchange.started.elapsed();
     record(state, &exchange, status, reason, class, total);

@@ -22,6 +22,7 @@
 pub mod admit;
 pub mod canonical;
 pub mod connection;
+pub mod cors;
 pub mod exchange;
 pub mod finish;
 pub mod request_id;
@@ -108,8 +109,28 @@ impl GatewayState {
                 return Err(login.answer(endpoint, request.uri().query(), request.headers()).await);
             }
         }
+        // A CORS preflight is about the method it names: answered (or passed on) before
+        // authentication, which it could never pass.
+        if let Some((preflight, route)) = cors::preflight(self, exchange.host.as_deref(), &request) {
+            exchange.route = Some(route);
+            if let Some(cors) = &route.spec.cors {
+                exchange.notes.cors_origin = cors::allowed_origin(cors, request.headers());
+            }
+            match preflight {
+                cors::Preflight::Answer(answer) => return Err(answer),
+                cors::Preflight::Forward(route) => {
+                    exchange.notes.cors_passthrough = true;
+                    let upstreamed = self.forward(exchange, route, request).await?;
+                    exchange.upstream_time = Some(upstreamed.upstream_time);
+                    return Ok(upstreamed.response);
+                }
+            }
+        }
         let route = route::route(self, exchange.host.as_deref(), &request)?;
         exchange.route = Some(route);
+        if let Some(cors) = &route.spec.cors {
+            exchange.notes.cors_origin = cors::allowed_origin(cors, request.headers());
+        }
         exchange.principal = Some(admit::admit(self, exchange, route, &request).await?);
         let upstreamed = self.forward(exchange, route, request).await?;
         exchange.upstream_time = Some(upstreamed.upstream_time);

@@ -26,7 +26,8 @@ pub struct Options {
     /// Replaces the issuer's `jwks_uri: …` line (e.g. `discovery: true`); `{jwks_uri}`
     /// stands for the JWKS server's key URL.
     pub key_source: Option<String>,
-    /// A top-level `dpop:` section (YAML, unindented), if any.
+    /// Text after the route list (YAML): a top-level section such as `dpop:`, or more
+    /// routes (indented by 2 spaces); `{up}` stands for the upstream's URL.
     pub dpop: String,
     /// Extra keys of the `listen` mapping (indented by 2 spaces).
     pub listen_extra: String,
@@ -325,7 +326,7 @@ routes:
         key_source = o.key_source.as_deref().unwrap_or("jwks_uri: {jwks_uri}").replace("{jwks_uri}", &jwks.jwks_uri()),
         ca = ca.display(),
         issuer_extra = o.issuer_extra,
-        dpop = o.dpop,
+        dpop = o.dpop.replace("{up}", &up),
         listen_extra = o.listen_extra,
         admin = if o.admin { "admin:\n  address: 127.0.0.1:0\n" } else { "" },
     )

@@ -279,6 +279,11 @@ fn up_response(status: StatusCode, body: impl Into<Bytes>) -> Response<UpBody> {
 async fn upstream_handle(state: Arc<UpstreamState>, req: Request<Incoming>) -> Response<UpBody> {
     let (parts, body) = req.into_parts();
     let path = parts.uri.path().to_owned();
+    // `X-Reply-Header: name: value` asks for that header on the answer.
+    let reply_header = parts.headers.get("x-reply-header").and_then(|v| v.to_str().ok()).and_then(|v| {
+        let (name, value) = v.split_once(": ")?;
+        Some((http::HeaderName::from_bytes(name.as_bytes()).ok()?, HeaderValue::from_str(value).ok()?))
+    });
     let uri = parts.uri.path_and_query().map_or_else(|| path.clone(), ToString::to_string);
     let idx = {
         let mut requests = lock(&state.requests);
@@ -315,7 +320,11 @@ async fn upstream_handle(state: Arc<UpstreamState>, req: Request<Incoming>) -> R
             code.parse::<u16>().ok().and_then(|c| StatusCode::from_u16(c).ok()).unwrap_or(StatusCode::BAD_REQUEST);
         return up_response(status, format!("status {}", status.as_u16()));
     }
-    up_response(StatusCode::OK, "upstream-ok")
+    let mut response = up_response(StatusCode::OK, "upstream-ok");
+    if let Some((name, value)) = reply_header {
+        response.headers_mut().insert(name, value);
+    }
+    response
 }
 
 /// `len` bytes of `x`, sliced from one shared allocation (up to 16 MiB; a view, so many
