@@ -23,6 +23,11 @@ struct Cluster {
 
 /// The cluster, or `None` when redis-server is missing (`redis_server_is_installed` fails).
 async fn cluster(on_error: &str) -> Option<Cluster> {
+    cluster_with(on_error, "").await
+}
+
+/// [`cluster`] with more `dpop.replay` keys (lines indented by 4 spaces).
+async fn cluster_with(on_error: &str, replay_extra: &str) -> Option<Cluster> {
     if common::redis::missing() {
         return None;
     }
@@ -31,7 +36,7 @@ async fn cluster(on_error: &str) -> Option<Cluster> {
     let secret = secret_dir.path().join("nonce-secret");
     std::fs::write(&secret, "a shared nonce secret of forty bytes......").unwrap();
     let dpop = format!(
-        "dpop:\n  nonce_secret_file: {}\n  replay:\n    store: redis\n    url: {}\n    timeout: 300ms\n    on_error: {on_error}\n",
+        "dpop:\n  nonce_secret_file: {}\n  replay:\n    store: redis\n    url: {}\n    timeout: 300ms\n    on_error: {on_error}\n{replay_extra}",
         secret.display(),
         redis.url()
     );
@@ -74,6 +79,48 @@ async fn a_proof_accepted_by_one_instance_is_refused_by_another() {
     assert_rejected(c.send_b("/dpop/x", &proof).await, 401, &replayed(), "invalid_dpop_proof").await;
     assert_rejected(c.send_a("/dpop/x", &proof).await, 401, &replayed(), "invalid_dpop_proof").await;
     assert_eq!(c.env.upstream.hits(), 1);
+}
+
+#[tokio::test]
+async fn one_key_over_its_quota_gets_429_on_every_instance_and_others_pass() {
+    // `per_key_limit: 3` shared through Redis: a key's proofs count together on both
+    // instances, per fixed window of the replay window's length (75 s here); another
+    // client's key is not affected. A run that straddles a window boundary is played again
+    // with a new key (the count starts over there, as documented).
+    let Some(c) = cluster_with("fail", "    per_key_limit: 3\n").await else { return };
+    let window_of = |t: std::time::SystemTime| t.duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() / 75_000;
+    for attempt in 0..3 {
+        let key = Signer::es256(&format!("flooder-{attempt}"));
+        let token = c.env.dpop_token(&key);
+        let began = std::time::SystemTime::now();
+        let mut statuses = Vec::new();
+        let mut over = None;
+        for send_to_b in [false, true, false, true] {
+            let proof = key.dpop_proof("GET", &c.env.public_url("/dpop/x"), Some(&token));
+            let response = if send_to_b {
+                c.env.send_dpop_to(c.twin.local_addr(), "/dpop/x", &token, &proof).await
+            } else {
+                c.env.send_dpop("GET", "/dpop/x", &token, &proof).await
+            };
+            statuses.push(response.status().as_u16());
+            over = Some(response);
+        }
+        if window_of(began) != window_of(std::time::SystemTime::now()) {
+            continue;
+        }
+        assert_eq!(statuses, [200, 200, 200, 429], "the fourth proof of the key, on either instance");
+        let over = over.unwrap();
+        let retry_after: u64 = over.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+        assert!((1..=75).contains(&retry_after), "until the next window: {retry_after}");
+        let body: serde_json::Value = serde_json::from_str(&over.text().await.unwrap()).unwrap();
+        assert_eq!(body["error"], "too_many_requests");
+        let other = Signer::es256("another-client");
+        let token = c.env.dpop_token(&other);
+        let proof = other.dpop_proof("GET", &c.env.public_url("/dpop/x"), Some(&token));
+        assert_eq!(c.env.send_dpop("GET", "/dpop/x", &token, &proof).await.status(), 200);
+        return;
+    }
+    panic!("three runs straddled a window boundary");
 }
 
 #[tokio::test]

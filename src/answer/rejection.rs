@@ -58,6 +58,11 @@ pub enum Rejection {
     KeysUnavailable,
     /// The DPoP replay store cannot accept the proof (full or unreachable): fail closed.
     ReplayStoreUnavailable,
+    /// This DPoP key has `dpop.replay.per_key_limit` proofs in the replay window already:
+    /// 429 until the oldest leave, so that it cannot fill the store for everybody.
+    DpopKeyOverQuota {
+        retry_after_secs: u64,
+    },
     UpstreamUnavailable,
     UpstreamTimeout,
 }
@@ -74,6 +79,7 @@ impl Rejection {
             Rejection::PayloadTooLarge => "body_too_large",
             Rejection::KeysUnavailable => "keys_unavailable",
             Rejection::ReplayStoreUnavailable => "replay_store_unavailable",
+            Rejection::DpopKeyOverQuota { .. } => "dpop_key_over_quota",
             Rejection::UpstreamUnavailable => "upstream_unavailable",
             Rejection::UpstreamTimeout => "upstream_timeout",
         }
@@ -87,7 +93,8 @@ impl Rejection {
             | Rejection::MethodNotAllowed { .. }
             | Rejection::Misdirected
             | Rejection::BadRequest { .. }
-            | Rejection::PayloadTooLarge => FailureClass::Client,
+            | Rejection::PayloadTooLarge
+            | Rejection::DpopKeyOverQuota { .. } => FailureClass::Client,
             Rejection::UpstreamUnavailable | Rejection::UpstreamTimeout => FailureClass::Upstream,
             Rejection::KeysUnavailable | Rejection::ReplayStoreUnavailable => FailureClass::Internal,
         }
@@ -117,6 +124,7 @@ impl Rejection {
             Rejection::Misdirected => StatusCode::MISDIRECTED_REQUEST,
             Rejection::BadRequest { .. } => StatusCode::BAD_REQUEST,
             Rejection::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Rejection::DpopKeyOverQuota { .. } => StatusCode::TOO_MANY_REQUESTS,
             Rejection::KeysUnavailable | Rejection::ReplayStoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Rejection::UpstreamUnavailable => StatusCode::BAD_GATEWAY,
             Rejection::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
@@ -144,6 +152,10 @@ impl Rejection {
             Rejection::ReplayStoreUnavailable => (
                 "temporarily_unavailable",
                 Cow::Borrowed("DPoP proofs cannot be checked for replay right now; retry later"),
+            ),
+            Rejection::DpopKeyOverQuota { .. } => (
+                "too_many_requests",
+                Cow::Borrowed("this DPoP key has sent too many proofs in the replay window; retry after Retry-After"),
             ),
             Rejection::UpstreamUnavailable => {
                 ("bad_gateway", Cow::Borrowed("the upstream service could not be reached"))
@@ -177,6 +189,9 @@ impl Rejection {
             }
             Rejection::KeysUnavailable | Rejection::ReplayStoreUnavailable => {
                 headers.insert(RETRY_AFTER, HeaderValue::from_static("5"));
+            }
+            Rejection::DpopKeyOverQuota { retry_after_secs } => {
+                headers.insert(RETRY_AFTER, HeaderValue::from(*retry_after_secs));
             }
             Rejection::MethodNotAllowed { allow } => {
                 if let Ok(v) = HeaderValue::from_str(allow) {

@@ -208,17 +208,23 @@ async fn check_dpop(
         }
     }
     restart_guard(dpop, &verified, request.now)?;
-    match dpop.replay.insert_if_absent(replay_key(&verified.jkt, &verified.jti), Instant::now()).await {
+    match dpop.replay.insert_if_absent(replay_key(&verified.jkt, &verified.jti), verified.jkt, Instant::now()).await {
         Ok(Freshness::Fresh) => Ok((verified, fresh_nonce)),
         Ok(Freshness::Replayed) => {
             dpop.replay_refusals.get_or_create(&ReasonLabels { reason: "replayed" }).inc();
             Err(AuthDenial::dpop(AuthErrorCode::InvalidDpopProof, "dpop_replayed", "the DPoP proof was already used")
                 .into())
         }
+        Err(dpop::replay::ReplayError::KeyOverQuota { retry_after }) => {
+            dpop.replay_refusals.get_or_create(&ReasonLabels { reason: "key_over_quota" }).inc();
+            Err(Rejection::DpopKeyOverQuota { retry_after_secs: retry_after.as_secs().max(1) })
+        }
         Err(e) => {
             let reason = match e {
                 dpop::replay::ReplayError::Full => "full",
-                dpop::replay::ReplayError::Unavailable => "unavailable",
+                dpop::replay::ReplayError::Unavailable | dpop::replay::ReplayError::KeyOverQuota { .. } => {
+                    "unavailable"
+                }
             };
             dpop.replay_refusals.get_or_create(&ReasonLabels { reason }).inc();
             if let Some(held_back) = dpop.refusal_log.allow() {

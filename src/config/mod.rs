@@ -93,6 +93,8 @@ pub struct DpopSettings {
     pub max_future: Duration,
     pub replay_store: ReplayBackend,
     pub replay_max_entries: usize,
+    /// Proofs one DPoP key may have in the replay window (fairness); more are refused (429).
+    pub replay_per_key_limit: u32,
     /// With the memory store: which proofs need a nonce minted since the start.
     pub restart_guard: RestartGuard,
     pub nonce: NonceMode,
@@ -112,6 +114,7 @@ impl Default for DpopSettings {
             max_future: Duration::from_secs(10),
             replay_store: ReplayBackend::Memory,
             replay_max_entries: 1_000_000,
+            replay_per_key_limit: 100_000,
             restart_guard: RestartGuard::Start,
             nonce: NonceMode::Off,
             nonce_secret: NonceSecret::Random,

@@ -216,6 +216,9 @@ pub struct RawReplay {
     /// Defaults to 1 000 000 remembered proofs; when full, new proofs are refused (503).
     /// With `redis`: the size of the local fallback store.
     pub max_entries: Option<usize>,
+    /// Proofs one DPoP key may have remembered within the window; more get 429. Defaults
+    /// to a tenth of `max_entries` (100 000).
+    pub per_key_limit: Option<u32>,
     /// `redis://[user:password@]host:port/db` or `rediss://…` (TLS). Required with `redis`.
     pub url: Option<String>,
     /// Extra trust anchors (PEM) for a `rediss://` server; without it the system roots.

@@ -73,7 +73,14 @@ fn dpop_runtime(
         });
     }
     let window = replay_window(&settings);
-    let memory = || Arc::new(MemoryReplayStore::new(window, settings.replay_max_entries, std::time::Instant::now()));
+    let memory = || {
+        Arc::new(MemoryReplayStore::new(
+            window,
+            settings.replay_max_entries,
+            settings.replay_per_key_limit,
+            std::time::Instant::now(),
+        ))
+    };
     // Before the store exists, so that no proof it takes can be older than its memory.
     let replay_memory_since =
         matches!(settings.replay_store, config::ReplayBackend::Memory).then(crate::jose::unix_now);
@@ -81,7 +88,15 @@ fn dpop_runtime(
         config::ReplayBackend::Memory => (memory(), None),
         config::ReplayBackend::Redis { url, ca, key_prefix, timeout, on_error } => {
             let fallback = (*on_error == config::ReplayOnError::Local).then(memory);
-            let store = Arc::new(RedisReplayStore::new(&url.0, ca.as_deref(), key_prefix, window, *timeout, fallback)?);
+            let store = Arc::new(RedisReplayStore::new(
+                &url.0,
+                ca.as_deref(),
+                key_prefix,
+                window,
+                *timeout,
+                settings.replay_per_key_limit,
+                fallback,
+            )?);
             (store.clone(), Some(store))
         }
     };

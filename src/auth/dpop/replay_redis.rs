@@ -1,8 +1,11 @@
 //! The shared DPoP replay store: Redis (or Valkey), so that a proof accepted by one gateway
 //! instance is refused by every other.
 //!
-//! One round trip per proof: `SET <prefix><hex key> 1 NX PX <window ms>` — atomic, so of two
-//! instances racing with the same proof exactly one sees `OK`. The connection is
+//! One round trip per proof, a pipeline of `SET <prefix><hex key> 1 NX PX <window ms>` —
+//! atomic, so of two instances racing with the same proof exactly one sees `OK` — and
+//! `INCR`/`PEXPIRE` of the proof key's counter for the current window
+//! (`<prefix>q:<hex jkt>:<window number>`): a key with more than `per_key_limit` proofs in a
+//! window is refused with [`ReplayError::KeyOverQuota`] until the next one. The connection is
 //! multiplexed and reconnects by itself (`ConnectionManager`); it is opened lazily, so the
 //! gateway starts while Redis is down. Any error or a reply slower than `timeout` fails
 //! closed ([`ReplayError::Unavailable`]: the request gets 503) unless `on_error: local`,
@@ -35,6 +38,7 @@ pub struct RedisReplayStore {
     key_prefix: String,
     window: Duration,
     timeout: Duration,
+    per_key_limit: u32,
     /// Created on first use (it needs a running tokio runtime), then shared; it connects
     /// and reconnects by itself, so no request ever waits on another's connection attempt.
     connection: std::sync::Mutex<Option<ConnectionManager>>,
@@ -53,6 +57,7 @@ impl RedisReplayStore {
         key_prefix: &str,
         window: Duration,
         timeout: Duration,
+        per_key_limit: u32,
         fallback: Option<Arc<MemoryReplayStore>>,
     ) -> Result<Self, RedisConfigError> {
         let redacted_url = crate::secret::redact_url(url);
@@ -73,6 +78,7 @@ impl RedisReplayStore {
             key_prefix: key_prefix.to_string(),
             window,
             timeout,
+            per_key_limit: per_key_limit.max(1),
             connection: std::sync::Mutex::new(None),
             fallback,
             errors: AtomicU64::new(0),
@@ -123,20 +129,38 @@ impl RedisReplayStore {
         Ok(connection)
     }
 
-    async fn insert_remote(&self, key: &[u8; 32]) -> Result<Freshness, ReplayError> {
+    async fn insert_remote(&self, key: &[u8; 32], jkt: &[u8; 32]) -> Result<Freshness, ReplayError> {
         let mut connection = self.connection()?;
-        let mut name = String::with_capacity(self.key_prefix.len() + 64);
-        name.push_str(&self.key_prefix);
-        for b in key {
-            let _ = write!(name, "{b:02x}");
-        }
+        let hex = |prefix: &str, bytes: &[u8]| {
+            let mut name = String::with_capacity(self.key_prefix.len() + prefix.len() + 2 * bytes.len() + 24);
+            name.push_str(&self.key_prefix);
+            name.push_str(prefix);
+            for b in bytes {
+                let _ = write!(name, "{b:02x}");
+            }
+            name
+        };
         let window_ms = u64::try_from(self.window.as_millis()).unwrap_or(u64::MAX).max(1);
-        let mut command = redis::cmd("SET");
-        command.arg(&name).arg(1).arg("NX").arg("PX").arg(window_ms);
-        let set = command.query_async::<Option<String>>(&mut connection);
-        match tokio::time::timeout(self.timeout, set).await {
-            Ok(Ok(Some(_))) => Ok(Freshness::Fresh),
-            Ok(Ok(None)) => Ok(Freshness::Replayed),
+        let now_ms = u64::try_from(
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis(),
+        )
+        .unwrap_or(u64::MAX);
+        let window_number = now_ms / window_ms;
+        let counter = format!("{}:{window_number}", hex("q:", jkt));
+        let mut pipe = redis::pipe();
+        pipe.cmd("SET").arg(hex("", key)).arg(1).arg("NX").arg("PX").arg(window_ms);
+        pipe.cmd("INCR").arg(&counter);
+        pipe.cmd("PEXPIRE").arg(&counter).arg(window_ms.saturating_mul(2)).ignore();
+        let sent = pipe.query_async::<(Option<String>, u64)>(&mut connection);
+        match tokio::time::timeout(self.timeout, sent).await {
+            Ok(Ok((None, _))) => Ok(Freshness::Replayed),
+            Ok(Ok((Some(_), count))) if count > u64::from(self.per_key_limit) => {
+                let next_window_ms = (window_number + 1).saturating_mul(window_ms).saturating_sub(now_ms);
+                Err(ReplayError::KeyOverQuota {
+                    retry_after: Duration::from_millis(next_window_ms).max(Duration::from_secs(1)),
+                })
+            }
+            Ok(Ok((Some(_), _))) => Ok(Freshness::Fresh),
             Ok(Err(e)) => {
                 if let Some(held_back) = self.error_log.allow() {
                     tracing::warn!(url = %self.redacted_url, error = %e, held_back, "DPoP replay store error");
@@ -157,16 +181,17 @@ impl ReplayStore for RedisReplayStore {
     /// With a local fallback, every proof is also remembered locally, so that while Redis
     /// is down this instance still refuses replays of proofs it accepted through Redis, and
     /// after it comes back, of proofs it accepted alone.
-    fn insert_if_absent(&self, key: [u8; 32], now: Instant) -> ReplayFuture<'_> {
+    fn insert_if_absent(&self, key: [u8; 32], jkt: [u8; 32], now: Instant) -> ReplayFuture<'_> {
         Box::pin(async move {
-            let local = self.fallback.as_ref().map(|store| store.insert(key, now));
-            let remote = self.insert_remote(&key).await;
-            if remote.is_err() {
+            let local = self.fallback.as_ref().map(|store| store.insert(key, jkt, now));
+            let remote = self.insert_remote(&key, &jkt).await;
+            if matches!(remote, Err(ReplayError::Unavailable | ReplayError::Full)) {
                 self.errors.fetch_add(1, Ordering::Relaxed);
             }
             match (remote, local) {
                 (_, Some(Ok(Freshness::Replayed))) => Ok(Freshness::Replayed),
                 (Ok(freshness), _) => Ok(freshness),
+                (Err(quota @ ReplayError::KeyOverQuota { .. }), _) => Err(quota),
                 (Err(_), Some(local)) => local,
                 (Err(e), None) => Err(e),
             }
@@ -191,6 +216,7 @@ mod tests {
             "p:",
             Duration::from_secs(1),
             Duration::from_secs(1),
+            100,
             None,
         )
         .err()
