@@ -272,6 +272,15 @@ fn check_config(path: &std::path::Path, overrides: Overrides) -> ExitCode {
             ca.display()
         ))
     );
+    if let Some(trusted) = &config.listen.trusted_proxies {
+        let addresses: Vec<String> = trusted.addresses.iter().map(|n| format!("{}/{}", n.address, n.prefix)).collect();
+        println!(
+            "          RFC 9440 Client-Cert from trusted proxies: addresses {}; certificates {}; from others: {}",
+            if addresses.is_empty() { "any".to_string() } else { addresses.join(" ") },
+            if trusted.certificates.is_empty() { "any".to_string() } else { trusted.certificates.len().to_string() },
+            if trusted.reject_from_others { "reject" } else { "strip" }
+        );
+    }
     if let Some(admin) = config.admin {
         println!("admin     {admin}");
     }

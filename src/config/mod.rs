@@ -163,6 +163,82 @@ pub struct Listener {
     /// Request headers removed before forwarding, beyond the built-in list of identity,
     /// certificate and override headers (lower case).
     pub strip_headers: Vec<http::HeaderName>,
+    /// Peers whose RFC 9440 `Client-Cert` is the client's certificate.
+    pub trusted_proxies: Option<TrustedProxies>,
+}
+
+/// `listen.trusted_proxies`: a peer is trusted when it matches every list given — its
+/// address in `addresses`, its own TLS client certificate in `certificates`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TrustedProxies {
+    pub addresses: Vec<IpNet>,
+    /// SHA-256 of the proxies' certificates (DER).
+    pub certificates: Vec<[u8; 32]>,
+    pub reject_from_others: bool,
+}
+
+impl TrustedProxies {
+    /// Whether a connection from `peer`, presenting the certificate with this thumbprint,
+    /// comes from a trusted proxy.
+    pub fn trusts(&self, peer: std::net::IpAddr, certificate: Option<&[u8; 32]>) -> bool {
+        let address_ok = self.addresses.is_empty() || self.addresses.iter().any(|net| net.contains(peer));
+        let certificate_ok = self.certificates.is_empty()
+            || certificate.is_some_and(|c| self.certificates.iter().any(|t| crate::jose::constant_time_eq(t, c)));
+        address_ok && certificate_ok
+    }
+}
+
+/// An IP network: an address and a prefix length (`10.0.0.0/8`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IpNet {
+    pub address: std::net::IpAddr,
+    pub prefix: u8,
+}
+
+impl IpNet {
+    /// `a.b.c.d/n`, `x::y/n`, or a single address (the whole prefix).
+    pub fn parse(text: &str) -> Result<IpNet, String> {
+        let (address, prefix) = match text.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (text, None),
+        };
+        let address: std::net::IpAddr =
+            address.trim().parse().map_err(|_| format!("`{text}` is not an IP address or CIDR block"))?;
+        let max = if address.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            None => max,
+            Some(p) => p
+                .trim()
+                .parse::<u8>()
+                .ok()
+                .filter(|p| *p <= max)
+                .ok_or_else(|| format!("`{text}`: the prefix length must be a number from 0 to {max}"))?,
+        };
+        Ok(IpNet { address, prefix })
+    }
+
+    /// Whether `ip` is in the network (an IPv4-mapped IPv6 address counts as IPv4).
+    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
+        let ip = match ip {
+            std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, std::net::IpAddr::V4),
+            v4 => v4,
+        };
+        let bits = |a: std::net::IpAddr| -> u128 {
+            match a {
+                std::net::IpAddr::V4(v4) => u128::from(u32::from(v4)) << 96,
+                std::net::IpAddr::V6(v6) => u128::from(v6),
+            }
+        };
+        if ip.is_ipv4() != self.address.is_ipv4() {
+            return false;
+        }
+        let prefix = u32::from(self.prefix);
+        if prefix == 0 {
+            return true;
+        }
+        let mask = u128::MAX << (128 - prefix.min(128));
+        (bits(ip) & mask) == (bits(self.address) & mask)
+    }
 }
 
 #[derive(Clone, Debug)]

@@ -297,6 +297,35 @@ pub struct RawListen {
     pub handshake_timeout: Option<HumanDuration>,
     /// Request headers removed before forwarding, beyond the built-in list.
     pub strip_headers: Option<Spanned<Vec<String>>>,
+    /// Peers (TLS-terminating proxies, balancers) whose RFC 9440 `Client-Cert` header is
+    /// the client's certificate; off unless present.
+    pub trusted_proxies: Option<Spanned<RawTrustedProxies>>,
+}
+
+/// `listen.trusted_proxies:` — who may tell the gateway the client's certificate.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTrustedProxies {
+    /// Peer addresses, as CIDR blocks (`10.0.0.0/8`, `2001:db8::/32`) or single addresses.
+    #[serde(default)]
+    pub addresses: Vec<String>,
+    /// The `x5t#S256` thumbprints (base64url SHA-256 of the DER) of the TLS client
+    /// certificates the proxies present to the gateway.
+    #[serde(default)]
+    pub certificates: Vec<String>,
+    /// Defaults to `strip`: what `Client-Cert` from any other peer gets.
+    pub from_others: Option<ForwardedCertFromOthers>,
+}
+
+/// What a `Client-Cert` header from an untrusted peer gets.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ForwardedCertFromOthers {
+    /// Removed, as any client-sent certificate header; the request goes on.
+    #[default]
+    Strip,
+    /// 400 `forwarded_cert_untrusted`.
+    Reject,
 }
 
 #[derive(Debug, Deserialize)]

@@ -242,6 +242,48 @@ fn resource_metadata(
     })
 }
 
+/// `listen.trusted_proxies`: addresses as CIDR blocks, certificates as `x5t#S256`; at least
+/// one of the two lists.
+fn trusted_proxies(
+    ctx: &Ctx<'_>,
+    spanned: Spanned<super::raw::RawTrustedProxies>,
+) -> Result<super::TrustedProxies, ConfigError> {
+    let at = spanned.referenced;
+    let raw = spanned.value;
+    if raw.addresses.is_empty() && raw.certificates.is_empty() {
+        return Err(ctx.err(
+            at,
+            "listen.trusted_proxies",
+            "give the proxies' `addresses` (CIDR blocks), their `certificates` (x5t#S256), or both",
+        ));
+    }
+    let mut addresses = Vec::with_capacity(raw.addresses.len());
+    for (i, text) in raw.addresses.iter().enumerate() {
+        let net =
+            super::IpNet::parse(text).map_err(|m| ctx.err(at, format!("listen.trusted_proxies.addresses[{i}]"), m))?;
+        addresses.push(net);
+    }
+    let mut certificates = Vec::with_capacity(raw.certificates.len());
+    for (i, text) in raw.certificates.iter().enumerate() {
+        let thumbprint = crate::jose::b64url_decode(text.trim())
+            .ok()
+            .and_then(|bytes| <[u8; 32]>::try_from(bytes).ok())
+            .ok_or_else(|| {
+                ctx.err(
+                    at,
+                    format!("listen.trusted_proxies.certificates[{i}]"),
+                    format!("`{text}` is not an x5t#S256 thumbprint (base64url of a SHA-256, 43 characters)"),
+                )
+            })?;
+        certificates.push(thumbprint);
+    }
+    Ok(super::TrustedProxies {
+        addresses,
+        certificates,
+        reject_from_others: raw.from_others == Some(super::raw::ForwardedCertFromOthers::Reject),
+    })
+}
+
 /// `listen:`, with the normalised origin routes inherit.
 fn listener(ctx: &Ctx<'_>, raw: super::raw::RawListen) -> Result<(Listener, String), ConfigError> {
     let public_url = raw.public_url;
@@ -265,7 +307,12 @@ fn listener(ctx: &Ctx<'_>, raw: super::raw::RawListen) -> Result<(Listener, Stri
         None => Vec::new(),
         Some(list) => strip_headers(ctx, list)?,
     };
+    let trusted_proxies = match raw.trusted_proxies {
+        None => None,
+        Some(spanned) => Some(trusted_proxies(ctx, spanned)?),
+    };
     let listen = Listener {
+        trusted_proxies,
         strip_headers,
         address: raw.address,
         public_url: public_url.value.0,

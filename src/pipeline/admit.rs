@@ -48,7 +48,7 @@ pub async fn admit<B>(
         path: request.uri().path(),
         query: request.uri().query(),
         headers: request.headers(),
-        client_cert: conn.client_cert.as_ref().map(|c| &c.thumbprint),
+        client_cert: exchange.client_cert().map(|c| &c.thumbprint),
         now: crate::jose::unix_now(),
         token_memo: Some(&conn.token_memo),
     };

@@ -32,6 +32,8 @@ pub struct Exchange<'s> {
     pub user_agent: Option<HeaderValue>,
     /// The canonical host the request named (canonicalise).
     pub host: Option<Box<str>>,
+    /// Behind a trusted proxy: the client's certificate from `Client-Cert` (RFC 9440).
+    pub forwarded_cert: Option<super::connection::ClientCertificate>,
     /// The route that matched (route).
     pub route: Option<&'s ServedRoute>,
     /// Who the request was admitted as (admit).
@@ -58,6 +60,12 @@ pub struct Notes {
 }
 
 impl<'s> Exchange<'s> {
+    /// The client's certificate: the connection's, or behind a trusted proxy the one it
+    /// forwarded for this request (never the proxy's own).
+    pub fn client_cert(&self) -> Option<&super::connection::ClientCertificate> {
+        if self.conn.via_trusted_proxy { self.forwarded_cert.as_ref() } else { self.conn.client_cert.as_ref() }
+    }
+
     /// Starts the exchange of `request` on `conn`.
     pub fn begin<B>(conn: &'s ConnectionInfo, request: &Request<B>) -> Self {
         let logging = tracing::enabled!(target: "access", tracing::Level::INFO);
@@ -76,6 +84,7 @@ impl<'s> Exchange<'s> {
             path,
             user_agent,
             host: None,
+            forwarded_cert: None,
             route: None,
             principal: None,
             upstream_time: None,

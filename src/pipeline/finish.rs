@@ -119,7 +119,7 @@ fn access_log(exchange: &Exchange<'_>, status: u16, reason: &'static str, total:
         bytes = bytes.unwrap_or("-"),
         peer = %conn.peer,
         user_agent = exchange.user_agent.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("-"),
-        cert = %CertField(conn.client_cert.as_ref().map(|c| &c.thumbprint)),
+        cert = %CertField(exchange.client_cert().map(|c| &c.thumbprint)),
         token = %token,
         "request"
     );

@@ -25,6 +25,7 @@ pub mod connection;
 pub mod cors;
 pub mod exchange;
 pub mod finish;
+pub mod forwarded_cert;
 pub mod request_id;
 pub mod route;
 
@@ -97,6 +98,7 @@ impl GatewayState {
     ) -> Result<Response<ProxyBody>, Answer> {
         request.headers_mut().insert(X_REQUEST_ID, exchange.request_id.clone());
         exchange.host = canonical::canonicalise(&request, exchange.conn)?;
+        exchange.forwarded_cert = forwarded_cert::resolve(&self.config.listen, exchange.conn, request.headers())?;
         // The gateway's own endpoints come before any route: RFC 9728 metadata, the login
         // mode's pages.
         if let Some(metadata) = &self.resource_metadata
@@ -150,8 +152,10 @@ impl GatewayState {
         let ctx = ForwardContext {
             forwarded: &conn.forwarded,
             host: exchange.host.as_deref(),
-            client_cert_der: conn.client_cert.as_ref().map(|c| c.der.as_slice()),
-            client_cert_trusted: self.config.listen.tls.client_ca.is_some() || principal.binding.certificate,
+            client_cert_der: exchange.client_cert().map(|c| c.der.as_slice()),
+            // Behind a proxy the gateway did not check the chain itself.
+            client_cert_trusted: (self.config.listen.tls.client_ca.is_some() && !conn.via_trusted_proxy)
+                || principal.binding.certificate,
             principal,
             max_body_bytes: self.config.limits.max_body_bytes,
             strip_headers: &self.config.listen.strip_headers,

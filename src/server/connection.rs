@@ -73,10 +73,21 @@ impl ConnectionTask {
                 thumbprint: tls::certificate_thumbprint(leaf.as_ref()),
                 der: leaf.as_ref().to_vec(),
             });
+            let via_trusted_proxy = self
+                .shared
+                .live
+                .load()
+                .state
+                .config
+                .listen
+                .trusted_proxies
+                .as_ref()
+                .is_some_and(|trusted| trusted.trusts(peer.ip(), client_cert.as_ref().map(|c| &c.thumbprint)));
             let info = ConnectionInfo {
                 peer,
                 sni: tls.sni().map(str::to_string),
                 client_cert,
+                via_trusted_proxy,
                 forwarded: crate::proxy::ForwardedHeaders::new(peer),
                 token_memo: Default::default(),
             };
