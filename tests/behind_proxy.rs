@@ -46,6 +46,11 @@ struct Haproxy {
 
 impl Haproxy {
     async fn start(pki: &TestPki, gateway: SocketAddr) -> Haproxy {
+        Haproxy::start_with(pki, gateway, "").await
+    }
+
+    /// With `server_extra` on the backend's server line (e.g. `send-proxy-v2`).
+    async fn start_with(pki: &TestPki, gateway: SocketAddr, server_extra: &str) -> Haproxy {
         let dir = tempfile::tempdir().unwrap();
         let pem = dir.path().join("edge.pem");
         let combined = std::fs::read_to_string(pki.server_cert_path()).unwrap()
@@ -63,7 +68,7 @@ impl Haproxy {
                  \x20 http-request del-header Client-Cert-Chain\n\
                  \x20 http-request set-header Client-Cert :%[ssl_c_der,base64]: if {{ ssl_c_used }}\n\
                  \x20 default_backend gateway\n\
-                 backend gateway\n  server gw 127.0.0.1:{gw} ssl verify none sni str(gateway.test) source {PROXY_SOURCE}\n",
+                 backend gateway\n  server gw 127.0.0.1:{gw} ssl verify none sni str(gateway.test) source {PROXY_SOURCE} {server_extra}\n",
                 pem = pem.display(),
                 ca = pki.client_ca_pem_path().display(),
                 gw = gateway.port(),
@@ -269,6 +274,45 @@ async fn a_proxy_trusted_by_its_certificate() {
     assert_eq!(env.upstream.hits(), 1);
 }
 
+#[tokio::test]
+async fn with_proxy_protocol_the_client_address_comes_from_the_balancer() {
+    if !haproxy_installed() {
+        return;
+    }
+    let env = Env::start_with(Options {
+        listen_extra: "  trusted_proxies:\n    addresses: [127.0.0.2/32]\n  proxy_protocol: true\n".into(),
+        admin: true,
+        ..Options::default()
+    })
+    .await;
+    let edge = Haproxy::start_with(&env.pki, env.addr, "send-proxy-v2").await;
+    let client = env.pki.self_signed_client("client");
+    let token = env.bound_token(&client);
+    // The client calls haproxy from 127.0.0.3; haproxy calls the gateway from 127.0.0.2.
+    let from = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 3));
+    let response = client_from(&env, Some(&client), from)
+        .get(gateway_url(edge.addr, "/mtls/x"))
+        .header("authorization", format!("Bearer {token}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let seen = env.upstream.last().unwrap();
+    assert_eq!(seen.headers["x-forwarded-for"], "127.0.0.3", "the client's address, from the PROXY header");
+    assert_eq!(seen.headers["forwarded"].to_str().unwrap().split(';').next(), Some("for=127.0.0.3"));
+
+    // Posing as the balancer without the header: the connection is refused and counted.
+    let no_header = client_from(&env, Some(&client), PROXY_SOURCE).get(env.url("/public/x")).send().await;
+    assert!(no_header.is_err(), "no PROXY header from a trusted address: {no_header:?}");
+    let admin = env.gateway.as_ref().unwrap().admin_addr().unwrap();
+    let metrics = reqwest::get(format!("http://{admin}/metrics")).await.unwrap().text().await.unwrap();
+    assert!(metrics.contains(r#"fapi_gateway_tls_handshake_failures_total{reason="proxy_protocol"} 1"#), "{metrics}");
+    // A direct client from an untrusted address sends no header and is served as ever.
+    let direct = client_from(&env, None, IpAddr::V4(Ipv4Addr::LOCALHOST)).get(env.url("/public/x")).send().await;
+    assert_eq!(direct.unwrap().status(), 200);
+    assert_eq!(env.upstream.last().unwrap().headers["x-forwarded-for"], "127.0.0.1");
+}
+
 #[test]
 fn bad_trusted_proxies_settings_are_refused_with_the_key() {
     let pki = TestPki::new();
@@ -287,6 +331,10 @@ fn bad_trusted_proxies_settings_are_refused_with_the_key() {
         ("    certificates: [abc]\n", "listen.trusted_proxies.certificates[0]"),
         ("    from_others: drop\n", "from_others"),
         ("    {}\n", "give the proxies"),
+        (
+            "    certificates: [p8SDh1nAo3hSqcZgKw8PQ5HlN80rb_9dcUocRzdX8vI]\n  proxy_protocol: true\n",
+            "needs listen.trusted_proxies.addresses",
+        ),
     ] {
         let e = error(section);
         assert!(e.contains(expected), "{section}: {e}");

@@ -165,6 +165,8 @@ pub struct Listener {
     pub strip_headers: Vec<http::HeaderName>,
     /// Peers whose RFC 9440 `Client-Cert` is the client's certificate.
     pub trusted_proxies: Option<TrustedProxies>,
+    /// Connections from `trusted_proxies.addresses` start with a PROXY protocol v2 header.
+    pub proxy_protocol: bool,
 }
 
 /// `listen.trusted_proxies`: a peer is trusted when it matches every list given — its
@@ -178,6 +180,11 @@ pub struct TrustedProxies {
 }
 
 impl TrustedProxies {
+    /// Whether `peer` is in `addresses` (false when no addresses are listed).
+    pub fn lists_address(&self, peer: std::net::IpAddr) -> bool {
+        self.addresses.iter().any(|net| net.contains(peer))
+    }
+
     /// Whether a connection from `peer`, presenting the certificate with this thumbprint,
     /// comes from a trusted proxy.
     pub fn trusts(&self, peer: std::net::IpAddr, certificate: Option<&[u8; 32]>) -> bool {

@@ -300,6 +300,9 @@ pub struct RawListen {
     /// Peers (TLS-terminating proxies, balancers) whose RFC 9440 `Client-Cert` header is
     /// the client's certificate; off unless present.
     pub trusted_proxies: Option<Spanned<RawTrustedProxies>>,
+    /// Connections from `trusted_proxies.addresses` start with a PROXY protocol v2 header
+    /// (the client's address). Defaults to false.
+    pub proxy_protocol: Option<Spanned<bool>>,
 }
 
 /// `listen.trusted_proxies:` — who may tell the gateway the client's certificate.

@@ -311,7 +311,18 @@ fn listener(ctx: &Ctx<'_>, raw: super::raw::RawListen) -> Result<(Listener, Stri
         None => None,
         Some(spanned) => Some(trusted_proxies(ctx, spanned)?),
     };
+    let proxy_protocol = raw.proxy_protocol.as_ref().is_some_and(|p| p.value);
+    if let Some(spanned) = raw.proxy_protocol.filter(|p| p.value)
+        && trusted_proxies.as_ref().is_none_or(|t| t.addresses.is_empty())
+    {
+        return Err(ctx.err(
+            spanned.referenced,
+            "listen.proxy_protocol",
+            "needs listen.trusted_proxies.addresses: only those peers may send a PROXY protocol header",
+        ));
+    }
     let listen = Listener {
+        proxy_protocol,
         trusted_proxies,
         strip_headers,
         address: raw.address,

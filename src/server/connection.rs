@@ -48,7 +48,32 @@ impl ConnectionTask {
     ) {
         // The certificate of the configuration current at accept time; requests then use the
         // configuration current when each arrives (a reload applies to open connections).
-        let server_tls = self.shared.live.load().server_tls.clone();
+        let (server_tls, proxy_protocol, trusted_proxies) = {
+            let live = self.shared.live.load();
+            let listen = &live.state.config.listen;
+            (live.server_tls.clone(), listen.proxy_protocol, listen.trusted_proxies.clone())
+        };
+        // A balancer in front sends the client's address first (PROXY protocol v2); only
+        // the trusted addresses may, and from them it is required.
+        let mut tcp = tcp;
+        let mut client = peer;
+        if proxy_protocol && trusted_proxies.as_ref().is_some_and(|t| t.lists_address(peer.ip())) {
+            let header = super::proxy_protocol::read_header(&mut tcp);
+            match tokio::time::timeout(self.shared.settings.handshake_timeout, header).await {
+                Ok(Ok(Some(address))) => client = address,
+                Ok(Ok(None)) => {}
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, error = %e, "PROXY protocol header refused");
+                    self.count_handshake_failure(HandshakeFailure::ProxyProtocol);
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "PROXY protocol header timed out");
+                    self.count_handshake_failure(HandshakeFailure::Timeout);
+                    return;
+                }
+            }
+        }
         // Boxed, like the HTTP/2 connection below: a task's allocation is as large as its
         // largest state, and an idle connection should not pay for the handshake's.
         let handshake = Box::pin(ServerTlsStream::accept(tcp, server_tls, self.shared.settings.send));
@@ -73,22 +98,16 @@ impl ConnectionTask {
                 thumbprint: tls::certificate_thumbprint(leaf.as_ref()),
                 der: leaf.as_ref().to_vec(),
             });
-            let via_trusted_proxy = self
-                .shared
-                .live
-                .load()
-                .state
-                .config
-                .listen
-                .trusted_proxies
+            // Trust is the TCP peer's (the proxy's), not the address it speaks for.
+            let via_trusted_proxy = trusted_proxies
                 .as_ref()
                 .is_some_and(|trusted| trusted.trusts(peer.ip(), client_cert.as_ref().map(|c| &c.thumbprint)));
             let info = ConnectionInfo {
-                peer,
+                peer: client,
                 sni: tls.sni().map(str::to_string),
                 client_cert,
                 via_trusted_proxy,
-                forwarded: crate::proxy::ForwardedHeaders::new(peer),
+                forwarded: crate::proxy::ForwardedHeaders::new(client),
                 token_memo: Default::default(),
             };
             (Arc::new(info), h2)

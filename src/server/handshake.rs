@@ -29,12 +29,15 @@ pub enum HandshakeFailure {
     /// The client closed or reset the connection (TCP health checks that connect and close
     /// are counted here too).
     PeerClosed,
+    /// With `listen.proxy_protocol`: a trusted proxy's connection did not start with a
+    /// well-formed PROXY protocol v2 header.
+    ProxyProtocol,
     Other,
 }
 
 impl HandshakeFailure {
     /// Every reason, for series created at 0 when the listener starts.
-    pub const ALL: [HandshakeFailure; 8] = [
+    pub const ALL: [HandshakeFailure; 9] = [
         HandshakeFailure::Timeout,
         HandshakeFailure::NotTls,
         HandshakeFailure::Malformed,
@@ -42,6 +45,7 @@ impl HandshakeFailure {
         HandshakeFailure::BadCertificate,
         HandshakeFailure::PeerAlert,
         HandshakeFailure::PeerClosed,
+        HandshakeFailure::ProxyProtocol,
         HandshakeFailure::Other,
     ];
 
@@ -55,6 +59,7 @@ impl HandshakeFailure {
             HandshakeFailure::BadCertificate => "bad_certificate",
             HandshakeFailure::PeerAlert => "peer_alert",
             HandshakeFailure::PeerClosed => "peer_closed",
+            HandshakeFailure::ProxyProtocol => "proxy_protocol",
             HandshakeFailure::Other => "other",
         }
     }

@@ -47,6 +47,7 @@ mod h2;
 mod h2_watch;
 mod handshake;
 mod per_client;
+mod proxy_protocol;
 mod reclaim;
 /// Public for the fuzz target (`fuzz/fuzz_targets/http1_framing.rs`), not as an API.
 pub mod rewind;
