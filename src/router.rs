@@ -139,6 +139,7 @@ mod tests {
             nonce_required: false,
             resource_metadata_url: None,
             cors: None,
+            as_edge: None,
         }
     }
 

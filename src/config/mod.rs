@@ -42,6 +42,14 @@ pub struct Config {
     pub routes: Vec<Route>,
 }
 
+/// `routes[].as_edge`: on `authorization_paths` only pushed authorization requests
+/// (`client_id` and `request_uri`, FAPI 2.0 §5.3.2.2) pass; every request forwards the
+/// client's certificate (RFC 9440) for the AS's `tls_client_auth` and certificate binding.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AsEdge {
+    pub authorization_paths: Vec<String>,
+}
+
 /// A route's CORS policy, with its header values made once.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CorsPolicy {
@@ -349,6 +357,8 @@ pub struct Route {
     pub nonce_required: bool,
     /// `cors:`: browser apps on these origins may call the route.
     pub cors: Option<std::sync::Arc<CorsPolicy>>,
+    /// `as_edge:`: the route fronts an authorization server.
+    pub as_edge: Option<AsEdge>,
     /// With `resource_metadata:`, on a protected route: the URL of its RFC 9728 document
     /// (`public_origin` + `/.well-known/oauth-protected-resource` + `path_prefix`), which
     /// its challenges name.

@@ -479,6 +479,18 @@ pub struct RawRoute {
     pub upstream_public_url: Option<HttpUrl>,
     /// Cross-origin calls from browser apps (CORS); off unless present.
     pub cors: Option<RawCors>,
+    /// In front of an authorization server's endpoints; off unless present.
+    pub as_edge: Option<RawAsEdge>,
+}
+
+/// `routes[].as_edge:` — the route fronts an authorization server (FAPI 2.0): on its
+/// authorization endpoint only pushed requests pass, and every request carries the client's
+/// certificate as RFC 9440 `Client-Cert` for `tls_client_auth` and certificate binding.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAsEdge {
+    /// The authorization endpoint's paths: only `client_id` and `request_uri` pass there.
+    pub authorization_paths: Vec<String>,
 }
 
 /// `routes[].cors:` — which web origins may call the route from a browser, and what the

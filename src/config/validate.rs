@@ -635,6 +635,34 @@ fn route(
         },
         Some(url) => public_origin(url).map_err(|m| ctx.err(at, key("public_url"), m))?,
     };
+    let as_edge = match raw.as_edge {
+        None => None,
+        Some(edge) => {
+            if policy != RoutePolicy::Public {
+                return Err(ctx.err(
+                    at,
+                    key("as_edge"),
+                    "an AS edge route authenticates nothing itself (the AS does): give it `auth: none`",
+                ));
+            }
+            if edge.authorization_paths.is_empty() {
+                return Err(ctx.err(at, key("as_edge.authorization_paths"), "list the authorization endpoint's path"));
+            }
+            let route_prefix = prefix.trim_end_matches('/');
+            for path in &edge.authorization_paths {
+                let under =
+                    path.strip_prefix(route_prefix).is_some_and(|rest| rest.is_empty() || rest.starts_with('/'));
+                if !path.starts_with('/') || !under {
+                    return Err(ctx.err(
+                        at,
+                        key("as_edge.authorization_paths"),
+                        format!("`{path}` is not a path under this route's path_prefix `{prefix}`"),
+                    ));
+                }
+            }
+            Some(super::AsEdge { authorization_paths: edge.authorization_paths })
+        }
+    };
     let cors = match raw.cors {
         None => None,
         Some(cors) => Some(cors_policy(cors, methods.as_deref()).map_err(|(k, m)| ctx.err(at, key(k), m))?.into()),
@@ -648,13 +676,15 @@ fn route(
         upstream_ca: raw.upstream_ca.map(|p| ctx.path(p)),
         timeout: dur(raw.timeout, Duration::from_secs(30)),
         policy,
-        forward_client_cert: raw.forward_client_cert,
+        // An AS edge always tells the AS the client's certificate.
+        forward_client_cert: raw.forward_client_cert || as_edge.is_some(),
         identity_headers: raw.identity_headers,
         forward_token: raw.forward_token.unwrap_or_default(),
         public_origin,
         nonce_required: raw.nonce.unwrap_or(defaults.nonce) == NonceMode::Required,
         resource_metadata_url: None,
         cors,
+        as_edge,
     })
 }
 

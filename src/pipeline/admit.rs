@@ -30,6 +30,9 @@ pub async fn admit<B>(
     if declared.is_some_and(|len| len > state.config.limits.max_body_bytes) {
         return Err(Rejection::PayloadTooLarge.into());
     }
+    if let Some(edge) = &route.spec.as_edge {
+        super::as_edge::check(edge, request)?;
+    }
     if let crate::config::RoutePolicy::Session { login, upstream_origin } = &route.spec.policy {
         let runtime = state.logins.get(*login).ok_or(Rejection::NotFound)?;
         let htu =

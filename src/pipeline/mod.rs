@@ -20,6 +20,7 @@
 //! [`Exchange`], never back through response extensions.
 
 pub mod admit;
+pub mod as_edge;
 pub mod canonical;
 pub mod connection;
 pub mod cors;
@@ -154,8 +155,11 @@ impl GatewayState {
             host: exchange.host.as_deref(),
             client_cert_der: exchange.client_cert().map(|c| c.der.as_slice()),
             // Behind a proxy the gateway did not check the chain itself.
+            // An AS edge passes any client certificate: the AS checks it against the
+            // client's registration (tls_client_auth, self_signed_tls_client_auth).
             client_cert_trusted: (self.config.listen.tls.client_ca.is_some() && !conn.via_trusted_proxy)
-                || principal.binding.certificate,
+                || principal.binding.certificate
+                || route.spec.as_edge.is_some(),
             principal,
             max_body_bytes: self.config.limits.max_body_bytes,
             strip_headers: &self.config.listen.strip_headers,

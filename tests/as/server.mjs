@@ -111,6 +111,30 @@ function peerCertificate(ctx) {
 }
 
 // RFC 4514 order is the reverse of the certificate's RDN sequence; accept either spelling.
+// With `cert_from_header`, the AS sits behind a gateway that terminates the client's TLS
+// and passes its certificate on as RFC 9440 `Client-Cert: :<base64 DER>:` (the gateway's AS
+// edge): that is the client's certificate, and it must chain to the client CA.
+const certFromHeader = cfg.cert_from_header === true;
+const clientCa = cfg.tls.ca ? new crypto.X509Certificate(fs.readFileSync(cfg.tls.ca)) : null;
+
+function headerCertificate(ctx) {
+  const match = /^:([A-Za-z0-9+/]+={0,2}):$/.exec(ctx.get('client-cert') ?? '');
+  if (!match) return undefined;
+  try {
+    return new crypto.X509Certificate(Buffer.from(match[1], 'base64'));
+  } catch {
+    return undefined;
+  }
+}
+
+const clientCertificate = certFromHeader ? headerCertificate : peerCertificate;
+
+function certificateAuthorized(ctx) {
+  if (!certFromHeader) return ctx.req.socket.authorized === true;
+  const x509 = headerCertificate(ctx);
+  return Boolean(x509 && clientCa && x509.checkIssued(clientCa) && x509.verify(clientCa.publicKey));
+}
+
 function subjectDnMatches(x509, expected) {
   const rdns = x509.subject.split('\n').filter(Boolean);
   const norm = (s) => s.split(',').map((part) => part.trim()).join(',');
@@ -147,7 +171,7 @@ const configuration = {
   cookies: { keys: [crypto.randomBytes(32).toString('base64url')] },
   scopes: cfg.scopes ?? ['openid', 'offline_access'],
   claims: { openid: ['sub'], email: ['email', 'email_verified'], profile: ['name'] },
-  clientAuthMethods: ['private_key_jwt', ...(cfg.mtls ? ['tls_client_auth'] : [])],
+  clientAuthMethods: ['private_key_jwt', ...(cfg.mtls || certFromHeader ? ['tls_client_auth'] : [])],
   clientDefaults: {
     grant_types: ['authorization_code', 'refresh_token'],
     response_types: ['code'],
@@ -178,13 +202,13 @@ const configuration = {
       requireNonce: () => requireNonce,
     },
     mTLS: {
-      enabled: Boolean(cfg.mtls),
-      certificateBoundAccessTokens: Boolean(cfg.mtls),
-      tlsClientAuth: Boolean(cfg.mtls),
-      getCertificate: peerCertificate,
-      certificateAuthorized: (ctx) => ctx.req.socket.authorized === true,
+      enabled: Boolean(cfg.mtls) || certFromHeader,
+      certificateBoundAccessTokens: Boolean(cfg.mtls) || certFromHeader,
+      tlsClientAuth: Boolean(cfg.mtls) || certFromHeader,
+      getCertificate: clientCertificate,
+      certificateAuthorized,
       certificateSubjectMatches(ctx, property, expected) {
-        const x509 = peerCertificate(ctx);
+        const x509 = clientCertificate(ctx);
         if (!x509) return false;
         switch (property) {
           case 'tls_client_auth_subject_dn':

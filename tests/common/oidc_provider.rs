@@ -158,6 +158,9 @@ pub struct AsOptions {
     pub rotate_refresh_tokens: bool,
     /// Refuse pushed requests without a signed request object (JAR).
     pub require_signed_request_object: bool,
+    /// Behind a gateway's AS edge: the client's certificate is the RFC 9440 `Client-Cert`
+    /// header (it must chain to the PKI's client CA), not the TLS connection's.
+    pub cert_from_header: bool,
 }
 
 impl Default for AsOptions {
@@ -174,6 +177,7 @@ impl Default for AsOptions {
             mtls: false,
             rotate_refresh_tokens: true,
             require_signed_request_object: false,
+            cert_from_header: false,
         }
     }
 }
@@ -279,6 +283,7 @@ impl OidcProvider {
             "auto_interaction": options.auto_interaction,
             "rotate_refresh_tokens": options.rotate_refresh_tokens,
             "require_signed_request_object": options.require_signed_request_object,
+            "cert_from_header": options.cert_from_header,
             "clients": options.clients.iter().map(AsClient::metadata).collect::<Vec<_>>(),
         });
         let cfg_path = pki.dir().join(format!("oidc-provider-{}.json", random_id()));
