@@ -144,6 +144,34 @@ fn every_login_recipe_is_a_valid_gateway_yaml_with_a_session_route() {
 }
 
 #[test]
+fn every_deployment_example_is_a_valid_gateway_yaml() {
+    // deploy/examples/*/gateway.yaml name files of the target machine (/etc/…): they are
+    // parsed and validated, not opened.
+    let dir = root().join("deploy/examples");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path().join("gateway.yaml");
+        if !path.exists() {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        if let Err(e) = Config::from_yaml(&text, &path.display().to_string(), path.parent().unwrap()) {
+            panic!("{e}");
+        }
+        assert!(
+            read(&format!(
+                "deploy/examples/{}/README.md",
+                path.parent().unwrap().file_name().unwrap().to_string_lossy()
+            ))
+            .len()
+                > 200
+        );
+        checked += 1;
+    }
+    assert!(checked >= 2, "deploy/examples has {checked} examples");
+}
+
+#[test]
 fn every_product_has_a_recipe() {
     let doc = read("docs/issuers.md");
     let sections = sections(&doc);

@@ -421,7 +421,13 @@ async fn one_proof_on_eight_connections_at_once_passes_exactly_once() {
 #[tokio::test]
 async fn a_full_replay_store_refuses_new_proofs_and_still_remembers_old_ones() {
     let (env, key, token) =
-        setup_with(Options { dpop: "dpop:\n  replay:\n    max_entries: 1\n".into(), ..Default::default() }).await;
+        // One key fills the store here: its share (`per_key_limit`, a tenth of the store by
+        // default) is lifted for the test (tests/replay_quota.rs tests the share).
+        setup_with(Options {
+            dpop: "dpop:\n  replay:\n    max_entries: 1\n    per_key_limit: 1000\n".into(),
+            ..Default::default()
+        })
+        .await;
     let first = key.dpop_proof("GET", &env.public_url("/dpop/x"), Some(&token));
     assert_eq!(env.send_dpop("GET", "/dpop/x", &token, &first).await.status(), 200);
     // 16 shards of one entry each: at most 16 more fresh proofs fit before one is refused.

@@ -481,12 +481,57 @@ def check_systemd() -> None:
                 cli_accepts(key, words[1:])
 
 
+def lay_out_pem_files(text: str, root: Path, combined: set[str] = frozenset()) -> None:
+    """Creates, under root, every absolute /etc/… file `text` names: the repository's
+    development files, by kind (a key, a CA, a certificate; `combined` ones get certificate
+    and key in one file, as haproxy wants)."""
+    certs = ROOT / "certs"
+    for path in sorted(set(re.findall(r"(/etc/[A-Za-z0-9_./-]+)", text))):
+        target = root / path.lstrip("/")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        name = Path(path).name
+        if path in combined:
+            target.write_text((certs / "server.pem").read_text() + (certs / "server.key").read_text())
+        elif name.endswith(".key"):
+            shutil.copy(certs / "server.key", target)
+        elif "ca" in name.split(".")[0].split("-"):
+            shutil.copy(certs / "ca.pem", target)
+        elif name.endswith(".pem"):
+            shutil.copy(certs / "server.pem", target)
+
+
+def check_examples() -> None:
+    """deploy/examples/*: check-config on each gateway.yaml with its /etc/… files laid out,
+    and haproxy -c on a haproxy.cfg beside it."""
+    print("== deploy/examples")
+    for example in sorted(p for p in (ROOT / "deploy/examples").iterdir() if p.is_dir()):
+        label = f"deploy/examples/{example.name}"
+        root = TMP / "examples" / example.name
+        config = example / "gateway.yaml"
+        if not (example / "README.md").exists():
+            problem(f"{label}: no README.md")
+        if config.exists():
+            lay_out_pem_files(config.read_text(), root)
+            check_config_in(root, config, ["/etc/"], f"{label}/gateway.yaml")
+        haproxy_cfg = example / "haproxy.cfg"
+        if haproxy_cfg.exists():
+            text = haproxy_cfg.read_text()
+            crts = set(re.findall(r"\bcrt (/etc/[^ ]+)", text))
+            lay_out_pem_files(text, root, combined=crts)
+            copy = root / "haproxy.cfg"
+            copy.write_text(text.replace("/etc/", f"{root}/etc/"))
+            haproxy = shutil.which("haproxy") or "/usr/sbin/haproxy"
+            expect_success(f"{label}/haproxy.cfg: haproxy -c", [haproxy, "-c", "-f", copy])
+
+
 def main() -> int:
     covered = {ROOT / "deploy/compose/gateway.yaml"}
+    covered |= set((ROOT / "deploy/examples").glob("*/gateway.yaml"))
     for stray in sorted(set((ROOT / "deploy").rglob("gateway.yaml")) - covered):
         problem(f"{stray.relative_to(ROOT)}: a gateway.yaml that no check covers")
     try:
-        for check in (check_dockerfile, check_context, check_pin_digests, check_compose, check_kubernetes, check_systemd):
+        for check in (check_dockerfile, check_context, check_pin_digests, check_compose, check_kubernetes, check_systemd,
+                      check_examples):
             try:
                 check()
             except Exception as e:  # a broken file should fail its check, not hide the others
