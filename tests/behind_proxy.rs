@@ -280,7 +280,8 @@ async fn with_proxy_protocol_the_client_address_comes_from_the_balancer() {
         return;
     }
     let env = Env::start_with(Options {
-        listen_extra: "  trusted_proxies:\n    addresses: [127.0.0.2/32]\n  proxy_protocol: true\n".into(),
+        listen_extra:
+            "  trusted_proxies:\n    addresses: [127.0.0.2/32]\n  proxy_protocol:\n    from: [127.0.0.2/32]\n".into(),
         admin: true,
         ..Options::default()
     })
@@ -313,6 +314,64 @@ async fn with_proxy_protocol_the_client_address_comes_from_the_balancer() {
     assert_eq!(env.upstream.last().unwrap().headers["x-forwarded-for"], "127.0.0.1");
 }
 
+/// A PROXY protocol v2 header for a TCP/IPv4 client.
+fn proxy_header(client: SocketAddr, server: SocketAddr) -> Vec<u8> {
+    let (SocketAddr::V4(client), SocketAddr::V4(server)) = (client, server) else { panic!("IPv4 only") };
+    let mut header = vec![0x0D, 0x0A, 0x0D, 0x0A, 0x00, 0x0D, 0x0A, 0x51, 0x55, 0x49, 0x54, 0x0A, 0x21, 0x11, 0, 12];
+    header.extend_from_slice(&client.ip().octets());
+    header.extend_from_slice(&server.ip().octets());
+    header.extend_from_slice(&client.port().to_be_bytes());
+    header.extend_from_slice(&server.port().to_be_bytes());
+    header
+}
+
+/// `GET /identity/x` with `token`, over TLS presenting `identity`, on a connection from
+/// 127.0.0.2 that starts with a PROXY header for 198.51.100.7; with `forged`, a
+/// `Client-Cert` naming `claimed`. The status code.
+async fn through_a_layer_4_balancer(
+    env: &Env,
+    identity: &ClientCert,
+    token: &str,
+    forged: Option<&ClientCert>,
+) -> String {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(SocketAddr::new(PROXY_SOURCE, 0)).unwrap();
+    let mut tcp = socket.connect(env.addr).await.unwrap();
+    tcp.write_all(&proxy_header("198.51.100.7:40000".parse().unwrap(), env.addr)).await.unwrap();
+    let connector = env.pki.tls_connector(Some(identity), &[b"http/1.1"]);
+    let name = rustls::pki_types::ServerName::try_from(GATEWAY_HOST).unwrap();
+    let mut tls = connector.connect(name, tcp).await.unwrap();
+    let forged = forged.map(|c| format!("Client-Cert: {}\r\n", header_value(c))).unwrap_or_default();
+    let request = format!(
+        "GET /identity/x HTTP/1.1\r\nHost: {GATEWAY_HOST}\r\nAuthorization: Bearer {token}\r\n{forged}Connection: close\r\n\r\n"
+    );
+    tls.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    let _ = tls.read_to_end(&mut answer).await;
+    String::from_utf8_lossy(&answer).split(' ').nth(1).unwrap_or_default().to_string()
+}
+
+#[tokio::test]
+async fn a_layer_4_balancer_sends_the_address_but_is_never_trusted_with_client_cert() {
+    // An NLB-style balancer passes TLS through: the gateway terminates the client's mTLS
+    // itself. `proxy_protocol.from` lists it, `trusted_proxies` does not: a client behind
+    // it that sends `Client-Cert` naming another's certificate binds nothing.
+    let env = Env::start_with(Options {
+        listen_extra: "  proxy_protocol:\n    from: [127.0.0.2/32]\n".into(),
+        ..Options::default()
+    })
+    .await;
+    let (victim, thief) = (env.pki.self_signed_client("victim"), env.pki.self_signed_client("thief"));
+    let token = env.bound_token(&victim);
+    assert_eq!(through_a_layer_4_balancer(&env, &thief, &token, Some(&victim)).await, "401");
+    assert_eq!(through_a_layer_4_balancer(&env, &victim, &token, None).await, "200", "its own TLS certificate binds");
+    let seen = env.upstream.last().unwrap();
+    assert_eq!(seen.headers["x-forwarded-for"], "198.51.100.7");
+    assert_eq!(seen.headers["client-cert"].to_str().unwrap(), header_value(&victim));
+    assert_eq!(env.upstream.hits(), 1);
+}
+
 #[test]
 fn bad_trusted_proxies_settings_are_refused_with_the_key() {
     let pki = TestPki::new();
@@ -331,10 +390,8 @@ fn bad_trusted_proxies_settings_are_refused_with_the_key() {
         ("    certificates: [abc]\n", "listen.trusted_proxies.certificates[0]"),
         ("    from_others: drop\n", "from_others"),
         ("    {}\n", "give the proxies"),
-        (
-            "    certificates: [p8SDh1nAo3hSqcZgKw8PQ5HlN80rb_9dcUocRzdX8vI]\n  proxy_protocol: true\n",
-            "needs listen.trusted_proxies.addresses",
-        ),
+        ("    addresses: [10.0.0.1]\n  proxy_protocol:\n    from: []\n", "listen.proxy_protocol.from"),
+        ("    addresses: [10.0.0.1]\n  proxy_protocol:\n    from: [10.0.0.0/8x]\n", "listen.proxy_protocol.from[0]"),
     ] {
         let e = error(section);
         assert!(e.contains(expected), "{section}: {e}");

@@ -120,6 +120,32 @@ async fn with_preflight_upstream_the_upstream_answers_unauthenticated() {
     let evil = preflight(&env, "/cors-up/x", "https://evil.test", "GET").await;
     assert_eq!(evil.status(), 403);
     assert_eq!(env.upstream.hits(), 1);
+    // Credentials a "preflight" carries never reach the upstream unchecked…
+    let with_token = env
+        .client(None)
+        .request(reqwest::Method::OPTIONS, env.url("/cors-up/x"))
+        .header("origin", APP)
+        .header("access-control-request-method", "GET")
+        .header("authorization", "DPoP forged.token.here")
+        .header("dpop", "forged.proof")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(with_token.status(), 200);
+    let seen = env.upstream.last().unwrap();
+    assert!(seen.headers.get("authorization").is_none() && seen.headers.get("dpop").is_none(), "{:?}", seen.headers);
+    // …and one with a body is no preflight: it is authenticated like any request.
+    let with_body = env
+        .client(None)
+        .request(reqwest::Method::OPTIONS, env.url("/cors-up/x"))
+        .header("origin", APP)
+        .header("access-control-request-method", "GET")
+        .body("do something")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(with_body.status(), 401);
+    assert_eq!(env.upstream.hits(), 2);
 }
 
 #[tokio::test]

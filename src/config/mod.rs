@@ -173,8 +173,8 @@ pub struct Listener {
     pub strip_headers: Vec<http::HeaderName>,
     /// Peers whose RFC 9440 `Client-Cert` is the client's certificate.
     pub trusted_proxies: Option<TrustedProxies>,
-    /// Connections from `trusted_proxies.addresses` start with a PROXY protocol v2 header.
-    pub proxy_protocol: bool,
+    /// Connections from these addresses start with a PROXY protocol v2 header (empty: off).
+    pub proxy_protocol_from: Vec<IpNet>,
 }
 
 /// `listen.trusted_proxies`: a peer is trusted when it matches every list given — its
@@ -188,11 +188,6 @@ pub struct TrustedProxies {
 }
 
 impl TrustedProxies {
-    /// Whether `peer` is in `addresses` (false when no addresses are listed).
-    pub fn lists_address(&self, peer: std::net::IpAddr) -> bool {
-        self.addresses.iter().any(|net| net.contains(peer))
-    }
-
     /// Whether a connection from `peer`, presenting the certificate with this thumbprint,
     /// comes from a trusted proxy.
     pub fn trusts(&self, peer: std::net::IpAddr, certificate: Option<&[u8; 32]>) -> bool {
@@ -229,6 +224,13 @@ impl IpNet {
                 .filter(|p| *p <= max)
                 .ok_or_else(|| format!("`{text}`: the prefix length must be a number from 0 to {max}"))?,
         };
+        // `::ffff:10.0.0.0/104` is `10.0.0.0/8`: peers are compared as IPv4 too.
+        if let std::net::IpAddr::V6(v6) = address
+            && let Some(v4) = v6.to_ipv4_mapped()
+            && prefix >= 96
+        {
+            return Ok(IpNet { address: std::net::IpAddr::V4(v4), prefix: prefix - 96 });
+        }
         Ok(IpNet { address, prefix })
     }
 

@@ -300,9 +300,19 @@ pub struct RawListen {
     /// Peers (TLS-terminating proxies, balancers) whose RFC 9440 `Client-Cert` header is
     /// the client's certificate; off unless present.
     pub trusted_proxies: Option<Spanned<RawTrustedProxies>>,
-    /// Connections from `trusted_proxies.addresses` start with a PROXY protocol v2 header
-    /// (the client's address). Defaults to false.
-    pub proxy_protocol: Option<Spanned<bool>>,
+    /// Balancers whose connections start with a PROXY protocol v2 header (the client's
+    /// address); off unless present.
+    pub proxy_protocol: Option<Spanned<RawProxyProtocol>>,
+}
+
+/// `listen.proxy_protocol:` — who sends PROXY protocol v2. Independent of
+/// `trusted_proxies`: a layer-4 balancer (TLS passes through it to the gateway) sends the
+/// header but must not be trusted with `Client-Cert`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawProxyProtocol {
+    /// The balancers' addresses (CIDR blocks): from them the header is required.
+    pub from: Vec<String>,
 }
 
 /// `listen.trusted_proxies:` — who may tell the gateway the client's certificate.

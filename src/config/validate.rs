@@ -311,18 +311,20 @@ fn listener(ctx: &Ctx<'_>, raw: super::raw::RawListen) -> Result<(Listener, Stri
         None => None,
         Some(spanned) => Some(trusted_proxies(ctx, spanned)?),
     };
-    let proxy_protocol = raw.proxy_protocol.as_ref().is_some_and(|p| p.value);
-    if let Some(spanned) = raw.proxy_protocol.filter(|p| p.value)
-        && trusted_proxies.as_ref().is_none_or(|t| t.addresses.is_empty())
-    {
-        return Err(ctx.err(
-            spanned.referenced,
-            "listen.proxy_protocol",
-            "needs listen.trusted_proxies.addresses: only those peers may send a PROXY protocol header",
-        ));
+    let mut proxy_protocol_from = Vec::new();
+    if let Some(spanned) = raw.proxy_protocol {
+        let at = spanned.referenced;
+        if spanned.value.from.is_empty() {
+            return Err(ctx.err(at, "listen.proxy_protocol.from", "list the balancers' addresses (CIDR blocks)"));
+        }
+        for (i, text) in spanned.value.from.iter().enumerate() {
+            let net =
+                super::IpNet::parse(text).map_err(|m| ctx.err(at, format!("listen.proxy_protocol.from[{i}]"), m))?;
+            proxy_protocol_from.push(net);
+        }
     }
     let listen = Listener {
-        proxy_protocol,
+        proxy_protocol_from,
         trusted_proxies,
         strip_headers,
         address: raw.address,

@@ -19,7 +19,7 @@ use crate::principal::{Principal, ProvenBinding};
 /// Answers with 413 when the declared body exceeds `limits.max_body_bytes`, and with the
 /// authentication refusal (400/401/403, or 503 when keys or the replay store are
 /// unavailable). A fresh DPoP nonce is left in the exchange's notes.
-pub async fn admit<B>(
+pub async fn admit<B: hyper::body::Body>(
     state: &GatewayState,
     exchange: &mut Exchange<'_>,
     route: &ServedRoute,

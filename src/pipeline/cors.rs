@@ -3,10 +3,12 @@
 //! `DPoP-Nonce` a DPoP client needs, and send `Authorization` and `DPoP`.
 //!
 //! - A preflight (`OPTIONS` with `Origin` and `Access-Control-Request-Method`) is routed by
-//!   the method it asks about. From an allowed origin the gateway answers it (204 with the
+//!   the method it asks about (unless another route takes `OPTIONS` itself; a request with a
+//!   body is no preflight). From an allowed origin the gateway answers it (204 with the
 //!   route's methods, headers and max age), or with `preflight: upstream` passes it to the
-//!   upstream without authentication; from any other origin it answers 403 without CORS
-//!   headers. Preflights never reach authentication.
+//!   upstream without authentication and without any credential the client sent; from any
+//!   other origin it answers 403 without CORS headers. Preflights never reach
+//!   authentication.
 //! - Every other answer of the route — the upstream's or the gateway's own refusals — gets
 //!   `Vary: Origin`, and for an allowed origin `Access-Control-Allow-Origin` (that origin,
 //!   never `*`) and `Access-Control-Expose-Headers`; the upstream's own `Access-Control-*`
@@ -37,7 +39,7 @@ pub enum Preflight<'s> {
 /// A CORS preflight for a route with `cors:`, and what to do with it; `None` when the
 /// request is not a preflight or the route it asks about has no CORS policy (it then goes
 /// on as any other request).
-pub fn preflight<'s, B>(
+pub fn preflight<'s, B: hyper::body::Body>(
     state: &'s GatewayState,
     host: Option<&str>,
     request: &Request<B>,
@@ -47,8 +49,20 @@ pub fn preflight<'s, B>(
     }
     let origin = request.headers().get(ORIGIN)?;
     let method = Method::from_bytes(request.headers().get(ACCESS_CONTROL_REQUEST_METHOD)?.as_bytes()).ok()?;
+    // A browser's preflight has no body; anything else is an ordinary OPTIONS request.
+    let has_body = request.headers().contains_key(http::header::TRANSFER_ENCODING)
+        || request.headers().get(http::header::CONTENT_LENGTH).is_some_and(|v| v.as_bytes() != b"0")
+        || !request.body().is_end_stream();
+    if has_body {
+        return None;
+    }
     let path = request.uri().path();
-    let route = state.routes.get(state.router.route(host, path, &method).ok()?)?;
+    let index = state.router.route(host, path, &method).ok()?;
+    // A route that takes OPTIONS itself keeps it: a preflight may not reach another.
+    if state.router.route(host, path, &Method::OPTIONS).is_ok_and(|own| own != index) {
+        return None;
+    }
+    let route = state.routes.get(index)?;
     let cors = route.spec.cors.as_ref()?;
     if !path.starts_with(route.spec.path_prefix.as_str()) {
         return None;

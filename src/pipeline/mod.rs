@@ -123,6 +123,14 @@ impl GatewayState {
                 cors::Preflight::Answer(answer) => return Err(answer),
                 cors::Preflight::Forward(route) => {
                     exchange.notes.cors_passthrough = true;
+                    if let Some(edge) = &route.spec.as_edge {
+                        as_edge::check(edge, &request)?;
+                    }
+                    // Unauthenticated: whatever credential the client sent stays here.
+                    exchange.principal = Some(crate::principal::Principal {
+                        upstream_credential: crate::principal::UpstreamCredential::Strip,
+                        ..crate::principal::Principal::anonymous()
+                    });
                     let upstreamed = self.forward(exchange, route, request).await?;
                     exchange.upstream_time = Some(upstreamed.upstream_time);
                     return Ok(upstreamed.response);

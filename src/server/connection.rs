@@ -51,13 +51,14 @@ impl ConnectionTask {
         let (server_tls, proxy_protocol, trusted_proxies) = {
             let live = self.shared.live.load();
             let listen = &live.state.config.listen;
-            (live.server_tls.clone(), listen.proxy_protocol, listen.trusted_proxies.clone())
+            let from_balancer = listen.proxy_protocol_from.iter().any(|net| net.contains(peer.ip()));
+            (live.server_tls.clone(), from_balancer, listen.trusted_proxies.clone())
         };
-        // A balancer in front sends the client's address first (PROXY protocol v2); only
-        // the trusted addresses may, and from them it is required.
+        // A balancer in front sends the client's address first (PROXY protocol v2): from
+        // `proxy_protocol.from` it is required, from anyone else never read.
         let mut tcp = tcp;
         let mut client = peer;
-        if proxy_protocol && trusted_proxies.as_ref().is_some_and(|t| t.lists_address(peer.ip())) {
+        if proxy_protocol {
             let header = super::proxy_protocol::read_header(&mut tcp);
             match tokio::time::timeout(self.shared.settings.handshake_timeout, header).await {
                 Ok(Ok(Some(address))) => client = address,

@@ -29,8 +29,8 @@ pub enum HandshakeFailure {
     /// The client closed or reset the connection (TCP health checks that connect and close
     /// are counted here too).
     PeerClosed,
-    /// With `listen.proxy_protocol`: a trusted proxy's connection did not start with a
-    /// well-formed PROXY protocol v2 header.
+    /// A connection from `listen.proxy_protocol.from` did not start with a well-formed
+    /// PROXY protocol v2 header.
     ProxyProtocol,
     Other,
 }

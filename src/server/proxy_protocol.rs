@@ -1,6 +1,6 @@
 //! PROXY protocol version 2 (HAProxy's binary header, which AWS NLB and others send): the
 //! client's address, written by a balancer in front of the TLS handshake. Read only from
-//! `listen.trusted_proxies.addresses` when `listen.proxy_protocol` is on; the address then
+//! `listen.proxy_protocol.from`, where it is required; the address then
 //! stands for the connection's peer in logs, `X-Forwarded-For` and `Forwarded`. A `LOCAL`
 //! header (the balancer's own health check) keeps the balancer's address. Anything that is
 //! not a well-formed header ends the connection: nothing reads on in a stream whose start
