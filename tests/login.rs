@@ -376,6 +376,20 @@ async fn a_browser_logs_in_calls_the_api_through_its_session_and_logs_out() {
     assert_eq!(seen.headers["cookie"], "theme=dark", "no session cookie upstream of a public route");
     assert_eq!(seen.headers["x-csrf"], "1", "a public route's upstream may use the header");
     assert!(seen.headers.get("authorization").is_none());
+    // Nor may an upstream plant (or end) a session: its Set-Cookie for the gateway's
+    // cookies is dropped, others pass.
+    let planted = s
+        .browser()
+        .get(s.url("/site/x"))
+        .header("x-reply-header", "set-cookie: __Host-fapi-session=planted.tag; Path=/; Secure")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(planted.status(), 200);
+    assert!(set_cookies(&planted).is_empty(), "{:?}", set_cookies(&planted));
+    let other =
+        s.browser().get(s.url("/site/x")).header("x-reply-header", "set-cookie: theme=dark").send().await.unwrap();
+    assert_eq!(set_cookies(&other), ["theme=dark"]);
 
     // The AS was discovered: the instance is ready.
     let admin = s.gateway.admin_addr().unwrap();

@@ -217,7 +217,9 @@ async fn check_dpop(
         }
         Err(dpop::replay::ReplayError::KeyOverQuota { retry_after }) => {
             dpop.replay_refusals.get_or_create(&ReasonLabels { reason: "key_over_quota" }).inc();
-            Err(Rejection::DpopKeyOverQuota { retry_after_secs: retry_after.as_secs().max(1) })
+            // Rounded up: a client retrying on time must not be early.
+            let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+            Err(Rejection::DpopKeyOverQuota { retry_after_secs: secs.max(1) })
         }
         Err(e) => {
             let reason = match e {

@@ -73,21 +73,18 @@ fn dpop_runtime(
         });
     }
     let window = replay_window(&settings);
-    let memory = || {
-        Arc::new(MemoryReplayStore::new(
-            window,
-            settings.replay_max_entries,
-            settings.replay_per_key_limit,
-            std::time::Instant::now(),
-        ))
+    // The Redis store's local fallback counts no share of its own: it must remember every
+    // proof Redis accepted (its fixed windows differ from the memory store's slices).
+    let memory = |per_key_limit: u32| {
+        Arc::new(MemoryReplayStore::new(window, settings.replay_max_entries, per_key_limit, std::time::Instant::now()))
     };
     // Before the store exists, so that no proof it takes can be older than its memory.
     let replay_memory_since =
         matches!(settings.replay_store, config::ReplayBackend::Memory).then(crate::jose::unix_now);
     let (replay, shared): (Arc<dyn ReplayStore>, _) = match &settings.replay_store {
-        config::ReplayBackend::Memory => (memory(), None),
+        config::ReplayBackend::Memory => (memory(settings.replay_per_key_limit), None),
         config::ReplayBackend::Redis { url, ca, key_prefix, timeout, on_error } => {
-            let fallback = (*on_error == config::ReplayOnError::Local).then(memory);
+            let fallback = (*on_error == config::ReplayOnError::Local).then(|| memory(u32::MAX));
             let store = Arc::new(RedisReplayStore::new(
                 &url.0,
                 ca.as_deref(),

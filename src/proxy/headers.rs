@@ -205,6 +205,27 @@ pub fn prepare_response(headers: &mut HeaderMap) {
     remove_where(headers, hop_by_hop);
 }
 
+/// Removes an upstream's `Set-Cookie` for the gateway's own cookies (the session cookies
+/// `names` and the login-transaction cookies): no upstream may plant or end a session.
+pub fn drop_login_set_cookies(headers: &mut HeaderMap, names: &[String]) {
+    let owned = |value: &HeaderValue| {
+        let text = String::from_utf8_lossy(value.as_bytes());
+        let name = text.split_once('=').map_or(text.as_ref(), |(n, _)| n).trim();
+        names.iter().any(|n| n.eq_ignore_ascii_case(name))
+            || name.len() >= crate::login::session::TRANSACTION_COOKIE_PREFIX.len()
+                && name[..crate::login::session::TRANSACTION_COOKIE_PREFIX.len()]
+                    .eq_ignore_ascii_case(crate::login::session::TRANSACTION_COOKIE_PREFIX)
+    };
+    if !headers.get_all(header::SET_COOKIE).iter().any(owned) {
+        return;
+    }
+    let kept: Vec<HeaderValue> = headers.get_all(header::SET_COOKIE).iter().filter(|v| !owned(v)).cloned().collect();
+    headers.remove(header::SET_COOKIE);
+    for value in kept {
+        headers.append(header::SET_COOKIE, value);
+    }
+}
+
 fn remove_where(headers: &mut HeaderMap, goes: fn(&str) -> bool) {
     // The common case — nothing to remove — costs one pass over the names and no allocation.
     let mut doomed: Vec<HeaderName> = Vec::new();
@@ -308,6 +329,16 @@ mod tests {
         for name in ["x-request-id", "cookie", "accept", "x-client", "x-sslx"] {
             assert!(!request_header_goes(name), "{name}");
         }
+    }
+
+    #[test]
+    fn no_upstream_sets_the_gateways_cookies() {
+        let mut h = HeaderMap::new();
+        h.append(header::SET_COOKIE, HeaderValue::from_static("__Host-fapi-session=planted; Path=/; Secure"));
+        h.append(header::SET_COOKIE, HeaderValue::from_static("theme=dark; Path=/"));
+        h.append(header::SET_COOKIE, HeaderValue::from_static("__host-FAPI-login-abc=; Max-Age=0"));
+        drop_login_set_cookies(&mut h, &["__Host-fapi-session".to_string()]);
+        assert_eq!(h.get_all(header::SET_COOKIE).iter().collect::<Vec<_>>(), ["theme=dark; Path=/"]);
     }
 
     #[test]

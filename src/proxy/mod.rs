@@ -175,6 +175,9 @@ impl Upstream {
         let upstream_time = sent.elapsed();
         let (mut parts, body) = response.into_parts();
         headers::prepare_response(&mut parts.headers);
+        if !ctx.login_cookies.is_empty() {
+            headers::drop_login_set_cookies(&mut parts.headers, ctx.login_cookies);
+        }
         Ok(Upstreamed { response: Response::from_parts(parts, body), upstream_time })
     }
 

@@ -1,11 +1,12 @@
 //! The shared DPoP replay store: Redis (or Valkey), so that a proof accepted by one gateway
 //! instance is refused by every other.
 //!
-//! One round trip per proof, a pipeline of `SET <prefix><hex key> 1 NX PX <window ms>` —
-//! atomic, so of two instances racing with the same proof exactly one sees `OK` — and
-//! `INCR`/`PEXPIRE` of the proof key's counter for the current window
-//! (`<prefix>q:<hex jkt>:<window number>`): a key with more than `per_key_limit` proofs in a
-//! window is refused with [`ReplayError::KeyOverQuota`] until the next one. The connection is
+//! One round trip per proof: a Lua script (`EVALSHA`, `EVAL` once when Redis lost it) that
+//! runs atomically, so of two instances racing with the same proof exactly one sees it
+//! fresh. It checks `<prefix>{<hex jkt>}:<hex key>` (the proof) and the DPoP key's counter
+//! for the current fixed window, `<prefix>{<hex jkt>}:q:<window number>` (one hash tag per
+//! key: both in one slot); a key with `per_key_limit` remembered proofs in the window is
+//! refused with [`ReplayError::KeyOverQuota`] until the next one, and stores nothing. The connection is
 //! multiplexed and reconnects by itself (`ConnectionManager`); it is opened lazily, so the
 //! gateway starts while Redis is down. Any error or a reply slower than `timeout` fails
 //! closed ([`ReplayError::Unavailable`]: the request gets 503) unless `on_error: local`,
@@ -30,6 +31,20 @@ pub enum RedisConfigError {
     Ca { path: String, reason: String },
 }
 
+/// Atomically: a replay (`-1`) if the proof's key exists; else over quota (`-2`) if the DPoP
+/// key has `ARGV[2]` proofs in this window; else remembers the proof for `ARGV[1]` ms and
+/// counts it (the counter lives `ARGV[3]` ms) and returns the count. Only remembered proofs
+/// count, so replays cannot lock a key out, and a key over quota stores nothing.
+const INSERT_SCRIPT: &str = "if redis.call('EXISTS', KEYS[1]) == 1 then return -1 end \
+local count = tonumber(redis.call('GET', KEYS[2]) or '0') \
+if count >= tonumber(ARGV[2]) then return -2 end \
+redis.call('SET', KEYS[1], '1', 'PX', ARGV[1]) \
+redis.call('INCR', KEYS[2]) \
+redis.call('PEXPIRE', KEYS[2], ARGV[3]) \
+return count + 1";
+const REPLAYED: i64 = -1;
+const OVER_QUOTA: i64 = -2;
+
 /// A replay store shared through Redis.
 pub struct RedisReplayStore {
     client: redis::Client,
@@ -39,6 +54,8 @@ pub struct RedisReplayStore {
     window: Duration,
     timeout: Duration,
     per_key_limit: u32,
+    /// SHA-1 of [`INSERT_SCRIPT`], for `EVALSHA`.
+    script_sha1: String,
     /// Created on first use (it needs a running tokio runtime), then shared; it connects
     /// and reconnects by itself, so no request ever waits on another's connection attempt.
     connection: std::sync::Mutex<Option<ConnectionManager>>,
@@ -79,6 +96,14 @@ impl RedisReplayStore {
             window,
             timeout,
             per_key_limit: per_key_limit.max(1),
+            script_sha1: aws_lc_rs::digest::digest(
+                &aws_lc_rs::digest::SHA1_FOR_LEGACY_USE_ONLY,
+                INSERT_SCRIPT.as_bytes(),
+            )
+            .as_ref()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect(),
             connection: std::sync::Mutex::new(None),
             fallback,
             errors: AtomicU64::new(0),
@@ -131,14 +156,12 @@ impl RedisReplayStore {
 
     async fn insert_remote(&self, key: &[u8; 32], jkt: &[u8; 32]) -> Result<Freshness, ReplayError> {
         let mut connection = self.connection()?;
-        let hex = |prefix: &str, bytes: &[u8]| {
-            let mut name = String::with_capacity(self.key_prefix.len() + prefix.len() + 2 * bytes.len() + 24);
-            name.push_str(&self.key_prefix);
-            name.push_str(prefix);
+        let hex = |bytes: &[u8]| {
+            let mut text = String::with_capacity(2 * bytes.len());
             for b in bytes {
-                let _ = write!(name, "{b:02x}");
+                let _ = write!(text, "{b:02x}");
             }
-            name
+            text
         };
         let window_ms = u64::try_from(self.window.as_millis()).unwrap_or(u64::MAX).max(1);
         let now_ms = u64::try_from(
@@ -146,21 +169,32 @@ impl RedisReplayStore {
         )
         .unwrap_or(u64::MAX);
         let window_number = now_ms / window_ms;
-        let counter = format!("{}:{window_number}", hex("q:", jkt));
-        let mut pipe = redis::pipe();
-        pipe.cmd("SET").arg(hex("", key)).arg(1).arg("NX").arg("PX").arg(window_ms);
-        pipe.cmd("INCR").arg(&counter);
-        pipe.cmd("PEXPIRE").arg(&counter).arg(window_ms.saturating_mul(2)).ignore();
-        let sent = pipe.query_async::<(Option<String>, u64)>(&mut connection);
-        match tokio::time::timeout(self.timeout, sent).await {
-            Ok(Ok((None, _))) => Ok(Freshness::Replayed),
-            Ok(Ok((Some(_), count))) if count > u64::from(self.per_key_limit) => {
+        // One hash tag per DPoP key: both keys in one slot (Redis Cluster runs the script).
+        let tag = format!("{}{{{}}}", self.key_prefix, hex(jkt));
+        let (proof_key, counter) = (format!("{tag}:{}", hex(key)), format!("{tag}:q:{window_number}"));
+        let script = |command: &str, body: &str| {
+            let mut cmd = redis::cmd(command);
+            cmd.arg(body).arg(2).arg(&proof_key).arg(&counter);
+            cmd.arg(window_ms).arg(self.per_key_limit).arg(window_ms.saturating_mul(2));
+            cmd
+        };
+        let run = async {
+            match script("EVALSHA", &self.script_sha1).query_async::<i64>(&mut connection).await {
+                Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+                    script("EVAL", INSERT_SCRIPT).query_async::<i64>(&mut connection).await
+                }
+                other => other,
+            }
+        };
+        match tokio::time::timeout(self.timeout, run).await {
+            Ok(Ok(REPLAYED)) => Ok(Freshness::Replayed),
+            Ok(Ok(OVER_QUOTA)) => {
                 let next_window_ms = (window_number + 1).saturating_mul(window_ms).saturating_sub(now_ms);
                 Err(ReplayError::KeyOverQuota {
                     retry_after: Duration::from_millis(next_window_ms).max(Duration::from_secs(1)),
                 })
             }
-            Ok(Ok((Some(_), _))) => Ok(Freshness::Fresh),
+            Ok(Ok(_)) => Ok(Freshness::Fresh),
             Ok(Err(e)) => {
                 if let Some(held_back) = self.error_log.allow() {
                     tracing::warn!(url = %self.redacted_url, error = %e, held_back, "DPoP replay store error");
