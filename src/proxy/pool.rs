@@ -270,7 +270,7 @@ impl PoolInner {
     ) -> Response<ProxyBody> {
         let (parts, body) = response.into_parts();
         let stall = StallWatch { timer, timeout: self.read_timeout, frames: 0, frames_at_last_check: None };
-        let mut body = PooledBody { inner: body, lease: Some(Lease { pool: self, sender }), stall };
+        let mut body = PooledBody { inner: body, lease: Some(Lease { pool: self, sender }), stall, rest: Bytes::new() };
         // A body that is empty from the start (204, 304, HEAD, `content-length: 0`) may
         // never be polled.
         body.release_if_done();
@@ -395,6 +395,21 @@ struct PooledBody {
     inner: Incoming,
     lease: Option<Lease>,
     stall: StallWatch,
+    /// What is left of a chunk larger than [`MAX_CHUNK_BYTES`].
+    rest: Bytes,
+}
+
+/// The largest chunk a response body is handed on in. hyper's HTTP/1.1 writer copies a
+/// chunk into its buffer while that holds less than its limit (16 KiB), so a chunk of a
+/// whole 32 KiB read would grow that buffer to 64 KiB for each client that stops reading.
+const MAX_CHUNK_BYTES: usize = 16 * 1024;
+
+/// `data` cut to [`MAX_CHUNK_BYTES`]; what is cut off goes to `rest` (no copy).
+fn bounded_chunk(mut data: Bytes, rest: &mut Bytes) -> Bytes {
+    if data.len() > MAX_CHUNK_BYTES {
+        *rest = data.split_off(MAX_CHUNK_BYTES);
+    }
+    data
 }
 
 impl PooledBody {
@@ -413,6 +428,10 @@ impl Body for PooledBody {
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = &mut *self;
+        if !this.rest.is_empty() {
+            let rest = std::mem::take(&mut this.rest);
+            return Poll::Ready(Some(Ok(Frame::data(bounded_chunk(rest, &mut this.rest)))));
+        }
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
         match &polled {
             Poll::Ready(None) => {
@@ -438,14 +457,47 @@ impl Body for PooledBody {
                 }
             }
         }
-        polled.map_err(Into::into)
+        polled.map(|frame| {
+            frame.map(|frame| match frame.map(|f| f.map_data(|data| bounded_chunk(data, &mut this.rest))) {
+                Ok(frame) => Ok(frame),
+                Err(e) => Err(e.into()),
+            })
+        })
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.rest.is_empty() && self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        let mut hint = self.inner.size_hint();
+        let rest = self.rest.len() as u64;
+        if let Some(upper) = hint.upper() {
+            hint.set_upper(upper.saturating_add(rest));
+        }
+        hint.set_lower(hint.lower().saturating_add(rest));
+        hint
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn large_chunks_are_handed_on_in_bounded_pieces_without_loss() {
+        let data: Bytes = (0..40_000u32).map(|i| (i % 251) as u8).collect::<Vec<u8>>().into();
+        let mut rest = Bytes::new();
+        let mut pieces = vec![bounded_chunk(data.clone(), &mut rest)];
+        while !rest.is_empty() {
+            let next = std::mem::take(&mut rest);
+            pieces.push(bounded_chunk(next, &mut rest));
+        }
+        assert_eq!(pieces.iter().map(Bytes::len).collect::<Vec<_>>(), [16_384, 16_384, 7_232]);
+        assert_eq!(pieces.concat(), data.to_vec());
+        // A small chunk passes whole.
+        assert_eq!(bounded_chunk(Bytes::from_static(b"abc"), &mut rest), Bytes::from_static(b"abc"));
+        assert!(rest.is_empty());
     }
 }

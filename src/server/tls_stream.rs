@@ -289,6 +289,9 @@ impl ServerTlsStream {
                         // Per 16 KiB record: 5 bytes of header, a content type and the AEAD tag.
                         let mut room = data.len() + (data.len() / 16384 + 1) * 64;
                         loop {
+                            // Exactly what is needed, not doubled: it may be held while a
+                            // client is slow.
+                            self.outgoing.reserve_exact(room);
                             self.outgoing.resize(start + room, 0);
                             match traffic.encrypt(data, &mut self.outgoing[start..]) {
                                 Ok(written) => {
@@ -478,6 +481,15 @@ impl AsyncWrite for ServerTlsStream {
         if this.outgoing.len() - this.outgoing_at >= MAX_OUTGOING {
             ready!(this.poll_flush_outgoing(cx))?;
         }
+        // At most what fills the outgoing buffer to MAX_OUTGOING (a partial write): a
+        // blocked client never holds more, however much the caller hands over at once.
+        if this.outgoing_at > 0 {
+            // Written bytes leave the front, so the buffer never grows past the bound.
+            this.outgoing.drain(..this.outgoing_at);
+            this.outgoing_at = 0;
+        }
+        let room = MAX_OUTGOING - this.outgoing.len();
+        let buf = &buf[..buf.len().min(room)];
         match this.process(Intent::Write(buf))? {
             Step::Encrypted(n) => Poll::Ready(Ok(n)),
             Step::Closed => Poll::Ready(Err(io::ErrorKind::BrokenPipe.into())),
