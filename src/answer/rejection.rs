@@ -56,6 +56,8 @@ pub enum Rejection {
     PayloadTooLarge,
     /// The issuer's keys cannot be had right now; the token might be fine.
     KeysUnavailable,
+    /// The issuer's introspection endpoint gives no usable answer; the token might be fine.
+    IntrospectionUnavailable,
     /// The DPoP replay store cannot accept the proof (full or unreachable): fail closed.
     ReplayStoreUnavailable,
     /// This DPoP key has `dpop.replay.per_key_limit` proofs in the replay window already:
@@ -78,6 +80,7 @@ impl Rejection {
             Rejection::BadRequest { reason, .. } => reason,
             Rejection::PayloadTooLarge => "body_too_large",
             Rejection::KeysUnavailable => "keys_unavailable",
+            Rejection::IntrospectionUnavailable => "introspection_unavailable",
             Rejection::ReplayStoreUnavailable => "replay_store_unavailable",
             Rejection::DpopKeyOverQuota { .. } => "dpop_key_over_quota",
             Rejection::UpstreamUnavailable => "upstream_unavailable",
@@ -96,7 +99,9 @@ impl Rejection {
             | Rejection::PayloadTooLarge
             | Rejection::DpopKeyOverQuota { .. } => FailureClass::Client,
             Rejection::UpstreamUnavailable | Rejection::UpstreamTimeout => FailureClass::Upstream,
-            Rejection::KeysUnavailable | Rejection::ReplayStoreUnavailable => FailureClass::Internal,
+            Rejection::KeysUnavailable | Rejection::IntrospectionUnavailable | Rejection::ReplayStoreUnavailable => {
+                FailureClass::Internal
+            }
         }
     }
 
@@ -125,7 +130,9 @@ impl Rejection {
             Rejection::BadRequest { .. } => StatusCode::BAD_REQUEST,
             Rejection::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Rejection::DpopKeyOverQuota { .. } => StatusCode::TOO_MANY_REQUESTS,
-            Rejection::KeysUnavailable | Rejection::ReplayStoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Rejection::KeysUnavailable | Rejection::IntrospectionUnavailable | Rejection::ReplayStoreUnavailable => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Rejection::UpstreamUnavailable => StatusCode::BAD_GATEWAY,
             Rejection::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
         }
@@ -148,6 +155,10 @@ impl Rejection {
             Rejection::KeysUnavailable => (
                 "temporarily_unavailable",
                 Cow::Borrowed("the token issuer's signing keys cannot be fetched; retry later"),
+            ),
+            Rejection::IntrospectionUnavailable => (
+                "temporarily_unavailable",
+                Cow::Borrowed("the token issuer cannot be asked about this token right now; retry later"),
             ),
             Rejection::ReplayStoreUnavailable => (
                 "temporarily_unavailable",
@@ -187,7 +198,7 @@ impl Rejection {
                 }
                 headers.insert(ACCESS_CONTROL_EXPOSE_HEADERS, HeaderValue::from_static("WWW-Authenticate, DPoP-Nonce"));
             }
-            Rejection::KeysUnavailable | Rejection::ReplayStoreUnavailable => {
+            Rejection::KeysUnavailable | Rejection::IntrospectionUnavailable | Rejection::ReplayStoreUnavailable => {
                 headers.insert(RETRY_AFTER, HeaderValue::from_static("5"));
             }
             Rejection::DpopKeyOverQuota { retry_after_secs } => {

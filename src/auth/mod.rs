@@ -270,8 +270,10 @@ fn secs(duration: std::time::Duration) -> i64 {
 }
 
 fn token_rejection(error: TokenError, credential: &Credential<'_>) -> Rejection {
-    if error == TokenError::KeysUnavailable {
-        return Rejection::KeysUnavailable;
+    match error {
+        TokenError::KeysUnavailable => return Rejection::KeysUnavailable,
+        TokenError::IntrospectionUnavailable => return Rejection::IntrospectionUnavailable,
+        _ => {}
     }
     let denial = match credential {
         Credential::Bearer(_) => AuthDenial::new(AuthErrorCode::InvalidToken, error.reason(), error.to_string()),

@@ -20,7 +20,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use login::{LoginAuth, LoginPaths, LoginSettings, SessionSettings, SessionStore};
-pub use raw::{Binding, ClientAuth, ForwardToken, NonceMode, ReplayOnError, RequestObject, ResponseMode, RestartGuard};
+pub use raw::{
+    Binding, ClientAuth, ForwardToken, IntrospectionFormat, NonceMode, ReplayOnError, RequestObject, ResponseMode,
+    RestartGuard,
+};
 
 use crate::jose::Alg;
 
@@ -309,6 +312,35 @@ pub struct Issuer {
     pub leeway: Duration,
     pub max_future: Duration,
     pub jwks_cache: JwksCacheSettings,
+    /// Opaque tokens go to this issuer's introspection endpoint (at most one issuer).
+    pub introspection: Option<Introspection>,
+}
+
+/// `issuers[].introspection` (RFC 7662; RFC 9701 signed answers).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Introspection {
+    /// `None`: the issuer's metadata names it (`introspection_endpoint`, or its mTLS alias).
+    pub endpoint: Option<http::Uri>,
+    pub client_id: String,
+    pub client_auth: IntrospectionAuth,
+    pub format: IntrospectionFormat,
+    pub timeout: Duration,
+    pub cache_ttl: Duration,
+    pub inactive_cache_ttl: Duration,
+    pub max_concurrent: usize,
+    /// Members an active answer must carry (the issuer's `required_claims` are for JWTs).
+    pub required_claims: Vec<String>,
+}
+
+/// How the gateway authenticates to the introspection endpoint.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum IntrospectionAuth {
+    /// RFC 7523: an assertion signed with this key (alg from its type), `kid` when given.
+    PrivateKeyJwt { key: PathBuf, kid: Option<String> },
+    /// RFC 8705 §2: the client certificate (on the mTLS alias when the metadata has one).
+    TlsClientAuth { cert: PathBuf, key: PathBuf },
+    /// RFC 6749 §2.3.1: HTTP Basic with the secret read from this file.
+    ClientSecretBasic { secret_file: PathBuf },
 }
 
 /// Where an issuer's signing keys come from.

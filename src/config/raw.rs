@@ -426,6 +426,52 @@ pub struct RawIssuer {
     pub max_future: Option<HumanDuration>,
     #[serde(default)]
     pub jwks_cache: RawJwksCache,
+    /// Opaque access tokens are checked at this issuer's RFC 7662 introspection endpoint.
+    pub introspection: Option<RawIntrospection>,
+}
+
+/// `issuers[].introspection`: how the gateway asks the issuer about opaque tokens.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawIntrospection {
+    /// Defaults to the metadata's `introspection_endpoint` (with `discovery: true`).
+    pub endpoint: Option<HttpUrl>,
+    pub client_id: String,
+    /// Defaults to `private_key_jwt`.
+    pub client_auth: Option<IntrospectionClientAuth>,
+    pub client_key: Option<PathBuf>,
+    pub client_key_id: Option<String>,
+    pub client_cert: Option<PathBuf>,
+    pub client_cert_key: Option<PathBuf>,
+    pub client_secret_file: Option<PathBuf>,
+    /// `json` (RFC 7662, default) or `jwt` (RFC 9701, signed by the issuer).
+    pub response: Option<IntrospectionFormat>,
+    /// Defaults to 2 s.
+    pub timeout: Option<HumanDuration>,
+    /// Defaults to 60 s: how long an active answer is reused (never past the token's `exp`).
+    pub cache_ttl: Option<HumanDuration>,
+    /// Defaults to 10 s: how long an inactive answer is reused.
+    pub inactive_cache_ttl: Option<HumanDuration>,
+    /// Defaults to 64: introspection calls in flight at once.
+    pub max_concurrent: Option<usize>,
+    /// Members an active answer must carry besides `exp` (and `aud`): from `sub`,
+    /// `client_id`, `iat`, `jti`. Defaults to none (RFC 7662 makes them all optional).
+    pub required_claims: Option<Vec<String>>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IntrospectionClientAuth {
+    PrivateKeyJwt,
+    TlsClientAuth,
+    ClientSecretBasic,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IntrospectionFormat {
+    Json,
+    Jwt,
 }
 
 #[derive(Debug, Default, Deserialize)]

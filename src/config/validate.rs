@@ -12,8 +12,8 @@ use super::raw::{NonceMode, RawConfig, RawDpop, RawIssuer, RawJwksCache, RawRout
 use super::values::HttpUrl;
 use super::values::HumanDuration;
 use super::{
-    Config, ConfigError, DpopSettings, Issuer, JwksCacheSettings, KeySource, Limits, Listener, NonceSecret, Route,
-    RoutePolicy, ServerTls, TokenCacheSettings,
+    Config, ConfigError, DpopSettings, Introspection, IntrospectionAuth, IntrospectionFormat, Issuer,
+    JwksCacheSettings, KeySource, Limits, Listener, NonceSecret, Route, RoutePolicy, ServerTls, TokenCacheSettings,
 };
 use super::{ReplayBackend, SecretUrl};
 use crate::jose::Alg;
@@ -81,6 +81,16 @@ pub(super) fn validate(raw: RawConfig, file: &str, base_dir: &Path, text: &str) 
             Err(e) => errors.push(e),
             Ok(issuer) if !seen_issuers.insert(issuer.issuer.clone()) => {
                 errors.push(ctx.err(at, format!("issuers[{i}].issuer"), "this issuer is listed twice"));
+            }
+            Ok(issuer)
+                if issuer.introspection.is_some() && issuers.iter().any(|i: &Issuer| i.introspection.is_some()) =>
+            {
+                // An opaque token names no issuer: it would be sent to every one of them.
+                errors.push(ctx.err(
+                    at,
+                    format!("issuers[{i}].introspection"),
+                    "only one issuer may introspect opaque tokens (a token that names no issuer would reach them all)",
+                ));
             }
             Ok(issuer) => issuers.push(issuer),
         }
@@ -469,6 +479,10 @@ fn issuer(ctx: &Ctx<'_>, i: usize, spanned: Spanned<RawIssuer>) -> Result<Issuer
     if jwks_cache.min_ttl > jwks_cache.max_ttl {
         return Err(ctx.err(at, key("jwks_cache.min_ttl"), "must not exceed jwks_cache.max_ttl"));
     }
+    let introspection = match raw.introspection {
+        Some(raw) => Some(introspection(ctx, at, &key, raw, keys == KeySource::Discovery)?),
+        None => None,
+    };
     Ok(Issuer {
         issuer: raw.issuer,
         keys,
@@ -480,6 +494,116 @@ fn issuer(ctx: &Ctx<'_>, i: usize, spanned: Spanned<RawIssuer>) -> Result<Issuer
         leeway: dur(raw.leeway, Duration::from_secs(5)),
         max_future,
         jwks_cache,
+        introspection,
+    })
+}
+
+/// `issuers[i].introspection`: an https endpoint (or discovery to find it), one client
+/// authentication with the files it needs, and sane cache bounds.
+fn introspection(
+    ctx: &Ctx<'_>,
+    at: Location,
+    key: &dyn Fn(&str) -> String,
+    raw: super::raw::RawIntrospection,
+    discovery: bool,
+) -> Result<Introspection, ConfigError> {
+    use super::raw::IntrospectionClientAuth as Auth;
+    let err = |k: &str, message: &str| ctx.err(at, key(&format!("introspection.{k}")), message.to_string());
+    let endpoint = match raw.endpoint {
+        Some(url) if !url.is_https() => {
+            return Err(err("endpoint", "must be an https:// URL (FAPI 2.0 §5.2.1: TLS on every endpoint)"));
+        }
+        Some(url) => Some(url.0),
+        None if discovery => None,
+        None => {
+            return Err(err(
+                "endpoint",
+                "give the introspection endpoint, or use `discovery: true` so that the metadata names it",
+            ));
+        }
+    };
+    if raw.client_id.is_empty() {
+        return Err(err("client_id", "must not be empty"));
+    }
+    let unused = |name: &str, used_with: &str| err(name, &format!("only used with `client_auth: {used_with}`"));
+    let client_auth = match raw.client_auth.unwrap_or(Auth::PrivateKeyJwt) {
+        Auth::PrivateKeyJwt => {
+            if raw.client_cert.is_some() || raw.client_cert_key.is_some() {
+                return Err(unused("client_cert", "tls_client_auth"));
+            }
+            if raw.client_secret_file.is_some() {
+                return Err(unused("client_secret_file", "client_secret_basic"));
+            }
+            let key_file = raw
+                .client_key
+                .ok_or_else(|| err("client_key", "`client_auth: private_key_jwt` needs the client's key file"))?;
+            IntrospectionAuth::PrivateKeyJwt { key: ctx.path(key_file), kid: raw.client_key_id }
+        }
+        Auth::TlsClientAuth => {
+            if raw.client_key.is_some() || raw.client_key_id.is_some() {
+                return Err(unused("client_key", "private_key_jwt"));
+            }
+            if raw.client_secret_file.is_some() {
+                return Err(unused("client_secret_file", "client_secret_basic"));
+            }
+            match (raw.client_cert, raw.client_cert_key) {
+                (Some(cert), Some(cert_key)) => {
+                    IntrospectionAuth::TlsClientAuth { cert: ctx.path(cert), key: ctx.path(cert_key) }
+                }
+                _ => {
+                    return Err(err(
+                        "client_cert",
+                        "`client_auth: tls_client_auth` needs `client_cert` and `client_cert_key` (PEM)",
+                    ));
+                }
+            }
+        }
+        Auth::ClientSecretBasic => {
+            if raw.client_key.is_some() || raw.client_key_id.is_some() {
+                return Err(unused("client_key", "private_key_jwt"));
+            }
+            if raw.client_cert.is_some() || raw.client_cert_key.is_some() {
+                return Err(unused("client_cert", "tls_client_auth"));
+            }
+            let secret_file = raw.client_secret_file.ok_or_else(|| {
+                err("client_secret_file", "`client_auth: client_secret_basic` needs the file holding the secret")
+            })?;
+            IntrospectionAuth::ClientSecretBasic { secret_file: ctx.path(secret_file) }
+        }
+    };
+    let timeout = dur(raw.timeout, Duration::from_secs(2));
+    if timeout.is_zero() || timeout > Duration::from_secs(60) {
+        return Err(err("timeout", "must be between 1ms and 60s"));
+    }
+    let cache_ttl = dur(raw.cache_ttl, Duration::from_secs(60));
+    let inactive_cache_ttl = dur(raw.inactive_cache_ttl, Duration::from_secs(10));
+    if inactive_cache_ttl > Duration::from_secs(300) {
+        return Err(err(
+            "inactive_cache_ttl",
+            "must be at most 5m: a token may become active only by a new one, but a long negative cache hides AS fixes",
+        ));
+    }
+    let max_concurrent = raw.max_concurrent.unwrap_or(64);
+    if max_concurrent == 0 {
+        return Err(err("max_concurrent", "must be at least 1"));
+    }
+    let required_claims = raw.required_claims.unwrap_or_default();
+    if let Some(unknown) = required_claims.iter().find(|c| !REQUIRED_CLAIMS.contains(&c.as_str())) {
+        return Err(err(
+            "required_claims",
+            &format!("`{unknown}` cannot be required; choose from sub, client_id, iat, jti"),
+        ));
+    }
+    Ok(Introspection {
+        endpoint,
+        client_id: raw.client_id,
+        client_auth,
+        format: raw.response.unwrap_or(IntrospectionFormat::Json),
+        timeout,
+        cache_ttl,
+        inactive_cache_ttl,
+        max_concurrent,
+        required_claims,
     })
 }
 

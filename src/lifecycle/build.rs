@@ -23,7 +23,9 @@ use crate::{auth, config, metrics, tls};
 pub fn check_files(config: &Config) -> Result<(), StartError> {
     tls::server::server_config(&config.listen.tls)?;
     for issuer in &config.issuers {
-        IssuerKeys::new(issuer).map_err(|source| StartError::Issuer { issuer: issuer.issuer.clone(), source })?;
+        let keys =
+            IssuerKeys::new(issuer).map_err(|source| StartError::Issuer { issuer: issuer.issuer.clone(), source })?;
+        introspector(issuer, Arc::new(keys))?;
         if let config::KeySource::File(path) = &issuer.keys {
             auth::jwks_fetch::read_jwks_file(path)
                 .map_err(|source| StartError::Issuer { issuer: issuer.issuer.clone(), source })?;
@@ -37,6 +39,15 @@ pub fn check_files(config: &Config) -> Result<(), StartError> {
         crate::login::LoginRuntime::new(login)?;
     }
     Ok(())
+}
+
+/// The introspection client of `issuer`, if it introspects (its key or secret file read).
+fn introspector(
+    issuer: &config::Issuer,
+    keys: Arc<IssuerKeys>,
+) -> Result<Option<auth::token::introspection::Introspector>, StartError> {
+    auth::token::introspection::Introspector::new(issuer, keys)
+        .map_err(|source| StartError::Introspection { issuer: issuer.issuer.clone(), source })
 }
 
 /// The DPoP runtime of a configuration: nonce keys and a fresh replay store that remembers
@@ -174,7 +185,15 @@ pub(super) async fn build(
             });
         }
     }
-    let validator = TokenValidator::new(issuers, &config.token_cache).counting(metrics.token_cache.clone());
+    let mut introspecting = None;
+    for (issuer, keys) in &issuers {
+        if let Some(found) = introspector(issuer, keys.clone())? {
+            introspecting = Some(Arc::new(found));
+        }
+    }
+    let validator = TokenValidator::new(issuers, &config.token_cache)
+        .counting(metrics.token_cache.clone())
+        .introspecting(introspecting);
     let mut upstreams = Vec::with_capacity(config.routes.len());
     for route in &config.routes {
         let upstream =

@@ -24,6 +24,8 @@ pub enum StartError {
     Tls(#[from] TlsError),
     #[error("issuer {issuer}: {source}")]
     Issuer { issuer: String, source: FetchError },
+    #[error("issuer {issuer}: {source}")]
+    Introspection { issuer: String, source: auth::token::introspection::IntrospectionSetupError },
     #[error("route {route}: {source}")]
     Upstream { route: String, source: TlsError },
     #[error("dpop: {0}")]

@@ -191,6 +191,7 @@ mod tests {
                 refetch_interval: Duration::from_secs(30),
                 fetch_timeout: Duration::from_secs(5),
             },
+            introspection: None,
         };
         Arc::new(IssuerKeys::new(&issuer).unwrap())
     }

@@ -814,6 +814,7 @@ fn as_issuer_or_default(settings: &LoginSettings) -> Issuer {
             refetch_interval: Duration::from_secs(30),
             fetch_timeout: settings.timeout,
         },
+        introspection: None,
     }
 }
 

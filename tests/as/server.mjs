@@ -10,7 +10,7 @@
 //     "tls": { "cert": PEM path, "key": PEM path, "ca": client CA PEM path (mTLS listener) },
 //     "mtls": false,                             // also listen for the RFC 8705 mtls_endpoint_aliases
 //     "signing_alg": "ES256" | "PS256",          // AS key: ID tokens, JARM, JWT access tokens
-//     "resource": { "identifier", "scope", "access_token_ttl" },
+//     "resource": { "identifier", "scope", "access_token_ttl", "opaque" },  // opaque: reference tokens
 //     "scopes": ["openid", "offline_access"],
 //     "dpop": { "require_nonce": false },
 //     "account": "alice",                        // who auto interaction logs in
@@ -178,6 +178,8 @@ const configuration = {
     token_endpoint_auth_method: 'private_key_jwt',
     id_token_signed_response_alg: signingAlg,
     authorization_signed_response_alg: signingAlg,
+    // RFC 9701 answers (sent only when asked for with Accept) are signed with the AS key.
+    introspection_signed_response_alg: signingAlg,
   },
   responseTypes: ['code'],
   pkce: { required: () => true },
@@ -241,12 +243,17 @@ const configuration = {
           scope: resource.scope ?? '',
           audience: resource.identifier,
           accessTokenTTL: resource.access_token_ttl ?? 300,
-          accessTokenFormat: 'jwt',
+          accessTokenFormat: resource.opaque ? 'opaque' : 'jwt',
           jwt: { sign: { alg: signingAlg } },
         };
       },
     },
     revocation: { enabled: true },
+    // RFC 7662 for opaque tokens, RFC 9701 signed answers for clients that register
+    // `introspection_signed_response_alg`; client credentials to get a token without a browser.
+    introspection: { enabled: true },
+    jwtIntrospection: { enabled: true },
+    clientCredentials: { enabled: true },
     rpInitiatedLogout: { enabled: true },
     userinfo: { enabled: true },
     devInteractions: { enabled: true },
@@ -266,6 +273,7 @@ const configuration = {
       token_endpoint: `https://localhost:${mtlsPort}/token`,
       pushed_authorization_request_endpoint: `https://localhost:${mtlsPort}/request`,
       revocation_endpoint: `https://localhost:${mtlsPort}/token/revocation`,
+      introspection_endpoint: `https://localhost:${mtlsPort}/token/introspection`,
       userinfo_endpoint: `https://localhost:${mtlsPort}/me`,
     },
   },

@@ -151,6 +151,9 @@ pub struct AsOptions {
     pub resource_scope: String,
     /// Access-token lifetime for the resource, seconds.
     pub access_token_ttl: u64,
+    /// Opaque (reference) access tokens for the resource instead of JWTs: a resource server
+    /// learns about them only by introspection.
+    pub opaque_access_tokens: bool,
     /// A second listener for `mtls_endpoint_aliases` that asks for a client certificate
     /// (verified against the PKI's client CA): `tls_client_auth` and certificate-bound tokens.
     pub mtls: bool,
@@ -174,6 +177,7 @@ impl Default for AsOptions {
             resource: DEFAULT_RESOURCE.to_owned(),
             resource_scope: "accounts:read payments:write".to_owned(),
             access_token_ttl: 300,
+            opaque_access_tokens: false,
             mtls: false,
             rotate_refresh_tokens: true,
             require_signed_request_object: false,
@@ -277,6 +281,7 @@ impl OidcProvider {
                 "identifier": options.resource,
                 "scope": options.resource_scope,
                 "access_token_ttl": options.access_token_ttl,
+                "opaque": options.opaque_access_tokens,
             },
             "dpop": { "require_nonce": options.require_nonce },
             "account": options.account,

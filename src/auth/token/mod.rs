@@ -1,9 +1,12 @@
-//! JWT access-token validation (RFC 9068 §4, FAPI 2.0 §5.3.4 and §5.4): the types a
-//! validation gives and its errors. The work is split by job:
+//! Access-token validation — JWTs (RFC 9068 §4, FAPI 2.0 §5.3.4 and §5.4) and opaque
+//! tokens by introspection (RFC 7662) — the types a validation gives and its errors. The
+//! work is split by job:
 //!
 //! - [`validator`]: [`TokenValidator`] — the checks in order and the cache of results;
 //! - [`claims`]: the claim checks after the signature, as pure functions of the claims,
 //!   the issuer's policy and the time;
+//! - [`introspection`]: [`introspection::Introspector`], the issuer's answer about a token
+//!   that is not a JWT, held to the same claim checks;
 //! - [`memo`]: [`TokenMemo`], one connection's memory of its last validated token.
 //!
 //! Order of checks for a token not yet in the cache: size cap, compact-JWS syntax, `alg`
@@ -15,6 +18,7 @@
 //! checked once; a hit costs one hash and one look-up.
 
 pub mod claims;
+pub mod introspection;
 pub mod memo;
 pub mod validator;
 
@@ -63,7 +67,8 @@ impl Confirmation {
 }
 
 /// Why a token was refused. Every variant maps to `invalid_token`, except
-/// [`TokenError::KeysUnavailable`], which is the gateway's problem, not the client's.
+/// [`TokenError::KeysUnavailable`] and [`TokenError::IntrospectionUnavailable`], which are
+/// the gateway's problem, not the client's.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TokenError {
     #[error("the access token is too large")]
@@ -102,6 +107,12 @@ pub enum TokenError {
     WrongAudience,
     #[error("the access token's cnf claim is malformed")]
     BadConfirmation,
+    /// The issuer's introspection endpoint says the (opaque) token is not active.
+    #[error("the access token is not active (revoked, expired or unknown to its issuer)")]
+    Inactive,
+    /// The introspection endpoint gave no usable answer; the token might be fine.
+    #[error("the token issuer's introspection endpoint cannot be reached")]
+    IntrospectionUnavailable,
 }
 
 fn alg_not_allowed(alg: &str, allowed: Option<&str>) -> String {
@@ -155,6 +166,8 @@ impl TokenError {
             TokenError::IssuedInFuture => "token_iat_in_future",
             TokenError::WrongAudience => "token_wrong_audience",
             TokenError::BadConfirmation => "token_bad_cnf",
+            TokenError::Inactive => "token_inactive",
+            TokenError::IntrospectionUnavailable => "introspection_unavailable",
         }
     }
 }

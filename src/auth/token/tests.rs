@@ -32,6 +32,7 @@ fn issuer() -> Issuer {
             refetch_interval: Duration::from_secs(30),
             fetch_timeout: Duration::from_secs(5),
         },
+        introspection: None,
     }
 }
 

@@ -1,6 +1,8 @@
 //! [`TokenValidator`]: every configured issuer's policy and keys, the checks of an access
 //! token in order (see [`super`]), and the bounded cache of validated tokens, keyed by the
-//! token's SHA-256 and kept until the token's `exp` (or `token_cache.max_ttl`).
+//! token's SHA-256 and kept until the token's `exp` (or `token_cache.max_ttl`, or for an
+//! introspected token `introspection.cache_ttl`). A token that is not a compact JWS goes to
+//! the issuer that introspects, when one does; a JWT always goes the JWT way.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -11,6 +13,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 
 use super::claims::{check_claims, parse_claims, typ_accepted};
+use super::introspection::Introspector;
 use super::{MAX_TOKEN_BYTES, TokenError, TokenMemo, ValidatedToken};
 use crate::auth::jwks::{IssuerKeys, KeyError};
 use crate::config::{Issuer, TokenCacheSettings};
@@ -53,6 +56,8 @@ pub struct TokenValidator {
     misses: Counter,
     /// Which [`TokenMemo`]s belong to this validator.
     generation: u64,
+    /// Where tokens that are not JWTs are checked, when an issuer introspects.
+    introspector: Option<Arc<Introspector>>,
 }
 
 impl TokenValidator {
@@ -65,7 +70,14 @@ impl TokenValidator {
             hits: Counter::default(),
             misses: Counter::default(),
             generation: GENERATIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            introspector: None,
         }
+    }
+
+    /// Opaque tokens (anything but a compact JWS) go to `introspector`.
+    pub fn introspecting(mut self, introspector: Option<Arc<Introspector>>) -> Self {
+        self.introspector = introspector;
+        self
     }
 
     /// Counts cache look-ups (hit or miss) into `family`.
@@ -118,9 +130,15 @@ impl TokenValidator {
             return Ok((hit.token, hit.valid_until));
         }
         self.misses.inc();
-        let validated = Arc::new(self.validate_uncached(token, now).await?);
+        let (validated, cache_cap) = match &self.introspector {
+            Some(introspector) if !looks_like_jws(token) => {
+                (introspector.introspect(token, &key, now).await?, introspector.cache_ttl())
+            }
+            _ => (self.validate_uncached(token, now).await?, self.max_ttl),
+        };
+        let validated = Arc::new(validated);
         let remaining = u64::try_from(validated.expires_at.saturating_sub(now)).unwrap_or(0);
-        let ttl = Duration::from_secs(remaining).min(self.max_ttl);
+        let ttl = Duration::from_secs(remaining).min(self.max_ttl).min(cache_cap);
         let valid_until = now.saturating_add(i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX));
         if !ttl.is_zero() {
             self.cache.insert(key, Cached { token: validated.clone(), ttl, valid_until });
@@ -189,4 +207,9 @@ impl TokenValidator {
         }
         check_claims(claims, issuer, now)
     }
+}
+
+/// A compact JWS has exactly three dot-separated parts; anything else is an opaque token.
+fn looks_like_jws(token: &str) -> bool {
+    token.bytes().filter(|b| *b == b'.').count() == 2
 }
