@@ -297,6 +297,24 @@ fn check_config(path: &std::path::Path, overrides: Overrides) -> ExitCode {
             algs.join(" "),
             issuer.audiences.join(" ")
         );
+        if let Some(introspection) = &issuer.introspection {
+            let endpoint = introspection.endpoint.as_ref().map_or("from discovery".to_string(), |u| u.to_string());
+            let auth = match &introspection.client_auth {
+                fapi_gateway::config::IntrospectionAuth::PrivateKeyJwt { .. } => "private_key_jwt",
+                fapi_gateway::config::IntrospectionAuth::TlsClientAuth { .. } => "tls_client_auth",
+                fapi_gateway::config::IntrospectionAuth::ClientSecretBasic { .. } => "client_secret_basic",
+            };
+            let answers = match introspection.format {
+                fapi_gateway::config::IntrospectionFormat::Json => "json",
+                fapi_gateway::config::IntrospectionFormat::Jwt => "jwt (RFC 9701)",
+            };
+            println!(
+                "          opaque tokens: introspection {endpoint} as {} ({auth}; answers {answers}; cached {}s, inactive {}s)",
+                introspection.client_id,
+                introspection.cache_ttl.as_secs(),
+                introspection.inactive_cache_ttl.as_secs()
+            );
+        }
     }
     let dpop = &config.dpop;
     let store = match &dpop.replay_store {
