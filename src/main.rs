@@ -319,8 +319,8 @@ fn check_config(path: &std::path::Path, overrides: Overrides) -> ExitCode {
     let dpop = &config.dpop;
     let store = match &dpop.replay_store {
         fapi_gateway::config::ReplayBackend::Memory => format!("memory ({} entries)", dpop.replay_max_entries),
-        fapi_gateway::config::ReplayBackend::Redis { url, on_error, .. } => {
-            format!("redis {url:?} (on error: {})", format!("{on_error:?}").to_lowercase())
+        fapi_gateway::config::ReplayBackend::Redis { target, on_error, .. } => {
+            format!("redis {target} (on error: {})", format!("{on_error:?}").to_lowercase())
         }
     };
     println!(

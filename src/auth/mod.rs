@@ -12,6 +12,7 @@ pub mod credentials;
 pub mod dpop;
 pub mod jwks;
 pub mod jwks_fetch;
+pub mod redis_link;
 pub mod token;
 
 use std::sync::Arc;

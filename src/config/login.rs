@@ -79,7 +79,7 @@ pub enum SessionStore {
     /// This instance only.
     Memory,
     /// Shared by every instance (sealed records, expiring by themselves).
-    Redis { url: crate::config::SecretUrl, key_prefix: String, ca: Option<PathBuf>, timeout: Duration },
+    Redis { target: crate::config::RedisTarget, key_prefix: String, ca: Option<PathBuf>, timeout: Duration },
 }
 
 /// Validates `login[i]`.
@@ -173,9 +173,8 @@ pub(super) fn login(ctx: &Ctx<'_>, i: usize, spanned: Spanned<RawLogin>) -> Resu
             return Err(err("session.redis", "`session.store: redis` needs `session.redis: { url: redis://… }`"));
         }
         (SessionStoreKind::Redis, Some(redis)) => {
-            if !redis.url.starts_with("redis://") && !redis.url.starts_with("rediss://") {
-                return Err(err("session.redis.url", "must start with redis:// or rediss://"));
-            }
+            let target = super::validate::redis_target(redis.url, redis.cluster, redis.sentinel)
+                .map_err(|(k, message)| err(&format!("session.redis.{k}"), &message))?;
             if raw_session.secret_file.is_none() {
                 return Err(err(
                     "session.secret_file",
@@ -183,7 +182,7 @@ pub(super) fn login(ctx: &Ctx<'_>, i: usize, spanned: Spanned<RawLogin>) -> Resu
                 ));
             }
             SessionStore::Redis {
-                url: crate::config::SecretUrl(redis.url),
+                target,
                 key_prefix: redis.key_prefix.unwrap_or_else(|| format!("fapi-gateway:login:{}:", raw.name)),
                 ca: redis.ca.map(|p| ctx.path(p)),
                 timeout: redis.timeout.map_or(Duration::from_millis(500), |d| d.0),

@@ -141,7 +141,38 @@ pub enum ReplayBackend {
     /// This instance's fail-closed in-memory store.
     Memory,
     /// Shared by every instance through Redis.
-    Redis { url: SecretUrl, ca: Option<PathBuf>, key_prefix: String, timeout: Duration, on_error: ReplayOnError },
+    Redis {
+        target: RedisTarget,
+        ca: Option<PathBuf>,
+        key_prefix: String,
+        timeout: Duration,
+        on_error: ReplayOnError,
+        /// Replicas that must hold a fresh proof before it is accepted (`WAIT`).
+        wait_for_replicas: u32,
+    },
+}
+
+/// Which Redis deployment a shared store talks to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RedisTarget {
+    /// One server (`url`).
+    Single(SecretUrl),
+    /// A Redis Cluster, found from these seed nodes (`cluster`).
+    Cluster(Vec<SecretUrl>),
+    /// The primary these Sentinels name `master` (`sentinel: { urls, master }`).
+    Sentinel { sentinels: Vec<SecretUrl>, master: String },
+}
+
+impl std::fmt::Display for RedisTarget {
+    /// Without credentials, for logs and `check-config`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let list = |urls: &[SecretUrl]| urls.iter().map(|u| format!("{u:?}")).collect::<Vec<_>>().join(" ");
+        match self {
+            RedisTarget::Single(url) => write!(f, "{url:?}"),
+            RedisTarget::Cluster(nodes) => write!(f, "cluster {}", list(nodes)),
+            RedisTarget::Sentinel { sentinels, master } => write!(f, "sentinel {} master {master}", list(sentinels)),
+        }
+    }
 }
 
 /// A URL that may carry a password: `Debug` shows it without credentials.

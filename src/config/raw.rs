@@ -111,8 +111,13 @@ pub struct RawSession {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawSessionRedis {
-    /// `redis://[user:password@]host:port/db` or `rediss://…`.
-    pub url: String,
+    /// `redis://[user:password@]host:port/db` or `rediss://…`: one server. Exactly one of
+    /// `url`, `cluster` and `sentinel`.
+    pub url: Option<String>,
+    /// Seed nodes of a Redis Cluster.
+    pub cluster: Option<Vec<String>>,
+    /// The primary that these Sentinels name.
+    pub sentinel: Option<RawSentinel>,
     /// Defaults to `fapi-gateway:login:<login name>:`.
     pub key_prefix: Option<String>,
     /// Extra trust anchors (PEM) for `rediss://`.
@@ -219,8 +224,16 @@ pub struct RawReplay {
     /// Proofs one DPoP key may have remembered within the window; more get 429. Defaults
     /// to a tenth of `max_entries` (100 000).
     pub per_key_limit: Option<u32>,
-    /// `redis://[user:password@]host:port/db` or `rediss://…` (TLS). Required with `redis`.
+    /// `redis://[user:password@]host:port/db` or `rediss://…` (TLS): one server. With
+    /// `redis`, exactly one of `url`, `cluster` and `sentinel`.
     pub url: Option<String>,
+    /// Seed nodes of a Redis Cluster (`redis://host:port`, `rediss://…`).
+    pub cluster: Option<Vec<String>>,
+    /// The primary that these Sentinels name.
+    pub sentinel: Option<RawSentinel>,
+    /// Defaults to 0: a fresh proof counts as remembered once this many replicas have it
+    /// (`WAIT`), so a failover cannot forget it; fewer in time: 503. Not with `cluster`.
+    pub wait_for_replicas: Option<u32>,
     /// Extra trust anchors (PEM) for a `rediss://` server; without it the system roots.
     pub ca: Option<PathBuf>,
     /// Defaults to `fapi-gateway:dpop:`.
@@ -234,6 +247,15 @@ pub struct RawReplay {
     /// it needs a nonce minted since; `skew` also asks it of proofs up to `max_future`
     /// (+ 5 s) after the start.
     pub restart_guard: Option<RestartGuard>,
+}
+
+/// `sentinel: { urls, master }`: Sentinel nodes (`redis://host:26379`) and the name of the
+/// primary they watch.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSentinel {
+    pub urls: Vec<String>,
+    pub master: String,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]

@@ -342,8 +342,9 @@ fn redis_replay_store_settings() {
     let text = format!("{BASE}dpop:\n  replay:\n    store: redis\n    url: rediss://gw:s3cret@redis.internal:6380/1\n");
     let c = parse(&text).unwrap();
     match &c.dpop.replay_store {
-        ReplayBackend::Redis { url, key_prefix, timeout, on_error, ca: None } => {
-            assert_eq!(format!("{url:?}"), "rediss://redis.internal:6380/1", "Debug never shows the password");
+        ReplayBackend::Redis { target, key_prefix, timeout, on_error, ca: None, wait_for_replicas: 0 } => {
+            assert_eq!(target.to_string(), "rediss://redis.internal:6380/1", "never shows the password");
+            assert_eq!(format!("{target:?}"), "Single(rediss://redis.internal:6380/1)");
             assert_eq!(key_prefix, "fapi-gateway:dpop:");
             assert_eq!(*timeout, Duration::from_millis(250));
             assert_eq!(*on_error, ReplayOnError::Fail);

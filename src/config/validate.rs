@@ -15,7 +15,7 @@ use super::{
     Config, ConfigError, DpopSettings, Introspection, IntrospectionAuth, IntrospectionFormat, Issuer,
     JwksCacheSettings, KeySource, Limits, Listener, NonceSecret, Route, RoutePolicy, ServerTls, TokenCacheSettings,
 };
-use super::{ReplayBackend, SecretUrl};
+use super::{RedisTarget, ReplayBackend, SecretUrl};
 use crate::jose::Alg;
 use crate::uri;
 
@@ -949,11 +949,8 @@ fn dpop(ctx: &Ctx<'_>, spanned: Option<Spanned<RawDpop>>) -> Result<DpopSettings
             ReplayBackend::Memory
         }
         ReplayStoreKind::Redis => {
-            let url =
-                raw.replay.url.ok_or_else(|| err("replay.url", "`store: redis` needs a redis:// or rediss:// URL"))?;
-            if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
-                return Err(err("replay.url", "must start with redis:// or rediss://"));
-            }
+            let target = redis_target(raw.replay.url, raw.replay.cluster, raw.replay.sentinel)
+                .map_err(|(key, message)| err(&format!("replay.{key}"), &message))?;
             let timeout = dur(raw.replay.timeout, Duration::from_millis(250));
             if timeout.is_zero() {
                 return Err(err("replay.timeout", "must be longer than 0s"));
@@ -964,11 +961,19 @@ fn dpop(ctx: &Ctx<'_>, spanned: Option<Spanned<RawDpop>>) -> Result<DpopSettings
                     "only used with `store: memory` (Redis keeps the replay state across a gateway restart)",
                 ));
             }
-            if raw.replay.ca.is_some() && !url.starts_with("rediss://") {
-                return Err(err("replay.ca", "only used with a rediss:// (TLS) URL"));
+            if raw.replay.ca.is_some() && !target_uses_tls(&target) {
+                return Err(err("replay.ca", "only used with rediss:// (TLS) URLs"));
+            }
+            let wait_for_replicas = raw.replay.wait_for_replicas.unwrap_or(0);
+            if wait_for_replicas > 0 && matches!(target, RedisTarget::Cluster(_)) {
+                return Err(err(
+                    "replay.wait_for_replicas",
+                    "not supported with `cluster` yet: a cluster's WAIT would need the node of each key",
+                ));
             }
             ReplayBackend::Redis {
-                url: SecretUrl(url),
+                wait_for_replicas,
+                target,
                 ca: raw.replay.ca.map(|p| ctx.path(p)),
                 key_prefix: raw.replay.key_prefix.unwrap_or_else(|| "fapi-gateway:dpop:".to_string()),
                 timeout,
@@ -994,4 +999,56 @@ fn dpop(ctx: &Ctx<'_>, spanned: Option<Spanned<RawDpop>>) -> Result<DpopSettings
         nonce_step,
         nonce_window: raw.nonce_window.unwrap_or(1).min(100),
     })
+}
+
+/// `url`, `cluster` or `sentinel` (exactly one) as a [`RedisTarget`]; the error names the
+/// key at fault.
+pub(super) fn redis_target(
+    url: Option<String>,
+    cluster: Option<Vec<String>>,
+    sentinel: Option<super::raw::RawSentinel>,
+) -> Result<RedisTarget, (&'static str, String)> {
+    fn checked(key: &'static str, url: String) -> Result<SecretUrl, (&'static str, String)> {
+        if url.starts_with("redis://") || url.starts_with("rediss://") {
+            Ok(SecretUrl(url))
+        } else {
+            Err((key, "must start with redis:// or rediss://".to_string()))
+        }
+    }
+    match (url, cluster, sentinel) {
+        (Some(url), None, None) => Ok(RedisTarget::Single(checked("url", url)?)),
+        (None, Some(nodes), None) => {
+            if nodes.is_empty() {
+                return Err(("cluster", "list at least one seed node".to_string()));
+            }
+            Ok(RedisTarget::Cluster(nodes.into_iter().map(|n| checked("cluster", n)).collect::<Result<_, _>>()?))
+        }
+        (None, None, Some(sentinel)) => {
+            if sentinel.urls.is_empty() {
+                return Err(("sentinel.urls", "list at least one Sentinel".to_string()));
+            }
+            if sentinel.master.is_empty() {
+                return Err(("sentinel.master", "name the primary the Sentinels watch".to_string()));
+            }
+            let sentinels =
+                sentinel.urls.into_iter().map(|u| checked("sentinel.urls", u)).collect::<Result<Vec<_>, _>>()?;
+            if sentinels.iter().any(|u| u.0.starts_with("rediss://")) {
+                return Err((
+                    "sentinel.urls",
+                    "Sentinel over TLS is not supported yet: use redis:// Sentinel URLs".to_string(),
+                ));
+            }
+            Ok(RedisTarget::Sentinel { sentinels, master: sentinel.master })
+        }
+        (None, None, None) => Err(("url", "`store: redis` needs `url`, `cluster` or `sentinel`".to_string())),
+        _ => Err(("url", "give exactly one of `url`, `cluster` and `sentinel`".to_string())),
+    }
+}
+
+fn target_uses_tls(target: &RedisTarget) -> bool {
+    match target {
+        RedisTarget::Single(url) => url.0.starts_with("rediss://"),
+        RedisTarget::Cluster(nodes) => nodes.iter().any(|n| n.0.starts_with("rediss://")),
+        RedisTarget::Sentinel { .. } => false,
+    }
 }

@@ -94,17 +94,20 @@ fn dpop_runtime(
         matches!(settings.replay_store, config::ReplayBackend::Memory).then(crate::jose::unix_now);
     let (replay, shared): (Arc<dyn ReplayStore>, _) = match &settings.replay_store {
         config::ReplayBackend::Memory => (memory(settings.replay_per_key_limit), None),
-        config::ReplayBackend::Redis { url, ca, key_prefix, timeout, on_error } => {
+        config::ReplayBackend::Redis { target, ca, key_prefix, timeout, on_error, wait_for_replicas } => {
             let fallback = (*on_error == config::ReplayOnError::Local).then(|| memory(u32::MAX));
-            let store = Arc::new(RedisReplayStore::new(
-                &url.0,
-                ca.as_deref(),
-                key_prefix,
-                window,
-                *timeout,
-                settings.replay_per_key_limit,
-                fallback,
-            )?);
+            let store = Arc::new(
+                RedisReplayStore::new(
+                    target,
+                    ca.as_deref(),
+                    key_prefix,
+                    window,
+                    *timeout,
+                    settings.replay_per_key_limit,
+                    fallback,
+                )?
+                .waiting_for_replicas(*wait_for_replicas),
+            );
             (store.clone(), Some(store))
         }
     };

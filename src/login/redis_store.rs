@@ -7,13 +7,15 @@
 //! sealed with AES-256-GCM under a key derived from the first session secret (HMAC-SHA256
 //! as the KDF), so Redis holds nothing readable or forgeable without it. Keys are
 //! `<key_prefix>tx:<SHA-256 of state>`, `<key_prefix>s:<SHA-256 of session id>` and
-//! `<key_prefix>lock:<…>`; every record expires by itself (PX).
+//! `<key_prefix>lock:<…>`; every record expires by itself (PX). Every command names one key,
+//! so a Redis Cluster or a Sentinel-named primary serves as well as one server
+//! ([`RedisLink`]).
 
 use std::time::Duration;
 
+use crate::auth::redis_link::RedisLink;
 use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
 use aws_lc_rs::hmac;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 use crate::jose::{b64url_encode, sha256};
 
@@ -28,42 +30,24 @@ pub enum StoreError {
 
 /// A Redis-backed store of sealed records.
 pub struct RedisLoginStore {
-    client: redis::Client,
-    redacted_url: String,
+    link: RedisLink,
     prefix: String,
-    timeout: Duration,
-    connection: std::sync::Mutex<Option<ConnectionManager>>,
     key: LessSafeKey,
 }
 
 impl RedisLoginStore {
     pub fn new(
-        url: &str,
+        target: &crate::config::RedisTarget,
         ca: Option<&std::path::Path>,
         prefix: &str,
         timeout: Duration,
         secret: &[u8],
     ) -> Result<Self, String> {
-        let redacted_url = crate::secret::redact_url(url);
-        let client = match ca {
-            None => redis::Client::open(url).map_err(|e| format!("{redacted_url}: {e}"))?,
-            Some(path) => {
-                let pem = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
-                let certificates = redis::TlsCertificates { client_tls: None, root_cert: Some(pem) };
-                redis::Client::build_with_tls(url, certificates).map_err(|e| format!("{redacted_url}: {e}"))?
-            }
-        };
+        let link = RedisLink::new(target, ca, timeout).map_err(|e| e.to_string())?;
         let derived = hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, secret), b"fapi-gateway login store v1");
         let key =
             UnboundKey::new(&AES_256_GCM, derived.as_ref()).map_err(|_| "cannot derive the store key".to_string())?;
-        Ok(RedisLoginStore {
-            client,
-            redacted_url,
-            prefix: prefix.to_string(),
-            timeout,
-            connection: std::sync::Mutex::new(None),
-            key: LessSafeKey::new(key),
-        })
+        Ok(RedisLoginStore { link, prefix: prefix.to_string(), key: LessSafeKey::new(key) })
     }
 
     /// The Redis key of record `kind` named `name` (hashed: no secret in a key name).
@@ -71,34 +55,11 @@ impl RedisLoginStore {
         format!("{}{kind}:{}", self.prefix, b64url_encode(&sha256(name)))
     }
 
-    fn connection(&self) -> Result<ConnectionManager, StoreError> {
-        let mut slot = self.connection.lock().map_err(|_| StoreError::Unavailable)?;
-        if let Some(connection) = slot.as_ref() {
-            return Ok(connection.clone());
-        }
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(self.timeout))
-            .set_response_timeout(Some(self.timeout))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_secs(1));
-        let connection = ConnectionManager::new_lazy_with_config(self.client.clone(), config).map_err(|e| {
-            tracing::warn!(url = %self.redacted_url, error = %e, "cannot set up the login store connection");
-            StoreError::Unavailable
-        })?;
-        *slot = Some(connection.clone());
-        Ok(connection)
-    }
-
     async fn run<T: redis::FromRedisValue>(&self, command: redis::Cmd) -> Result<T, StoreError> {
-        let mut connection = self.connection()?;
-        match tokio::time::timeout(self.timeout, command.query_async::<T>(&mut connection)).await {
-            Ok(Ok(value)) => Ok(value),
-            Ok(Err(e)) => {
-                tracing::warn!(url = %self.redacted_url, error = %e, "the login store failed");
-                Err(StoreError::Unavailable)
-            }
-            Err(_) => Err(StoreError::Unavailable),
-        }
+        self.link.query::<T>(&command).await.map_err(|e| {
+            tracing::warn!(url = %self.link.shown(), error = %e, "the login store failed");
+            StoreError::Unavailable
+        })
     }
 
     /// Whether Redis answers a PING within the timeout (for `/readyz`).
@@ -187,7 +148,8 @@ mod tests {
     use super::*;
 
     fn store(secret: &[u8]) -> RedisLoginStore {
-        RedisLoginStore::new("redis://127.0.0.1:1/0", None, "t:", Duration::from_secs(1), secret).unwrap()
+        let target = crate::config::RedisTarget::Single(crate::config::SecretUrl("redis://127.0.0.1:1/0".into()));
+        RedisLoginStore::new(&target, None, "t:", Duration::from_secs(1), secret).unwrap()
     }
 
     #[test]

@@ -129,9 +129,9 @@ impl LoginRuntime {
         let secs = |d: Duration| i64::try_from(d.as_secs()).unwrap_or(i64::MAX);
         let shared = match &settings.session.store {
             SessionStore::Memory => None,
-            SessionStore::Redis { url, key_prefix, ca, timeout } => {
+            SessionStore::Redis { target, key_prefix, ca, timeout } => {
                 let secret = secrets.first().map(Vec::as_slice).unwrap_or_default();
-                let store = RedisLoginStore::new(&url.0, ca.as_deref(), key_prefix, *timeout, secret)
+                let store = RedisLoginStore::new(target, ca.as_deref(), key_prefix, *timeout, secret)
                     .map_err(|reason| LoginSetupError::Store { name: name.clone(), reason })?;
                 Some(Arc::new(store))
             }

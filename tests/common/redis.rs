@@ -114,3 +114,105 @@ impl Drop for RedisServer {
 fn binary() -> String {
     std::env::var("REDIS_SERVER").unwrap_or_else(|_| "redis-server".to_string())
 }
+
+/// A `redis-server` (or Sentinel) started with arbitrary arguments in its own folder, for
+/// the cluster and Sentinel tests; killed on drop.
+pub struct RedisProcess {
+    pub port: u16,
+    child: Option<Child>,
+    args: Vec<String>,
+    dir: std::path::PathBuf,
+}
+
+impl RedisProcess {
+    /// `redis-server --port PORT --bind 127.0.0.1 --dir DIR ARGS…` on a free port.
+    pub async fn start(dir: &std::path::Path, args: &[String]) -> RedisProcess {
+        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let dir = dir.join(format!("redis-{port}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut process = RedisProcess { port, child: None, args: args.to_vec(), dir };
+        process.restart().await;
+        process
+    }
+
+    /// A Sentinel on a free port watching `master_port` as `name` (quorum 1, a primary is
+    /// down after 1 s).
+    pub async fn sentinel(dir: &std::path::Path, name: &str, master_port: u16) -> RedisProcess {
+        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let dir = dir.join(format!("sentinel-{port}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let conf = dir.join("sentinel.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "port {port}\nbind 127.0.0.1\ndir {}\nsentinel monitor {name} 127.0.0.1 {master_port} 1\n\
+                 sentinel down-after-milliseconds {name} 1000\nsentinel failover-timeout {name} 5000\n\
+                 sentinel parallel-syncs {name} 1\n",
+                dir.display()
+            ),
+        )
+        .unwrap();
+        let mut process = RedisProcess { port, child: None, args: vec!["--sentinel".into()], dir };
+        process.spawn(&[conf.display().to_string()]).await;
+        process
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Kills it (as a crash would).
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    async fn restart(&mut self) {
+        let port = self.port.to_string();
+        let dir = self.dir.display().to_string();
+        let lead = ["--port", &port, "--bind", "127.0.0.1", "--dir", &dir, "--save", "", "--appendonly", "no"];
+        self.spawn(&lead.map(str::to_string)).await;
+    }
+
+    async fn spawn(&mut self, lead: &[String]) {
+        self.kill();
+        let child = Command::new(binary())
+            .args(lead)
+            .args(&self.args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run redis-server ({e}): {MISSING}"));
+        self.child = Some(child);
+        for _ in 0..200 {
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("redis-server did not start on port {}", self.port);
+    }
+
+    /// `redis-cli -p PORT ARGS…`, its output.
+    pub fn cli(&self, args: &[&str]) -> String {
+        cli(self.port, args)
+    }
+}
+
+impl Drop for RedisProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// `redis-cli -h 127.0.0.1 -p PORT ARGS…`, its standard output (trimmed).
+pub fn cli(port: u16, args: &[&str]) -> String {
+    let output = Command::new("redis-cli")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run redis-cli ({e}): it comes with redis-server (redis-tools)"));
+    String::from_utf8_lossy(&output.stdout).trim().to_string()
+}

@@ -6,8 +6,9 @@
 //! fresh. It checks `<prefix>{<hex jkt>}:<hex key>` (the proof) and the DPoP key's counter
 //! for the current fixed window, `<prefix>{<hex jkt>}:q:<window number>` (one hash tag per
 //! key: both in one slot); a key with `per_key_limit` remembered proofs in the window is
-//! refused with [`ReplayError::KeyOverQuota`] until the next one, and stores nothing. The connection is
-//! multiplexed and reconnects by itself (`ConnectionManager`); it is opened lazily, so the
+//! refused with [`ReplayError::KeyOverQuota`] until the next one, and stores nothing. The
+//! connection ([`crate::auth::redis_link`]: one server, a Redis Cluster — one slot per
+//! script, by the hash tag — or the primary Sentinel names) is opened lazily, so the
 //! gateway starts while Redis is down. Any error or a reply slower than `timeout` fails
 //! closed ([`ReplayError::Unavailable`]: the request gets 503) unless `on_error: local`,
 //! which falls back to this instance's in-memory store — weaker, since a proof could then be
@@ -17,8 +18,6 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
-
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 use super::replay::{Freshness, MemoryReplayStore, ReplayError, ReplayFuture, ReplayStore};
 
@@ -47,18 +46,17 @@ const OVER_QUOTA: i64 = -2;
 
 /// A replay store shared through Redis.
 pub struct RedisReplayStore {
-    client: redis::Client,
-    /// The URL without credentials, for logs.
+    link: crate::auth::redis_link::RedisLink,
+    /// The target without credentials, for logs.
     redacted_url: String,
     key_prefix: String,
     window: Duration,
     timeout: Duration,
     per_key_limit: u32,
+    /// Replicas that must acknowledge a fresh proof (`WAIT`) before it is accepted.
+    wait_for_replicas: u32,
     /// SHA-1 of [`INSERT_SCRIPT`], for `EVALSHA`.
     script_sha1: String,
-    /// Created on first use (it needs a running tokio runtime), then shared; it connects
-    /// and reconnects by itself, so no request ever waits on another's connection attempt.
-    connection: std::sync::Mutex<Option<ConnectionManager>>,
     /// With `on_error: local`: where proofs go while Redis cannot answer.
     fallback: Option<Arc<MemoryReplayStore>>,
     errors: AtomicU64,
@@ -69,7 +67,7 @@ pub struct RedisReplayStore {
 
 impl RedisReplayStore {
     pub fn new(
-        url: &str,
+        target: &crate::config::RedisTarget,
         ca: Option<&std::path::Path>,
         key_prefix: &str,
         window: Duration,
@@ -77,25 +75,19 @@ impl RedisReplayStore {
         per_key_limit: u32,
         fallback: Option<Arc<MemoryReplayStore>>,
     ) -> Result<Self, RedisConfigError> {
-        let redacted_url = crate::secret::redact_url(url);
-        let bad_url =
-            |e: redis::RedisError| RedisConfigError::BadUrl { url: redacted_url.clone(), reason: e.to_string() };
-        let client = match ca {
-            None => redis::Client::open(url).map_err(bad_url)?,
-            Some(path) => {
-                let pem = std::fs::read(path)
-                    .map_err(|e| RedisConfigError::Ca { path: path.display().to_string(), reason: e.to_string() })?;
-                let certificates = redis::TlsCertificates { client_tls: None, root_cert: Some(pem) };
-                redis::Client::build_with_tls(url, certificates).map_err(bad_url)?
-            }
-        };
+        let link = crate::auth::redis_link::RedisLink::new(target, ca, timeout).map_err(|e| match e {
+            crate::auth::redis_link::RedisLinkError::BadUrl { url, reason } => RedisConfigError::BadUrl { url, reason },
+            crate::auth::redis_link::RedisLinkError::Ca { path, reason } => RedisConfigError::Ca { path, reason },
+        })?;
+        let redacted_url = link.shown().to_string();
         Ok(RedisReplayStore {
-            client,
+            link,
             redacted_url,
             key_prefix: key_prefix.to_string(),
             window,
             timeout,
             per_key_limit: per_key_limit.max(1),
+            wait_for_replicas: 0,
             script_sha1: aws_lc_rs::digest::digest(
                 &aws_lc_rs::digest::SHA1_FOR_LEGACY_USE_ONLY,
                 INSERT_SCRIPT.as_bytes(),
@@ -104,11 +96,17 @@ impl RedisReplayStore {
             .iter()
             .map(|b| format!("{b:02x}"))
             .collect(),
-            connection: std::sync::Mutex::new(None),
             fallback,
             errors: AtomicU64::new(0),
             error_log: crate::diagnostics::LogThrottle::new(crate::auth::REFUSAL_LOG_PERIOD),
         })
+    }
+
+    /// A fresh proof is accepted only once `replicas` replicas hold it (Redis `WAIT`, within
+    /// the timeout), so that a failover to one of them cannot forget it.
+    pub fn waiting_for_replicas(mut self, replicas: u32) -> Self {
+        self.wait_for_replicas = replicas;
+        self
     }
 
     /// The URL without credentials.
@@ -128,34 +126,10 @@ impl RedisReplayStore {
 
     /// Whether Redis answers a `PING` within the timeout (for readiness checks).
     pub async fn is_reachable(&self) -> bool {
-        let Ok(mut connection) = self.connection() else {
-            return false;
-        };
-        let command = redis::cmd("PING");
-        let ping = command.query_async::<String>(&mut connection);
-        matches!(tokio::time::timeout(self.timeout, ping).await, Ok(Ok(_)))
-    }
-
-    fn connection(&self) -> Result<ConnectionManager, ReplayError> {
-        let mut slot = self.connection.lock().map_err(|_| ReplayError::Unavailable)?;
-        if let Some(connection) = slot.as_ref() {
-            return Ok(connection.clone());
-        }
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(self.timeout))
-            .set_response_timeout(Some(self.timeout))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_secs(1));
-        let connection = ConnectionManager::new_lazy_with_config(self.client.clone(), config).map_err(|e| {
-            tracing::warn!(url = %self.redacted_url, error = %e, "cannot set up the DPoP replay store connection");
-            ReplayError::Unavailable
-        })?;
-        *slot = Some(connection.clone());
-        Ok(connection)
+        self.link.query::<String>(&redis::cmd("PING")).await.is_ok()
     }
 
     async fn insert_remote(&self, key: &[u8; 32], jkt: &[u8; 32]) -> Result<Freshness, ReplayError> {
-        let mut connection = self.connection()?;
         let hex = |bytes: &[u8]| {
             let mut text = String::with_capacity(2 * bytes.len());
             for b in bytes {
@@ -179,9 +153,9 @@ impl RedisReplayStore {
             cmd
         };
         let run = async {
-            match script("EVALSHA", &self.script_sha1).query_async::<i64>(&mut connection).await {
+            match self.link.query::<i64>(&script("EVALSHA", &self.script_sha1)).await {
                 Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
-                    script("EVAL", INSERT_SCRIPT).query_async::<i64>(&mut connection).await
+                    self.link.query::<i64>(&script("EVAL", INSERT_SCRIPT)).await
                 }
                 other => other,
             }
@@ -194,7 +168,8 @@ impl RedisReplayStore {
                     retry_after: Duration::from_millis(next_window_ms).max(Duration::from_secs(1)),
                 })
             }
-            Ok(Ok(_)) => Ok(Freshness::Fresh),
+            Ok(Ok(_)) if self.wait_for_replicas == 0 => Ok(Freshness::Fresh),
+            Ok(Ok(_)) => self.replicated().await,
             Ok(Err(e)) => {
                 if let Some(held_back) = self.error_log.allow() {
                     tracing::warn!(url = %self.redacted_url, error = %e, held_back, "DPoP replay store error");
@@ -204,6 +179,27 @@ impl RedisReplayStore {
             Err(_) => {
                 if let Some(held_back) = self.error_log.allow() {
                     tracing::warn!(url = %self.redacted_url, timeout_ms = self.timeout.as_millis() as u64, held_back, "DPoP replay store timed out");
+                }
+                Err(ReplayError::Unavailable)
+            }
+        }
+    }
+}
+
+impl RedisReplayStore {
+    /// `WAIT` for `wait_for_replicas` acknowledgements of the writes so far on this
+    /// connection (the proof just stored among them); fewer within the timeout: refused.
+    async fn replicated(&self) -> Result<Freshness, ReplayError> {
+        // Half the timeout for the replicas, so that WAIT's own answer still comes in time.
+        let timeout_ms = (u64::try_from(self.timeout.as_millis()).unwrap_or(u64::MAX) / 2).max(1);
+        let mut wait = redis::cmd("WAIT");
+        wait.arg(self.wait_for_replicas).arg(timeout_ms);
+        match self.link.query::<u32>(&wait).await {
+            Ok(acknowledged) if acknowledged >= self.wait_for_replicas => Ok(Freshness::Fresh),
+            outcome => {
+                if let Some(held_back) = self.error_log.allow() {
+                    let acknowledged = outcome.as_ref().map_or(0, |n| *n);
+                    tracing::warn!(url = %self.redacted_url, acknowledged, wanted = self.wait_for_replicas, held_back, "DPoP replay store: too few replicas acknowledged a proof; refusing it");
                 }
                 Err(ReplayError::Unavailable)
             }
@@ -245,7 +241,7 @@ mod tests {
     #[test]
     fn bad_urls_do_not_leak_the_secret() {
         let e = RedisReplayStore::new(
-            "http://user:s3cr3t@host",
+            &crate::config::RedisTarget::Single(crate::config::SecretUrl("http://user:s3cr3t@host".into())),
             None,
             "p:",
             Duration::from_secs(1),

@@ -1,0 +1,192 @@
+//! One logical connection to the Redis deployment a shared store uses: a single server, a
+//! Redis Cluster, or the primary that Sentinel names (Valkey speaks the same protocol).
+//!
+//! - **Single:** a multiplexed `ConnectionManager` that reconnects by itself.
+//! - **Cluster:** redis-rs's async cluster connection: each command goes to the node owning
+//!   its keys' slot (the stores put every key of one operation under one hash tag), `MOVED`
+//!   and `ASK` are followed and the slot map is refreshed after a failover.
+//! - **Sentinel:** a multiplexed connection to the primary the Sentinels name. After any
+//!   connection error or a `READONLY` answer (a demoted primary) it is dropped, and the next
+//!   command asks the Sentinels again — so a failover is followed once Sentinel has promoted
+//!   a replica; until then commands fail, and the store's `on_error` decides.
+//!
+//! Connections are made on first use, so the gateway starts while Redis is down; each
+//! command is bounded by the store's `timeout`. URLs are never logged with their password.
+
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
+use redis::cluster::ClusterClient;
+use redis::cluster_async::ClusterConnection;
+use redis::sentinel::{SentinelClient, SentinelServerType};
+use redis::{AsyncConnectionConfig, FromRedisValue, RedisError, RedisResult};
+
+use crate::config::RedisTarget;
+
+/// Why a Redis link cannot be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum RedisLinkError {
+    #[error("`{url}` is not a usable redis:// or rediss:// URL: {reason}")]
+    BadUrl { url: String, reason: String },
+    #[error("cannot read the CA file {path}: {reason}")]
+    Ca { path: String, reason: String },
+}
+
+/// A connection to a single server, a cluster or a Sentinel-named primary.
+pub struct RedisLink {
+    kind: Kind,
+    timeout: Duration,
+    /// The target without credentials, for logs.
+    shown: String,
+}
+
+enum Kind {
+    Single {
+        client: redis::Client,
+        /// Created on first use (it needs a running runtime), then shared.
+        manager: std::sync::Mutex<Option<ConnectionManager>>,
+    },
+    Cluster {
+        client: ClusterClient,
+        connection: tokio::sync::Mutex<Option<ClusterConnection>>,
+    },
+    Sentinel {
+        sentinel: tokio::sync::Mutex<SentinelClient>,
+        connection: std::sync::Mutex<Option<MultiplexedConnection>>,
+    },
+}
+
+impl RedisLink {
+    /// A link to `target`, trusting `ca` (PEM) besides the system roots for `rediss://`.
+    pub fn new(target: &RedisTarget, ca: Option<&std::path::Path>, timeout: Duration) -> Result<Self, RedisLinkError> {
+        let shown = target.to_string();
+        let bad = |url: &str| {
+            let url = crate::secret::redact_url(url);
+            move |e: RedisError| RedisLinkError::BadUrl { url, reason: e.to_string() }
+        };
+        let root_cert = ca
+            .map(|path| {
+                std::fs::read(path)
+                    .map_err(|e| RedisLinkError::Ca { path: path.display().to_string(), reason: e.to_string() })
+            })
+            .transpose()?;
+        let certificates = || redis::TlsCertificates { client_tls: None, root_cert: root_cert.clone() };
+        let kind = match target {
+            RedisTarget::Single(url) => {
+                let client = match ca {
+                    None => redis::Client::open(url.0.as_str()).map_err(bad(&url.0))?,
+                    Some(_) => redis::Client::build_with_tls(url.0.as_str(), certificates()).map_err(bad(&url.0))?,
+                };
+                Kind::Single { client, manager: std::sync::Mutex::new(None) }
+            }
+            RedisTarget::Cluster(nodes) => {
+                let seeds: Vec<&str> = nodes.iter().map(|n| n.0.as_str()).collect();
+                let mut builder = ClusterClient::builder(seeds.clone())
+                    .connection_timeout(timeout)
+                    .response_timeout(timeout)
+                    .retries(2)
+                    .min_retry_wait(10)
+                    .max_retry_wait(100);
+                if ca.is_some() {
+                    builder = builder.certs(certificates());
+                }
+                let first = seeds.first().copied().unwrap_or_default();
+                let client = builder.build().map_err(bad(first))?;
+                Kind::Cluster { client, connection: tokio::sync::Mutex::new(None) }
+            }
+            RedisTarget::Sentinel { sentinels, master } => {
+                let urls: Vec<&str> = sentinels.iter().map(|s| s.0.as_str()).collect();
+                let first = urls.first().copied().unwrap_or_default();
+                let client = SentinelClient::build(urls.clone(), master.as_str(), None, SentinelServerType::Master)
+                    .map_err(bad(first))?;
+                Kind::Sentinel { sentinel: tokio::sync::Mutex::new(client), connection: std::sync::Mutex::new(None) }
+            }
+        };
+        Ok(RedisLink { kind, timeout, shown })
+    }
+
+    /// The target without credentials.
+    pub fn shown(&self) -> &str {
+        &self.shown
+    }
+
+    /// Runs `command`, within the timeout (a slower answer is an error).
+    pub async fn query<T: FromRedisValue>(&self, command: &redis::Cmd) -> RedisResult<T> {
+        match tokio::time::timeout(self.timeout, self.query_unbounded(command)).await {
+            Ok(result) => result,
+            Err(_) => Err(RedisError::from(std::io::Error::new(std::io::ErrorKind::TimedOut, "Redis timed out"))),
+        }
+    }
+
+    async fn query_unbounded<T: FromRedisValue>(&self, command: &redis::Cmd) -> RedisResult<T> {
+        match &self.kind {
+            Kind::Single { client, manager } => {
+                let mut connection = self.single_connection(client, manager)?;
+                command.query_async(&mut connection).await
+            }
+            Kind::Cluster { client, connection } => {
+                let mut cluster = {
+                    let mut slot = connection.lock().await;
+                    match slot.as_ref() {
+                        Some(open) => open.clone(),
+                        None => {
+                            let open = client.get_async_connection().await?;
+                            *slot = Some(open.clone());
+                            open
+                        }
+                    }
+                };
+                command.query_async(&mut cluster).await
+            }
+            Kind::Sentinel { sentinel, connection } => {
+                let cached = connection.lock().ok().and_then(|c| c.clone());
+                let mut primary = match cached {
+                    Some(open) => open,
+                    None => {
+                        let config = AsyncConnectionConfig::new()
+                            .set_connection_timeout(Some(self.timeout))
+                            .set_response_timeout(Some(self.timeout));
+                        let open = sentinel.lock().await.get_async_connection_with_config(&config).await?;
+                        if let Ok(mut slot) = connection.lock() {
+                            *slot = Some(open.clone());
+                        }
+                        open
+                    }
+                };
+                let result = command.query_async(&mut primary).await;
+                if let Err(e) = &result
+                    && (e.is_io_error()
+                        || e.is_connection_dropped()
+                        || e.is_connection_refusal()
+                        || e.is_timeout()
+                        || e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly))
+                    && let Ok(mut slot) = connection.lock()
+                {
+                    // Ask the Sentinels again next time: the primary may have moved.
+                    *slot = None;
+                }
+                result
+            }
+        }
+    }
+
+    fn single_connection(
+        &self,
+        client: &redis::Client,
+        manager: &std::sync::Mutex<Option<ConnectionManager>>,
+    ) -> RedisResult<ConnectionManager> {
+        let poisoned = || RedisError::from(std::io::Error::other("connection slot poisoned"));
+        let mut slot = manager.lock().map_err(|_| poisoned())?;
+        if let Some(connection) = slot.as_ref() {
+            return Ok(connection.clone());
+        }
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(self.timeout))
+            .set_response_timeout(Some(self.timeout))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_secs(1));
+        let connection = ConnectionManager::new_lazy_with_config(client.clone(), config)?;
+        *slot = Some(connection.clone());
+        Ok(connection)
+    }
+}

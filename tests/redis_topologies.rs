@@ -1,0 +1,244 @@
+//! The shared DPoP replay store beyond one Redis server, with real `redis-server`s:
+//!
+//! - a 3-master **Redis Cluster** (`--cluster-enabled yes` + `redis-cli --cluster create`):
+//!   two gateway instances share replay state, each proof's keys land in one slot (the
+//!   script runs there), and the keys of many DPoP keys spread over all three masters;
+//! - a **Sentinel**-managed primary with two replicas: the primary is killed under load,
+//!   Sentinel promotes a replica, the gateway follows it by itself; meanwhile every request
+//!   is either served or refused with 503 (fail closed), refusals fall only inside the
+//!   failover window (its length is printed), and no proof is ever accepted twice — with
+//!   `wait_for_replicas: 1` a proof counts only once a replica holds it, so the promoted
+//!   replica remembers it.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::redis::{RedisProcess, cli};
+use common::*;
+
+#[test]
+fn redis_server_is_installed() {
+    assert!(common::redis::installed(), "{}", common::redis::MISSING);
+}
+
+async fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
+    let started = Instant::now();
+    while !done() {
+        assert!(started.elapsed() < limit, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn replay_yaml(target: &str) -> String {
+    format!("dpop:\n  replay:\n    store: redis\n{target}    timeout: 500ms\n")
+}
+
+/// One client: its DPoP key and the token bound to it.
+struct Client {
+    key: Signer,
+    token: String,
+}
+
+impl Client {
+    fn new(env: &Env, n: usize) -> Client {
+        let key = Signer::es256(&format!("client-{n}"));
+        let token = env.dpop_token(&key);
+        Client { key, token }
+    }
+
+    fn proof(&self, env: &Env) -> String {
+        self.key.dpop_proof("GET", &env.public_url("/dpop/x"), Some(&self.token))
+    }
+}
+
+#[tokio::test]
+async fn a_redis_cluster_shares_replay_state_across_instances_one_slot_per_proof() {
+    if common::redis::missing() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let cluster_args: Vec<String> =
+        ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "2000"]
+            .map(str::to_string)
+            .to_vec();
+    let mut nodes = Vec::new();
+    for _ in 0..3 {
+        nodes.push(RedisProcess::start(dir.path(), &cluster_args).await);
+    }
+    let addresses: Vec<String> = nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)).collect();
+    let created = std::process::Command::new("redis-cli")
+        .arg("--cluster")
+        .arg("create")
+        .args(&addresses)
+        .args(["--cluster-replicas", "0", "--cluster-yes"])
+        .output()
+        .expect("redis-cli --cluster create");
+    assert!(created.status.success(), "{}", String::from_utf8_lossy(&created.stdout));
+    wait_until("the cluster to be ok", Duration::from_secs(20), || {
+        nodes.iter().all(|n| n.cli(&["cluster", "info"]).contains("cluster_state:ok"))
+    })
+    .await;
+
+    // Seeds: one node is enough to find the others.
+    let target = format!("    cluster: [{}]\n", nodes[0].url());
+    let env = Env::start_with(Options { dpop: replay_yaml(&target), ..Default::default() }).await;
+    let twin = env.start_twin().await;
+    for n in 0..24 {
+        let client = Client::new(&env, n);
+        let proof = client.proof(&env);
+        let first = env.send_dpop("GET", "/dpop/x", &client.token, &proof).await;
+        assert_eq!(first.status(), 200, "client {n}");
+        let again = env.send_dpop_to(twin.local_addr(), "/dpop/x", &client.token, &proof).await;
+        assert_eq!(again.status(), 401, "client {n}: a replay on the other instance");
+        let body = again.text().await.unwrap();
+        assert!(body.contains("already used"), "{body}");
+        let fresh = env.send_dpop_to(twin.local_addr(), "/dpop/x", &client.token, &client.proof(&env)).await;
+        assert_eq!(fresh.status(), 200, "client {n}: a fresh proof on the other instance");
+    }
+    // The keys of 24 DPoP keys (a hash tag each) are spread over every master.
+    for node in &nodes {
+        let keys: u64 = node.cli(&["dbsize"]).parse().unwrap();
+        assert!(keys > 0, "node {} holds no replay key", node.port);
+    }
+    assert!(twin.replay_store_reachable().await);
+}
+
+/// A request's outcome in the failover test.
+struct Sent {
+    at: Instant,
+    status: u16,
+}
+
+#[tokio::test]
+async fn the_primary_killed_under_load_sentinel_fails_over_and_no_proof_passes_twice() {
+    if common::redis::missing() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut primary = RedisProcess::start(dir.path(), &[]).await;
+    let replicaof = ["--replicaof".to_string(), "127.0.0.1".to_string(), primary.port.to_string()];
+    let replicas =
+        [RedisProcess::start(dir.path(), &replicaof).await, RedisProcess::start(dir.path(), &replicaof).await];
+    wait_until("the replicas to sync", Duration::from_secs(20), || {
+        replicas.iter().all(|r| r.cli(&["info", "replication"]).contains("master_link_status:up"))
+    })
+    .await;
+    let sentinel = RedisProcess::sentinel(dir.path(), "fapi", primary.port).await;
+    wait_until("Sentinel to know both replicas", Duration::from_secs(30), || {
+        let master = sentinel.cli(&["sentinel", "master", "fapi"]);
+        master.lines().collect::<Vec<_>>().windows(2).any(|w| w[0] == "num-slaves" && w[1] == "2")
+    })
+    .await;
+
+    let target = format!("    sentinel: {{ urls: [{}], master: fapi }}\n    wait_for_replicas: 1\n", sentinel.url());
+    let env = Env::start_with(Options { dpop: replay_yaml(&target), ..Default::default() }).await;
+    let twin = env.start_twin().await;
+    let client = Client::new(&env, 0);
+    let instances = [env.addr, twin.local_addr()];
+
+    let mut sent = Vec::new();
+    let mut accepted = Vec::new();
+    let mut killed_at = None;
+    let started = Instant::now();
+    let mut successes_after_refusal = 0;
+    let mut refused_once = false;
+    for i in 0.. {
+        assert!(
+            started.elapsed() < Duration::from_secs(90),
+            "no recovery after the failover:\n{}",
+            sentinel.cli(&["sentinel", "master", "fapi"])
+        );
+        if i == 30 {
+            primary.kill();
+            killed_at = Some(Instant::now());
+        }
+        let proof = client.proof(&env);
+        let response = env.send_dpop_to(instances[i % 2], "/dpop/x", &client.token, &proof).await;
+        let status = response.status().as_u16();
+        assert!(status == 200 || status == 503, "request {i}: {status} {}", response.text().await.unwrap());
+        sent.push(Sent { at: Instant::now(), status });
+        if status == 200 {
+            accepted.push(proof);
+            if refused_once {
+                successes_after_refusal += 1;
+                if successes_after_refusal == 30 {
+                    break;
+                }
+            }
+        } else {
+            refused_once = true;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let killed_at = killed_at.unwrap();
+    let refusals: Vec<&Sent> = sent.iter().filter(|s| s.status == 503).collect();
+    let first_refusal = refusals.first().expect("the kill was noticed").at;
+    let last_refusal = refusals.last().unwrap().at;
+    let recovered_at = sent.iter().find(|s| s.status == 200 && s.at > last_refusal).unwrap().at;
+    assert!(first_refusal >= killed_at, "no refusal before the primary was killed");
+    eprintln!(
+        "failover: {} requests refused (503) over {:.1} s, first {:.1} s after the kill; served again {:.1} s after the kill",
+        refusals.len(),
+        last_refusal.duration_since(first_refusal).as_secs_f64(),
+        first_refusal.duration_since(killed_at).as_secs_f64(),
+        recovered_at.duration_since(killed_at).as_secs_f64(),
+    );
+
+    // No proof passes twice: every accepted one — before, around and after the failover —
+    // is refused as a replay by both instances.
+    for (n, proof) in accepted.iter().enumerate() {
+        for instance in instances {
+            let response = env.send_dpop_to(instance, "/dpop/x", &client.token, proof).await;
+            assert_eq!(response.status(), 401, "accepted proof {n} of {} passed again", accepted.len());
+        }
+    }
+    let promoted = replicas.iter().filter(|r| r.cli(&["info", "replication"]).contains("role:master")).count();
+    assert_eq!(promoted, 1, "Sentinel promoted a replica");
+    assert_eq!(cli(replicas[0].port, &["ping"]), "PONG");
+}
+
+#[test]
+fn topology_settings_are_checked() {
+    let pki = TestPki::new();
+    let cases = [
+        ("    url: redis://a:6379\n    cluster: [redis://b:6379]\n", "exactly one of"),
+        ("    cluster: []\n", "at least one seed"),
+        ("    cluster: [http://b:6379]\n", "redis://"),
+        ("    sentinel: { urls: [redis://s:26379], master: '' }\n", "name the primary"),
+        ("    sentinel: { urls: [rediss://s:26379], master: m }\n", "not supported yet"),
+        ("    cluster: [redis://b:6379]\n    wait_for_replicas: 1\n", "not supported with `cluster`"),
+        ("    key_prefix: 'p:'\n", "needs `url`, `cluster` or `sentinel`"),
+    ];
+    for (replay, says) in cases {
+        let yaml = format!(
+            "listen: {{ address: 127.0.0.1:0, public_url: https://gateway.test, tls: {{ cert: {}, key: {} }} }}\n\
+             issuers:\n  - {{ issuer: https://as.test, jwks_file: j.json, audiences: [a] }}\n\
+             routes:\n  - {{ name: r, match: {{ path_prefix: / }}, upstream: http://127.0.0.1:1, binding: dpop }}\n{}",
+            pki.server_cert_path().display(),
+            pki.server_key_path().display(),
+            replay_yaml(replay)
+        );
+        let error = fapi_gateway::config::Config::from_yaml(&yaml, "gateway.yaml", pki.dir())
+            .err()
+            .unwrap_or_else(|| panic!("accepted: {replay}"))
+            .to_string();
+        assert!(error.contains(says), "{replay}: {error}");
+    }
+}
+
+#[tokio::test]
+async fn without_the_replicas_it_waits_for_a_fresh_proof_is_refused() {
+    if common::redis::missing() {
+        return;
+    }
+    let redis = common::redis::RedisServer::start().await;
+    let target = format!("    url: {}\n    wait_for_replicas: 1\n", redis.url());
+    let env = Env::start_with(Options { dpop: replay_yaml(&target), ..Default::default() }).await;
+    let client = Client::new(&env, 0);
+    let response = env.send_dpop("GET", "/dpop/x", &client.token, &client.proof(&env)).await;
+    assert_eq!(response.status(), 503, "no replica acknowledged the proof: it does not count");
+    assert_eq!(response.headers()["retry-after"], "5");
+    assert_eq!(env.upstream.hits(), 0);
+}
