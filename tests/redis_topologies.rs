@@ -53,19 +53,15 @@ impl Client {
     }
 }
 
-#[tokio::test]
-async fn a_redis_cluster_shares_replay_state_across_instances_one_slot_per_proof() {
-    if common::redis::missing() {
-        return;
-    }
-    let dir = tempfile::tempdir().unwrap();
+/// A 3-master Redis Cluster (no replicas) on free ports, once every node says `ok`.
+async fn start_cluster(dir: &std::path::Path) -> Vec<RedisProcess> {
     let cluster_args: Vec<String> =
         ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "2000"]
             .map(str::to_string)
             .to_vec();
     let mut nodes = Vec::new();
     for _ in 0..3 {
-        nodes.push(RedisProcess::start(dir.path(), &cluster_args).await);
+        nodes.push(RedisProcess::start(dir, &cluster_args).await);
     }
     let addresses: Vec<String> = nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)).collect();
     let created = std::process::Command::new("redis-cli")
@@ -80,6 +76,16 @@ async fn a_redis_cluster_shares_replay_state_across_instances_one_slot_per_proof
         nodes.iter().all(|n| n.cli(&["cluster", "info"]).contains("cluster_state:ok"))
     })
     .await;
+    nodes
+}
+
+#[tokio::test]
+async fn a_redis_cluster_shares_replay_state_across_instances_one_slot_per_proof() {
+    if common::redis::missing() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = start_cluster(dir.path()).await;
 
     // Seeds: one node is enough to find the others.
     let target = format!("    cluster: [{}]\n", nodes[0].url());
@@ -241,4 +247,35 @@ async fn without_the_replicas_it_waits_for_a_fresh_proof_is_refused() {
     assert_eq!(response.status(), 503, "no replica acknowledged the proof: it does not count");
     assert_eq!(response.headers()["retry-after"], "5");
     assert_eq!(env.upstream.hits(), 0);
+}
+
+#[tokio::test]
+async fn the_login_session_store_works_on_a_redis_cluster() {
+    use fapi_gateway::config::{RedisTarget, SecretUrl};
+    use fapi_gateway::login::redis_store::RedisLoginStore;
+    if common::redis::missing() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = start_cluster(dir.path()).await;
+    let target = RedisTarget::Cluster(vec![SecretUrl(nodes[1].url())]);
+    let secret = [7u8; 32];
+    let store =
+        RedisLoginStore::new(&target, None, "fapi-gateway:login:web:", Duration::from_secs(1), &secret).unwrap();
+    // Records of many sessions land on every master; each command names one key.
+    for n in 0..30 {
+        let key = store.key("s", format!("session-{n}").as_bytes());
+        store.put(&key, format!("record {n}").as_bytes(), Duration::from_secs(60)).await.unwrap();
+        assert_eq!(store.get(&key).await.unwrap().unwrap(), format!("record {n}").into_bytes());
+        assert!(store.lock(&store.key("lock", key.as_bytes()), Duration::from_secs(5)).await.unwrap());
+        assert!(!store.lock(&store.key("lock", key.as_bytes()), Duration::from_secs(5)).await.unwrap(), "one holder");
+        let taken = store.take(&key).await.unwrap();
+        assert_eq!(taken.unwrap(), format!("record {n}").into_bytes());
+        assert_eq!(store.get(&key).await.unwrap(), None, "taken once");
+    }
+    for node in &nodes {
+        let keys: u64 = node.cli(&["dbsize"]).parse().unwrap();
+        assert!(keys > 0, "node {} holds no login key", node.port);
+    }
+    assert!(store.is_reachable().await);
 }
