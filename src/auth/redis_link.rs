@@ -170,6 +170,29 @@ impl RedisLink {
         }
     }
 
+    /// `WAIT replicas timeout_ms` on the connection that ran the last write to `key` (on a
+    /// cluster, to the primary of its slot): how many replicas acknowledged it and every
+    /// earlier write of that connection.
+    pub async fn wait_for_replicas(&self, key: &str, replicas: u32, timeout_ms: u64) -> RedisResult<u32> {
+        let mut wait = redis::cmd("WAIT");
+        wait.arg(replicas).arg(timeout_ms);
+        match &self.kind {
+            Kind::Cluster { connection, .. } => {
+                use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, Slot, SlotAddr};
+                let Some(mut cluster) = connection.lock().await.clone() else {
+                    return Err(RedisError::from(std::io::Error::other("no cluster connection")));
+                };
+                let route = Route::with_slot(Slot::for_key(key), SlotAddr::Master);
+                let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route));
+                let answer = tokio::time::timeout(self.timeout, cluster.route_command(wait, routing)).await.map_err(
+                    |_| RedisError::from(std::io::Error::new(std::io::ErrorKind::TimedOut, "Redis timed out")),
+                )??;
+                Ok(redis::from_redis_value(answer)?)
+            }
+            _ => self.query(&wait).await,
+        }
+    }
+
     fn single_connection(
         &self,
         client: &redis::Client,

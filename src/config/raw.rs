@@ -232,7 +232,8 @@ pub struct RawReplay {
     /// The primary that these Sentinels name.
     pub sentinel: Option<RawSentinel>,
     /// Defaults to 0: a fresh proof counts as remembered once this many replicas have it
-    /// (`WAIT`), so a failover cannot forget it; fewer in time: 503. Not with `cluster`.
+    /// (`WAIT`, on a cluster at the primary of its slot), so a failover cannot forget it;
+    /// fewer in time: 503.
     pub wait_for_replicas: Option<u32>,
     /// Extra trust anchors (PEM) for a `rediss://` server; without it the system roots.
     pub ca: Option<PathBuf>,

@@ -965,12 +965,6 @@ fn dpop(ctx: &Ctx<'_>, spanned: Option<Spanned<RawDpop>>) -> Result<DpopSettings
                 return Err(err("replay.ca", "only used with rediss:// (TLS) URLs"));
             }
             let wait_for_replicas = raw.replay.wait_for_replicas.unwrap_or(0);
-            if wait_for_replicas > 0 && matches!(target, RedisTarget::Cluster(_)) {
-                return Err(err(
-                    "replay.wait_for_replicas",
-                    "not supported with `cluster` yet: a cluster's WAIT would need the node of each key",
-                ));
-            }
             ReplayBackend::Redis {
                 wait_for_replicas,
                 target,

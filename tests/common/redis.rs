@@ -169,7 +169,8 @@ impl RedisProcess {
         }
     }
 
-    async fn restart(&mut self) {
+    /// Starts it again on the same port and folder (a cluster node keeps its nodes.conf).
+    pub async fn restart(&mut self) {
         let port = self.port.to_string();
         let dir = self.dir.display().to_string();
         let lead = ["--port", &port, "--bind", "127.0.0.1", "--dir", &dir, "--save", "", "--appendonly", "no"];

@@ -169,7 +169,7 @@ impl RedisReplayStore {
                 })
             }
             Ok(Ok(_)) if self.wait_for_replicas == 0 => Ok(Freshness::Fresh),
-            Ok(Ok(_)) => self.replicated().await,
+            Ok(Ok(_)) => self.replicated(&proof_key).await,
             Ok(Err(e)) => {
                 if let Some(held_back) = self.error_log.allow() {
                     tracing::warn!(url = %self.redacted_url, error = %e, held_back, "DPoP replay store error");
@@ -189,12 +189,10 @@ impl RedisReplayStore {
 impl RedisReplayStore {
     /// `WAIT` for `wait_for_replicas` acknowledgements of the writes so far on this
     /// connection (the proof just stored among them); fewer within the timeout: refused.
-    async fn replicated(&self) -> Result<Freshness, ReplayError> {
+    async fn replicated(&self, proof_key: &str) -> Result<Freshness, ReplayError> {
         // Half the timeout for the replicas, so that WAIT's own answer still comes in time.
         let timeout_ms = (u64::try_from(self.timeout.as_millis()).unwrap_or(u64::MAX) / 2).max(1);
-        let mut wait = redis::cmd("WAIT");
-        wait.arg(self.wait_for_replicas).arg(timeout_ms);
-        match self.link.query::<u32>(&wait).await {
+        match self.link.wait_for_replicas(proof_key, self.wait_for_replicas, timeout_ms).await {
             Ok(acknowledged) if acknowledged >= self.wait_for_replicas => Ok(Freshness::Fresh),
             outcome => {
                 if let Some(held_back) = self.error_log.allow() {
