@@ -247,6 +247,10 @@ fn topology_settings_are_checked() {
         ("    sentinel: { urls: [redis://s:26379], master: '' }\n", "name the primary"),
         ("    sentinel: { urls: [rediss://s:26379], master: m }\n", "not supported yet"),
         ("    key_prefix: 'p:'\n", "needs `url`, `cluster` or `sentinel`"),
+        (
+            "    url: redis://a:6379\n    wait_for_replicas: 1\n    on_error: local\n",
+            "cannot go with `on_error: local`",
+        ),
     ];
     for (replay, says) in cases {
         let yaml = format!(

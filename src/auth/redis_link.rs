@@ -8,7 +8,8 @@
 //! - **Sentinel:** a multiplexed connection to the primary the Sentinels name. After any
 //!   connection error or a `READONLY` answer (a demoted primary) it is dropped, and the next
 //!   command asks the Sentinels again — so a failover is followed once Sentinel has promoted
-//!   a replica; until then commands fail, and the store's `on_error` decides.
+//!   a replica; until then commands fail, and the store's `on_error` decides. The primary is
+//!   reached with the Sentinel URLs' user, password and database.
 //!
 //! Connections are made on first use, so the gateway starts while Redis is down; each
 //! command is bounded by the store's `timeout`. URLs are never logged with their password.
@@ -18,7 +19,7 @@ use std::time::Duration;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
-use redis::sentinel::{SentinelClient, SentinelServerType};
+use redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType};
 use redis::{AsyncConnectionConfig, FromRedisValue, RedisError, RedisResult};
 
 use crate::config::RedisTarget;
@@ -97,8 +98,13 @@ impl RedisLink {
             RedisTarget::Sentinel { sentinels, master } => {
                 let urls: Vec<&str> = sentinels.iter().map(|s| s.0.as_str()).collect();
                 let first = urls.first().copied().unwrap_or_default();
-                let client = SentinelClient::build(urls.clone(), master.as_str(), None, SentinelServerType::Master)
-                    .map_err(bad(first))?;
+                // The primary gets the Sentinel URLs' user, password and database.
+                let settings = redis::IntoConnectionInfo::into_connection_info(first).map_err(bad(first))?;
+                let primary =
+                    SentinelNodeConnectionInfo::default().set_redis_connection_info(settings.redis_settings().clone());
+                let client =
+                    SentinelClient::build(urls.clone(), master.as_str(), Some(primary), SentinelServerType::Master)
+                        .map_err(bad(first))?;
                 Kind::Sentinel { sentinel: tokio::sync::Mutex::new(client), connection: std::sync::Mutex::new(None) }
             }
         };
@@ -112,84 +118,104 @@ impl RedisLink {
 
     /// Runs `command`, within the timeout (a slower answer is an error).
     pub async fn query<T: FromRedisValue>(&self, command: &redis::Cmd) -> RedisResult<T> {
-        match tokio::time::timeout(self.timeout, self.query_unbounded(command)).await {
-            Ok(result) => result,
-            Err(_) => Err(RedisError::from(std::io::Error::new(std::io::ErrorKind::TimedOut, "Redis timed out"))),
-        }
-    }
-
-    async fn query_unbounded<T: FromRedisValue>(&self, command: &redis::Cmd) -> RedisResult<T> {
-        match &self.kind {
-            Kind::Single { client, manager } => {
-                let mut connection = self.single_connection(client, manager)?;
-                command.query_async(&mut connection).await
-            }
-            Kind::Cluster { client, connection } => {
-                let mut cluster = {
-                    let mut slot = connection.lock().await;
-                    match slot.as_ref() {
-                        Some(open) => open.clone(),
-                        None => {
-                            let open = client.get_async_connection().await?;
-                            *slot = Some(open.clone());
-                            open
-                        }
-                    }
-                };
-                command.query_async(&mut cluster).await
-            }
-            Kind::Sentinel { sentinel, connection } => {
-                let cached = connection.lock().ok().and_then(|c| c.clone());
-                let mut primary = match cached {
-                    Some(open) => open,
-                    None => {
-                        let config = AsyncConnectionConfig::new()
-                            .set_connection_timeout(Some(self.timeout))
-                            .set_response_timeout(Some(self.timeout));
-                        let open = sentinel.lock().await.get_async_connection_with_config(&config).await?;
-                        if let Ok(mut slot) = connection.lock() {
-                            *slot = Some(open.clone());
-                        }
-                        open
-                    }
-                };
-                let result = command.query_async(&mut primary).await;
-                if let Err(e) = &result
-                    && (e.is_io_error()
-                        || e.is_connection_dropped()
-                        || e.is_connection_refusal()
-                        || e.is_timeout()
-                        || e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly))
-                    && let Ok(mut slot) = connection.lock()
-                {
-                    // Ask the Sentinels again next time: the primary may have moved.
-                    *slot = None;
+        self.bounded(async {
+            match &self.kind {
+                Kind::Single { client, manager } => {
+                    command.query_async(&mut self.single_connection(client, manager)?).await
                 }
-                result
+                Kind::Cluster { client, connection } => {
+                    command.query_async(&mut cluster_connection(client, connection).await?).await
+                }
+                Kind::Sentinel { .. } => {
+                    let result = command.query_async(&mut self.sentinel_primary().await?).await;
+                    self.sentinel_check(result)
+                }
+            }
+        })
+        .await
+    }
+
+    /// Runs `pipeline` — its commands back to back on one connection, so that a `WAIT` in it
+    /// counts the writes before it — on the node of `key` (a cluster: its slot's primary).
+    pub async fn query_pipeline<T: FromRedisValue>(&self, pipeline: &redis::Pipeline, key: &str) -> RedisResult<T> {
+        self.bounded(async {
+            match &self.kind {
+                Kind::Single { client, manager } => {
+                    pipeline.query_async(&mut self.single_connection(client, manager)?).await
+                }
+                Kind::Cluster { client, connection } => {
+                    use redis::cluster_routing::{Route, SingleNodeRoutingInfo, Slot, SlotAddr};
+                    let route = Route::with_slot(Slot::for_key(key), SlotAddr::Master);
+                    let mut cluster = cluster_connection(client, connection).await?;
+                    let count = pipeline.cmd_iter().count();
+                    let values = cluster
+                        .route_pipeline(pipeline.clone(), 0, count, SingleNodeRoutingInfo::SpecificNode(route))
+                        .await?;
+                    Ok(redis::from_redis_value(redis::Value::Array(values))?)
+                }
+                Kind::Sentinel { .. } => {
+                    let result = pipeline.query_async(&mut self.sentinel_primary().await?).await;
+                    self.sentinel_check(result)
+                }
+            }
+        })
+        .await
+    }
+
+    /// `work` within the timeout; on a timeout a Sentinel link forgets its primary too.
+    async fn bounded<T>(&self, work: impl std::future::Future<Output = RedisResult<T>>) -> RedisResult<T> {
+        match tokio::time::timeout(self.timeout, work).await {
+            Ok(result) => result,
+            Err(_) => {
+                self.forget_primary();
+                Err(RedisError::from(std::io::Error::new(std::io::ErrorKind::TimedOut, "Redis timed out")))
             }
         }
     }
 
-    /// `WAIT replicas timeout_ms` on the connection that ran the last write to `key` (on a
-    /// cluster, to the primary of its slot): how many replicas acknowledged it and every
-    /// earlier write of that connection.
-    pub async fn wait_for_replicas(&self, key: &str, replicas: u32, timeout_ms: u64) -> RedisResult<u32> {
-        let mut wait = redis::cmd("WAIT");
-        wait.arg(replicas).arg(timeout_ms);
-        match &self.kind {
-            Kind::Cluster { connection, .. } => {
-                use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, Slot, SlotAddr};
-                let Some(mut cluster) = connection.lock().await.clone() else {
-                    return Err(RedisError::from(std::io::Error::other("no cluster connection")));
-                };
-                let route = Route::with_slot(Slot::for_key(key), SlotAddr::Master);
-                let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route));
-                let answer = tokio::time::timeout(self.timeout, cluster.route_command(wait, routing)).await.map_err(
-                    |_| RedisError::from(std::io::Error::new(std::io::ErrorKind::TimedOut, "Redis timed out")),
-                )??;
-                Ok(redis::from_redis_value(answer)?)
-            }
-            _ => self.query(&wait).await,
+    /// The primary the Sentinels name: the cached connection, or a new one (asked one caller
+    /// at a time; a caller that waited takes the connection the one before it made).
+    async fn sentinel_primary(&self) -> RedisResult<MultiplexedConnection> {
+        let Kind::Sentinel { sentinel, connection } = &self.kind else {
+            return Err(RedisError::from(std::io::Error::other("not a Sentinel link")));
+        };
+        if let Some(open) = connection.lock().ok().and_then(|c| c.clone()) {
+            return Ok(open);
+        }
+        let mut sentinel = sentinel.lock().await;
+        if let Some(open) = connection.lock().ok().and_then(|c| c.clone()) {
+            return Ok(open);
+        }
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(self.timeout))
+            .set_response_timeout(Some(self.timeout));
+        let open = sentinel.get_async_connection_with_config(&config).await?;
+        if let Ok(mut slot) = connection.lock() {
+            *slot = Some(open.clone());
+        }
+        Ok(open)
+    }
+
+    /// After a connection error or `READONLY` (a demoted primary), the next command asks the
+    /// Sentinels again: the primary may have moved.
+    fn sentinel_check<T>(&self, result: RedisResult<T>) -> RedisResult<T> {
+        if let Err(e) = &result
+            && (e.is_io_error()
+                || e.is_connection_dropped()
+                || e.is_connection_refusal()
+                || e.is_timeout()
+                || e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly))
+        {
+            self.forget_primary();
+        }
+        result
+    }
+
+    fn forget_primary(&self) {
+        if let Kind::Sentinel { connection, .. } = &self.kind
+            && let Ok(mut slot) = connection.lock()
+        {
+            *slot = None;
         }
     }
 
@@ -212,4 +238,18 @@ impl RedisLink {
         *slot = Some(connection.clone());
         Ok(connection)
     }
+}
+
+/// The cluster connection, made on first use (a failed attempt is tried again next time).
+async fn cluster_connection(
+    client: &ClusterClient,
+    connection: &tokio::sync::Mutex<Option<ClusterConnection>>,
+) -> RedisResult<ClusterConnection> {
+    let mut slot = connection.lock().await;
+    if let Some(open) = slot.as_ref() {
+        return Ok(open.clone());
+    }
+    let open = client.get_async_connection().await?;
+    *slot = Some(open.clone());
+    Ok(open)
 }

@@ -584,8 +584,8 @@ fn introspection(
         ));
     }
     let max_concurrent = raw.max_concurrent.unwrap_or(64);
-    if max_concurrent == 0 {
-        return Err(err("max_concurrent", "must be at least 1"));
+    if max_concurrent == 0 || max_concurrent > 10_000 {
+        return Err(err("max_concurrent", "must be between 1 and 10000"));
     }
     let required_claims = raw.required_claims.unwrap_or_default();
     if let Some(unknown) = required_claims.iter().find(|c| !REQUIRED_CLAIMS.contains(&c.as_str())) {
@@ -965,6 +965,12 @@ fn dpop(ctx: &Ctx<'_>, spanned: Option<Spanned<RawDpop>>) -> Result<DpopSettings
                 return Err(err("replay.ca", "only used with rediss:// (TLS) URLs"));
             }
             let wait_for_replicas = raw.replay.wait_for_replicas.unwrap_or(0);
+            if wait_for_replicas > 0 && raw.replay.on_error == Some(super::ReplayOnError::Local) {
+                return Err(err(
+                    "replay.wait_for_replicas",
+                    "cannot go with `on_error: local`: a proof too few replicas hold would fall back to this instance's store",
+                ));
+            }
             ReplayBackend::Redis {
                 wait_for_replicas,
                 target,

@@ -15,6 +15,7 @@
 //! - Helpers shared with the DPoP and token code: strict base64url, SHA-256,
 //!   constant-time comparison and duplicate-rejecting JSON object parsing.
 
+pub mod assertion;
 pub mod jwk;
 pub mod jws;
 pub mod sign;

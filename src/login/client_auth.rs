@@ -1,20 +1,15 @@
-//! `private_key_jwt` client authentication (RFC 7523 §2.2, OpenID Connect Core §9): a JWT
-//! signed with the client's key, `iss` = `sub` = the client id, `aud` = the authorization
-//! server's issuer identifier **as a string** (FAPI 2.0 §5.3.3.1-5; the conformance suite
-//! checks it), a fresh `jti`, and a lifetime of 60 s.
+//! The login mode's signed client messages: the `private_key_jwt` client assertion
+//! ([`crate::jose::assertion`], shared with token introspection) and the signed request
+//! object (JAR) inside the PAR.
 
 use serde_json::json;
 
 use super::proof::ProofBuildError;
 use crate::jose::{SigningKey, unix_now};
 
-/// `client_assertion_type` for `private_key_jwt`.
-pub const ASSERTION_TYPE: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
-const LIFETIME_SECS: i64 = 60;
+pub use crate::jose::assertion::ASSERTION_TYPE;
 
-/// A client assertion for `client_id` at the AS `issuer`, signed by `key` (named `kid` when
-/// given). `typ` sets the JOSE header's `typ` (draft-ietf-oauth-rfc7523bis names
-/// `client-authentication+jwt`); `None` leaves it out.
+/// [`crate::jose::assertion::client_assertion`], with the login mode's error type.
 pub fn client_assertion(
     key: &SigningKey,
     kid: Option<&str>,
@@ -22,19 +17,10 @@ pub fn client_assertion(
     issuer: &str,
     typ: Option<&str>,
 ) -> Result<String, ProofBuildError> {
-    let now = unix_now();
-    let claims = json!({
-        "iss": client_id, "sub": client_id, "aud": issuer,
-        "jti": super::pkce::random_token(16)?, "iat": now, "nbf": now, "exp": now + LIFETIME_SECS,
-    });
-    let mut header = json!({});
-    if let Some(typ) = typ {
-        header["typ"] = json!(typ);
-    }
-    if let Some(kid) = kid {
-        header["kid"] = json!(kid);
-    }
-    Ok(key.sign_compact(&header, &claims)?)
+    crate::jose::assertion::client_assertion(key, kid, client_id, issuer, typ).map_err(|e| match e {
+        crate::jose::assertion::AssertionError::Random => ProofBuildError::Random(super::pkce::RandomError),
+        crate::jose::assertion::AssertionError::Sign(e) => ProofBuildError::Sign(e),
+    })
 }
 
 /// A signed request object (RFC 9101 §4; FAPI 2.0 Message Signing §5.3.1): the

@@ -152,24 +152,46 @@ impl RedisReplayStore {
             cmd.arg(window_ms).arg(self.per_key_limit).arg(window_ms.saturating_mul(2));
             cmd
         };
+        let proof_key_ref = proof_key.as_str();
+        let attempt = |command: &'static str, body: &str| {
+            let eval = script("EVAL", INSERT_SCRIPT);
+            let script = script(command, body);
+            async move {
+                if self.wait_for_replicas == 0 {
+                    return self.link.query::<i64>(&script).await.map(|count| (count, u32::MAX));
+                }
+                // The script and WAIT back to back on one connection: WAIT counts exactly the
+                // writes before it, the proof's among them. (EVAL, not EVALSHA: a pipeline
+                // reports NOSCRIPT as a value, and a node new since the last call lacks it.)
+                let timeout_ms = (u64::try_from(self.timeout.as_millis()).unwrap_or(u64::MAX) / 2).max(1);
+                let mut pipeline = redis::pipe();
+                pipeline.add_command(eval).cmd("WAIT").arg(self.wait_for_replicas).arg(timeout_ms);
+                self.link.query_pipeline::<(i64, u32)>(&pipeline, proof_key_ref).await
+            }
+        };
         let run = async {
-            match self.link.query::<i64>(&script("EVALSHA", &self.script_sha1)).await {
+            match attempt("EVALSHA", &self.script_sha1).await {
                 Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
-                    self.link.query::<i64>(&script("EVAL", INSERT_SCRIPT)).await
+                    attempt("EVAL", INSERT_SCRIPT).await
                 }
                 other => other,
             }
         };
         match tokio::time::timeout(self.timeout, run).await {
-            Ok(Ok(REPLAYED)) => Ok(Freshness::Replayed),
-            Ok(Ok(OVER_QUOTA)) => {
+            Ok(Ok((REPLAYED, _))) => Ok(Freshness::Replayed),
+            Ok(Ok((OVER_QUOTA, _))) => {
                 let next_window_ms = (window_number + 1).saturating_mul(window_ms).saturating_sub(now_ms);
                 Err(ReplayError::KeyOverQuota {
                     retry_after: Duration::from_millis(next_window_ms).max(Duration::from_secs(1)),
                 })
             }
-            Ok(Ok(_)) if self.wait_for_replicas == 0 => Ok(Freshness::Fresh),
-            Ok(Ok(_)) => self.replicated(&proof_key).await,
+            Ok(Ok((_, acknowledged))) if acknowledged >= self.wait_for_replicas => Ok(Freshness::Fresh),
+            Ok(Ok((_, acknowledged))) => {
+                if let Some(held_back) = self.error_log.allow() {
+                    tracing::warn!(url = %self.redacted_url, acknowledged, wanted = self.wait_for_replicas, held_back, "DPoP replay store: too few replicas acknowledged a proof; refusing it");
+                }
+                Err(ReplayError::Unavailable)
+            }
             Ok(Err(e)) => {
                 if let Some(held_back) = self.error_log.allow() {
                     tracing::warn!(url = %self.redacted_url, error = %e, held_back, "DPoP replay store error");
@@ -179,25 +201,6 @@ impl RedisReplayStore {
             Err(_) => {
                 if let Some(held_back) = self.error_log.allow() {
                     tracing::warn!(url = %self.redacted_url, timeout_ms = self.timeout.as_millis() as u64, held_back, "DPoP replay store timed out");
-                }
-                Err(ReplayError::Unavailable)
-            }
-        }
-    }
-}
-
-impl RedisReplayStore {
-    /// `WAIT` for `wait_for_replicas` acknowledgements of the writes so far on this
-    /// connection (the proof just stored among them); fewer within the timeout: refused.
-    async fn replicated(&self, proof_key: &str) -> Result<Freshness, ReplayError> {
-        // Half the timeout for the replicas, so that WAIT's own answer still comes in time.
-        let timeout_ms = (u64::try_from(self.timeout.as_millis()).unwrap_or(u64::MAX) / 2).max(1);
-        match self.link.wait_for_replicas(proof_key, self.wait_for_replicas, timeout_ms).await {
-            Ok(acknowledged) if acknowledged >= self.wait_for_replicas => Ok(Freshness::Fresh),
-            outcome => {
-                if let Some(held_back) = self.error_log.allow() {
-                    let acknowledged = outcome.as_ref().map_or(0, |n| *n);
-                    tracing::warn!(url = %self.redacted_url, acknowledged, wanted = self.wait_for_replicas, held_back, "DPoP replay store: too few replicas acknowledged a proof; refusing it");
                 }
                 Err(ReplayError::Unavailable)
             }

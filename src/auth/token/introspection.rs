@@ -6,16 +6,16 @@
 //! must be `200` with `active: true`, then goes through [`check_claims`] like a JWT payload:
 //! `iss` (the issuer itself when the answer leaves it out), `aud`, `exp`, the
 //! introspection's `required_claims` (none by default), and `cnf` — which the gateway enforces itself (RFC 9449 §6.2, RFC 8705
-//! §3.2: the AS does not check the binding). A `token_type` other than `DPoP` beside a
-//! `cnf.jkt` is refused (RFC 9449 §6.2). With `response: jwt` the answer is an RFC 9701
+//! §3.2: the AS does not check the binding). A `token_type` must be `Bearer`, or `DPoP` with a
+//! `cnf.jkt` (RFC 9449 §6.2); anything else (`refresh_token`, say) is no access token. With `response: jwt` the answer is an RFC 9701
 //! JWT signed by the issuer (its keys, its `algorithms`, `typ: token-introspection+jwt`,
 //! `aud` = our `client_id` or one of our audiences), and an unsigned answer is refused.
 //!
 //! Whatever stops the gateway from getting an answer — the AS down, slow, answering
 //! something else, `max_concurrent` calls already waiting — is [`TokenError::IntrospectionUnavailable`]
 //! (503 with `Retry-After`), never an accepted token. Active answers are cached by the
-//! validator (by the token's SHA-256, at most `cache_ttl`, never past `exp`); inactive ones
-//! here for `inactive_cache_ttl`. The token, the answer and the client's secret are never
+//! validator (by the token's SHA-256, at most `cache_ttl`, never past `exp`); refusals
+//! (inactive, or an answer that fails the checks) here for `inactive_cache_ttl`. The token, the answer and the client's secret are never
 //! logged.
 
 use std::sync::Arc;
@@ -82,7 +82,8 @@ pub struct Introspector {
     /// The endpoint, configured or found in the metadata once.
     endpoint: OnceCell<Uri>,
     in_flight: Semaphore,
-    inactive: moka::sync::Cache<[u8; 32], ()>,
+    /// Tokens the issuer called inactive, or whose answer failed the checks, and why.
+    refused: moka::sync::Cache<[u8; 32], TokenError>,
 }
 
 impl Introspector {
@@ -124,7 +125,7 @@ impl Introspector {
         let connector =
             hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls).https_only().enable_http1().build();
         let endpoint = OnceCell::new_with(settings.endpoint.clone());
-        let inactive = moka::sync::Cache::builder()
+        let refused = moka::sync::Cache::builder()
             .max_capacity(MAX_INACTIVE_ENTRIES)
             .time_to_live(settings.inactive_cache_ttl.max(Duration::from_millis(1)))
             .build();
@@ -138,7 +139,7 @@ impl Introspector {
             client: Client::builder(TokioExecutor::new()).build(connector),
             credentials,
             endpoint,
-            inactive,
+            refused,
         }))
     }
 
@@ -152,8 +153,8 @@ impl Introspector {
         if token.len() > MAX_TOKEN_BYTES {
             return Err(TokenError::TooLarge);
         }
-        if self.inactive.contains_key(hash) {
-            return Err(TokenError::Inactive);
+        if let Some(refused) = self.refused.get(hash) {
+            return Err(refused);
         }
         let answer = self.ask(token).await.map_err(|reason| {
             tracing::warn!(issuer = %self.issuer.issuer, %reason, "token introspection failed; refusing with 503");
@@ -167,20 +168,25 @@ impl Introspector {
         };
         match object.get("active") {
             Some(Value::Bool(true)) => {}
-            Some(Value::Bool(false)) => {
-                if !self.settings.inactive_cache_ttl.is_zero() {
-                    self.inactive.insert(*hash, ());
-                }
-                return Err(TokenError::Inactive);
-            }
+            Some(Value::Bool(false)) => return Err(self.remember_refusal(hash, TokenError::Inactive)),
             _ => return Err(self.bad_answer("`active` is not a boolean")),
         }
-        let dpop_jkt = object.get("cnf").and_then(|c| c.get("jkt")).is_some();
-        let token_type = object.get("token_type").and_then(Value::as_str);
-        if dpop_jkt && token_type.is_some_and(|t| !t.eq_ignore_ascii_case("dpop")) {
-            return Err(TokenError::BadConfirmation);
+        let checked = check_token_type(&object).and_then(|()| check_answer(object, &self.issuer, now));
+        match checked {
+            // Another request may have learnt meanwhile that the token is no longer active.
+            Ok(_) if self.refused.contains_key(hash) => Err(self.refused.get(hash).unwrap_or(TokenError::Inactive)),
+            Ok(token) => Ok(token),
+            Err(refusal) => Err(self.remember_refusal(hash, refusal)),
         }
-        check_answer(object, &self.issuer, now)
+    }
+
+    /// Remembers why `hash`'s token was refused for `inactive_cache_ttl`, so a client
+    /// retrying it does not reach the AS each time.
+    fn remember_refusal(&self, hash: &[u8; 32], refusal: TokenError) -> TokenError {
+        if !self.settings.inactive_cache_ttl.is_zero() {
+            self.refused.insert(*hash, refusal.clone());
+        }
+        refusal
     }
 
     fn bad_answer(&self, reason: &str) -> TokenError {
@@ -210,7 +216,7 @@ impl Introspector {
             Credentials::Certificate => pairs.push(("client_id", self.settings.client_id.clone())),
             Credentials::Assertion { key, kid } => {
                 // `aud` = the issuer identifier, as the login mode's (FAPI 2.0 §5.3.3.1-5).
-                let assertion = crate::login::client_auth::client_assertion(
+                let assertion = crate::jose::assertion::client_assertion(
                     key,
                     kid.as_deref(),
                     &self.settings.client_id,
@@ -219,7 +225,7 @@ impl Introspector {
                 )
                 .map_err(|e| format!("cannot sign the client assertion: {e}"))?;
                 pairs.push(("client_id", self.settings.client_id.clone()));
-                pairs.push(("client_assertion_type", crate::login::client_auth::ASSERTION_TYPE.to_string()));
+                pairs.push(("client_assertion_type", crate::jose::assertion::ASSERTION_TYPE.to_string()));
                 pairs.push(("client_assertion", assertion));
             }
         }
@@ -297,6 +303,22 @@ impl Introspector {
     }
 }
 
+/// RFC 7662 §2.2 `token_type`, when given, names an access token's scheme (`Bearer`, or
+/// `DPoP` with a `cnf.jkt`, RFC 9449 §6.2): anything else — a refresh token, say — is not
+/// an access token, and a DPoP token must be bound.
+fn check_token_type(object: &Map<String, Value>) -> Result<(), TokenError> {
+    let jkt = object.get("cnf").and_then(|c| c.get("jkt")).is_some();
+    match object.get("token_type") {
+        None => Ok(()),
+        Some(Value::String(t)) if t.eq_ignore_ascii_case("bearer") && !jkt => Ok(()),
+        Some(Value::String(t)) if t.eq_ignore_ascii_case("dpop") && jkt => Ok(()),
+        Some(Value::String(t)) if t.eq_ignore_ascii_case("bearer") || t.eq_ignore_ascii_case("dpop") => {
+            Err(TokenError::BadConfirmation)
+        }
+        Some(other) => Err(TokenError::NotAccessToken(super::shown(other.as_str().unwrap_or("(not a string)")))),
+    }
+}
+
 /// An active answer's members as claims: the issuer's `iss` when the answer has none
 /// (RFC 7662 makes it optional; the endpoint is the issuer's own), then [`check_claims`].
 fn check_answer(mut object: Map<String, Value>, issuer: &Issuer, now: i64) -> Result<ValidatedToken, TokenError> {
@@ -363,6 +385,24 @@ async fn discover_endpoint(client: &HttpsClient, issuer: &str, mtls: bool, timeo
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn token_type_must_name_a_bound_access_token() {
+        let answer = |v: Value| v.as_object().unwrap().clone();
+        let jkt = serde_json::json!({ "jkt": "x" });
+        assert_eq!(check_token_type(&answer(serde_json::json!({}))), Ok(()));
+        assert_eq!(check_token_type(&answer(serde_json::json!({ "token_type": "Bearer" }))), Ok(()));
+        assert_eq!(check_token_type(&answer(serde_json::json!({ "token_type": "dpop", "cnf": jkt }))), Ok(()));
+        for bad in
+            [serde_json::json!({ "token_type": "DPoP" }), serde_json::json!({ "token_type": "Bearer", "cnf": jkt })]
+        {
+            assert_eq!(check_token_type(&answer(bad)), Err(TokenError::BadConfirmation));
+        }
+        assert!(matches!(
+            check_token_type(&answer(serde_json::json!({ "token_type": "refresh_token" }))),
+            Err(TokenError::NotAccessToken(_))
+        ));
+    }
 
     #[test]
     fn basic_authorization_form_encodes_id_and_secret() {

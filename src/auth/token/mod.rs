@@ -107,6 +107,9 @@ pub enum TokenError {
     WrongAudience,
     #[error("the access token's cnf claim is malformed")]
     BadConfirmation,
+    /// The introspection answer's `token_type` is no access token's (shortened, printable).
+    #[error("the introspected token is not an access token (token_type `{0}`)")]
+    NotAccessToken(Box<str>),
     /// The issuer's introspection endpoint says the (opaque) token is not active.
     #[error("the access token is not active (revoked, expired or unknown to its issuer)")]
     Inactive,
@@ -166,6 +169,7 @@ impl TokenError {
             TokenError::IssuedInFuture => "token_iat_in_future",
             TokenError::WrongAudience => "token_wrong_audience",
             TokenError::BadConfirmation => "token_bad_cnf",
+            TokenError::NotAccessToken(_) => "token_not_access_token",
             TokenError::Inactive => "token_inactive",
             TokenError::IntrospectionUnavailable => "introspection_unavailable",
         }
