@@ -118,7 +118,9 @@ impl RedisLink {
 
     /// Runs `command`, within the timeout (a slower answer is an error).
     pub async fn query<T: FromRedisValue>(&self, command: &redis::Cmd) -> RedisResult<T> {
-        self.bounded(async {
+        // Boxed: redis-rs's futures are deep, and the request future that awaits this one
+        // would otherwise pass the compiler's layout depth limit.
+        self.bounded(Box::pin(async {
             match &self.kind {
                 Kind::Single { client, manager } => {
                     command.query_async(&mut self.single_connection(client, manager)?).await
@@ -131,14 +133,14 @@ impl RedisLink {
                     self.sentinel_check(result)
                 }
             }
-        })
+        }))
         .await
     }
 
     /// Runs `pipeline` — its commands back to back on one connection, so that a `WAIT` in it
     /// counts the writes before it — on the node of `key` (a cluster: its slot's primary).
     pub async fn query_pipeline<T: FromRedisValue>(&self, pipeline: &redis::Pipeline, key: &str) -> RedisResult<T> {
-        self.bounded(async {
+        self.bounded(Box::pin(async {
             match &self.kind {
                 Kind::Single { client, manager } => {
                     pipeline.query_async(&mut self.single_connection(client, manager)?).await
@@ -158,7 +160,7 @@ impl RedisLink {
                     self.sentinel_check(result)
                 }
             }
-        })
+        }))
         .await
     }
 

@@ -132,7 +132,9 @@ impl TokenValidator {
         self.misses.inc();
         let (validated, cache_cap) = match &self.introspector {
             Some(introspector) if !looks_like_jws(token) => {
-                (introspector.introspect(token, &key, now).await?, introspector.cache_ttl())
+                // Boxed: a network call on a cache miss only, and its future is deep (the
+                // request future's layout would otherwise pass the compiler's depth limit).
+                (Box::pin(introspector.introspect(token, &key, now)).await?, introspector.cache_ttl())
             }
             _ => (self.validate_uncached(token, now).await?, self.max_ttl),
         };
