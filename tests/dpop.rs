@@ -421,7 +421,7 @@ async fn one_proof_on_eight_connections_at_once_passes_exactly_once() {
 #[tokio::test]
 async fn a_full_replay_store_refuses_new_proofs_and_still_remembers_old_ones() {
     let (env, key, token) =
-        // One key fills the store here: its share (`per_key_limit`, a tenth of the store by
+        // One key fills the store here: its share (`per_key_limit`, half the store by
         // default) is lifted for the test (tests/replay_quota.rs tests the share).
         setup_with(Options {
             dpop: "dpop:\n  replay:\n    max_entries: 1\n    per_key_limit: 1000\n".into(),

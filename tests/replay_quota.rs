@@ -50,7 +50,7 @@ async fn a_flooding_key_gets_429_and_another_client_is_unaffected() {
 }
 
 #[test]
-fn the_default_is_a_tenth_of_the_store() {
+fn the_default_is_half_of_the_store() {
     let pki = TestPki::new();
     let yaml = |replay: &str| {
         format!(
@@ -62,7 +62,7 @@ fn the_default_is_a_tenth_of_the_store() {
         )
     };
     let load = |replay: &str| fapi_gateway::config::Config::from_yaml(&yaml(replay), "t.yaml", pki.dir()).unwrap();
-    assert_eq!(load("    max_entries: 5000\n").dpop.replay_per_key_limit, 500);
-    assert_eq!(load("    store: memory\n").dpop.replay_per_key_limit, 100_000);
+    assert_eq!(load("    max_entries: 5000\n").dpop.replay_per_key_limit, 2_500);
+    assert_eq!(load("    store: memory\n").dpop.replay_per_key_limit, 500_000);
     assert_eq!(load("    per_key_limit: 7\n").dpop.replay_per_key_limit, 7);
 }

@@ -222,7 +222,7 @@ pub struct RawReplay {
     /// With `redis`: the size of the local fallback store.
     pub max_entries: Option<usize>,
     /// Proofs one DPoP key may have remembered within the window; more get 429. Defaults
-    /// to a tenth of `max_entries` (100 000).
+    /// to half of `max_entries` (500 000): one key never holds more than half the store.
     pub per_key_limit: Option<u32>,
     /// `redis://[user:password@]host:port/db` or `rediss://…` (TLS): one server. With
     /// `redis`, exactly one of `url`, `cluster` and `sentinel`.

@@ -991,7 +991,7 @@ fn dpop(ctx: &Ctx<'_>, spanned: Option<Spanned<RawDpop>>) -> Result<DpopSettings
         replay_max_entries: raw.replay.max_entries.unwrap_or(1_000_000).max(1),
         replay_per_key_limit: match raw.replay.per_key_limit {
             Some(limit) => limit.max(1),
-            None => u32::try_from(raw.replay.max_entries.unwrap_or(1_000_000) / 10).unwrap_or(u32::MAX).max(1),
+            None => u32::try_from(raw.replay.max_entries.unwrap_or(1_000_000) / 2).unwrap_or(u32::MAX).max(1),
         },
         restart_guard: raw.replay.restart_guard.unwrap_or_default(),
         nonce: raw.nonce.unwrap_or_default(),
