@@ -42,5 +42,6 @@ pub mod secret;
 pub mod server;
 pub mod tls;
 pub mod uri;
+pub mod write_batch;
 
 pub use lifecycle::{GatewayHandle, ReloadError, StartError, check_files, start};

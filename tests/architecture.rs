@@ -26,6 +26,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("body", &[]),
     ("diagnostics", &[]),
     ("metrics", &[]),
+    ("write_batch", &[]),
     ("principal", &["secret"]),
     ("config", &["jose", "uri", "secret"]),
     ("answer", &["body", "config"]),

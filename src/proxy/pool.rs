@@ -37,6 +37,7 @@ use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
 
 use crate::body::ProxyBody;
+use crate::write_batch::BatchedWrites;
 
 /// The most an upstream connection reads ahead: the read buffer starts at 8 KiB and grows
 /// to this while reads fill it, and every body chunk is a slice of it. It bounds the
@@ -251,6 +252,7 @@ impl PoolInner {
         let tcp = TcpStream::connect((target.host.as_str(), target.port)).await.map_err(SendError::Connect)?;
         // Requests and responses are small writes; do not wait to coalesce them.
         let _ = tcp.set_nodelay(true);
+        let tcp = BatchedWrites::new(tcp);
         match &target.tls {
             None => handshake(tcp).await,
             Some((connector, name)) => {

@@ -136,18 +136,26 @@ impl ConnectionTask {
                 }
             }
         };
+        let parts = connection.into_parts();
+        let (mut tls, unread) = parts.io.into_inner().into_parts();
         if let Err(e) = result {
             tracing::debug!(%peer, error = %e, "connection ended with an error");
+            // hyper may have answered the error (400, 431): the answer goes out before FIN.
+            close(tls).await;
             return None;
         }
-        let parts = connection.into_parts();
-        let (tls, unread) = parts.io.into_inner().into_parts();
         // hyper also ends a connection on its own — `Connection: close`, HTTP/1.0, a
         // request body left unread — and then the stream must close, never park: parking
         // would read the rest of an unread body as the next request.
         if closing || !parking || !activity.last_request_allows_reuse.load(Ordering::Relaxed) {
             // Keep-alive over (the client closed, asked to, or we are shutting down).
             close(tls).await;
+            return None;
+        }
+        // hyper is done without waiting for its last flush (`poll_without_shutdown`), and
+        // a flush waits for the end of the runtime's round (`write_batch`): the last
+        // response goes out before the connection parks, under the client's send pace.
+        if tls.flush().await.is_err() {
             return None;
         }
         // Bytes hyper read but did not use (a pipelined request), then any it never saw —

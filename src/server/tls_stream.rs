@@ -39,6 +39,7 @@ use tokio::net::TcpStream;
 
 use super::client_hello::{HelloScan, HelloScanner};
 use super::send_pace::{SendPace, SendPolicy};
+use crate::write_batch::HoldBack;
 
 /// Bytes asked of the socket per read (more when a record needs it).
 const READ_CHUNK: usize = 8 * 1024;
@@ -75,6 +76,8 @@ pub struct ServerTlsStream {
     failed: Option<io::ErrorKind>,
     /// The pace a client must keep while a write waits for the socket.
     pace: SendPace,
+    /// A flush waits for the end of the runtime's round of tasks (`write_batch`).
+    hold: HoldBack,
 }
 
 /// What one run of rustls over the buffered input came to.
@@ -132,6 +135,7 @@ impl ServerTlsStream {
             hello_scan: HelloScanner::default(),
             failed: None,
             pace: SendPace::new(send),
+            hold: HoldBack::default(),
         };
         std::future::poll_fn(|cx| stream.poll_handshake(cx)).await?;
         Ok(stream)
@@ -469,6 +473,16 @@ impl AsyncRead for ServerTlsStream {
     }
 }
 
+/// A last, non-blocking attempt at what is still queued: a response written but whose
+/// flush waited for the end of the runtime's round when its connection was dropped.
+impl Drop for ServerTlsStream {
+    fn drop(&mut self) {
+        if self.failed.is_none() && self.outgoing_at < self.outgoing.len() {
+            let _ = self.tcp.try_write(&self.outgoing[self.outgoing_at..]);
+        }
+    }
+}
+
 impl AsyncWrite for ServerTlsStream {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
@@ -503,7 +517,11 @@ impl AsyncWrite for ServerTlsStream {
         if let Some(kind) = this.failed {
             return Poll::Ready(Err(kind.into()));
         }
+        if this.outgoing_at < this.outgoing.len() {
+            ready!(this.hold.poll_turn(cx));
+        }
         ready!(this.poll_flush_outgoing(cx))?;
+        this.hold.written();
         Pin::new(&mut this.tcp).poll_flush(cx)
     }
 
