@@ -10,8 +10,10 @@
 //! and prints requests/s, p50/p99/p99.9 and the ratios between them.
 //!
 //! The gateway runs as its own process (the release binary, one worker thread), and nginx
-//! with one worker, each pinned to CPU 0 with `taskset` when available; this process (load
-//! generator and upstream) pins itself to CPU 1.
+//! with one worker, each pinned to CPU 0 with `taskset` when available; this process (the
+//! load generator) pins itself to CPU 1, with the upstream: nginx (`return 200 "ok"`, one
+//! worker, its own process, as in `../shared/bench/run.sh`) when installed, else a hyper
+//! server inside this process (`E2E_UPSTREAM=inprocess` forces that).
 //!
 //! Run: `cargo bench --bench e2e`. Knobs: `E2E_SECONDS` (default 4 per scenario),
 //! `E2E_CONNECTIONS` (default 32), `E2E_ROUNDS` (default 3): the scenarios run interleaved,
@@ -65,7 +67,7 @@ fn start_nginx(fx: &Fixture, upstream: SocketAddr, port: u16) -> Option<Child> {
          worker_rlimit_nofile 30000;\nevents {{ worker_connections 20000; }}\n\
          http {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
            fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
-           upstream up {{ server {upstream}; keepalive 64; }}\n\
+           upstream up {{ server {upstream}; keepalive 256; }}\n  client_header_buffer_size 4k;\n\
            server {{\n    listen 127.0.0.1:{port} ssl;\n    ssl_certificate {d}/server.pem;\n\
              ssl_certificate_key {d}/server.key;\n    ssl_protocols TLSv1.2 TLSv1.3;\n\
              ssl_verify_client optional_no_ca;\n    keepalive_requests 1000000;\n\
@@ -77,6 +79,35 @@ fn start_nginx(fx: &Fixture, upstream: SocketAddr, port: u16) -> Option<Child> {
     let child = pinned("0", "nginx").args(["-c", path.to_str().unwrap()]).stdout(Stdio::null()).spawn().ok()?;
     wait_for_port(port);
     Some(child)
+}
+
+/// nginx as the upstream, one worker on CPU 1 beside the load generator, answering
+/// `return 200 "ok"` with its usual response head — the upstream of `../shared/bench/run.sh`.
+/// A separate process, so each request wakes it across the two processes on that CPU, as a
+/// real upstream is woken; the in-process upstream shares this process's runtime with the
+/// load generator and hides that cost.
+fn start_nginx_upstream(fx: &Fixture) -> Option<(Child, SocketAddr)> {
+    if !has("nginx") {
+        return None;
+    }
+    let dir = fx.dir.path();
+    let port = free_port();
+    let conf = format!(
+        "worker_processes 1;\ndaemon off;\npid {d}/nginx-upstream.pid;\nerror_log {d}/nginx-upstream-error.log warn;\n\
+         worker_rlimit_nofile 30000;\n\
+         events {{ worker_connections 8192; multi_accept on; }}\n\
+         http {{\n  access_log off;\n  keepalive_timeout 300s;\n  keepalive_requests 100000000;\n\
+           client_body_temp_path {d}/up-body;\n  proxy_temp_path {d}/up-proxy;\n  fastcgi_temp_path {d}/up-fastcgi;\n\
+           uwsgi_temp_path {d}/up-uwsgi;\n  scgi_temp_path {d}/up-scgi;\n\
+           server {{\n    listen 127.0.0.1:{port} backlog=4096;\n\
+             location / {{ default_type text/plain; return 200 \"ok\"; }}\n  }}\n}}\n",
+        d = dir.display()
+    );
+    let path = dir.join("nginx-upstream.conf");
+    std::fs::write(&path, conf).unwrap();
+    let child = pinned("1", "nginx").args(["-c", path.to_str().unwrap()]).stdout(Stdio::null()).spawn().ok()?;
+    wait_for_port(port);
+    Some((child, format!("127.0.0.1:{port}").parse().unwrap()))
 }
 
 /// nginx's worker: the only child of its master process (waits for it to be forked).
@@ -304,7 +335,21 @@ fn main() {
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
     runtime.block_on(async move {
         let fx = fixture();
-        let upstream = start_upstream().await;
+        // nginx as the upstream when installed (as in ../shared/bench/run.sh), else the
+        // in-process one (`E2E_UPSTREAM=inprocess` forces it).
+        let nginx_upstream = if std::env::var("E2E_UPSTREAM").is_ok_and(|v| v == "inprocess") {
+            None
+        } else {
+            start_nginx_upstream(&fx)
+        };
+        let upstream = match &nginx_upstream {
+            Some((_, addr)) => *addr,
+            None => start_upstream().await,
+        };
+        println!(
+            "upstream: {}",
+            if nginx_upstream.is_some() { "nginx, 1 worker on CPU 1 (return 200)" } else { "in-process hyper server" }
+        );
         println!(
             "e2e: {connections} keep-alive connections, {seconds} s per scenario, {rounds} interleaved rounds; \
              gateway and nginx: 1 worker on CPU 0"
@@ -416,6 +461,9 @@ fn main() {
             }
             None => None,
         };
+        if let Some((child, _)) = nginx_upstream {
+            stop(child);
+        }
 
         let verify_rate = median((0..rounds).map(|_| es256_verify_rate()).collect());
         println!();

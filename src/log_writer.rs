@@ -65,25 +65,53 @@ impl LogWriter {
     }
 }
 
-impl Write for LogWriter {
-    fn write(&mut self, line: &[u8]) -> io::Result<usize> {
+/// Where access lines go when they are written without `tracing`'s formatter: set once, by
+/// [`install_plain_access_sink`].
+static PLAIN_ACCESS_SINK: std::sync::OnceLock<LogWriter> = std::sync::OnceLock::new();
+
+/// Declares that `writer` is where `tracing`'s plain format (no colours) writes, so that the
+/// access log may write its lines into it directly (`pipeline::access_line`). Only the binary
+/// calls it, with the writer it gave `tracing`; a second call changes nothing.
+pub fn install_plain_access_sink(writer: LogWriter) {
+    let _ = PLAIN_ACCESS_SINK.set(writer);
+}
+
+/// The writer installed by [`install_plain_access_sink`], if any.
+pub fn plain_access_sink() -> Option<&'static LogWriter> {
+    PLAIN_ACCESS_SINK.get()
+}
+
+impl LogWriter {
+    /// Appends one or more whole lines written by `fill` into the pending buffer (under
+    /// the lock, with no copy of their own). Lines that would pass [`MAX_PENDING_BYTES`] are
+    /// taken back and counted as dropped.
+    pub fn append_with(&self, fill: impl FnOnce(&mut Vec<u8>)) {
         let mut state = self.shared.lock();
-        if state.pending.len() + line.len() > MAX_PENDING_BYTES {
-            drop(state);
-            crate::metrics::log_lines_dropped().inc();
-            // Reported as written: the caller must not retry, and a request must not fail
-            // because its log line could not be kept.
-            return Ok(line.len());
-        }
         let before = state.pending.len();
-        state.pending.extend_from_slice(line);
+        fill(&mut state.pending);
+        if state.pending.len() > MAX_PENDING_BYTES {
+            let lines = count_lines(&state.pending[before..]);
+            state.pending.truncate(before);
+            drop(state);
+            crate::metrics::log_lines_dropped().inc_by(lines.max(1));
+            return;
+        }
         let filled = before < BATCH_BYTES && state.pending.len() >= BATCH_BYTES;
+        let first = before == 0 && !state.pending.is_empty();
         drop(state);
         // The writer sleeps while the buffer is empty: the first line wakes it and starts its
         // clock, a full batch cuts that short. (A wake is a system call: only these two.)
-        if before == 0 || filled {
+        if first || filled {
             self.shared.wake.notify_one();
         }
+    }
+}
+
+impl Write for LogWriter {
+    fn write(&mut self, line: &[u8]) -> io::Result<usize> {
+        // Reported as written even when dropped: the caller must not retry, and a request
+        // must not fail because its log line could not be kept.
+        self.append_with(|pending| pending.extend_from_slice(line));
         Ok(line.len())
     }
 

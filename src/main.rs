@@ -198,7 +198,13 @@ fn init_tracing(format: LogFormat) -> Option<fapi_gateway::log_writer::FlushGuar
     let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(colour);
     let (writer, guard) = match fapi_gateway::log_writer::LogWriter::spawn(std::io::stderr()) {
-        Ok((writer, guard)) => (tracing_subscriber::fmt::writer::BoxMakeWriter::new(writer), Some(guard)),
+        Ok((writer, guard)) => {
+            // The plain format, uncoloured: access lines may skip the formatter (same bytes).
+            if matches!(format, LogFormat::Pretty) && !colour {
+                fapi_gateway::log_writer::install_plain_access_sink(writer.clone());
+            }
+            (tracing_subscriber::fmt::writer::BoxMakeWriter::new(writer), Some(guard))
+        }
         Err(_) => (tracing_subscriber::fmt::writer::BoxMakeWriter::new(std::io::stderr), None),
     };
     let builder = builder.with_writer(writer);

@@ -19,6 +19,7 @@
 //! response-side step in finish (e.g. signing the response). Side data travels in the
 //! [`Exchange`], never back through response extensions.
 
+pub mod access_line;
 pub mod admit;
 pub mod as_edge;
 pub mod canonical;
