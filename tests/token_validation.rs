@@ -356,13 +356,19 @@ async fn required_claims_can_be_relaxed_per_issuer() {
 
 #[tokio::test]
 async fn a_cached_token_is_refused_once_it_expires() {
-    let env = Env::start().await;
-    // exp 4 s ago: valid for one more second thanks to the 5 s leeway.
+    // No leeway, so the expiry is exactly `exp`; the window the first request must land in is
+    // three whole seconds (not a leeway remainder), and the keys are fetched beforehand, so a
+    // slow machine does not turn the first request into a refusal.
+    let env = Env::start_with(Options { issuer_extra: "    leeway: 0s\n".into(), ..Default::default() }).await;
+    assert_eq!(env.get("/bearer/x", None, Some(&env.bearer_token())).await.status(), 200);
     let mut claims = env.claims();
-    claims["exp"] = json!(now() - 4);
+    let exp = now() + 3;
+    claims["exp"] = json!(exp);
     let token = env.token(&claims);
     assert_eq!(env.get("/bearer/x", None, Some(&token)).await.status(), 200);
-    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    while now() <= exp {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
     let response = env.get("/bearer/x", None, Some(&token)).await;
     assert_rejected(
         response,
@@ -371,7 +377,7 @@ async fn a_cached_token_is_refused_once_it_expires() {
         "invalid_token",
     )
     .await;
-    assert_eq!(env.upstream.hits(), 1);
+    assert_eq!(env.upstream.hits(), 2);
 }
 
 #[tokio::test]
