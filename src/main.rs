@@ -44,6 +44,8 @@ Environment:
                                tokens, proofs and keys are never logged
   NO_COLOR                     no colours in pretty logs (they are off when stderr is not
                                a terminal anyway)
+  FAPI_GATEWAY_WRITE_BATCH     0: write each response at once instead of at the end of the
+                               worker's round of ready connections (default 1; see README)
 
 Docs: README.md (configuration, troubleshooting, deployment) and gateway.yaml, where every
 key is explained.";
