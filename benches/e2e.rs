@@ -6,6 +6,10 @@
 //!   (c) the gateway on an mTLS-bound route (warm token cache),
 //!   (d) the gateway on a DPoP route with the in-memory replay store,
 //!   (d') the same with the Redis replay store (when `redis-server` is installed),
+//!   (b log)/(c log) nginx (`access_log … combined buffer=64k`) and the gateway (`info`, the
+//!       default access log) with their access logs on, written to files,
+//!   (b h2)/(c h2) nginx and the gateway over HTTP/2, 8 concurrent streams per connection
+//!       (the independent benchmark's `--http2 --streams 8`),
 //!   (e) the single-core ES256 verify rate,
 //! and prints requests/s, p50/p99/p99.9 and the ratios between them.
 //!
@@ -21,7 +25,7 @@
 //! `E2E_IDLE_CONNECTIONS` (default 10 000) for (f); `E2E_GATEWAY_BIN` runs another gateway
 //! binary (a profiling build); `E2E_BASELINE_BIN` adds (c0)/(d0), the same routes on another
 //! gateway binary (an earlier build) in the same rounds, with the ratios between them;
-//! `E2E_PERF_DIR` records `perf` profiles of (c) and (d).
+//! `E2E_PERF_DIR` records `perf` profiles of (c), (d) and (c h2).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 #[path = "support/harness.rs"]
@@ -55,26 +59,43 @@ fn start_gateway_binary(binary: &str, config: &Path, port: u16) -> Child {
     child
 }
 
-/// nginx terminating TLS (any client certificate, like the gateway) and proxying to the
-/// upstream over keep-alive connections: the baseline of a plain mTLS reverse proxy.
-fn start_nginx(fx: &Fixture, upstream: SocketAddr, port: u16) -> Option<Child> {
+/// The gateway with its default access log (`info`, one line per request) written to
+/// `log` — a file, as a production gateway's stderr goes to a file or a pipe.
+fn start_gateway_logging(config: &Path, port: u16, log: &Path) -> Child {
+    let binary = std::env::var("E2E_GATEWAY_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_fapi-gateway").to_string());
+    let file = std::fs::File::create(log).unwrap();
+    let child = gateway_command(&binary, config, "info").stderr(file).spawn().unwrap();
+    wait_for_port(port);
+    child
+}
+
+/// nginx terminating TLS (any client certificate, like the gateway; HTTP/2 offered by ALPN)
+/// and proxying to the upstream over keep-alive connections: the baseline of a plain mTLS
+/// reverse proxy. With `access_log`, it logs every request in the `combined` format through
+/// a 64 KiB buffer (into the fixture's directory), as a production nginx would.
+fn start_nginx(fx: &Fixture, upstream: SocketAddr, port: u16, access_log: bool) -> Option<Child> {
     if !has("nginx") {
         return None;
     }
     let dir = fx.dir.path();
     let conf = format!(
-        "worker_processes 1;\ndaemon off;\npid {d}/nginx.pid;\nerror_log {d}/nginx-error.log warn;\n\
+        "worker_processes 1;\ndaemon off;\npid {d}/nginx-{port}.pid;\nerror_log {d}/nginx-error-{port}.log warn;\n\
          worker_rlimit_nofile 30000;\nevents {{ worker_connections 20000; }}\n\
-         http {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
+         http {{\n  {log};\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
            fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
            upstream up {{ server {upstream}; keepalive 256; }}\n  client_header_buffer_size 4k;\n\
-           server {{\n    listen 127.0.0.1:{port} ssl;\n    ssl_certificate {d}/server.pem;\n\
+           server {{\n    listen 127.0.0.1:{port} ssl http2;\n    ssl_certificate {d}/server.pem;\n\
              ssl_certificate_key {d}/server.key;\n    ssl_protocols TLSv1.2 TLSv1.3;\n\
              ssl_verify_client optional_no_ca;\n    keepalive_requests 1000000;\n\
              location / {{ proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection \"\"; }}\n  }}\n}}\n",
-        d = dir.display()
+        d = dir.display(),
+        log = if access_log {
+            format!("access_log {}/nginx-access-{port}.log combined buffer=64k", dir.display())
+        } else {
+            "access_log off".into()
+        },
     );
-    let path = dir.join("nginx.conf");
+    let path = dir.join(format!("nginx-{port}.conf"));
     std::fs::write(&path, conf).unwrap();
     let child = pinned("0", "nginx").args(["-c", path.to_str().unwrap()]).stdout(Stdio::null()).spawn().ok()?;
     wait_for_port(port);
@@ -145,7 +166,7 @@ async fn idle_connections_rss(
     count: usize,
     admin_port: Option<u16>,
 ) -> (u64, u64, usize, String) {
-    let connector = tls_connector(fx);
+    let connector = tls_connector(fx, b"http/1.1");
     let token = fx.mtls_token.clone();
     let before = rss_kib(pid).unwrap_or(0);
     let mut open = Vec::with_capacity(count);
@@ -247,6 +268,11 @@ fn report(name: &str, o: &Outcome) {
         o.requests,
         o.errors
     );
+}
+
+/// The serving process's CPU time per request (user + system), in µs; NaN when unknown.
+fn cpu_total(o: &Outcome) -> f64 {
+    o.cpu_us.map_or(f64::NAN, |(user, sys)| user + sys)
 }
 
 fn median(mut values: Vec<f64>) -> f64 {
@@ -355,12 +381,22 @@ fn main() {
              gateway and nginx: 1 worker on CPU 0"
         );
         let nginx_port = free_port();
-        let nginx = start_nginx(&fx, upstream, nginx_port);
+        let nginx = start_nginx(&fx, upstream, nginx_port, false);
         if nginx.is_none() {
             println!("(b) skipped: nginx is not installed (apt-get install -y nginx)");
         }
         let port = free_port();
         let gateway = start_gateway(&write_config(&fx, upstream, port, "{ store: memory }"), port);
+        // (b log), (c log): both proxies with their access logs on, written to files.
+        let nginx_logging_port = free_port();
+        let nginx_logging = nginx.as_ref().and_then(|_| start_nginx(&fx, upstream, nginx_logging_port, true));
+        let logging_port = free_port();
+        let gateway_logging = start_gateway_logging(
+            &write_config(&fx, upstream, logging_port, "{ store: memory }"),
+            logging_port,
+            &fx.dir.path().join("gateway-access.log"),
+        );
+        let h2 = Protocol::Http2 { streams: 8 };
         // (c0): another gateway binary (an earlier build) on the same route, measured in the
         // same rounds, for before/after comparisons within one run.
         let baseline = std::env::var("E2E_BASELINE_BIN").ok().map(|binary| {
@@ -394,6 +430,8 @@ fn main() {
         let (mut direct, mut via_nginx, mut mtls, mut dpop, mut dpop_redis) =
             (Series::default(), Series::default(), Series::default(), Series::default(), Series::default());
         let (mut baseline_mtls, mut baseline_dpop) = (Series::default(), Series::default());
+        let (mut nginx_logged, mut mtls_logged) = (Series::default(), Series::default());
+        let (mut nginx_h2, mut mtls_h2) = (Series::default(), Series::default());
         for round in 1..=rounds {
             println!("round {round}/{rounds}");
             let o = run(&fx, upstream, None, Load::Upstream, connections, duration).await;
@@ -414,6 +452,26 @@ fn main() {
             finish_profile(perf);
             report("(d) gateway DPoP, memory", &o);
             dpop.0.push(o);
+            if let Some(child) = &nginx_logging {
+                let o = run(&fx, at(nginx_logging_port), nginx_worker(child.id()), mtls_load(), connections, duration)
+                    .await;
+                report("(b log) nginx, access log", &o);
+                nginx_logged.0.push(o);
+            }
+            let o = run(&fx, at(logging_port), Some(gateway_logging.id()), mtls_load(), connections, duration).await;
+            report("(c log) gateway, access log", &o);
+            mtls_logged.0.push(o);
+            if let Some(child) = &nginx {
+                let o = run_over(&fx, at(nginx_port), nginx_worker(child.id()), mtls_load(), h2, connections, duration)
+                    .await;
+                report("(b h2) nginx, HTTP/2 x8", &o);
+                nginx_h2.0.push(o);
+            }
+            let perf = (round == 1).then(|| profile(gateway.id(), "mtls-h2", seconds)).flatten();
+            let o = run_over(&fx, at(port), Some(gateway.id()), mtls_load(), h2, connections, duration).await;
+            finish_profile(perf);
+            report("(c h2) gateway, HTTP/2 x8", &o);
+            mtls_h2.0.push(o);
             if let Some((child, baseline_port)) = &baseline {
                 let o = run(&fx, at(*baseline_port), Some(child.id()), mtls_load(), connections, duration).await;
                 report("(c0) baseline mTLS route", &o);
@@ -433,6 +491,10 @@ fn main() {
             stop(child);
         }
         stop(gateway);
+        if let Some(child) = nginx_logging {
+            stop(child);
+        }
+        stop(gateway_logging);
         if let Some((child, _)) = baseline {
             stop(child);
         }
@@ -452,7 +514,7 @@ fn main() {
         let fresh = start_gateway(&config, port);
         let gateway_memory = idle_connections_rss(&fx, at(port), fresh.id(), idle_count, Some(admin_port)).await;
         stop(fresh);
-        let nginx_memory = match start_nginx(&fx, upstream, nginx_port) {
+        let nginx_memory = match start_nginx(&fx, upstream, nginx_port, false) {
             Some(child) => {
                 let worker = nginx_worker(child.id()).unwrap_or(child.id());
                 let memory = idle_connections_rss(&fx, at(nginx_port), worker, idle_count, None).await;
@@ -476,6 +538,14 @@ fn main() {
         if !dpop_redis.0.is_empty() {
             dpop_redis.summary("(d') gateway DPoP, Redis");
         }
+        if !nginx_logged.0.is_empty() {
+            nginx_logged.summary("(b log) nginx, access log");
+        }
+        mtls_logged.summary("(c log) gateway, access log");
+        if !nginx_h2.0.is_empty() {
+            nginx_h2.summary("(b h2) nginx, HTTP/2 x8");
+        }
+        mtls_h2.summary("(c h2) gateway, HTTP/2 x8");
         if !baseline_mtls.0.is_empty() {
             baseline_mtls.summary("(c0) baseline mTLS route");
             baseline_dpop.summary("(d0) baseline DPoP, memory");
@@ -508,6 +578,17 @@ fn main() {
         println!(
             "DPoP / limit                        {dpop_vs_limit:>6.2} x  (limit {:.0} req/s; target >= 0.90)",
             median(limits)
+        );
+        if !nginx_logged.0.is_empty() {
+            println!(
+                "gateway / nginx, access logs on     {:>6.2} x  (target >= 0.95)",
+                mtls_logged.ratio(&nginx_logged)
+            );
+            println!("gateway / nginx, HTTP/2 x8          {:>6.2} x  (target >= 1.00)", mtls_h2.ratio(&nginx_h2));
+        }
+        println!(
+            "access log cost, gateway            {:>+6.2} us/req (target <= +1; CPU with the log on - off)",
+            median(mtls_logged.0.iter().zip(&mtls.0).map(|(on, off)| cpu_total(on) - cpu_total(off)).collect())
         );
         if !dpop_redis.0.is_empty() {
             println!("DPoP Redis / DPoP memory            {:>6.2} x  (target >= 0.85)", dpop_redis.ratio(&dpop));

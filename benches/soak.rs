@@ -693,7 +693,7 @@ impl SoakLoad {
         while mint.queue.lock().unwrap().len() < mint.depth && Instant::now() < filling {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        let connector = tls_connector(fx);
+        let connector = tls_connector(fx, b"http/1.1");
         let mut opening = tokio::task::JoinSet::new();
         for _ in 0..counts[0] + counts[1] {
             let (connector, addr) = (connector.clone(), setup.addr);

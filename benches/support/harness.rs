@@ -223,7 +223,7 @@ pub fn cpu_ticks(pid: u32) -> Option<(u64, u64)> {
     Some((fields.next()?.parse().ok()?, fields.next()?.parse().ok()?))
 }
 
-pub fn tls_connector(fx: &Fixture) -> tokio_rustls::TlsConnector {
+pub fn tls_connector(fx: &Fixture, alpn: &[u8]) -> tokio_rustls::TlsConnector {
     let mut roots = rustls::RootCertStore::empty();
     roots.add(fx.ca_der.clone()).unwrap();
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
@@ -233,12 +233,120 @@ pub fn tls_connector(fx: &Fixture) -> tokio_rustls::TlsConnector {
         .with_root_certificates(roots)
         .with_client_auth_cert(vec![fx.client_cert.clone()], fx.client_key.clone_key())
         .unwrap();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config.alpn_protocols = vec![alpn.to_vec()];
     tokio_rustls::TlsConnector::from(Arc::new(config))
 }
 
-/// Drives `addr` with `connections` keep-alive connections for `duration`; `server` is the
-/// serving process, whose CPU time per request is reported when given.
+/// How the load generator speaks to the server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Protocol {
+    /// HTTP/1.1, one request at a time per connection.
+    Http1,
+    /// HTTP/2 (ALPN `h2`), this many concurrent streams per connection (the independent
+    /// benchmark's `--http2 --streams 8`).
+    Http2 { streams: usize },
+}
+
+/// One connection's request sender.
+enum Sender {
+    Http1(hyper::client::conn::http1::SendRequest<Empty<Bytes>>),
+    Http2(hyper::client::conn::http2::SendRequest<Empty<Bytes>>),
+}
+
+impl Sender {
+    async fn open(addr: SocketAddr, load: &Load, protocol: Protocol, connector: &tokio_rustls::TlsConnector) -> Self {
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        tcp.set_nodelay(true).unwrap();
+        match (load, protocol) {
+            (Load::Upstream, _) => {
+                let (s, c) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await.unwrap();
+                tokio::spawn(c);
+                Sender::Http1(s)
+            }
+            (_, Protocol::Http1) => {
+                let tls = connector.connect(ServerName::try_from(HOST).unwrap(), tcp).await.unwrap();
+                let (s, c) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await.unwrap();
+                tokio::spawn(c);
+                Sender::Http1(s)
+            }
+            (_, Protocol::Http2 { .. }) => {
+                let tls = connector.connect(ServerName::try_from(HOST).unwrap(), tcp).await.unwrap();
+                let (s, c) =
+                    hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), TokioIo::new(tls))
+                        .await
+                        .unwrap();
+                tokio::spawn(c);
+                Sender::Http2(s)
+            }
+        }
+    }
+
+    /// One sender per concurrent stream: HTTP/1.1 has just the one.
+    fn streams(self, streams: usize) -> Vec<Sender> {
+        match self {
+            Sender::Http1(_) => vec![self],
+            Sender::Http2(sender) => (0..streams).map(|_| Sender::Http2(sender.clone())).collect(),
+        }
+    }
+
+    async fn send(
+        &mut self,
+        request: hyper::Request<Empty<Bytes>>,
+    ) -> hyper::Result<hyper::Response<hyper::body::Incoming>> {
+        match self {
+            Sender::Http1(sender) => sender.send_request(request).await,
+            Sender::Http2(sender) => sender.send_request(request).await,
+        }
+    }
+}
+
+/// Sends requests one after the other on `sender` until `deadline`; (ok, errors, latencies).
+async fn drive(mut sender: Sender, load: Load, deadline: Instant) -> (usize, usize, Vec<u32>) {
+    let (mut ok, mut errors, mut latencies) = (0usize, 0usize, Vec::with_capacity(100_000));
+    while Instant::now() < deadline {
+        let path = match &load {
+            Load::Dpop { .. } => "/dpop/x",
+            _ => "/mtls/x",
+        };
+        // HTTP/2 carries the authority in the URI (`:authority`), HTTP/1.1 in `Host`.
+        let builder = match &sender {
+            Sender::Http2(_) => hyper::Request::get(format!("https://{HOST}{path}")),
+            Sender::Http1(_) => hyper::Request::get(path).header("host", HOST),
+        };
+        let request = match &load {
+            Load::Upstream => builder,
+            Load::Mtls { token } => builder.header("authorization", format!("Bearer {token}")),
+            Load::Dpop { token, proofs, next } => {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Some(proof) = proofs.get(i) else { break };
+                builder.header("authorization", format!("DPoP {token}")).header("dpop", proof.as_str())
+            }
+        }
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+        let t = Instant::now();
+        match sender.send(request).await {
+            Ok(response) => {
+                let good = response.status() == 200;
+                let _ = response.into_body().collect().await;
+                if good {
+                    ok += 1;
+                    latencies.push(u32::try_from(t.elapsed().as_micros()).unwrap_or(u32::MAX));
+                } else {
+                    errors += 1;
+                }
+            }
+            Err(_) => {
+                errors += 1;
+                break;
+            }
+        }
+    }
+    (ok, errors, latencies)
+}
+
+/// Drives `addr` with `connections` keep-alive HTTP/1.1 connections for `duration`; `server`
+/// is the serving process, whose CPU time per request is reported when given.
 pub async fn run(
     fx: &Fixture,
     addr: SocketAddr,
@@ -247,7 +355,24 @@ pub async fn run(
     connections: usize,
     duration: Duration,
 ) -> Outcome {
-    let connector = tls_connector(fx);
+    run_over(fx, addr, server, load, Protocol::Http1, connections, duration).await
+}
+
+/// [`run`] over `protocol`: with HTTP/2, each connection carries `streams` requests at once.
+pub async fn run_over(
+    fx: &Fixture,
+    addr: SocketAddr,
+    server: Option<u32>,
+    load: Load,
+    protocol: Protocol,
+    connections: usize,
+    duration: Duration,
+) -> Outcome {
+    let (alpn, streams): (&[u8], usize) = match protocol {
+        Protocol::Http1 => (b"http/1.1", 1),
+        Protocol::Http2 { streams } => (b"h2", streams.max(1)),
+    };
+    let connector = tls_connector(fx, alpn);
     let cpu_before = server.and_then(cpu_ticks);
     let deadline = Instant::now() + duration;
     let started = Instant::now();
@@ -255,58 +380,20 @@ pub async fn run(
     for _ in 0..connections {
         let (connector, load) = (connector.clone(), load.clone());
         tasks.push(tokio::spawn(async move {
-            let tcp = TcpStream::connect(addr).await.unwrap();
-            tcp.set_nodelay(true).unwrap();
-            let mut sender = match &load {
-                Load::Upstream => {
-                    let (s, c) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await.unwrap();
-                    tokio::spawn(c);
-                    s
-                }
-                _ => {
-                    let tls = connector.connect(ServerName::try_from(HOST).unwrap(), tcp).await.unwrap();
-                    let (s, c) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await.unwrap();
-                    tokio::spawn(c);
-                    s
-                }
-            };
-            let (mut ok, mut errors, mut latencies) = (0usize, 0usize, Vec::with_capacity(100_000));
-            while Instant::now() < deadline {
-                let builder = hyper::Request::get(match &load {
-                    Load::Dpop { .. } => "/dpop/x",
-                    _ => "/mtls/x",
-                })
-                .header("host", HOST);
-                let request = match &load {
-                    Load::Upstream => builder,
-                    Load::Mtls { token } => builder.header("authorization", format!("Bearer {token}")),
-                    Load::Dpop { token, proofs, next } => {
-                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        let Some(proof) = proofs.get(i) else { break };
-                        builder.header("authorization", format!("DPoP {token}")).header("dpop", proof.as_str())
-                    }
-                }
-                .body(Empty::<Bytes>::new())
-                .unwrap();
-                let t = Instant::now();
-                match sender.send_request(request).await {
-                    Ok(response) => {
-                        let good = response.status() == 200;
-                        let _ = response.into_body().collect().await;
-                        if good {
-                            ok += 1;
-                            latencies.push(u32::try_from(t.elapsed().as_micros()).unwrap_or(u32::MAX));
-                        } else {
-                            errors += 1;
-                        }
-                    }
-                    Err(_) => {
-                        errors += 1;
-                        break;
-                    }
-                }
+            let sender = Sender::open(addr, &load, protocol, &connector).await;
+            let streams: Vec<_> = sender
+                .streams(streams)
+                .into_iter()
+                .map(|sender| tokio::spawn(drive(sender, load.clone(), deadline)))
+                .collect();
+            let mut totals = (0usize, 0usize, Vec::new());
+            for stream in streams {
+                let (ok, errors, latencies) = stream.await.unwrap();
+                totals.0 += ok;
+                totals.1 += errors;
+                totals.2.extend(latencies);
             }
-            (ok, errors, latencies)
+            totals
         }));
     }
     let mut outcome =
