@@ -23,8 +23,9 @@
 //! `E2E_CONNECTIONS` (default 32), `E2E_ROUNDS` (default 3): the scenarios run interleaved,
 //! round after round, and the summary reports medians and the median of per-round ratios.
 //! `E2E_IDLE_CONNECTIONS` (default 10 000) for (f); `E2E_GATEWAY_BIN` runs another gateway
-//! binary (a profiling build); `E2E_BASELINE_BIN` adds (c0)/(d0), the same routes on another
-//! gateway binary (an earlier build) in the same rounds, with the ratios between them;
+//! binary (a profiling build); `E2E_BASELINE_BIN` adds (c0)/(d0)/(c0 h2), the same routes
+//! on another gateway binary (an earlier build) in the same rounds, with the ratios between
+//! them;
 //! `E2E_PERF_DIR` records `perf` profiles of (c), (d) and (c h2).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -326,14 +327,18 @@ impl Series {
 /// With `E2E_PERF_DIR` set (and `perf` installed), records a CPU profile of the gateway
 /// during the first round of a scenario: `perf record -e cpu-clock -g` into
 /// `$E2E_PERF_DIR/<name>.data` (the cpu-clock event works on VMs without hardware counters).
+/// It samples the gateway's CPU (0) system-wide rather than attaching to its pid: on this
+/// VM kind `perf record -p` records no samples at all. `perf report --pid <pid>` keeps the
+/// gateway's own samples; the pid is printed.
 fn profile(pid: u32, name: &str, seconds: u64) -> Option<Child> {
     let dir = std::env::var("E2E_PERF_DIR").ok()?;
     if !has("perf") {
         return None;
     }
     let output = Path::new(&dir).join(format!("{name}.data"));
+    println!("profiling the gateway (pid {pid}) on CPU 0 into {}", output.display());
     Command::new("perf")
-        .args(["record", "-e", "cpu-clock", "-g", "-q", "-p", &pid.to_string(), "-o"])
+        .args(["record", "-e", "cpu-clock", "-g", "-q", "-a", "-C", "0", "-o"])
         .arg(&output)
         .args(["--", "sleep", &seconds.to_string()])
         .stdout(Stdio::null())
@@ -429,7 +434,8 @@ fn main() {
         };
         let (mut direct, mut via_nginx, mut mtls, mut dpop, mut dpop_redis) =
             (Series::default(), Series::default(), Series::default(), Series::default(), Series::default());
-        let (mut baseline_mtls, mut baseline_dpop) = (Series::default(), Series::default());
+        let (mut baseline_mtls, mut baseline_dpop, mut baseline_h2) =
+            (Series::default(), Series::default(), Series::default());
         let (mut nginx_logged, mut mtls_logged) = (Series::default(), Series::default());
         let (mut nginx_h2, mut mtls_h2) = (Series::default(), Series::default());
         for round in 1..=rounds {
@@ -479,6 +485,10 @@ fn main() {
                 let o = run(&fx, at(*baseline_port), Some(child.id()), dpop_load(), connections, duration).await;
                 report("(d0) baseline DPoP, memory", &o);
                 baseline_dpop.0.push(o);
+                let o =
+                    run_over(&fx, at(*baseline_port), Some(child.id()), mtls_load(), h2, connections, duration).await;
+                report("(c0 h2) baseline, HTTP/2 x8", &o);
+                baseline_h2.0.push(o);
             }
             if let Some((_, redis_gateway, redis_gateway_port)) = &redis {
                 let o = run(&fx, at(*redis_gateway_port), Some(redis_gateway.id()), dpop_load(), connections, duration)
@@ -549,6 +559,7 @@ fn main() {
         if !baseline_mtls.0.is_empty() {
             baseline_mtls.summary("(c0) baseline mTLS route");
             baseline_dpop.summary("(d0) baseline DPoP, memory");
+            baseline_h2.summary("(c0 h2) baseline, HTTP/2 x8");
         }
         println!("(e) ES256 verifies, one core  {verify_rate:>10.0} /s");
         report_memory("(f) gateway resident size", &gateway_memory);
@@ -596,6 +607,7 @@ fn main() {
         if !baseline_mtls.0.is_empty() {
             println!("gateway mTLS / baseline mTLS        {:>6.2} x  (E2E_BASELINE_BIN)", mtls.ratio(&baseline_mtls));
             println!("gateway DPoP / baseline DPoP        {:>6.2} x", dpop.ratio(&baseline_dpop));
+            println!("gateway HTTP/2 / baseline HTTP/2    {:>6.2} x", mtls_h2.ratio(&baseline_h2));
         }
         println!(
             "gateway RSS, {} idle connections  {:>6.1} MiB (target <= 64)",
