@@ -66,11 +66,24 @@ pub fn finish(
         access_log(&exchange, status, reason, total, bytes);
     }
     tracing::trace!(target: "exchange", ?exchange, status, reason, "exchange finished");
-    // The upstream got the same id; if it answers with its own, that one stands.
-    if !response.headers().contains_key(X_REQUEST_ID) {
-        response.headers_mut().insert(X_REQUEST_ID, exchange.request_id);
-    }
+    attach_request_id(response.headers_mut(), exchange.request_id);
     response
+}
+
+/// Returns the request id to the client: ours, unless the upstream answered with its own
+/// (it got ours; its answer stands). Either way marked sensitive, which makes HTTP/2 send
+/// it as a never-indexed literal (RFC 7541 §6.2.3): a value unique to each response would
+/// otherwise be inserted into the connection's HPACK table on every response, where `h2`
+/// first walks every earlier id of that name and the insert evicts the entries that do
+/// repeat (`server`, `content-type`). HTTP/1.1 ignores the mark.
+fn attach_request_id(headers: &mut http::HeaderMap, mut ours: HeaderValue) {
+    match headers.entry(X_REQUEST_ID) {
+        http::header::Entry::Occupied(mut theirs) => theirs.get_mut().set_sensitive(true),
+        http::header::Entry::Vacant(slot) => {
+            ours.set_sensitive(true);
+            slot.insert(ours);
+        }
+    }
 }
 
 /// Counts the request and its latencies on its route's handles (`-` when unrouted).
@@ -136,5 +149,24 @@ fn attach_nonce(response: &mut Response<ProxyBody>, nonce: &str) {
         headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
         // Appended, not inserted: the upstream's own exposed headers must survive.
         headers.append(ACCESS_CONTROL_EXPOSE_HEADERS, HeaderValue::from_static("DPoP-Nonce"));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_request_id_goes_back_never_indexed_and_the_upstreams_own_stands() {
+        let mut headers = http::HeaderMap::new();
+        attach_request_id(&mut headers, HeaderValue::from_static("ours"));
+        let id = &headers[X_REQUEST_ID];
+        assert_eq!((id.as_bytes(), id.is_sensitive()), (&b"ours"[..], true));
+
+        let mut headers = http::HeaderMap::new();
+        headers.insert(X_REQUEST_ID, HeaderValue::from_static("theirs"));
+        attach_request_id(&mut headers, HeaderValue::from_static("ours"));
+        let ids: Vec<_> = headers.get_all(X_REQUEST_ID).iter().map(|v| (v.as_bytes(), v.is_sensitive())).collect();
+        assert_eq!(ids, [(&b"theirs"[..], true)]);
     }
 }
